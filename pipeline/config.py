@@ -1,0 +1,240 @@
+"""Typed, frozen configs and the machinery shared by every component's config.
+
+Presets live as YAML under ``conf/``; they are loaded into these dataclasses, then
+command-line style overrides (``fit.steps=200``) are applied. The resolved config is a
+plain dict (``config_to_dict``) with a stable digest (``config_digest``) saved with outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """How the augmented views of one image are sampled (stage 1)."""
+
+    num_views: int = 32
+    """Views per image, the full image (view 0) included."""
+    scale: tuple[float, float] = (0.1, 0.5)
+    """Range of a crop's area as a fraction of the image's area."""
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    """Range of a crop's aspect ratio (width / height), sampled log-uniformly."""
+    flip_prob: float = 0.5
+    """Probability that a crop is mirrored horizontally."""
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    """The semantic field F: multi-resolution dense 2-D grids followed by an MLP."""
+
+    num_levels: int = 16
+    """Number of grid levels."""
+    features_per_level: int = 8
+    """Feature channels stored per grid level."""
+    min_resolution: int = 16
+    """Cells per side of the coarsest grid."""
+    max_resolution: int = 1024
+    """Cells per side of the finest grid (levels grow geometrically in between)."""
+    hidden_ratio: float = 0.5
+    """Width of the MLP's hidden layer as a fraction of the feature channels C."""
+    grid_init_std: float = 1e-4
+    """Grid values start uniform in [-std, std]."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Optimisation of the per-image decomposition y ~ F(coord) + G[i, j] + sg(h(y))."""
+
+    steps: int = 2000
+    """Optimiser steps, both phases together."""
+    tokens_per_step: int = 2048
+    """Tokens sampled per image per step, from all tokens of all views."""
+    phase1_fraction: float = 0.5
+    """Share of the steps that fit F and G only; afterwards G is frozen and h trains."""
+    lr: float = 1e-2
+    """Peak learning rate of Adam."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """Adam betas."""
+    eps: float = 1e-15
+    """Adam epsilon."""
+    warmup_fraction: float = 0.05
+    """Share of the steps spent in linear warm-up."""
+    final_lr_fraction: float = 0.05
+    """Learning rate at the end of cosine decay, as a fraction of ``lr``."""
+    artifact_init_std: float = 0.02
+    """G starts as N(0, std^2)."""
+    residual_weight: float = 0.1
+    """Weight of L_res = MSE(h(y), sg(y - F - G))."""
+    sparsity_weight: float = 0.02
+    """Weight of L_sparse = mean |h(y)|."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """A stage-1 preset: everything ``clean_images`` needs besides the ViT itself."""
+
+    name: str = "custom"
+    """Preset name, recorded with outputs."""
+    image_size: int | None = None
+    """Square model input in pixels (multiple of the patch size); None: 37 tokens per side."""
+    images_per_fit: int = 8
+    """Images fitted together in one batched optimisation."""
+    vit_batch_size: int = 32
+    """Views per ViT forward pass."""
+    seed: int = 0
+    """Base seed; every image's views and initialisation derive from (image id, seed)."""
+    views: ViewConfig = dataclasses.field(default_factory=ViewConfig)
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+
+
+# --------------------------------------------------------------------------- machinery
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Convert ``value`` (from YAML or a command line) to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except (TypeError, ValueError) as err:
+                errors.append(str(err))
+        raise ValueError(f"{where}: {value!r} fits none of {tp}: {'; '.join(errors)}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
+    if origin in (list, dict) or tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) mapping; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {sorted(unknown)} in {where or cls.__name__}; "
+            f"valid: {sorted(names)}"
+        )
+    kwargs = {
+        k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()
+    }
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain JSON-able data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_digest(cfg: Any, exclude: Iterable[str] = ()) -> str:
+    """Short sha256 of the canonical JSON of a config, top-level keys in ``exclude`` left out."""
+    data = config_to_dict(cfg)
+    for key in exclude:
+        data.pop(key, None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into (["a", "b", "c"], value parsed as YAML)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ValueError(f"override {text!r} has an empty key")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return path, value
+
+
+def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
+    """Return ``cfg`` with each ``key.sub=value`` override applied (type-checked)."""
+    data = config_to_dict(cfg)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"override {text!r}: {part!r} is not a config section")
+            node = node[part]
+        if path[-1] not in node:
+            raise ValueError(f"override {text!r}: unknown key {path[-1]!r}; valid: {sorted(node)}")
+        node[path[-1]] = value
+    return from_dict(type(cfg), data)
+
+
+def load_yaml_config(cls: type[T], path: Path | str) -> T:
+    """Load a YAML file into dataclass ``cls`` (missing keys keep their defaults)."""
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    return from_dict(cls, data, where=str(path))
+
+
+def load_preset(cls: type[T], name_or_path: str | Path, group: str) -> T:
+    """Load preset ``conf/<group>/<name>.yaml``, or a YAML file given by path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONF_DIR / group / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        raise ValueError(f"no preset {name_or_path!r} in conf/{group}; known presets: {known}")
+    return load_yaml_config(cls, path)
+
+
+def engine_preset(
+    preset: str | Path | EngineConfig, overrides: Iterable[str] = ()
+) -> EngineConfig:
+    """Resolve a stage-1 preset name, YAML path or config object, then apply overrides."""
+    if isinstance(preset, EngineConfig):
+        return apply_overrides(preset, overrides)
+    cfg = load_preset(EngineConfig, preset, "engine")
+    return apply_overrides(cfg, overrides)

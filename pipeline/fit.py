@@ -1,0 +1,224 @@
+"""Stage 1: the per-image decomposition y ~= F(coord) + G[i, j] + sg(h(y)), for a batch of images.
+
+Every image has its own field F, artifact map G and residual MLP h (a leading batch axis, see
+``pipeline.field``); one optimiser step updates all of them. Losses are means per image and
+the batch loss is their sum, so each image's gradients, and Adam's element-wise updates, are
+exactly those of fitting it alone. An image whose loss turns non-finite is marked failed and
+drops out of the sum; the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import FieldConfig, FitConfig
+from pipeline.field import BatchedMLP, BatchedNeuralField
+
+logger = logging.getLogger(__name__)
+
+_INDEX_BLOCK = 64  # steps of token indices drawn at once per image
+
+
+class BatchedDecomposition(nn.Module):
+    """F (field), G (artifact map) and h (residual MLP) for B images with C channels, K x K grid."""
+
+    def __init__(
+        self,
+        field_cfg: FieldConfig,
+        channels: int,
+        grid: int,
+        artifact_init_std: float,
+        generators: list[torch.Generator],
+    ) -> None:
+        super().__init__()
+        self.grid = grid
+        self.field = BatchedNeuralField(field_cfg, channels, generators)
+        artifact = torch.stack(
+            [torch.randn(grid * grid, channels, generator=g) for g in generators]
+        )
+        self.artifact = nn.Parameter(artifact * artifact_init_std)  # (B, K*K, C)
+        quarter = max(1, channels // 4)
+        self.residual = BatchedMLP([channels, quarter, quarter, channels], generators)
+
+    def artifact_at(self, patch_index: torch.Tensor) -> torch.Tensor:
+        """G at patch indices (B, N) in [0, K*K) -> (B, N, C)."""
+        channels = self.artifact.shape[-1]
+        return torch.gather(self.artifact, 1, patch_index[..., None].expand(-1, -1, channels))
+
+
+@dataclass
+class FitResult:
+    """What the fit keeps for a batch of B images on a K x K grid with C channels.
+
+    clean: (B, K, K, C) F at the full view's token positions.
+    artifact: (B, K, K, C) the estimated G.
+    ok: (B,) bool, False where the fit diverged.
+    metrics: per image: final_loss, r2, artifact_ratio, fit_seconds.
+    """
+
+    clean: torch.Tensor
+    artifact: torch.Tensor
+    ok: torch.Tensor
+    metrics: list[dict[str, float]]
+
+
+def _lr_factor(step: int, total: int, cfg: FitConfig) -> float:
+    """Linear warm-up, then cosine decay to ``final_lr_fraction``."""
+    warmup = max(1, int(round(total * cfg.warmup_fraction)))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    floor = cfg.final_lr_fraction
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _per_image_losses(
+    model: BatchedDecomposition,
+    y: torch.Tensor,
+    xy: torch.Tensor,
+    patch: torch.Tensor,
+    phase2: bool,
+    cfg: FitConfig,
+) -> torch.Tensor:
+    """(B,) loss per image on sampled tokens y (B, T, C) at coords xy (B, T, 2), patches (B, T)."""
+    sem = model.field(xy)
+    art = model.artifact_at(patch)
+    if not phase2:
+        pred = sem + art
+        return F.mse_loss(pred, y, reduction="none").mean((1, 2)) + (
+            1.0 - F.cosine_similarity(pred, y, dim=-1).mean(1)
+        )
+    art = art.detach()
+    res = model.residual(y)
+    pred = sem + art + res.detach()
+    dist = F.mse_loss(pred, y, reduction="none").mean((1, 2)) + (
+        1.0 - F.cosine_similarity(pred, y, dim=-1).mean(1)
+    )
+    target = (y - sem - art).detach()
+    res_loss = F.mse_loss(res, target, reduction="none").mean((1, 2))
+    sparse = res.abs().mean((1, 2))
+    return dist + cfg.residual_weight * res_loss + cfg.sparsity_weight * sparse
+
+
+def _make_optimizer(params: list[nn.Parameter], cfg: FitConfig) -> torch.optim.Optimizer:
+    """Adam with the configured betas/eps; fused kernels where this torch has them."""
+    try:
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=True)
+
+
+@torch.no_grad()
+def _diagnostics(
+    model: BatchedDecomposition, y0: torch.Tensor, xy0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clean F (B, K*K, C), R^2 (B,) and |G|/|y| (B,) on the full view's tokens y0 (B, K*K, C)."""
+    clean = model.field(xy0)
+    artifact = model.artifact
+    recon = clean + artifact + model.residual(y0)
+    err = (y0 - recon).pow(2).sum((1, 2))
+    var = (y0 - y0.mean(1, keepdim=True)).pow(2).sum((1, 2)).clamp_min(1e-12)
+    ratio = artifact.norm(dim=-1).mean(1) / y0.norm(dim=-1).mean(1).clamp_min(1e-12)
+    return clean, 1.0 - err / var, ratio
+
+
+def fit_batch(
+    features: torch.Tensor,
+    coords: torch.Tensor,
+    seeds: list[int],
+    field_cfg: FieldConfig,
+    fit_cfg: FitConfig,
+) -> FitResult:
+    """Fit the decomposition to a batch of images.
+
+    features: (B, V, K, K, C) raw tokens of every view (view 0 = full image), any float dtype.
+    coords: (B, V, K, K, 2) each token's (x, y) in the original image, in [0, 1].
+    seeds: one per image; its initialisation and token sampling derive from it alone.
+    """
+    start = time.perf_counter()
+    batch, views, grid, _, channels = features.shape
+    if coords.shape != (batch, views, grid, grid, 2):
+        raise ValueError(f"coords {tuple(coords.shape)} do not match features {features.shape}")
+    if len(seeds) != batch:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
+    device = features.device
+    tokens_per_view = grid * grid
+    total_tokens = views * tokens_per_view
+    y_all = features.reshape(batch, total_tokens, channels)
+    xy_all = coords.reshape(batch, total_tokens, 2).to(device=device, dtype=torch.float32)
+
+    init_gens = [torch.Generator().manual_seed(s) for s in seeds]
+    model = BatchedDecomposition(
+        field_cfg, channels, grid, fit_cfg.artifact_init_std, init_gens
+    ).to(device)
+    sample_gens = [torch.Generator(device=device).manual_seed(s ^ 0x5EED) for s in seeds]
+    optimizer = _make_optimizer(list(model.parameters()), fit_cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, fit_cfg.steps, fit_cfg)
+    )
+
+    steps = fit_cfg.steps
+    phase1_steps = int(round(steps * fit_cfg.phase1_fraction))
+    tokens = min(fit_cfg.tokens_per_step, total_tokens)
+    alive = torch.ones(batch, dtype=torch.bool, device=device)
+    tail_start = steps - max(1, steps // 10)
+    tail_loss = torch.zeros(batch, device=device)
+    index_block = torch.empty(0)
+    log_every = max(1, steps // 10)
+
+    for step in range(steps):
+        offset = step % _INDEX_BLOCK
+        if offset == 0:  # per-image index draws, independent of which images share the batch
+            count = min(_INDEX_BLOCK, steps - step)
+            index_block = torch.stack(
+                [torch.randint(total_tokens, (count, tokens), generator=g, device=device)
+                 for g in sample_gens],
+                dim=1,
+            )  # (count, B, T)
+        idx = index_block[offset]
+        y = torch.gather(y_all, 1, idx[..., None].expand(-1, -1, channels)).float()
+        xy = torch.gather(xy_all, 1, idx[..., None].expand(-1, -1, 2))
+        patch = idx % tokens_per_view
+
+        losses = _per_image_losses(model, y, xy, patch, step >= phase1_steps, fit_cfg)
+        alive &= torch.isfinite(losses)
+        optimizer.zero_grad(set_to_none=True)
+        torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
+        optimizer.step()
+        sched.step()
+        if step >= tail_start:
+            tail_loss += torch.where(alive, losses.detach(), torch.zeros_like(losses))
+        if logger.isEnabledFor(logging.DEBUG) and (step % log_every == 0 or step == steps - 1):
+            logger.debug("fit step %d/%d loss %s", step + 1, steps, losses.detach().tolist())
+
+    y0 = y_all[:, :tokens_per_view].float()
+    xy0 = xy_all[:, :tokens_per_view]
+    clean, r2, ratio = _diagnostics(model, y0, xy0)
+    ok = alive & torch.isfinite(clean).all(dim=(1, 2)) & torch.isfinite(model.artifact).all(
+        dim=(1, 2)
+    )
+    final_loss = tail_loss / max(1, steps - tail_start)
+    seconds = (time.perf_counter() - start) / batch
+    metrics = [
+        {
+            "final_loss": float(final_loss[b]),
+            "r2": float(r2[b]),
+            "artifact_ratio": float(ratio[b]),
+            "fit_seconds": seconds,
+        }
+        for b in range(batch)
+    ]
+    shape = (batch, grid, grid, channels)
+    return FitResult(
+        clean=clean.reshape(shape),
+        artifact=model.artifact.detach().reshape(shape),
+        ok=ok,
+        metrics=metrics,
+    )
