@@ -60,7 +60,7 @@ def extract_views(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens (V, K, K, C) and their original-image coords (V, K, K, 2) for one RGB image."""
     layout = sample_layout(rgb.shape[:2], cfg.views, derive_seed(image_id, cfg.seed, "views"))
-    image = torch.from_numpy(rgb).permute(2, 0, 1).to(extractor.device)
+    image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).to(extractor.device)
     store_dtype = torch.float16 if extractor.device.type == "cuda" else torch.float32
     chunks = []
     for start in range(0, layout.num_views, cfg.vit_batch_size):

@@ -168,6 +168,9 @@ def fit_batch(
     phase1_steps = int(round(steps * fit_cfg.phase1_fraction))
     tokens = min(fit_cfg.tokens_per_step, total_tokens)
     alive = torch.ones(batch, dtype=torch.bool, device=device)
+    y_rows = y_all.reshape(batch * total_tokens, channels)
+    xy_rows = xy_all.reshape(batch * total_tokens, 2)
+    row_offsets = torch.arange(batch, device=device)[:, None] * total_tokens
     tail_start = steps - max(1, steps // 10)
     tail_loss = torch.zeros(batch, device=device)
     index_block = torch.empty(0)
@@ -182,9 +185,10 @@ def fit_batch(
                  for g in sample_gens],
                 dim=1,
             )  # (count, B, T)
-        idx = index_block[offset]
-        y = torch.gather(y_all, 1, idx[..., None].expand(-1, -1, channels)).float()
-        xy = torch.gather(xy_all, 1, idx[..., None].expand(-1, -1, 2))
+        idx = index_block[offset]  # (B, T) into each image's own tokens
+        rows = (idx + row_offsets).flatten()
+        y = y_rows.index_select(0, rows).view(batch, tokens, channels).float()
+        xy = xy_rows.index_select(0, rows).view(batch, tokens, 2)
         patch = idx % tokens_per_view
 
         losses = _per_image_losses(model, y, xy, patch, step >= phase1_steps, fit_cfg)

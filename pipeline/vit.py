@@ -112,7 +112,10 @@ def load_extractor(
         raise ValueError(f"{model_name!r} is not a ViT with timm's forward_intermediates")
     state = load_state_dict_from_spec(weights)
     if state is not None:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatches
+            raise ValueError(f"weights {weights!r} do not fit {model_name!r}: {err}") from err
         missing = [k for k in missing if not k.startswith("head")]
         if missing or unexpected:
             raise ValueError(
