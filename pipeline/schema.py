@@ -1,0 +1,230 @@
+"""The on-disk contract of feature outputs, and every reader of it.
+
+An output URI holds one folder per run::
+
+    OUTPUT/runs/<run_id>/part-<n>-<hash>.parquet      features, one row per image
+    OUTPUT/runs/<run_id>/quarantine-<n>-<hash>.parquet inputs that failed, with reasons
+    OUTPUT/runs/<run_id>/config.json                   the resolved config of the run
+    OUTPUT/runs/<run_id>/summary.json                  counters and timings
+    OUTPUT/runs/<run_id>/_manifest.json                the files and image ids of the run
+    OUTPUT/runs/<run_id>/_COMMITTED                    written last: the run is complete
+
+Readers trust only runs with ``_COMMITTED`` and only the files their manifest lists, so
+leftovers of a crashed run are never read. Tensors use Arrow's canonical
+``arrow.fixed_shape_tensor`` extension type (row-major, shape (h, w, C)).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+RUNS_DIR = "runs"
+MANIFEST = "_manifest.json"
+COMMITTED = "_COMMITTED"
+TENSOR_COLUMNS = ("raw", "clean", "artifact")
+METRIC_FIELDS = ("final_loss", "r2", "artifact_ratio", "extract_seconds", "fit_seconds", "seconds")
+
+QUARANTINE_SCHEMA = pa.schema([
+    pa.field("source_uri", pa.string(), nullable=False),
+    pa.field("image_id", pa.string()),
+    pa.field("stage", pa.string(), nullable=False),  # read | decode | fit
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("error_class", pa.string(), nullable=False),
+    pa.field("config_digest", pa.string(), nullable=False),
+])
+
+
+def tensor_type(shape: Sequence[int], dtype: str = "float16") -> pa.FixedShapeTensorType:
+    """Arrow's canonical fixed-shape tensor type for (h, w, C) feature maps."""
+    return pa.fixed_shape_tensor(pa.from_numpy_dtype(np.dtype(dtype)), list(shape))
+
+
+def features_schema(grid: tuple[int, int], channels: int, dtype: str = "float16",
+                    with_artifact: bool = True) -> pa.Schema:
+    """Schema of one feature file: metadata columns, metrics, and (h, w, C) tensors."""
+    shape = (grid[0], grid[1], channels)
+    fields = [
+        pa.field("image_id", pa.string(), nullable=False),  # sha256 of the image bytes
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),  # original size in pixels
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("weights_digest", pa.string(), nullable=False),
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("config_digest", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),  # "dvt-fit" or "denoiser"
+        pa.field("code_version", pa.string(), nullable=False),
+        pa.field("grid_h", pa.int32(), nullable=False),
+        pa.field("grid_w", pa.int32(), nullable=False),
+        pa.field("metrics", pa.struct([pa.field(m, pa.float64()) for m in METRIC_FIELDS])),
+        pa.field("raw", tensor_type(shape, dtype), nullable=False),
+        pa.field("clean", tensor_type(shape, dtype), nullable=False),
+    ]
+    if with_artifact:
+        fields.append(pa.field("artifact", tensor_type(shape, dtype)))
+    return pa.schema(fields, metadata={"dvt_schema_version": str(SCHEMA_VERSION)})
+
+
+def tensor_array(arrays: Sequence[np.ndarray], dtype: str = "float16") -> pa.ExtensionArray:
+    """Stack same-shape numpy arrays into a fixed-shape tensor column of ``dtype``."""
+    stacked = np.ascontiguousarray(np.stack(arrays).astype(dtype, copy=False))
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(stacked)
+
+
+def column_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-shape tensor column as one (N, *shape) numpy array."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = [chunk.to_numpy_ndarray() for chunk in chunks if len(chunk)]
+    if not parts:
+        shape = column.type.shape
+        return np.empty((0, *shape), dtype=column.type.value_type.to_pandas_dtype())
+    return np.concatenate(parts)
+
+
+def table_bytes(table: pa.Table) -> tuple[bytes, str]:
+    """Parquet bytes of a table (zstd) and their sha256, for content-named, atomic writes."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    data = buf.getvalue()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class CommittedRun:
+    """A committed run folder and its manifest (files relative to the run folder)."""
+
+    path: str
+    manifest: dict[str, Any]
+
+    @property
+    def feature_files(self) -> list[str]:
+        return [posixpath.join(self.path, f["path"]) for f in self.manifest["files"]]
+
+    @property
+    def quarantine_files(self) -> list[str]:
+        return [posixpath.join(self.path, f["path"]) for f in self.manifest["quarantine"]]
+
+
+def filesystem(uri: str, storage_options: dict[str, Any] | None = None
+               ) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec filesystem and bare path for a URI (credentials from the environment)."""
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    return fs, path.rstrip("/")
+
+
+def committed_runs(uri: str, storage_options: dict[str, Any] | None = None
+                   ) -> list[CommittedRun]:
+    """Every committed run under an output URI, oldest first (run ids sort by time)."""
+    fs, root = filesystem(uri, storage_options)
+    runs_root = posixpath.join(root, RUNS_DIR)
+    if not fs.exists(runs_root):
+        return []
+    runs = []
+    for entry in sorted(fs.ls(runs_root, detail=False)):
+        run_path = entry.rstrip("/")
+        if not fs.exists(posixpath.join(run_path, COMMITTED)):
+            continue  # crashed or still running: never read
+        with fs.open(posixpath.join(run_path, MANIFEST), "rb") as fh:
+            runs.append(CommittedRun(run_path, json.load(fh)))
+    return runs
+
+
+def committed_ids(uri: str, config_digest: str | None = None,
+                  storage_options: dict[str, Any] | None = None) -> set[str]:
+    """Image ids already committed under ``uri`` (for one config digest, if given)."""
+    ids: set[str] = set()
+    for run in committed_runs(uri, storage_options):
+        if config_digest is None or run.manifest.get("config_digest") == config_digest:
+            for f in run.manifest["files"]:
+                ids.update(f["image_ids"])
+    return ids
+
+
+def _read_tables(fs: fsspec.AbstractFileSystem, paths: list[str],
+                 columns: Sequence[str] | None) -> Iterator[pa.Table]:
+    for path in paths:
+        with fs.open(path, "rb") as fh:
+            yield pq.read_table(fh, columns=list(columns) if columns else None)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table | None:
+    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+
+
+def read_features_table(uri: str, columns: Sequence[str] | None = None,
+                        storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """The committed feature rows of every committed run under ``uri`` as one pyarrow Table."""
+    fs, _ = filesystem(uri, storage_options)
+    files = [f for run in committed_runs(uri, storage_options) for f in run.feature_files]
+    table = _concat(list(_read_tables(fs, files, columns)))
+    if table is None:
+        raise FileNotFoundError(f"no committed feature runs under {uri}")
+    return table
+
+
+def read_quarantine_table(uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """Every quarantined input (uri, stage, reason, error class) of the committed runs."""
+    fs, _ = filesystem(uri, storage_options)
+    files = [f for run in committed_runs(uri, storage_options) for f in run.quarantine_files]
+    return _concat(list(_read_tables(fs, files, None))) or QUARANTINE_SCHEMA.empty_table()
+
+
+def committed_feature_files(uri: str, storage_options: dict[str, Any] | None = None
+                            ) -> list[str]:
+    """Full URIs of the committed feature files, for engines that read Parquet themselves."""
+    fs, _ = filesystem(uri, storage_options)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    return [prefix + f for run in committed_runs(uri, storage_options) for f in run.feature_files]
+
+
+def read_features(uri: str, columns: Sequence[str] | None = None,
+                  storage_options: dict[str, Any] | None = None) -> Any:
+    """A Ray Dataset of the committed rows (``iter_torch_batches`` yields (B, h, w, C))."""
+    import ray.data  # Ray stays out of the import path of non-Ray users
+
+    fs, _ = filesystem(uri, storage_options)
+    files = [f for run in committed_runs(uri, storage_options) for f in run.feature_files]
+    if not files:
+        raise FileNotFoundError(f"no committed feature runs under {uri}")
+    return ray.data.read_parquet(files, filesystem=fs, columns=list(columns) if columns else None)
+
+
+class FeatureDataset:
+    """A map-style torch Dataset over committed rows, without Ray.
+
+    Item i is a dict with ``image_id`` and float32 tensors ``raw`` and ``clean`` (h, w, C).
+    Rows are loaded eagerly per file into memory-friendly fp16 numpy arrays.
+    """
+
+    def __init__(self, uri: str, tensors: Sequence[str] = ("raw", "clean"),
+                 storage_options: dict[str, Any] | None = None) -> None:
+        table = read_features_table(uri, ["image_id", *tensors], storage_options)
+        self.image_ids: list[str] = table.column("image_id").to_pylist()
+        self.tensors = {name: column_to_numpy(table.column(name)) for name in tensors}
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import torch
+
+        item: dict[str, Any] = {"image_id": self.image_ids[index]}
+        for name, array in self.tensors.items():
+            item[name] = torch.from_numpy(array[index].astype(np.float32))
+        return item

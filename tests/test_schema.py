@@ -1,0 +1,80 @@
+"""The on-disk contract: canonical tensor columns, committed-only readers, three reader paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.schema import (
+    COMMITTED,
+    MANIFEST,
+    FeatureDataset,
+    column_to_numpy,
+    committed_ids,
+    features_schema,
+    read_features_table,
+    table_bytes,
+    tensor_array,
+)
+
+GRID, CHANNELS = (3, 4), 8
+
+
+def _table(ids: list[str], rng: np.random.Generator) -> pa.Table:
+    n = len(ids)
+    maps = [rng.standard_normal((*GRID, CHANNELS)).astype(np.float32) for _ in range(n)]
+    schema = features_schema(GRID, CHANNELS, with_artifact=False)
+    return pa.table({
+        "image_id": ids, "source_uri": [f"file:///x/{i}.jpg" for i in ids],
+        "width": [64] * n, "height": [48] * n, "model": ["m"] * n, "weights_digest": ["w"] * n,
+        "layer": [11] * n, "config_digest": ["c"] * n, "method": ["dvt-fit"] * n,
+        "code_version": ["0"] * n, "grid_h": [GRID[0]] * n, "grid_w": [GRID[1]] * n,
+        "metrics": [{"r2": 0.9}] * n, "raw": tensor_array(maps), "clean": tensor_array(maps),
+    }, schema=schema)
+
+
+def _write_run(root: Path, name: str, ids: list[str], commit: bool) -> pa.Table:
+    run = root / "runs" / name
+    run.mkdir(parents=True)
+    table = _table(ids, np.random.default_rng(len(ids)))
+    data, digest = table_bytes(table)
+    (run / f"part-00000-{digest[:12]}.parquet").write_bytes(data)
+    manifest = {"config_digest": "c", "quarantine": [],
+                "files": [{"path": f"part-00000-{digest[:12]}.parquet", "image_ids": ids}]}
+    (run / MANIFEST).write_text(json.dumps(manifest))
+    if commit:
+        (run / COMMITTED).write_text("")
+    return table
+
+
+def test_tensor_columns_are_canonical(tmp_path: Path) -> None:
+    table = _write_run(tmp_path, "r1", ["a", "b"], commit=True)
+    (path,) = (tmp_path / "runs" / "r1").glob("part-*.parquet")
+    on_disk = pq.read_table(path)
+    assert on_disk.schema.field("raw").type.extension_name == "arrow.fixed_shape_tensor"
+    assert on_disk.schema.field("raw").type.shape == [3, 4, 8]
+    assert np.array_equal(column_to_numpy(on_disk["clean"]), column_to_numpy(table["clean"]))
+    assert column_to_numpy(on_disk["raw"]).dtype == np.float16
+
+
+def test_readers_see_committed_runs_only(tmp_path: Path) -> None:
+    _write_run(tmp_path, "r1", ["a", "b"], commit=True)
+    _write_run(tmp_path, "r2", ["c"], commit=False)  # crashed before its marker
+    _write_run(tmp_path, "r3", ["d"], commit=True)
+    (tmp_path / "runs" / "r3" / "part-99999-stray.parquet").write_bytes(b"partial")  # unlisted
+    table = read_features_table(str(tmp_path))
+    assert sorted(table["image_id"].to_pylist()) == ["a", "b", "d"]
+    assert committed_ids(str(tmp_path)) == {"a", "b", "d"}
+    assert committed_ids(str(tmp_path), config_digest="other") == set()
+    dataset = FeatureDataset(str(tmp_path))
+    assert len(dataset) == 3 and dataset[0]["raw"].shape == (3, 4, 8)
+
+
+def test_no_committed_run_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no committed"):
+        read_features_table(str(tmp_path))
