@@ -176,8 +176,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain JSON-able data (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """The config (a dataclass, or plain data) as JSON-able data (tuples become lists)."""
+    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    return json.loads(json.dumps(data))
 
 
 def config_digest(cfg: Any, exclude: Iterable[str] = ()) -> str:

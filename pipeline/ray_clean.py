@@ -1,0 +1,265 @@
+"""The Ray layer of clean_dataset: dataset graph, committing datasink, local Ray, summary.
+
+Graph: file list (driver) -> ReadImages (actor pool) -> CleanImages (actor pool, GPUs from
+config) -> FeatureSink. The sink writes content-named Parquet files into the run folder; when
+every write task is done, the driver writes the manifest, the summary, then ``_COMMITTED``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import posixpath
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+from ray.data import Datasink
+from ray.data.block import BlockAccessor
+
+from pipeline import __version__
+from pipeline.config import config_digest, config_to_dict
+from pipeline.job_config import CleanJobConfig
+from pipeline.schema import (
+    COMMITTED,
+    MANIFEST,
+    METRIC_FIELDS,
+    QUARANTINE_SCHEMA,
+    RUNS_DIR,
+    features_schema,
+    filesystem,
+    table_bytes,
+)
+from pipeline.stages import CleanImages, ReadImages
+from pipeline.vit import load_extractor
+
+logger = logging.getLogger(__name__)
+
+
+def list_images(cfg: CleanJobConfig) -> list[str]:
+    """Sorted full URIs of the input files matching include and not exclude patterns."""
+    fs, root = filesystem(cfg.input.uri, cfg.input.storage_options)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"input {cfg.input.uri} does not exist")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    uris = []
+    for path in sorted(fs.find(root)):
+        name, rel = posixpath.basename(path).lower(), posixpath.relpath(path, root)
+        if not any(fnmatch.fnmatch(name, pat.lower()) for pat in cfg.input.include):
+            continue
+        if any(fnmatch.fnmatch(rel, pat) for pat in cfg.input.exclude):
+            continue
+        uris.append(prefix + path)
+    return uris
+
+
+def _put_atomic(fs: Any, path: str, data: bytes) -> None:
+    """Write bytes so that a crash never leaves a truncated file under the final name."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with fs.open(tmp, "wb") as fh:
+            fh.write(data)
+        fs.mv(tmp, path)
+    else:  # object stores make a single PUT visible whole or not at all
+        with fs.open(path, "wb") as fh:
+            fh.write(data)
+
+
+class FeatureSink(Datasink):
+    """Writes feature and quarantine Parquet files of one run, then manifest and commit marker."""
+
+    def __init__(self, run_uri: str, storage_options: dict[str, Any], meta: dict[str, Any],
+                 dtype: str, with_artifact: bool, rows_per_file: int) -> None:
+        self.run_uri = run_uri
+        self.storage_options = storage_options
+        self.meta = meta  # model, weights_digest, layer, config_digest, channels, ...
+        self.dtype = dtype
+        self.with_artifact = with_artifact
+        self.rows_per_file = rows_per_file
+        self.result: dict[str, Any] = {}
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def _features(self, rows: pa.Table) -> pa.Table:
+        grid = int(rows["grid"][0].as_py())
+        channels = self.meta["channels"]
+        schema = features_schema((grid, grid), channels, self.dtype, self.with_artifact)
+        shape = (len(rows), grid, grid, channels)
+
+        def tensors(name: str) -> pa.ExtensionArray:
+            flat = b"".join(rows[name].to_pylist())
+            array = np.frombuffer(flat, dtype=self.dtype).reshape(shape)
+            return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(array))
+
+        metrics = [json.loads(m) for m in rows["metrics"].to_pylist()]
+        n = len(rows)
+        columns = {
+            "image_id": rows["image_id"], "source_uri": rows["source_uri"],
+            "width": rows["width"], "height": rows["height"],
+            "model": [self.meta["model"]] * n, "weights_digest": [self.meta["weights_digest"]] * n,
+            "layer": [self.meta["layer"]] * n, "config_digest": [self.meta["config_digest"]] * n,
+            "method": [self.meta["method"]] * n, "code_version": [__version__] * n,
+            "grid_h": [grid] * n, "grid_w": [grid] * n,
+            "metrics": [{k: m.get(k) for k in METRIC_FIELDS} for m in metrics],
+            "raw": tensors("raw"), "clean": tensors("clean"),
+        }
+        if self.with_artifact:
+            columns["artifact"] = tensors("artifact")
+        return pa.table(columns, schema=schema)
+
+    def write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
+        """One write task: its rows -> at most one feature file and one quarantine file."""
+        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        tables = [t for t in tables if len(t)]
+        out: dict[str, Any] = {"files": [], "quarantine": [], "done": 0, "skipped": 0,
+                               "errors": 0, "fit_seconds": 0.0}
+        if not tables:
+            return out
+        rows = pa.concat_tables(tables, promote_options="permissive")
+        status = np.asarray(rows["status"].to_pylist(), dtype=object)
+        fs, run_path = filesystem(self.run_uri, self.storage_options)
+        done = rows.filter(pa.array(status == "done"))
+        if len(done):
+            table = self._features(done)
+            data, digest = table_bytes(table)
+            name = f"part-{ctx.task_idx:05d}-{digest[:16]}.parquet"
+            _put_atomic(fs, posixpath.join(run_path, name), data)
+            out["files"].append({"path": name, "rows": len(done), "bytes": len(data),
+                                 "sha256": digest, "image_ids": done["image_id"].to_pylist()})
+            out["fit_seconds"] = float(sum(m["seconds"] for m in table["metrics"].to_pylist()))
+        failed = rows.filter(pa.array(status == "error"))
+        if len(failed):
+            quarantine = pa.table({
+                "source_uri": failed["source_uri"],
+                "image_id": [i or None for i in failed["image_id"].to_pylist()],
+                "stage": failed["stage"], "reason": failed["reason"],
+                "error_class": failed["error_class"],
+                "config_digest": [self.meta["config_digest"]] * len(failed),
+            }, schema=QUARANTINE_SCHEMA)
+            data, digest = table_bytes(quarantine)
+            name = f"quarantine-{ctx.task_idx:05d}-{digest[:16]}.parquet"
+            _put_atomic(fs, posixpath.join(run_path, name), data)
+            out["quarantine"].append({"path": name, "rows": len(failed), "sha256": digest,
+                                      "uris": failed["source_uri"].to_pylist()})
+        out["done"], out["errors"] = len(done), len(failed)
+        out["skipped"] = int((status == "skipped").sum())
+        return out
+
+    def on_write_complete(self, write_result: Any) -> None:
+        """Driver side, after every write task: manifest, then the commit marker."""
+        returns = [r for r in write_result.write_returns if r]
+        merged: dict[str, Any] = {"files": [], "quarantine": [], "done": 0, "skipped": 0,
+                                  "errors": 0, "fit_seconds": 0.0}
+        for r in returns:
+            for key in ("files", "quarantine"):
+                merged[key].extend(r[key])
+            for key in ("done", "skipped", "errors", "fit_seconds"):
+                merged[key] += r[key]
+        self.result = merged
+
+
+def init_ray(cfg: CleanJobConfig) -> None:
+    """Join the configured / $RAY_ADDRESS cluster, or start a local Ray on 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    address = cfg.compute.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    ray.init(num_cpus=cfg.compute.local_num_cpus, include_dashboard=False,
+             _temp_dir=os.environ.get("DVT_RAY_TMP", "/tmp/dvt-ray"))
+
+
+def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
+    """Run one cleaning pass over ``cfg.input.uri`` into a new committed run; return the summary."""
+    if not cfg.input.uri or not cfg.output.uri:
+        raise ValueError("both input.uri (--input) and output.uri (--output) are required")
+    start = time.perf_counter()
+    extractor = load_extractor(cfg.model.name, cfg.model.weights, device="cpu")
+    digest = config_digest({
+        "model": cfg.model.name, "weights_digest": extractor.weights_digest,
+        "engine": {k: v for k, v in config_to_dict(cfg.engine).items()
+                   if k not in ("name", "images_per_fit", "vit_batch_size")},
+        "dtype": cfg.output.dtype, "with_artifact": cfg.output.with_artifact,
+    })
+    meta = {"model": cfg.model.name, "weights_digest": extractor.weights_digest,
+            "layer": extractor.layer, "config_digest": digest, "channels": extractor.embed_dim,
+            "method": "dvt-fit", "patch_size": extractor.patch_size}
+    uris = list_images(cfg)
+    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:8]}-{uuid.uuid4().hex[:6]}"
+    out_fs, out_root = filesystem(cfg.output.uri, cfg.output.storage_options)
+    run_path = posixpath.join(out_root, RUNS_DIR, run_id)
+    out_fs.makedirs(run_path, exist_ok=True)
+    resolved = {"job": config_to_dict(cfg), "meta": meta, "run_id": run_id,
+                "code_version": __version__}
+    _put_atomic(out_fs, posixpath.join(run_path, "config.json"),
+                json.dumps(resolved, indent=2).encode())
+    logger.info("run %s: %d input files, config %s", run_id, len(uris), digest)
+
+    init_ray(cfg)
+    row_bytes = 3 * extractor.embed_dim * 37 * 37 * np.dtype(cfg.output.dtype).itemsize
+    rows_per_file = max(1, cfg.output.target_file_mb * 2**20 // row_bytes)
+    sink = FeatureSink(posixpath.join(cfg.output.uri.rstrip("/"), RUNS_DIR, run_id),
+                       cfg.output.storage_options, meta, cfg.output.dtype,
+                       cfg.output.with_artifact, rows_per_file)
+    if uris:
+        ds = ray.data.from_items([{"source_uri": u} for u in uris],
+                                 override_num_blocks=max(1, min(len(uris), 64)))
+        ds = ds.map_batches(
+            ReadImages, batch_size=cfg.compute.read_batch_size,
+            fn_constructor_kwargs={
+                "storage_options": cfg.input.storage_options,
+                "max_pixels": cfg.input.max_pixels, "min_side": extractor.patch_size,
+                "output_uri": cfg.output.uri,
+                "output_storage_options": cfg.output.storage_options, "config_digest": digest},
+            compute=ray.data.ActorPoolStrategy(size=cfg.compute.readers),
+            num_cpus=cfg.compute.reader_num_cpus)
+        ds = ds.map_batches(
+            CleanImages, batch_size=cfg.engine.images_per_fit,
+            fn_constructor_kwargs={
+                "model_name": cfg.model.name, "weights": cfg.model.weights,
+                "engine": cfg.engine, "dtype": cfg.output.dtype,
+                "with_artifact": cfg.output.with_artifact},
+            compute=ray.data.ActorPoolStrategy(size=cfg.compute.actors),
+            num_cpus=cfg.compute.num_cpus,
+            num_gpus=cfg.compute.num_gpus or None)
+        ds.write_datasink(sink)
+    result = sink.result or {"files": [], "quarantine": [], "done": 0, "skipped": 0,
+                             "errors": 0, "fit_seconds": 0.0}
+    wall = time.perf_counter() - start
+    summary = {
+        "run_id": run_id, "inputs": len(uris), "done": result["done"],
+        "skipped_committed": result["skipped"], "quarantined": result["errors"],
+        "seconds": wall, "images_per_second": result["done"] / wall if wall else 0.0,
+        "fit_seconds_per_image": result["fit_seconds"] / max(1, result["done"]),
+        "config_digest": digest,
+    }
+    manifest = {"run_id": run_id, "config_digest": digest, "schema_version": 1,
+                "files": result["files"], "quarantine": result["quarantine"], "summary": summary}
+    _put_atomic(out_fs, posixpath.join(run_path, "summary.json"),
+                json.dumps(summary, indent=2).encode())
+    _put_atomic(out_fs, posixpath.join(run_path, MANIFEST), json.dumps(manifest).encode())
+    _put_atomic(out_fs, posixpath.join(run_path, COMMITTED), run_id.encode())
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The one-screen summary printed at the end of a job."""
+    lines = [f"run {summary['run_id']}"]
+    for key in ("inputs", "done", "skipped_committed", "quarantined"):
+        lines.append(f"  {key:<22} {summary[key]}")
+    lines.append(f"  {'images/s':<22} {summary['images_per_second']:.3f}")
+    lines.append(f"  {'fit s/image':<22} {summary['fit_seconds_per_image']:.2f}")
+    lines.append(f"  {'wall seconds':<22} {summary['seconds']:.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""Dataset stages as small callable classes: load once in ``__init__``, pure ``__call__``.
+
+They take and return batches as dicts of numpy columns and import no Ray, so they run the same
+under Ray Data's actor pools and in a plain loop. Every input row comes out as exactly one row
+with a ``status``: ``done`` (features in ``raw``/``clean``/``artifact`` as bytes), ``skipped``
+(already committed for this config) or ``error`` (with ``stage``, ``reason``, ``error_class``).
+Pixels and tensors travel as bytes so that every column is a scalar or binary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from pipeline.config import EngineConfig
+from pipeline.engine import clean_images
+from pipeline.images import decode_image
+from pipeline.schema import committed_ids
+from pipeline.vit import load_extractor
+
+logger = logging.getLogger(__name__)
+
+Batch = dict[str, np.ndarray]
+PASSTHROUGH = ("source_uri", "image_id", "status", "stage", "reason", "error_class",
+               "width", "height")
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    """A 1-D object array (bytes / str column) that numpy does not try to broadcast."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+class ReadImages:
+    """source_uri -> bytes -> sha256 id -> decoded RGB (or skipped / error), one row each."""
+
+    def __init__(self, storage_options: dict[str, Any], max_pixels: int, min_side: int,
+                 output_uri: str, output_storage_options: dict[str, Any],
+                 config_digest: str) -> None:
+        self.storage_options = storage_options
+        self.max_pixels = max_pixels
+        self.min_side = min_side
+        self.done_ids = committed_ids(output_uri, config_digest, output_storage_options)
+
+    def _row(self, uri: str) -> dict[str, Any]:
+        row: dict[str, Any] = {"source_uri": uri, "image_id": "", "status": "error", "stage": "",
+                               "reason": "", "error_class": "", "width": 0, "height": 0,
+                               "pixels": b""}
+        try:
+            with fsspec.open(uri, "rb", **self.storage_options) as fh:
+                data = fh.read()
+        except Exception as err:  # any storage failure is this input's, not the job's
+            return row | {"stage": "read", "reason": str(err)[:500],
+                          "error_class": type(err).__name__}
+        row["image_id"] = hashlib.sha256(data).hexdigest()
+        if row["image_id"] in self.done_ids:
+            return row | {"status": "skipped"}
+        try:
+            rgb = decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side)
+        except Exception as err:
+            return row | {"stage": "decode", "reason": str(err)[:500],
+                          "error_class": type(err).__name__}
+        height, width = rgb.shape[:2]
+        return row | {"status": "ok", "width": width, "height": height, "pixels": rgb.tobytes()}
+
+    def __call__(self, batch: Batch) -> Batch:
+        rows = [self._row(str(uri)) for uri in batch["source_uri"]]
+        out = {key: _objects([r[key] for r in rows]) for key in rows[0]} if rows else {}
+        for key in ("width", "height"):
+            out[key] = np.asarray([r[key] for r in rows], dtype=np.int32)
+        return out
+
+
+class CleanImages:
+    """Decoded rows -> stage-1 fit -> feature bytes; other rows pass through untouched."""
+
+    def __init__(self, model_name: str, weights: str, engine: EngineConfig, dtype: str,
+                 with_artifact: bool) -> None:
+        self.extractor = load_extractor(model_name, weights=weights)
+        self.engine = engine
+        self.dtype = np.dtype(dtype)
+        self.with_artifact = with_artifact
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["source_uri"])
+        out: dict[str, list[Any]] = {key: list(batch[key]) for key in PASSTHROUGH}
+        for key in ("raw", "clean", "artifact", "metrics"):
+            out[key] = [b"" if key != "metrics" else "" for _ in range(n)]
+        out["grid"] = [0] * n
+        todo = [i for i in range(n) if batch["status"][i] == "ok"]
+        images = [
+            np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(
+                int(batch["height"][i]), int(batch["width"][i]), 3)
+            for i in todo
+        ]
+        try:
+            results = clean_images(self.extractor, images, self.engine,
+                                   ids=[str(batch["image_id"][i]) for i in todo]) if todo else []
+        except Exception as err:  # a failure of the whole fit quarantines its images
+            logger.exception("fit failed for %d images", len(todo))
+            for i in todo:
+                out["status"][i], out["stage"][i] = "error", "fit"
+                out["reason"][i], out["error_class"][i] = str(err)[:500], type(err).__name__
+            results = []
+        for i, res in zip(todo, results, strict=False):
+            if not res.ok:
+                out["status"][i], out["stage"][i] = "error", "fit"
+                out["reason"][i], out["error_class"][i] = res.error or "", "FitDiverged"
+                continue
+            out["status"][i] = "done"
+            out["raw"][i] = res.raw.astype(self.dtype).tobytes()
+            out["clean"][i] = res.clean.astype(self.dtype).tobytes()
+            if self.with_artifact:
+                out["artifact"][i] = res.artifact.astype(self.dtype).tobytes()
+            out["grid"][i] = res.raw.shape[0]
+            out["metrics"][i] = json.dumps(res.metrics)
+        result = {key: _objects(values) for key, values in out.items()}
+        for key in ("width", "height", "grid"):
+            result[key] = np.asarray(out[key], dtype=np.int32)
+        return result
