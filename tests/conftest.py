@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,16 @@ import pytest
 
 from pipeline import FeatureExtractor, load_extractor
 from pipeline.samples import sample_photo
+
+# Before Ray is imported by any test module:
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# Fake credentials for the local moto S3 server; Ray workers inherit them at start.
+for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                     ("AWS_DEFAULT_REGION", "us-east-1")):
+    os.environ.setdefault(_key, _value)
 
 SHARED_ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 DINOV2_WEIGHTS = SHARED_ASSETS / "dinov2_vits14.safetensors"
@@ -38,3 +50,14 @@ def tiny_vit() -> FeatureExtractor:
 def photos() -> dict[str, np.ndarray]:
     """A few real photos shipped inside scikit-image."""
     return {name: sample_photo(name) for name in ("astronaut", "chelsea", "coffee")}
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[None]:
+    """One local Ray for the session, on 127.0.0.1, more logical CPUs than cores."""
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, _temp_dir="/tmp/dvt-test-ray",
+             runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    yield
+    ray.shutdown()
