@@ -95,12 +95,16 @@ def test_rerun_does_nothing_and_refresh_takes_only_new(photo_dir: Path, tmp_path
     assert other["done"] == 4
 
 
-def _huge_png_header() -> bytes:
-    """A valid PNG signature + IHDR claiming 60000 x 60000 pixels, and no real data."""
-    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
-            + struct.pack(">I", zlib.crc32(chunk)))
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    body = kind + payload
+    return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+
+def _huge_png_header(side: int) -> bytes:
+    """A PNG whose header claims side x side pixels, with a few bytes of pixel data."""
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
+            + _chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _chunk(b"IEND", b""))
 
 
 def test_poison_set_is_quarantined_and_the_rest_commits(tmp_path: Path,
@@ -117,7 +121,8 @@ def test_poison_set_is_quarantined_and_the_rest_commits(tmp_path: Path,
         "text.jpg": b"hello, I am text",
         "empty.jpg": b"",
         "tiny.png": _png(Image.new("RGB", (1, 1))),
-        "huge.png": _huge_png_header(),
+        "huge.png": _huge_png_header(3000),  # over the job's 4 MP cap
+        "bomb.png": _huge_png_header(60000),  # a decompression bomb
         "sixteen.png": _png(wide),
         "la.png": _png(Image.fromarray(base).convert("LA")),
         "p.png": _png(Image.fromarray(base).convert("P")),
@@ -133,9 +138,11 @@ def test_poison_set_is_quarantined_and_the_rest_commits(tmp_path: Path,
     summary = run_clean_job(_job(str(src), out, "input.max_pixels=4000000"))
     quarantined = read_quarantine_table(out).to_pylist()
     bad = {Path(r["source_uri"]).name: r for r in quarantined}
-    assert set(bad) == {"truncated.jpg", "text.jpg", "empty.jpg", "tiny.png", "huge.png"}
+    assert set(bad) == {"truncated.jpg", "text.jpg", "empty.jpg", "tiny.png", "huge.png",
+                        "bomb.png"}
     assert "zero-byte" in bad["empty.jpg"]["reason"]
     assert "over the cap" in bad["huge.png"]["reason"]
+    assert "bomb" in bad["bomb.png"]["reason"]
     assert "smaller than one" in bad["tiny.png"]["reason"]
     assert all(r["stage"] == "decode" and r["error_class"] for r in quarantined)
     committed = read_features_table(out, ["source_uri", "width", "height"]).to_pylist()
