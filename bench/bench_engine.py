@@ -91,13 +91,17 @@ def main() -> None:
     d_raw = np.mean([token_distance(paper[n]["raw"], paper[n]["clean"]) for n in paper_names])
     d_fast = np.mean([token_distance(fast[n].clean, paper[n]["clean"]) for n in paper_names])
     d_floor = token_distance(paper_reseed["clean"], paper[paper_names[0]]["clean"])
-    paper_s = float(np.mean([paper[n]["seconds"] for n in paper_names]))
+    # Paper fits are cached across runs and may have shared the CPU: the fastest is the
+    # cleanest measurement of what a paper fit costs.
+    paper_times = [float(p["seconds"]) for p in [*paper.values(), paper_reseed]]
+    paper_s = min(paper_times)
     fast_s = t_single / len(images)
     report = {
         "image_size": size,
         "fast_preset": fast_cfg.name,
         "fast_overrides": args.override,
         "paper_seconds_per_image": paper_s,
+        "paper_seconds_per_image_mean_of_cached": float(np.mean(paper_times)),
         "fast_seconds_per_image_sequential": fast_s,
         "fast_seconds_per_image_batched": t_batched / len(images),
         "speedup_fast_vs_paper": paper_s / fast_s,

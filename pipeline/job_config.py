@@ -80,6 +80,9 @@ class ComputeConfig:
     """GPUs per cleaning actor (fractional allowed); 0 runs on the CPU."""
     num_cpus: float = 0.5
     """CPUs reserved per cleaning actor."""
+    torch_threads: int = 0
+    """Intra-op threads of each cleaning actor; 0: every core of its machine (Ray would
+    otherwise give a fractional-CPU actor one thread)."""
     readers: int = 1
     """Size of the read/decode actor pool."""
     reader_num_cpus: float = 0.25

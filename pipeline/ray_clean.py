@@ -230,7 +230,8 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
             fn_constructor_kwargs={
                 "model_name": cfg.model.name, "weights": cfg.model.weights,
                 "engine": cfg.engine, "dtype": cfg.output.dtype,
-                "with_artifact": cfg.output.with_artifact},
+                "with_artifact": cfg.output.with_artifact,
+                "torch_threads": cfg.compute.torch_threads},
             compute=ray.data.ActorPoolStrategy(size=cfg.compute.actors),
             num_cpus=cfg.compute.num_cpus,
             num_gpus=cfg.compute.num_gpus or None)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from typing import Any
 
 import fsspec
 import numpy as np
+import torch
 
 from pipeline.config import EngineConfig
 from pipeline.engine import clean_images
@@ -81,7 +83,8 @@ class CleanImages:
     """Decoded rows -> stage-1 fit -> feature bytes; other rows pass through untouched."""
 
     def __init__(self, model_name: str, weights: str, engine: EngineConfig, dtype: str,
-                 with_artifact: bool) -> None:
+                 with_artifact: bool, torch_threads: int = 0) -> None:
+        torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.extractor = load_extractor(model_name, weights=weights)
         self.engine = engine
         self.dtype = np.dtype(dtype)

@@ -1,0 +1,128 @@
+"""clean_dataset pipeline benchmark: throughput vs a plain loop, and peak memory at 1x and 4x.
+
+Run: python bench/bench_pipeline.py [--images 12] [--job quickstart] [key=value ...]
+Both sides use the same model, preset and images (JPEG files made from the bundled photos).
+The plain loop reads, decodes and calls ``clean_images`` one image at a time; the pipeline is
+``run_clean_job`` on a local Ray that is started (and timed separately) before the job.
+Peak memory is the largest resident set of this process plus every Ray process, sampled.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import ray  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipeline import clean_images, load_extractor  # noqa: E402
+from pipeline.images import decode_image  # noqa: E402
+from pipeline.job_config import resolve_clean_job  # noqa: E402
+from pipeline.ray_clean import list_images, run_clean_job  # noqa: E402
+from pipeline.samples import sample_photos  # noqa: E402
+
+
+class PeakMemory:
+    """Samples the summed RSS of this process and its descendants (Ray's workers included)."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def make_images(folder: Path, count: int) -> None:
+    """``count`` distinct JPEGs from the bundled photos (shifted crops so bytes differ)."""
+    photos = list(sample_photos().values())
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        shift = 4 * (i // len(photos))
+        crop = photo[shift:, shift:]
+        Image.fromarray(np.ascontiguousarray(crop)).save(folder / f"img{i:04d}.jpg", quality=92)
+
+
+def plain_loop(cfg, uris: list[str]) -> float:
+    """Seconds for read + decode + clean_images, one image at a time."""
+    ext = load_extractor(cfg.model.name, cfg.model.weights)
+    start = time.perf_counter()
+    for uri in uris:
+        rgb = decode_image(Path(uri).read_bytes(), min_side=ext.patch_size)
+        clean_images(ext, [rgb], cfg.engine)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=12)
+    parser.add_argument("--job", default="quickstart")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/pipeline.json"))
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    t0 = time.perf_counter()
+    ray.init(num_cpus=8, include_dashboard=False, _temp_dir="/tmp/dvt-bench-ray")
+    ray_start = time.perf_counter() - t0
+    report: dict[str, object] = {"ray_start_seconds": ray_start, "overrides": args.overrides}
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in (1, 4):
+            images = Path(tmp) / f"images{scale}"
+            images.mkdir()
+            make_images(images, args.images * scale)
+            cfg = resolve_clean_job(args.job, [f"input.uri={images}",
+                                               f"output.uri={Path(tmp) / f'out{scale}'}",
+                                               *args.overrides])
+            with PeakMemory() as mem:
+                start = time.perf_counter()
+                summary = run_clean_job(cfg)
+                wall = time.perf_counter() - start
+            report[f"pipeline_{scale}x"] = {"images": summary["done"], "seconds": wall,
+                                            "images_per_second": summary["done"] / wall,
+                                            "peak_rss_gib": mem.peak / 2**30}
+            if scale == 1:
+                loop = plain_loop(cfg, list_images(cfg))
+                report["plain_loop_1x"] = {"images": args.images, "seconds": loop,
+                                           "images_per_second": args.images / loop}
+    report["pipeline_over_plain_loop"] = (report["pipeline_1x"]["images_per_second"]
+                                          / report["plain_loop_1x"]["images_per_second"])
+    report["peak_rss_4x_over_1x"] = (report["pipeline_4x"]["peak_rss_gib"]
+                                     / report["pipeline_1x"]["peak_rss_gib"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""`ray job submit` of clean_dataset against a local head on 127.0.0.1, ended by its PID."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.schema import committed_runs, read_features_table
+
+pytestmark = [pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ray_job_submit_quickstart(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name, photo in photos.items():
+        buf = io.BytesIO()
+        Image.fromarray(photo).resize((128, 96)).save(buf, format="JPEG")
+        (src / f"{name}.jpg").write_bytes(buf.getvalue())
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    gcs_port, dash_port = _free_port(), _free_port()
+    temp_dir = f"/tmp/dvt-head-{os.getpid()}"
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled",
+               RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=8",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dash_port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2).read()
+                break
+            except OSError:
+                assert head.poll() is None, "ray start --head exited"
+                assert time.time() < deadline, "the dashboard did not come up"
+                time.sleep(1)
+        submit = subprocess.run(
+            [ray_bin, "job", "submit", f"--address={address}", f"--working-dir={ROOT}",
+             "--", "python", "jobs/clean_dataset.py", "--job", "smoke",
+             "--input", str(src), "--output", str(out), "engine.fit.steps=20"],
+            env=env, capture_output=True, text=True, timeout=600)
+        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+        assert "succeeded" in submit.stdout, submit.stdout[-3000:]
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops its own cluster
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    (run,) = committed_runs(str(out))
+    assert run.manifest["summary"]["done"] == 3
+    assert read_features_table(str(out)).num_rows == 3
