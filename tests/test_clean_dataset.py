@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipeline import clean_images, load_extractor
@@ -19,6 +20,7 @@ from pipeline.ray_clean import run_clean_job
 from pipeline.schema import (
     column_to_numpy,
     committed_ids,
+    read_features,
     read_features_table,
     read_quarantine_table,
 )
@@ -77,6 +79,14 @@ def test_end_to_end_local(photo_dir: Path, tmp_path: Path) -> None:
     (direct,) = clean_images(ext, [image], cfg, ids=[row["image_id"]])
     assert np.allclose(clean[0].astype(np.float32), direct.clean, atol=2e-2, rtol=1e-2)
     assert np.allclose(column_to_numpy(table["raw"])[0], direct.raw, atol=1e-2, rtol=1e-2)
+    # the Ray reader streams the same rows as torch batches (B, h, w, C)
+    batches = list(read_features(str(out), ["clean"]).iter_torch_batches(
+        batch_size=2, dtypes={"clean": torch.float32}))
+    rows = torch.cat([b["clean"] for b in batches])
+    assert rows.shape == (3, 7, 7, 64) and rows.dtype == torch.float32
+    expected = torch.from_numpy(clean.astype(np.float32))
+    for row in rows:  # every streamed row is one of the committed rows
+        assert min(float((row - e).abs().max()) for e in expected) == 0.0
 
 
 def test_rerun_does_nothing_and_refresh_takes_only_new(photo_dir: Path, tmp_path: Path,

@@ -42,6 +42,7 @@ def test_ray_job_submit_quickstart(tmp_path: Path, photos: dict[str, np.ndarray]
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled",
                RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # as activated
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=8",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1",
@@ -58,11 +59,15 @@ def test_ray_job_submit_quickstart(tmp_path: Path, photos: dict[str, np.ndarray]
                 assert head.poll() is None, "ray start --head exited"
                 assert time.time() < deadline, "the dashboard did not come up"
                 time.sleep(1)
-        submit = subprocess.run(
-            [ray_bin, "job", "submit", f"--address={address}", f"--working-dir={ROOT}",
-             "--", "python", "jobs/clean_dataset.py", "--job", "smoke",
-             "--input", str(src), "--output", str(out), "engine.fit.steps=20"],
-            env=env, capture_output=True, text=True, timeout=600)
+        command = [ray_bin, "job", "submit", f"--address={address}", f"--working-dir={ROOT}",
+                   "--", "python", "jobs/clean_dataset.py", "--job", "smoke",
+                   "--input", str(src), "--output", str(out), "engine.fit.steps=20"]
+        for _attempt in range(30):  # the job agent can come up after the dashboard
+            submit = subprocess.run(command, env=env, capture_output=True, text=True,
+                                    timeout=600)
+            if "No available agent" not in submit.stdout + submit.stderr:
+                break
+            time.sleep(2)
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "succeeded" in submit.stdout, submit.stdout[-3000:]
     finally:
