@@ -26,6 +26,7 @@ from ray.data.block import BlockAccessor
 
 from pipeline import __version__
 from pipeline.config import config_digest, config_to_dict
+from pipeline.engine import resolve_image_size
 from pipeline.job_config import CleanJobConfig
 from pipeline.schema import (
     COMMITTED,
@@ -208,7 +209,8 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
     logger.info("run %s: %d input files, config %s", run_id, len(uris), digest)
 
     init_ray(cfg)
-    row_bytes = 3 * extractor.embed_dim * 37 * 37 * np.dtype(cfg.output.dtype).itemsize
+    grid = resolve_image_size(cfg.engine, extractor) // extractor.patch_size
+    row_bytes = 3 * extractor.embed_dim * grid * grid * np.dtype(cfg.output.dtype).itemsize
     rows_per_file = max(1, cfg.output.target_file_mb * 2**20 // row_bytes)
     sink = FeatureSink(posixpath.join(cfg.output.uri.rstrip("/"), RUNS_DIR, run_id),
                        cfg.output.storage_options, meta, cfg.output.dtype,

@@ -111,7 +111,7 @@ class CleanImages:
                 out["status"][i], out["stage"][i] = "error", "fit"
                 out["reason"][i], out["error_class"][i] = str(err)[:500], type(err).__name__
             results = []
-        for i, res in zip(todo, results, strict=False):
+        for i, res in zip(todo if results else [], results, strict=True):
             if not res.ok:
                 out["status"][i], out["stage"][i] = "error", "fit"
                 out["reason"][i], out["error_class"][i] = res.error or "", "FitDiverged"
