@@ -37,22 +37,32 @@ from pipeline.samples import sample_photos  # noqa: E402
 
 
 class PeakMemory:
-    """Samples the summed RSS of this process and its descendants (Ray's workers included)."""
+    """Samples this process and its descendants (Ray's workers included).
 
-    def __init__(self, interval: float = 0.25) -> None:
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+    peak: largest summed RSS (shared pages counted once per process that maps them);
+    peak_uss: largest summed USS (memory unique to each process: no double counting);
+    peak_largest: largest single-process RSS; peak_processes: most processes alive at once.
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval, self._stop = interval, threading.Event()
+        self.peak = self.peak_uss = self.peak_largest = self.peak_processes = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            rss = uss = largest = count = 0
             for proc in [me, *me.children(recursive=True)]:
                 try:
-                    total += proc.memory_info().rss
+                    info = proc.memory_full_info()
                 except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+                    continue
+                rss, uss, count = rss + info.rss, uss + info.uss, count + 1
+                largest = max(largest, info.rss)
+            self.peak, self.peak_uss = max(self.peak, rss), max(self.peak_uss, uss)
+            self.peak_largest = max(self.peak_largest, largest)
+            self.peak_processes = max(self.peak_processes, count)
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakMemory:
@@ -110,7 +120,10 @@ def main() -> None:
                 wall = time.perf_counter() - start
             report[f"pipeline_{scale}x"] = {"images": summary["done"], "seconds": wall,
                                             "images_per_second": summary["done"] / wall,
-                                            "peak_rss_gib": mem.peak / 2**30}
+                                            "peak_rss_gib": mem.peak / 2**30,
+                                            "peak_uss_gib": mem.peak_uss / 2**30,
+                                            "peak_largest_process_gib": mem.peak_largest / 2**30,
+                                            "peak_processes": mem.peak_processes}
             if scale == 1:
                 loop_cfg = cfg
         # last, so that its model and buffers do not sit in the pipeline's memory figures
@@ -120,8 +133,8 @@ def main() -> None:
     loop_rate = report["plain_loop_1x"]["images_per_second"]
     report["pipeline_over_plain_loop"] = report["pipeline_1x"]["images_per_second"] / loop_rate
     report["pipeline_4x_over_plain_loop"] = report["pipeline_4x"]["images_per_second"] / loop_rate
-    report["peak_rss_4x_over_1x"] = (report["pipeline_4x"]["peak_rss_gib"]
-                                     / report["pipeline_1x"]["peak_rss_gib"])
+    for key in ("peak_rss_gib", "peak_uss_gib", "peak_largest_process_gib"):
+        report[f"{key}_4x_over_1x"] = report["pipeline_4x"][key] / report["pipeline_1x"][key]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

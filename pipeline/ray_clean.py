@@ -36,6 +36,8 @@ from pipeline.schema import (
     RUNS_DIR,
     features_schema,
     filesystem,
+    full_uri,
+    is_local,
     table_bytes,
 )
 from pipeline.stages import CleanImages, ReadImages
@@ -49,8 +51,6 @@ def list_images(cfg: CleanJobConfig) -> list[str]:
     fs, root = filesystem(cfg.input.uri, cfg.input.storage_options)
     if not fs.exists(root):
         raise FileNotFoundError(f"input {cfg.input.uri} does not exist")
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
     uris = []
     for path in sorted(fs.find(root)):
         name, rel = posixpath.basename(path).lower(), posixpath.relpath(path, root)
@@ -58,14 +58,13 @@ def list_images(cfg: CleanJobConfig) -> list[str]:
             continue
         if any(fnmatch.fnmatch(rel, pat) for pat in cfg.input.exclude):
             continue
-        uris.append(prefix + path)
+        uris.append(full_uri(fs, path))
     return uris
 
 
 def _put_atomic(fs: Any, path: str, data: bytes) -> None:
     """Write bytes so that a crash never leaves a truncated file under the final name."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
+    if is_local(fs):
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         with fs.open(tmp, "wb") as fh:
             fh.write(data)
@@ -73,6 +72,12 @@ def _put_atomic(fs: Any, path: str, data: bytes) -> None:
     else:  # object stores make a single PUT visible whole or not at all
         with fs.open(path, "wb") as fh:
             fh.write(data)
+
+
+def _empty_result() -> dict[str, Any]:
+    """What a write task (or a whole run) reports when it wrote nothing."""
+    return {"files": [], "quarantine": [], "done": 0, "skipped": 0, "errors": 0,
+            "fit_seconds": 0.0}
 
 
 class FeatureSink(Datasink):
@@ -123,8 +128,7 @@ class FeatureSink(Datasink):
         """One write task: its rows -> at most one feature file and one quarantine file."""
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         tables = [t for t in tables if len(t)]
-        out: dict[str, Any] = {"files": [], "quarantine": [], "done": 0, "skipped": 0,
-                               "errors": 0, "fit_seconds": 0.0}
+        out = _empty_result()
         if not tables:
             return out
         rows = pa.concat_tables(tables, promote_options="permissive")
@@ -160,8 +164,7 @@ class FeatureSink(Datasink):
     def on_write_complete(self, write_result: Any) -> None:
         """Driver side, after every write task: manifest, then the commit marker."""
         returns = [r for r in write_result.write_returns if r]
-        merged: dict[str, Any] = {"files": [], "quarantine": [], "done": 0, "skipped": 0,
-                                  "errors": 0, "fit_seconds": 0.0}
+        merged = _empty_result()
         for r in returns:
             for key in ("files", "quarantine"):
                 merged[key].extend(r[key])
@@ -238,8 +241,7 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
             num_cpus=cfg.compute.num_cpus,
             num_gpus=cfg.compute.num_gpus or None)
         ds.write_datasink(sink)
-    result = sink.result or {"files": [], "quarantine": [], "done": 0, "skipped": 0,
-                             "errors": 0, "fit_seconds": 0.0}
+    result = sink.result or _empty_result()
     wall = time.perf_counter() - start
     summary = {
         "run_id": run_id, "inputs": len(uris), "done": result["done"],

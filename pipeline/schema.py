@@ -127,6 +127,20 @@ def filesystem(uri: str, storage_options: dict[str, Any] | None = None
     return fs, path.rstrip("/")
 
 
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for the local filesystem (paths carry no protocol prefix)."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A bare path of ``fs`` as a URI that fsspec opens anywhere (s3://..., or a local path)."""
+    if is_local(fs):
+        return path
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return f"{protocol}://{path}"
+
+
 def committed_runs(uri: str, storage_options: dict[str, Any] | None = None
                    ) -> list[CommittedRun]:
     """Every committed run under an output URI, oldest first (run ids sort by time)."""
@@ -182,15 +196,6 @@ def read_quarantine_table(uri: str, storage_options: dict[str, Any] | None = Non
     fs, _ = filesystem(uri, storage_options)
     files = [f for run in committed_runs(uri, storage_options) for f in run.quarantine_files]
     return _concat(list(_read_tables(fs, files, None))) or QUARANTINE_SCHEMA.empty_table()
-
-
-def committed_feature_files(uri: str, storage_options: dict[str, Any] | None = None
-                            ) -> list[str]:
-    """Full URIs of the committed feature files, for engines that read Parquet themselves."""
-    fs, _ = filesystem(uri, storage_options)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-    return [prefix + f for run in committed_runs(uri, storage_options) for f in run.feature_files]
 
 
 def read_features(uri: str, columns: Sequence[str] | None = None,
