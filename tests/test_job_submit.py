@@ -46,7 +46,11 @@ def test_ray_job_submit_quickstart(tmp_path: Path, photos: dict[str, np.ndarray]
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=8",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+         f"--dashboard-port={dash_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+         # free ports: another Ray (the session's local one) may hold the default ones
+         f"--dashboard-agent-listen-port={_free_port()}",
+         f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dash_port}"
     try:
