@@ -225,15 +225,20 @@ def load_yaml_config(cls: type[T], path: Path | str) -> T:
     return from_dict(cls, data, where=str(path))
 
 
-def load_preset(cls: type[T], name_or_path: str | Path, group: str) -> T:
-    """Load preset ``conf/<group>/<name>.yaml``, or a YAML file given by path."""
+def preset_path(name_or_path: str | Path, group: str) -> Path:
+    """Path of preset ``conf/<group>/<name>.yaml``, or of a YAML file given by path."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = CONF_DIR / group / f"{name_or_path}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         raise ValueError(f"no preset {name_or_path!r} in conf/{group}; known presets: {known}")
-    return load_yaml_config(cls, path)
+    return path
+
+
+def load_preset(cls: type[T], name_or_path: str | Path, group: str) -> T:
+    """Load preset ``conf/<group>/<name>.yaml``, or a YAML file given by path."""
+    return load_yaml_config(cls, preset_path(name_or_path, group))
 
 
 def engine_preset(

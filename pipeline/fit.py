@@ -79,6 +79,13 @@ def _lr_factor(step: int, total: int, cfg: FitConfig) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _distance(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """L_dist per image: MSE + (1 - cos) over tokens, for (B, T, C) inputs -> (B,)."""
+    return F.mse_loss(pred, y, reduction="none").mean((1, 2)) + (
+        1.0 - F.cosine_similarity(pred, y, dim=-1).mean(1)
+    )
+
+
 def _per_image_losses(
     model: BatchedDecomposition,
     y: torch.Tensor,
@@ -91,16 +98,10 @@ def _per_image_losses(
     sem = model.field(xy)
     art = model.artifact_at(patch)
     if not phase2:
-        pred = sem + art
-        return F.mse_loss(pred, y, reduction="none").mean((1, 2)) + (
-            1.0 - F.cosine_similarity(pred, y, dim=-1).mean(1)
-        )
+        return _distance(sem + art, y)
     art = art.detach()
     res = model.residual(y)
-    pred = sem + art + res.detach()
-    dist = F.mse_loss(pred, y, reduction="none").mean((1, 2)) + (
-        1.0 - F.cosine_similarity(pred, y, dim=-1).mean(1)
-    )
+    dist = _distance(sem + art + res.detach(), y)
     target = (y - sem - art).detach()
     res_loss = F.mse_loss(res, target, reduction="none").mean((1, 2))
     sparse = res.abs().mean((1, 2))

@@ -16,13 +16,13 @@ from typing import Any
 import yaml
 
 from pipeline.config import (
-    CONF_DIR,
     EngineConfig,
     apply_overrides,
     config_to_dict,
     engine_preset,
     from_dict,
     parse_override,
+    preset_path,
 )
 
 IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.bmp", "*.tif", "*.tiff", "*.gif"]
@@ -118,12 +118,7 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_clean_job(job_preset: str | Path, overrides: Iterable[str] = ()) -> CleanJobConfig:
     """Job preset (name in conf/job or YAML path) + engine preset + overrides -> config."""
-    path = Path(job_preset)
-    if path.suffix not in (".yaml", ".yml"):
-        path = CONF_DIR / "job" / f"{job_preset}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONF_DIR / "job").glob("*.yaml"))
-        raise ValueError(f"no job preset {job_preset!r}; known: {known}")
+    path = preset_path(job_preset, "job")
     data = yaml.safe_load(path.read_text()) or {}
     overrides = list(overrides)
     rest = []
