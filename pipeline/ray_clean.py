@@ -251,7 +251,7 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
         "config_digest": digest,
     }
     manifest = {"run_id": run_id, "config_digest": digest, "schema_version": 1,
-                "files": result["files"], "quarantine": result["quarantine"], "summary": summary}
+                "meta": meta | {"grid": grid}, "files": result["files"], "quarantine": result["quarantine"], "summary": summary}
     _put_atomic(out_fs, posixpath.join(run_path, "summary.json"),
                 json.dumps(summary, indent=2).encode())
     _put_atomic(out_fs, posixpath.join(run_path, MANIFEST), json.dumps(manifest).encode())

@@ -119,6 +119,15 @@ class CommittedRun:
     def quarantine_files(self) -> list[str]:
         return [posixpath.join(self.path, f["path"]) for f in self.manifest["quarantine"]]
 
+    @property
+    def meta(self) -> dict[str, Any]:
+        """model, weights_digest, layer, method, channels, grid ... of the run's rows."""
+        return self.manifest.get("meta") or {}
+
+    @property
+    def image_ids(self) -> list[str]:
+        return [i for f in self.manifest["files"] for i in f["image_ids"]]
+
 
 def filesystem(uri: str, storage_options: dict[str, Any] | None = None
                ) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -158,15 +167,20 @@ def committed_runs(uri: str, storage_options: dict[str, Any] | None = None
     return runs
 
 
+def select_runs(uri: str, storage_options: dict[str, Any] | None = None, *,
+                method: str | None = None, config_digest: str | None = None
+                ) -> list[CommittedRun]:
+    """The committed runs under ``uri`` whose rows came from ``method`` / ``config_digest``."""
+    return [run for run in committed_runs(uri, storage_options)
+            if (config_digest is None or run.manifest.get("config_digest") == config_digest)
+            and (method is None or run.meta.get("method") == method)]
+
+
 def committed_ids(uri: str, config_digest: str | None = None,
                   storage_options: dict[str, Any] | None = None) -> set[str]:
     """Image ids already committed under ``uri`` (for one config digest, if given)."""
-    ids: set[str] = set()
-    for run in committed_runs(uri, storage_options):
-        if config_digest is None or run.manifest.get("config_digest") == config_digest:
-            for f in run.manifest["files"]:
-                ids.update(f["image_ids"])
-    return ids
+    runs = select_runs(uri, storage_options, config_digest=config_digest)
+    return {i for run in runs for i in run.image_ids}
 
 
 def _read_tables(fs: fsspec.AbstractFileSystem, paths: list[str],
@@ -199,14 +213,21 @@ def read_quarantine_table(uri: str, storage_options: dict[str, Any] | None = Non
 
 
 def read_features(uri: str, columns: Sequence[str] | None = None,
-                  storage_options: dict[str, Any] | None = None) -> Any:
-    """A Ray Dataset of the committed rows (``iter_torch_batches`` yields (B, h, w, C))."""
+                  storage_options: dict[str, Any] | None = None, *,
+                  method: str | None = None, config_digest: str | None = None) -> Any:
+    """A Ray Dataset of the committed rows (``iter_torch_batches`` yields (B, h, w, C)).
+
+    ``method`` ("dvt-fit", or a denoiser's method name) and ``config_digest`` keep only the
+    runs that produced their rows that way.
+    """
     import ray.data  # Ray stays out of the import path of non-Ray users
 
     fs, _ = filesystem(uri, storage_options)
-    files = [f for run in committed_runs(uri, storage_options) for f in run.feature_files]
+    runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
+    files = [f for run in runs for f in run.feature_files]
     if not files:
-        raise FileNotFoundError(f"no committed feature runs under {uri}")
+        raise FileNotFoundError(f"no committed feature runs under {uri} "
+                                f"(method={method}, config_digest={config_digest})")
     return ray.data.read_parquet(files, filesystem=fs, columns=list(columns) if columns else None)
 
 
