@@ -131,7 +131,7 @@ def main() -> None:
             if scale == 1:
                 loop_cfg = cfg
         # last, so that its model and buffers do not sit in the pipeline's memory figures
-        loop = plain_loop(loop_cfg, list_images(loop_cfg))
+        loop = plain_loop(loop_cfg, list_images(loop_cfg.input))
         report["plain_loop_1x"] = {"images": args.images, "seconds": loop,
                                    "images_per_second": args.images / loop}
     loop_rate = report["plain_loop_1x"]["images_per_second"]

@@ -1,4 +1,4 @@
-"""Configs of the dataset jobs: input, output, model, compute, and the stage-1 engine preset.
+"""Configs of the jobs: clean_dataset, train_denoiser and denoise_dataset.
 
 A job preset (``conf/job/<name>.yaml``) names an engine preset (``preset: fast``) and may
 override parts of it under ``engine:``; command-line overrides (``preset=smoke``,
@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -24,6 +24,10 @@ from pipeline.config import (
     parse_override,
     preset_path,
 )
+from pipeline.denoiser import DenoiserConfig
+from pipeline.denoiser_train import TrainConfig
+
+T = TypeVar("T")
 
 IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.bmp", "*.tif", "*.tiff", "*.gif"]
 
@@ -131,3 +135,99 @@ def resolve_clean_job(job_preset: str | Path, overrides: Iterable[str] = ()) -> 
     engine = engine_preset(data.get("preset", "fast"))
     data["engine"] = _merge(config_to_dict(engine), data.get("engine") or {})
     return apply_overrides(from_dict(CleanJobConfig, data, where=str(path)), rest)
+
+
+def resolve_job(cls: type[T], job_preset: str | Path, overrides: Iterable[str] = ()) -> T:
+    """A job preset (name in conf/job or YAML path) loaded into ``cls``, then overrides."""
+    path = preset_path(job_preset, "job")
+    data = yaml.safe_load(path.read_text()) or {}
+    return apply_overrides(from_dict(cls, data, where=str(path)), overrides)
+
+
+@dataclass(frozen=True)
+class DenoiserSourceConfig:
+    """A trained, exported denoiser."""
+
+    uri: str = ""
+    """Folder (path or URI) written by jobs/train_denoiser.py (``.../export``)."""
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """fsspec options for reading it; credentials come from the environment."""
+
+
+@dataclass(frozen=True)
+class DenoiseJobConfig:
+    """Everything jobs/denoise_dataset.py needs: the online path, no per-image fit."""
+
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    denoiser: DenoiserSourceConfig = dataclasses.field(default_factory=DenoiserSourceConfig)
+    weights: str | None = None
+    """Weight spec of the ViT; None: the spec recorded when the denoiser was trained. Weights
+    with another digest than the training ones are refused."""
+    image_size: int | None = None
+    """Square input size; None: the size the denoiser was trained at."""
+    batch_size: int = 16
+    """Images per ViT + denoiser forward."""
+    compute: ComputeConfig = dataclasses.field(default_factory=ComputeConfig)
+
+
+@dataclass(frozen=True)
+class FeaturesInputConfig:
+    """Committed stage-1 runs to train on."""
+
+    uri: str = ""
+    """Output URI of clean_dataset (its committed runs are read, nothing else)."""
+    config_digest: str | None = None
+    """Train on the runs of this config digest only; None: every stage-1 run (they must share
+    one model, weights and token grid)."""
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """fsspec options; credentials come from the environment."""
+
+
+@dataclass(frozen=True)
+class TrainComputeConfig:
+    """Ray Train workers."""
+
+    workers: int = 1
+    """Data-parallel workers (DDP)."""
+    use_gpu: bool = False
+    """One GPU per worker; False trains on CPUs (gloo)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker (fractional allowed)."""
+    torch_threads: int = 0
+    """Intra-op threads per worker; 0: the machine's cores / workers."""
+    ray_address: str | None = None
+    """Ray cluster to join; None: $RAY_ADDRESS if set, else a local Ray started by the job."""
+    local_num_cpus: int = 8
+    """Logical CPUs of the local Ray."""
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """Where checkpoints and the export go, and how failures are retried."""
+
+    name: str = "denoiser"
+    """Run name; re-submitting with the same name and storage resumes from its checkpoint."""
+    storage_path: str = ""
+    """Checkpoints and results (path or s3://...); "": ``<input.uri>/training``."""
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """fsspec-style options (``endpoint_url``) for an s3:// storage_path and export."""
+    export_uri: str = ""
+    """Where the trained denoiser is exported; "": ``<storage_path>/<name>/export``."""
+    max_failures: int = 3
+    """Worker-group failures recovered from the latest checkpoint before giving up."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in storage (the latest ones)."""
+
+
+@dataclass(frozen=True)
+class TrainJobConfig:
+    """Everything jobs/train_denoiser.py needs."""
+
+    input: FeaturesInputConfig = dataclasses.field(default_factory=FeaturesInputConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    denoiser: DenoiserConfig = dataclasses.field(
+        default_factory=lambda: DenoiserConfig(channels=0, grid=0))
+    """Block shape; channels 0 and grid 0 are taken from the corpus."""
+    compute: TrainComputeConfig = dataclasses.field(default_factory=TrainComputeConfig)
+    run: TrainRunConfig = dataclasses.field(default_factory=TrainRunConfig)

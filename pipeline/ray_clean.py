@@ -7,6 +7,7 @@ every write task is done, the driver writes the manifest, the summary, then ``_C
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -14,6 +15,7 @@ import os
 import posixpath
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +29,7 @@ from ray.data.block import BlockAccessor
 from pipeline import __version__
 from pipeline.config import config_digest, config_to_dict
 from pipeline.engine import resolve_image_size
-from pipeline.job_config import CleanJobConfig
+from pipeline.job_config import CleanJobConfig, ComputeConfig, InputConfig, OutputConfig
 from pipeline.schema import (
     COMMITTED,
     MANIFEST,
@@ -41,22 +43,22 @@ from pipeline.schema import (
     table_bytes,
 )
 from pipeline.stages import CleanImages, ReadImages
-from pipeline.vit import load_extractor
+from pipeline.vit import FeatureExtractor, load_extractor
 
 logger = logging.getLogger(__name__)
 
 
-def list_images(cfg: CleanJobConfig) -> list[str]:
+def list_images(inputs: InputConfig) -> list[str]:
     """Sorted full URIs of the input files matching include and not exclude patterns."""
-    fs, root = filesystem(cfg.input.uri, cfg.input.storage_options)
+    fs, root = filesystem(inputs.uri, inputs.storage_options)
     if not fs.exists(root):
-        raise FileNotFoundError(f"input {cfg.input.uri} does not exist")
+        raise FileNotFoundError(f"input {inputs.uri} does not exist")
     uris = []
     for path in sorted(fs.find(root)):
         name, rel = posixpath.basename(path).lower(), posixpath.relpath(path, root)
-        if not any(fnmatch.fnmatch(name, pat.lower()) for pat in cfg.input.include):
+        if not any(fnmatch.fnmatch(name, pat.lower()) for pat in inputs.include):
             continue
-        if any(fnmatch.fnmatch(rel, pat) for pat in cfg.input.exclude):
+        if any(fnmatch.fnmatch(rel, pat) for pat in inputs.exclude):
             continue
         uris.append(full_uri(fs, path))
     return uris
@@ -173,90 +175,128 @@ class FeatureSink(Datasink):
         self.result = merged
 
 
-def init_ray(cfg: CleanJobConfig) -> None:
+def init_ray(compute: ComputeConfig) -> None:
     """Join the configured / $RAY_ADDRESS cluster, or start a local Ray on 127.0.0.1."""
     if ray.is_initialized():
         return
-    address = cfg.compute.ray_address or os.environ.get("RAY_ADDRESS")
+    address = compute.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    ray.init(num_cpus=cfg.compute.local_num_cpus, include_dashboard=False,
+    ray.init(num_cpus=compute.local_num_cpus, include_dashboard=False,
              _temp_dir=os.environ.get("DVT_RAY_TMP", "/tmp/dvt-ray"))
 
 
-def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
-    """Run one cleaning pass over ``cfg.input.uri`` into a new committed run; return the summary."""
-    if not cfg.input.uri or not cfg.output.uri:
+@dataclass(frozen=True)
+class FeatureMethod:
+    """What the feature stage of a job runs (the stage-1 fit or a trained denoiser)."""
+
+    stage: type
+    """A stage class of ``pipeline.stages`` (``CleanImages`` or ``DenoiseImages``)."""
+    stage_kwargs: dict[str, Any]
+    """Its constructor arguments (the model loads once per actor)."""
+    batch_size: int
+    """Images per call of the stage."""
+    extractor: FeatureExtractor
+    """The ViT, loaded on the driver for its digest, patch size and channels."""
+    image_size: int
+    """Square input size in pixels; the token grid is image_size / patch."""
+    settings: dict[str, Any]
+    """Everything besides model and weights that decides the features (hashed into the
+    config digest)."""
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Extra facts recorded with the run (e.g. the denoiser's digest)."""
+
+
+def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
+                    compute: ComputeConfig, method: FeatureMethod) -> dict[str, Any]:
+    """Run one pass over ``inputs.uri`` into a new committed run under ``output.uri``.
+
+    ``job`` is the resolved job config, saved with the run. Returns the summary.
+    """
+    if not inputs.uri or not output.uri:
         raise ValueError("both input.uri (--input) and output.uri (--output) are required")
     start = time.perf_counter()
-    extractor = load_extractor(cfg.model.name, cfg.model.weights, device="cpu")
+    extractor = method.extractor
     digest = config_digest({
-        "model": cfg.model.name, "weights_digest": extractor.weights_digest,
-        "engine": {k: v for k, v in config_to_dict(cfg.engine).items()
-                   if k not in ("name", "images_per_fit", "vit_batch_size")},
-        "dtype": cfg.output.dtype, "with_artifact": cfg.output.with_artifact,
+        "model": extractor.model_name, "weights_digest": extractor.weights_digest,
+        **method.settings, "dtype": output.dtype, "with_artifact": output.with_artifact,
     })
-    meta = {"model": cfg.model.name, "weights_digest": extractor.weights_digest,
-            "layer": extractor.layer, "config_digest": digest, "channels": extractor.embed_dim,
-            "method": "dvt-fit", "patch_size": extractor.patch_size}
-    uris = list_images(cfg)
+    grid = method.image_size // extractor.patch_size
+    meta = {"model": extractor.model_name, "weights": extractor.weights,
+            "weights_digest": extractor.weights_digest, "layer": extractor.layer,
+            "config_digest": digest, "channels": extractor.embed_dim,
+            "method": method.stage.method, "patch_size": extractor.patch_size,
+            "grid": grid, **method.meta}
+    uris = list_images(inputs)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:8]}-{uuid.uuid4().hex[:6]}"
-    out_fs, out_root = filesystem(cfg.output.uri, cfg.output.storage_options)
+    out_fs, out_root = filesystem(output.uri, output.storage_options)
     run_path = posixpath.join(out_root, RUNS_DIR, run_id)
     out_fs.makedirs(run_path, exist_ok=True)
-    resolved = {"job": config_to_dict(cfg), "meta": meta, "run_id": run_id,
-                "code_version": __version__}
+    resolved = {"job": job, "meta": meta, "run_id": run_id, "code_version": __version__}
     _put_atomic(out_fs, posixpath.join(run_path, "config.json"),
                 json.dumps(resolved, indent=2).encode())
     logger.info("run %s: %d input files, config %s", run_id, len(uris), digest)
 
-    init_ray(cfg)
-    grid = resolve_image_size(cfg.engine, extractor) // extractor.patch_size
-    row_bytes = 3 * extractor.embed_dim * grid * grid * np.dtype(cfg.output.dtype).itemsize
-    rows_per_file = max(1, cfg.output.target_file_mb * 2**20 // row_bytes)
-    sink = FeatureSink(posixpath.join(cfg.output.uri.rstrip("/"), RUNS_DIR, run_id),
-                       cfg.output.storage_options, meta, cfg.output.dtype,
-                       cfg.output.with_artifact, rows_per_file)
+    init_ray(compute)
+    row_bytes = 3 * extractor.embed_dim * grid * grid * np.dtype(output.dtype).itemsize
+    rows_per_file = max(1, output.target_file_mb * 2**20 // row_bytes)
+    sink = FeatureSink(posixpath.join(output.uri.rstrip("/"), RUNS_DIR, run_id),
+                       output.storage_options, meta, output.dtype, output.with_artifact,
+                       rows_per_file)
     if uris:
         ds = ray.data.from_items([{"source_uri": u} for u in uris],
                                  override_num_blocks=max(1, min(len(uris), 64)))
         ds = ds.map_batches(
-            ReadImages, batch_size=cfg.compute.read_batch_size,
+            ReadImages, batch_size=compute.read_batch_size,
             fn_constructor_kwargs={
-                "storage_options": cfg.input.storage_options,
-                "max_pixels": cfg.input.max_pixels, "min_side": extractor.patch_size,
-                "output_uri": cfg.output.uri,
-                "output_storage_options": cfg.output.storage_options, "config_digest": digest},
-            compute=ray.data.ActorPoolStrategy(size=cfg.compute.readers),
-            num_cpus=cfg.compute.reader_num_cpus)
+                "storage_options": inputs.storage_options,
+                "max_pixels": inputs.max_pixels, "min_side": extractor.patch_size,
+                "output_uri": output.uri,
+                "output_storage_options": output.storage_options, "config_digest": digest},
+            compute=ray.data.ActorPoolStrategy(size=compute.readers),
+            num_cpus=compute.reader_num_cpus)
         ds = ds.map_batches(
-            CleanImages, batch_size=cfg.engine.images_per_fit,
-            fn_constructor_kwargs={
-                "model_name": cfg.model.name, "weights": cfg.model.weights,
-                "engine": cfg.engine, "dtype": cfg.output.dtype,
-                "with_artifact": cfg.output.with_artifact,
-                "torch_threads": cfg.compute.torch_threads},
-            compute=ray.data.ActorPoolStrategy(size=cfg.compute.actors),
-            num_cpus=cfg.compute.num_cpus,
-            num_gpus=cfg.compute.num_gpus or None)
+            method.stage, batch_size=method.batch_size,
+            fn_constructor_kwargs=method.stage_kwargs,
+            compute=ray.data.ActorPoolStrategy(size=compute.actors),
+            num_cpus=compute.num_cpus,
+            num_gpus=compute.num_gpus or None)
         ds.write_datasink(sink)
     result = sink.result or _empty_result()
     wall = time.perf_counter() - start
     summary = {
-        "run_id": run_id, "inputs": len(uris), "done": result["done"],
-        "skipped_committed": result["skipped"], "quarantined": result["errors"],
-        "seconds": wall, "images_per_second": result["done"] / wall if wall else 0.0,
-        "fit_seconds_per_image": result["fit_seconds"] / max(1, result["done"]),
+        "run_id": run_id, "method": method.stage.method, "inputs": len(uris),
+        "done": result["done"], "skipped_committed": result["skipped"],
+        "quarantined": result["errors"], "seconds": wall,
+        "images_per_second": result["done"] / wall if wall else 0.0,
+        "seconds_per_image": result["fit_seconds"] / max(1, result["done"]),
         "config_digest": digest,
     }
-    manifest = {"run_id": run_id, "config_digest": digest, "schema_version": 1,
-                "meta": meta | {"grid": grid}, "files": result["files"], "quarantine": result["quarantine"], "summary": summary}
+    manifest = {"run_id": run_id, "config_digest": digest, "schema_version": 1, "meta": meta,
+                "files": result["files"], "quarantine": result["quarantine"],
+                "summary": summary}
     _put_atomic(out_fs, posixpath.join(run_path, "summary.json"),
                 json.dumps(summary, indent=2).encode())
     _put_atomic(out_fs, posixpath.join(run_path, MANIFEST), json.dumps(manifest).encode())
     _put_atomic(out_fs, posixpath.join(run_path, COMMITTED), run_id.encode())
     return summary
+
+
+def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
+    """Stage 1 over ``cfg.input.uri`` into a new committed run; return the summary."""
+    extractor = load_extractor(cfg.model.name, cfg.model.weights, device="cpu")
+    method = FeatureMethod(
+        stage=CleanImages,
+        stage_kwargs={"model_name": cfg.model.name, "weights": cfg.model.weights,
+                      "engine": cfg.engine, "dtype": cfg.output.dtype,
+                      "with_artifact": cfg.output.with_artifact,
+                      "torch_threads": cfg.compute.torch_threads},
+        batch_size=cfg.engine.images_per_fit, extractor=extractor,
+        image_size=resolve_image_size(cfg.engine, extractor),
+        settings={"engine": {k: v for k, v in config_to_dict(cfg.engine).items()
+                             if k not in ("name", "images_per_fit", "vit_batch_size")}})
+    return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -265,6 +305,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     for key in ("inputs", "done", "skipped_committed", "quarantined"):
         lines.append(f"  {key:<22} {summary[key]}")
     lines.append(f"  {'images/s':<22} {summary['images_per_second']:.3f}")
-    lines.append(f"  {'fit s/image':<22} {summary['fit_seconds_per_image']:.2f}")
+    lines.append(f"  {'s/image (' + summary['method'] + ')':<22} "
+                 f"{summary['seconds_per_image']:.2f}")
     lines.append(f"  {'wall seconds':<22} {summary['seconds']:.1f}")
     return "\n".join(lines)

