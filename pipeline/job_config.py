@@ -84,6 +84,9 @@ class ComputeConfig:
     """GPUs per cleaning actor (fractional allowed); 0 runs on the CPU."""
     num_cpus: float = 0.5
     """CPUs reserved per cleaning actor."""
+    memory_gb: float = 0.0
+    """Host memory reserved per cleaning actor for Ray's scheduler (a 518 px fit of ViT-B
+    needs several GiB); 0 reserves nothing."""
     torch_threads: int = 0
     """Intra-op threads of each cleaning actor; 0: every core of its machine (Ray would
     otherwise give a fractional-CPU actor one thread)."""
@@ -180,6 +183,9 @@ class FeaturesInputConfig:
     config_digest: str | None = None
     """Train on the runs of this config digest only; None: every stage-1 run (they must share
     one model, weights and token grid)."""
+    cache: bool = False
+    """Hold the split corpus in Ray's object store after one read, so epochs do not re-read
+    Parquet (for corpora that fit in the object store)."""
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """fsspec options; credentials come from the environment."""
 
@@ -231,3 +237,34 @@ class TrainJobConfig:
     """Block shape; channels 0 and grid 0 are taken from the corpus."""
     compute: TrainComputeConfig = dataclasses.field(default_factory=TrainComputeConfig)
     run: TrainRunConfig = dataclasses.field(default_factory=TrainRunConfig)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Everything jobs/evaluate.py needs."""
+
+    features: FeaturesInputConfig = dataclasses.field(default_factory=FeaturesInputConfig)
+    """Committed stage-1 runs to evaluate (the latest config digest unless one is given)."""
+    denoiser: DenoiserSourceConfig = dataclasses.field(default_factory=DenoiserSourceConfig)
+    """A trained denoiser to evaluate beside raw and clean; empty uri: none."""
+    out: str = "outputs/report"
+    """Report folder (local): report.md, metrics.json, figures/, and work/ (the evaluation
+    inputs and their stage-1 run, reused by the next evaluation)."""
+    images: str = ""
+    """Photos (folder or URI) cut into the random crops and shifted pairs; "": the bundled
+    sample photos."""
+    max_photos: int = 8
+    """At most this many photos from ``images``."""
+    crops_per_photo: int = 4
+    """Random crops per photo for the position-explained variance."""
+    shift_patches: int = 2
+    """Offset, in whole patches, of the shifted pairs."""
+    figures: int = 4
+    """Per-image figures drawn from the committed rows."""
+    probes: bool = True
+    """Run the stereo and mask probes (fits 4 more images)."""
+    seed: int = 0
+    """Seed of the crop sampler."""
+    stage1: list[str] = dataclasses.field(default_factory=list)
+    """Overrides of the features' own job config for fitting the evaluation inputs (e.g.
+    ``[compute.actors=2]``); engine changes give another config digest."""

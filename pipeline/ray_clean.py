@@ -261,7 +261,8 @@ def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConf
             fn_constructor_kwargs=method.stage_kwargs,
             compute=ray.data.ActorPoolStrategy(size=compute.actors),
             num_cpus=compute.num_cpus,
-            num_gpus=compute.num_gpus or None)
+            num_gpus=compute.num_gpus or None,
+            **({"memory": int(compute.memory_gb * 2**30)} if compute.memory_gb else {}))
         ds.write_datasink(sink)
     result = sink.result or _empty_result()
     wall = time.perf_counter() - start

@@ -237,6 +237,8 @@ def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
         "val": features.map_batches(_split(cfg.train.val_fraction, True),
                                     batch_format="pyarrow"),
     }
+    if cfg.input.cache:
+        datasets = {name: ds.materialize() for name, ds in datasets.items()}
     cores = os.cpu_count() or 1
     loop_config = {
         "train": cfg.train, "denoiser": denoiser_cfg, "batch_size": batch,

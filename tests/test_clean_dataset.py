@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import io
-import socket
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -163,22 +161,6 @@ def test_poison_set_is_quarantined_and_the_rest_commits(tmp_path: Path,
     assert summary["inputs"] == len(files) == summary["done"] + summary["quarantined"]
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """A real S3 API: moto's server on 127.0.0.1 with fake credentials in the environment."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 def test_s3_in_and_out(s3_endpoint: str, photos: dict[str, np.ndarray]) -> None:
     import s3fs
 
@@ -198,3 +180,24 @@ def test_s3_in_and_out(s3_endpoint: str, photos: dict[str, np.ndarray]) -> None:
     assert all(u.startswith("s3://inbox/photos/") for u in table["source_uri"].to_pylist())
     assert len(committed_ids("s3://features/dvt", storage_options=storage)) == 3
     assert run_clean_job(cfg)["skipped_committed"] == 3
+
+
+def test_quickstart_job_writes_features_and_figures(tmp_path: Path, dinov2_weights: Path) -> None:
+    """The README's quickstart command, shortened: clean_dataset on one photo, then a figure."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, DVT_RAY_TMP=f"/tmp/dvt-qs-{os.getpid()}")
+    out = tmp_path / "qs"
+    proc = subprocess.run(
+        [sys.executable, str(root / "jobs" / "quickstart.py"), "--photos", "1", "--out", str(out),
+         "preset=smoke", f"model.weights={dinov2_weights}", "engine.fit.steps=30"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "done                   1" in proc.stdout
+    table = read_features_table(str(out / "features"), ["source_uri", "clean"])
+    assert table["source_uri"].to_pylist()[0].endswith("astronaut.png")
+    figure = Image.open(out / "figures" / "astronaut.png")
+    assert figure.width > 4 * figure.height // 2  # five panels side by side

