@@ -18,8 +18,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import sys  # noqa: E402
 
 from pipeline.job_config import resolve_clean_job  # noqa: E402
+from pipeline.lease import EXIT_LEASE_HELD, LeaseHeld  # noqa: E402
 from pipeline.ray_clean import format_summary, run_clean_job  # noqa: E402
 
 
@@ -37,7 +39,11 @@ def main() -> None:
     if args.output:
         overrides.append(f"output.uri={args.output}")
     cfg = resolve_clean_job(args.job, overrides)
-    summary = run_clean_job(cfg)
+    try:
+        summary = run_clean_job(cfg)
+    except LeaseHeld as err:  # an overlapping refresh: this one does nothing
+        logging.warning("%s", err)
+        sys.exit(EXIT_LEASE_HELD)
     print(format_summary(summary))
     print(json.dumps(summary))
 

@@ -18,8 +18,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import sys  # noqa: E402
 
 from pipeline.job_config import DenoiseJobConfig, resolve_job  # noqa: E402
+from pipeline.lease import EXIT_LEASE_HELD, LeaseHeld  # noqa: E402
 from pipeline.ray_clean import format_summary  # noqa: E402
 from pipeline.ray_denoise import run_denoise_job  # noqa: E402
 
@@ -38,7 +40,11 @@ def main() -> None:
                        ("denoiser.uri", args.denoiser)):
         if value:
             overrides.append(f"{key}={value}")
-    summary = run_denoise_job(resolve_job(DenoiseJobConfig, args.job, overrides))
+    try:
+        summary = run_denoise_job(resolve_job(DenoiseJobConfig, args.job, overrides))
+    except LeaseHeld as err:  # an overlapping refresh: this one does nothing
+        logging.warning("%s", err)
+        sys.exit(EXIT_LEASE_HELD)
     print(format_summary(summary))
     print(json.dumps(summary))
 

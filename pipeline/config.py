@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -179,6 +180,35 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     """The config (a dataclass, or plain data) as JSON-able data (tuples become lists)."""
     data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
     return json.loads(json.dumps(data))
+
+
+SECRET_KEY = re.compile(r"(^|_)(key|secret|token|password|passwd|credentials?|auth)(_|$)",
+                        re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact(data: Any) -> Any:
+    """A copy of JSON-able ``data`` with every value under a secret-looking key replaced.
+
+    Configs are saved with each output and may carry fsspec ``storage_options``; credentials
+    belong in the environment, but if a user passes them anyway they are never written out.
+    """
+    if isinstance(data, dict):
+        return {k: REDACTED if isinstance(k, str) and SECRET_KEY.search(k) and v not in (None, "")
+                else redact(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact(v) for v in data]
+    return data
+
+
+def drop_redacted(data: Any) -> Any:
+    """A saved config made usable again: redacted entries removed (the environment supplies
+    credentials instead)."""
+    if isinstance(data, dict):
+        return {k: drop_redacted(v) for k, v in data.items() if v != REDACTED}
+    if isinstance(data, list):
+        return [drop_redacted(v) for v in data]
+    return data
 
 
 def config_digest(cfg: Any, exclude: Iterable[str] = ()) -> str:

@@ -64,6 +64,7 @@ class Denoiser(nn.Module):
         self.cfg = cfg
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid * cfg.grid, cfg.channels))
         self.block = Block(cfg.channels, cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True)
+        self._resampled: dict[tuple, torch.Tensor] = {}
         for layer in (self.block.attn.proj, self.block.mlp.fc2):  # identity at start
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -73,8 +74,16 @@ class Denoiser(nn.Module):
         grid = self.cfg.grid
         if (height, width) == (grid, grid):
             return self.pos_embed
-        return resample_abs_pos_embed(self.pos_embed, new_size=[height, width],
-                                      old_size=[grid, grid], num_prefix_tokens=0)
+        if torch.is_grad_enabled():
+            return resample_abs_pos_embed(self.pos_embed, new_size=[height, width],
+                                          old_size=[grid, grid], num_prefix_tokens=0)
+        # inference: resample once per grid (and per update of the embedding), not per batch
+        key = (height, width, self.pos_embed._version, self.pos_embed.device)
+        if key not in self._resampled:
+            self._resampled = {key: resample_abs_pos_embed(
+                self.pos_embed.detach(), new_size=[height, width], old_size=[grid, grid],
+                num_prefix_tokens=0)}
+        return self._resampled[key]
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, h, w, C) -> (B, h, w, C) in the same dtype."""

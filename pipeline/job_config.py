@@ -60,6 +60,9 @@ class OutputConfig:
     """Also store the estimated artifact map G per image."""
     target_file_mb: int = 256
     """Approximate size of one Parquet file."""
+    lease_ttl_s: float = 900.0
+    """A run holds a lease on the output while it runs (renewed every third of this); a
+    crashed run's lease goes stale after this many seconds and the next refresh takes over."""
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """fsspec options for the output; credentials come from the environment."""
 

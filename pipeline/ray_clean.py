@@ -27,9 +27,10 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from pipeline import __version__
-from pipeline.config import config_digest, config_to_dict
+from pipeline.config import config_digest, config_to_dict, redact
 from pipeline.engine import resolve_image_size
 from pipeline.job_config import CleanJobConfig, ComputeConfig, InputConfig, OutputConfig
+from pipeline.lease import OutputLease
 from pipeline.schema import (
     COMMITTED,
     MANIFEST,
@@ -228,12 +229,27 @@ def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConf
             "config_digest": digest, "channels": extractor.embed_dim,
             "method": method.stage.method, "patch_size": extractor.patch_size,
             "grid": grid, **method.meta}
-    uris = list_images(inputs)
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:8]}-{uuid.uuid4().hex[:6]}"
+    lease = OutputLease(output.uri, run_id, output.lease_ttl_s, output.storage_options)
+    lease.acquire()  # before anything is listed: a concurrent refresh stops here
+    try:
+        return _run_leased(job, inputs, output, compute, method, run_id, digest, meta, lease,
+                           start)
+    finally:
+        lease.release()
+
+
+def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
+                compute: ComputeConfig, method: FeatureMethod, run_id: str, digest: str,
+                meta: dict[str, Any], lease: OutputLease, start: float) -> dict[str, Any]:
+    """The body of ``run_feature_job`` while this run holds the output's lease."""
+    extractor = method.extractor
+    grid = meta["grid"]
+    uris = list_images(inputs)
     out_fs, out_root = filesystem(output.uri, output.storage_options)
     run_path = posixpath.join(out_root, RUNS_DIR, run_id)
     out_fs.makedirs(run_path, exist_ok=True)
-    resolved = {"job": job, "meta": meta, "run_id": run_id, "code_version": __version__}
+    resolved = {"job": redact(job), "meta": meta, "run_id": run_id, "code_version": __version__}
     _put_atomic(out_fs, posixpath.join(run_path, "config.json"),
                 json.dumps(resolved, indent=2).encode())
     logger.info("run %s: %d input files, config %s", run_id, len(uris), digest)
@@ -277,6 +293,7 @@ def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConf
     manifest = {"run_id": run_id, "config_digest": digest, "schema_version": 1, "meta": meta,
                 "files": result["files"], "quarantine": result["quarantine"],
                 "summary": summary}
+    lease.check()  # a run whose lease went stale never commits
     _put_atomic(out_fs, posixpath.join(run_path, "summary.json"),
                 json.dumps(summary, indent=2).encode())
     _put_atomic(out_fs, posixpath.join(run_path, MANIFEST), json.dumps(manifest).encode())

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 
-from pipeline.config import apply_overrides, from_dict
+from pipeline.config import apply_overrides, drop_redacted, from_dict
 from pipeline.denoiser import Denoiser, load_denoiser
 from pipeline.engine import resolve_image_size
 from pipeline.evaluation import (
@@ -62,7 +62,7 @@ def _features_job(cfg: EvaluateConfig) -> tuple[CleanJobConfig, str]:
     fs, _ = fsspec.core.url_to_fs(cfg.features.uri, **cfg.features.storage_options)
     with fs.open(posixpath.join(run.path, "config.json"), "rb") as fh:
         saved = json.load(fh)
-    job = apply_overrides(from_dict(CleanJobConfig, saved["job"]), cfg.stage1)
+    job = apply_overrides(from_dict(CleanJobConfig, drop_redacted(saved["job"])), cfg.stage1)
     return job, run.manifest["config_digest"]
 
 

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
-from pipeline.config import config_to_dict
+from pipeline.config import config_to_dict, redact
 from pipeline.denoiser import Denoiser, DenoiserConfig, save_denoiser
 from pipeline.denoiser_train import (
     TrainConfig,
@@ -270,7 +270,7 @@ def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
             "weights_digest": corpus.weights_digest, "grid": denoiser_cfg.grid,
             "channels": denoiser_cfg.channels, "trained_on": cfg.input.uri,
             "config_digests": corpus.config_digests, "metrics": metrics,
-            "progress": state["progress"], "job": config_to_dict(cfg)}
+            "progress": state["progress"], "job": redact(config_to_dict(cfg))}
     save_denoiser(model, export_uri, meta, storage_options)
     summary = {"run": cfg.run.name, "export": export_uri, "checkpoint": result.checkpoint.path,
                "train_images": corpus.train_images, "val_images": corpus.val_images,

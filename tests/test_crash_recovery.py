@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from PIL import Image
 
 from pipeline.job_config import resolve_clean_job
+from pipeline.lease import LEASES_DIR
 from pipeline.ray_clean import run_clean_job
 from pipeline.schema import COMMITTED, RUNS_DIR, committed_ids, read_features_table
 
@@ -42,8 +44,9 @@ def _make_inputs(folder: Path, photos: dict[str, np.ndarray], count: int) -> set
 
 def _overrides(src: Path, out: Path) -> list[str]:
     # one image per fit and per file, so parts land one by one while the job runs
+    # a short lease, so that the killed driver's lease goes stale within the test
     return [f"input.uri={src}", f"output.uri={out}", "engine.images_per_fit=1",
-            "engine.fit.steps=150", "output.target_file_mb=0"]
+            "engine.fit.steps=150", "output.target_file_mb=0", "output.lease_ttl_s=3"]
 
 
 @pytest.mark.usefixtures("local_ray")
@@ -71,6 +74,9 @@ def test_driver_killed_before_commit_then_rerun(tmp_path: Path,
     assert committed_ids(str(out)) == set()  # parts of an uncommitted run are never read
     with pytest.raises(FileNotFoundError):
         read_features_table(str(out))
+    (lease,) = [p for p in (out / LEASES_DIR).iterdir()]
+    assert not json.loads(lease.read_text())["released"]  # the dead driver's lease ...
+    time.sleep(3.5)  # ... goes stale, and the re-run takes over
     summary = run_clean_job(resolve_clean_job("smoke", _overrides(src, out)))
     got = read_features_table(str(out), ["image_id"])["image_id"].to_pylist()
     assert sorted(got) == sorted(ids) and summary["done"] == len(ids)

@@ -49,7 +49,14 @@ def test_untrained_denoiser_is_identity() -> None:
 def test_runs_at_other_grids() -> None:
     model = Denoiser(DenoiserConfig(channels=64, grid=6))
     torch.nn.init.normal_(model.pos_embed)
-    assert model(torch.randn(1, 9, 5, 64)).shape == (1, 9, 5, 64)
+    tokens = torch.randn(1, 9, 5, 64)
+    assert model(tokens).shape == (1, 9, 5, 64)
+    with torch.no_grad():  # inference resamples once and reuses it, with the same result
+        first, second = model(tokens), model(tokens)
+        torch.nn.init.normal_(model.pos_embed)  # an update invalidates the reused embedding
+        updated = model(tokens)
+    assert torch.equal(first, second) and not torch.allclose(first, updated)
+    assert torch.allclose(updated, model(tokens).detach())
     assert torch.equal(model.positional_embedding(6, 6), model.pos_embed)
     resampled = model.positional_embedding(12, 12)
     assert resampled.shape == (1, 144, 64)

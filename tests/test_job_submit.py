@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from pipeline.schema import committed_runs, read_features_table
+from pipeline.submission import submission_id
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,17 +64,25 @@ def test_ray_job_submit_quickstart(tmp_path: Path, photos: dict[str, np.ndarray]
                 assert head.poll() is None, "ray start --head exited"
                 assert time.time() < deadline, "the dashboard did not come up"
                 time.sleep(1)
-        command = [ray_bin, "job", "submit", f"--address={address}", f"--working-dir={ROOT}",
-                   "--", "python", "jobs/clean_dataset.py", "--job", "smoke",
-                   "--input", str(src), "--output", str(out), "engine.fit.steps=20"]
+        job_args = ["--job", "smoke", "--input", str(src), "--output", str(out),
+                    "engine.fit.steps=20"]
+        sub_id = submission_id("clean_dataset", str(src), str(out), job_args, "hourly")
+        command = [ray_bin, "job", "submit", f"--address={address}",
+                   "--runtime-env", "conf/runtime_env.yaml", f"--submission-id={sub_id}",
+                   "--", "python", "jobs/clean_dataset.py", *job_args]
         for _attempt in range(30):  # the job agent can come up after the dashboard
             submit = subprocess.run(command, env=env, capture_output=True, text=True,
-                                    timeout=600)
+                                    timeout=600, cwd=ROOT)
             if "No available agent" not in submit.stdout + submit.stderr:
                 break
             time.sleep(2)
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "succeeded" in submit.stdout, submit.stdout[-3000:]
+        # the same run in the same slot again: Ray refuses the duplicate submission id
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
+                               cwd=ROOT)
+        assert again.returncode != 0 and "already exists" in again.stdout + again.stderr, (
+            again.stdout[-2000:] + again.stderr[-2000:])
     finally:
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops its own cluster
         try:
