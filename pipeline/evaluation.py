@@ -126,9 +126,14 @@ def write_report(folder: Path, metrics: dict[str, Any], figures: list[str]) -> N
     lines += _method_table("measure", summary, methods)
     lines += ["", f"G agreement over {metrics['g_agreement_images']} images: "
               f"{_fmt(metrics['g_agreement'])}.", "",
-              "Stage-1 fit diagnostics: " + ", ".join(
-                  f"{k} {_fmt(v)}" for k, v in metrics["fit"].items()) + ".", "",
-              "## Figures", ""]
+              f"Stage-1 fit diagnostics over {metrics['fit']['images']} images:", "",
+              "| fit metric | mean | median | worst |", "|---|---|---|---|"]
+    for key in ("r2", "artifact_ratio", "final_loss", "seconds"):
+        if f"{key}_mean" in metrics["fit"]:
+            lines.append(f"| {key} | " + " | ".join(
+                _fmt(metrics["fit"][f"{key}_{stat}"]) for stat in ("mean", "median", "worst"))
+                + " |")
+    lines += ["", "## Figures", ""]
     for path in figures:
         lines += [f"![{Path(path).stem}]({path})", ""]
     lines += ["## Definitions", ""]

@@ -184,28 +184,39 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     table = read_features_table(cfg.features.uri, None, cfg.features.storage_options)
     table = table.filter(pc.equal(table["config_digest"], digest))
     metrics["fit"] = fit_diagnostics(table["metrics"].to_pylist())
+    # figures and G from rows spread over the table (not the first few, often one photo's)
+    spread = np.unique(np.linspace(0, len(table) - 1, min(len(table), 64)).round().astype(int))
+    shown = spread[np.unique(np.linspace(0, len(spread) - 1, min(len(spread), cfg.figures))
+                             .round().astype(int))]
     has_g = "artifact" in table.column_names
-    artifacts = column_to_numpy(table["artifact"][:64]).astype(np.float32) if has_g else []
+    artifacts = column_to_numpy(table["artifact"].take(spread)).astype(np.float32) \
+        if has_g else []
     metrics["g_agreement"] = g_agreement(list(artifacts)) if has_g else float("nan")
     metrics["g_agreement_images"] = len(artifacts)
 
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     figures = []
-    raw_all, clean_all = column_to_numpy(table["raw"][:cfg.figures]), column_to_numpy(
-        table["clean"][:cfg.figures])
-    for i, uri in enumerate(table["source_uri"][:cfg.figures].to_pylist()):
-        with fsspec.open(uri, "rb", **job.input.storage_options) as fh:
+    uris = table["source_uri"].to_pylist()
+    for k, i in enumerate(shown):
+        with fsspec.open(uris[i], "rb", **job.input.storage_options) as fh:
             photo = decode_image(fh.read())
-        raw, clean = raw_all[i].astype(np.float32), clean_all[i].astype(np.float32)
-        g = artifacts[i] if has_g else np.zeros_like(raw)
-        name = f"image-{i:02d}-{Path(uri).stem[:32]}.png"
+        raw = column_to_numpy(table["raw"][i:i + 1])[0].astype(np.float32)
+        clean = column_to_numpy(table["clean"][i:i + 1])[0].astype(np.float32)
+        g = column_to_numpy(table["artifact"][i:i + 1])[0].astype(np.float32) if has_g \
+            else np.zeros_like(raw)
+        name = f"image-{k:02d}-{Path(uris[i]).stem[:32]}.png"
         feature_figure(photo, raw, clean, g, _denoise(denoiser, raw)).save(figures_dir / name)
         figures.append(f"figures/{name}")
     if has_g and len(artifacts) >= 2:
-        names = [Path(u).stem for u in table["source_uri"][:8].to_pylist()]
-        artifact_grid(list(artifacts[:8]), names).save(figures_dir / "artifact_grid.png")
+        pick = np.unique(np.linspace(0, len(spread) - 1, min(len(spread), 8)).round().astype(int))
+        artifact_grid([artifacts[j] for j in pick],
+                      [Path(uris[spread[j]]).stem for j in pick]).save(
+            figures_dir / "artifact_grid.png")
         figures.append("figures/artifact_grid.png")
+    for stale in figures_dir.glob("image-*.png"):  # figures of an earlier evaluation
+        if f"figures/{stale.name}" not in figures:
+            stale.unlink()
     write_report(out, metrics, figures)
     logger.info("report in %s", out.resolve())
     return metrics
