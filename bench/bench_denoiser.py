@@ -37,6 +37,7 @@ from PIL import Image  # noqa: E402
 
 from pipeline import load_extractor  # noqa: E402
 from pipeline.denoiser import Denoiser, DenoiserConfig, load_denoiser  # noqa: E402
+from pipeline.evaluation import random_crop  # noqa: E402
 from pipeline.images import to_rgb  # noqa: E402
 from pipeline.job_config import TrainJobConfig, resolve_clean_job, resolve_job  # noqa: E402
 from pipeline.metrics import position_explained_variance, token_distance  # noqa: E402
@@ -64,17 +65,6 @@ def bench_photos() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         "grove3": to_rgb(Image.open(viz / "middlebury" / "grove3.png")),
     }
     return train, held_out
-
-
-def random_crop(photo: np.ndarray, rng: np.random.Generator, scale: tuple[float, float]
-                ) -> np.ndarray:
-    """A random place, scale (share of each side) and horizontal flip of a photo."""
-    height, width = photo.shape[:2]
-    s = rng.uniform(*scale)
-    h, w = max(16, int(height * s)), max(16, int(width * s))
-    y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-    crop = photo[y:y + h, x:x + w]
-    return np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop)
 
 
 def write_crops(photos: dict[str, np.ndarray], folder: Path, crops: int, seed: int) -> None:

@@ -176,15 +176,15 @@ class FeatureSink(Datasink):
         self.result = merged
 
 
-def init_ray(compute: ComputeConfig) -> None:
-    """Join the configured / $RAY_ADDRESS cluster, or start a local Ray on 127.0.0.1."""
+def init_ray(address: str | None, local_num_cpus: int) -> None:
+    """Join ``address`` / $RAY_ADDRESS, or start a local Ray on 127.0.0.1 with that many CPUs."""
     if ray.is_initialized():
         return
-    address = compute.ray_address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    ray.init(num_cpus=compute.local_num_cpus, include_dashboard=False,
+    ray.init(num_cpus=local_num_cpus, include_dashboard=False,
              _temp_dir=os.environ.get("DVT_RAY_TMP", "/tmp/dvt-ray"))
 
 
@@ -254,7 +254,7 @@ def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
                 json.dumps(resolved, indent=2).encode())
     logger.info("run %s: %d input files, config %s", run_id, len(uris), digest)
 
-    init_ray(compute)
+    init_ray(compute.ray_address, compute.local_num_cpus)
     row_bytes = 3 * extractor.embed_dim * grid * grid * np.dtype(output.dtype).itemsize
     rows_per_file = max(1, output.target_file_mb * 2**20 // row_bytes)
     sink = FeatureSink(posixpath.join(output.uri.rstrip("/"), RUNS_DIR, run_id),

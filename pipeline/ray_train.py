@@ -41,6 +41,7 @@ from pipeline.denoiser_train import (
     peak_lr,
 )
 from pipeline.job_config import TrainJobConfig
+from pipeline.ray_clean import init_ray
 from pipeline.schema import read_features, select_runs
 
 logger = logging.getLogger(__name__)
@@ -190,18 +191,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(metrics)
 
 
-def init_ray_for_training(cfg: TrainJobConfig) -> None:
-    """Join the configured / $RAY_ADDRESS cluster, or start a local Ray on 127.0.0.1."""
-    if ray.is_initialized():
-        return
-    address = cfg.compute.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    ray.init(num_cpus=cfg.compute.local_num_cpus, include_dashboard=False,
-             _temp_dir=os.environ.get("DVT_RAY_TMP", "/tmp/dvt-ray"))
-
-
 def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
     """Train (or resume) the denoiser on the committed corpus, export it; the summary."""
     if not cfg.input.uri:
@@ -227,7 +216,7 @@ def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
                 corpus.train_images, corpus.val_images, corpus.grid, corpus.channels,
                 steps_per_epoch)
 
-    init_ray_for_training(cfg)
+    init_ray(cfg.compute.ray_address, cfg.compute.local_num_cpus)
     columns = ["image_id", "raw", "clean"]
     features = read_features(cfg.input.uri, columns, cfg.input.storage_options,
                              method="dvt-fit", config_digest=cfg.input.config_digest)
