@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 import ray.data
 from ray.data import Datasink
@@ -80,7 +82,7 @@ def _put_atomic(fs: Any, path: str, data: bytes) -> None:
 def _empty_result() -> dict[str, Any]:
     """What a write task (or a whole run) reports when it wrote nothing."""
     return {"files": [], "quarantine": [], "done": 0, "skipped": 0, "errors": 0,
-            "fit_seconds": 0.0}
+            "duplicates": 0, "fit_seconds": 0.0}
 
 
 class FeatureSink(Datasink):
@@ -138,6 +140,7 @@ class FeatureSink(Datasink):
         status = np.asarray(rows["status"].to_pylist(), dtype=object)
         fs, run_path = filesystem(self.run_uri, self.storage_options)
         done = rows.filter(pa.array(status == "done"))
+        done, out["duplicates"] = _first_of_each_id(done)
         if len(done):
             table = self._features(done)
             data, digest = table_bytes(table)
@@ -160,7 +163,7 @@ class FeatureSink(Datasink):
             _put_atomic(fs, posixpath.join(run_path, name), data)
             out["quarantine"].append({"path": name, "rows": len(failed), "sha256": digest,
                                       "uris": failed["source_uri"].to_pylist()})
-        out["done"], out["errors"] = len(done), len(failed)
+        out["done"], out["errors"] = len(done), len(failed)  # duplicates set above
         out["skipped"] = int((status == "skipped").sum())
         return out
 
@@ -171,9 +174,48 @@ class FeatureSink(Datasink):
         for r in returns:
             for key in ("files", "quarantine"):
                 merged[key].extend(r[key])
-            for key in ("done", "skipped", "errors", "fit_seconds"):
+            for key in ("done", "skipped", "errors", "duplicates", "fit_seconds"):
                 merged[key] += r[key]
-        self.result = merged
+        self.result = self._drop_repeated_images(merged)
+
+    def _drop_repeated_images(self, merged: dict[str, Any]) -> dict[str, Any]:
+        """Before the commit: an image met twice in one run (the same bytes under two URIs,
+        written by two tasks) stays only in the first file. A later file holding it is written
+        again without it under a new content name; the manifest lists only the new one."""
+        fs, run_path = filesystem(self.run_uri, self.storage_options)
+        seen: set[str] = set()
+        files = []
+        for entry in merged["files"]:
+            repeated = seen.intersection(entry["image_ids"])
+            seen.update(entry["image_ids"])
+            if not repeated:
+                files.append(entry)
+                continue
+            with fs.open(posixpath.join(run_path, entry["path"]), "rb") as fh:
+                table = pq.read_table(fh)
+            keep = pc.invert(pc.is_in(table["image_id"], pa.array(sorted(repeated))))
+            table = table.filter(keep)
+            merged["done"] -= len(repeated)
+            merged["duplicates"] += len(repeated)
+            if not len(table):
+                continue
+            data, digest = table_bytes(table)
+            name = f"{entry['path'].rsplit('-', 1)[0]}-{digest[:16]}.parquet"
+            _put_atomic(fs, posixpath.join(run_path, name), data)
+            files.append({"path": name, "rows": len(table), "bytes": len(data),
+                          "sha256": digest, "image_ids": table["image_id"].to_pylist()})
+        merged["files"] = files
+        return merged
+
+
+def _first_of_each_id(rows: pa.Table) -> tuple[pa.Table, int]:
+    """Rows with the first occurrence of each image id, and how many repeats were dropped."""
+    seen: set[str] = set()
+    keep = []
+    for image_id in rows["image_id"].to_pylist():
+        keep.append(image_id not in seen)
+        seen.add(image_id)
+    return rows.filter(pa.array(keep, type=pa.bool_())), len(keep) - sum(keep)
 
 
 def init_ray(address: str | None, local_num_cpus: int) -> None:
@@ -285,7 +327,8 @@ def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
     summary = {
         "run_id": run_id, "method": method.stage.method, "inputs": len(uris),
         "done": result["done"], "skipped_committed": result["skipped"],
-        "quarantined": result["errors"], "seconds": wall,
+        "quarantined": result["errors"], "duplicates_in_run": result["duplicates"],
+        "seconds": wall,
         "images_per_second": result["done"] / wall if wall else 0.0,
         "seconds_per_image": result["fit_seconds"] / max(1, result["done"]),
         "config_digest": digest,
@@ -320,7 +363,7 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
 def format_summary(summary: dict[str, Any]) -> str:
     """The one-screen summary printed at the end of a job."""
     lines = [f"run {summary['run_id']}"]
-    for key in ("inputs", "done", "skipped_committed", "quarantined"):
+    for key in ("inputs", "done", "skipped_committed", "quarantined", "duplicates_in_run"):
         lines.append(f"  {key:<22} {summary[key]}")
     lines.append(f"  {'images/s':<22} {summary['images_per_second']:.3f}")
     lines.append(f"  {'s/image (' + summary['method'] + ')':<22} "

@@ -201,3 +201,22 @@ def test_quickstart_job_writes_features_and_figures(tmp_path: Path, dinov2_weigh
     assert table["source_uri"].to_pylist()[0].endswith("astronaut.png")
     figure = Image.open(out / "figures" / "astronaut.png")
     assert figure.width > 4 * figure.height // 2  # five panels side by side
+
+
+@pytest.mark.parametrize("file_mb", [1, 0])  # one file for the run / a file per write task
+def test_same_image_under_two_uris_is_committed_once(tmp_path: Path, photos: dict[str, np.ndarray],
+                                                     file_mb: int) -> None:
+    src = tmp_path / "in"
+    (src / "copy").mkdir(parents=True)
+    for name, photo in photos.items():
+        (src / f"{name}.jpg").write_bytes(_jpeg(_small(photo)))
+    (src / "copy" / "again.jpg").write_bytes((src / "astronaut.jpg").read_bytes())
+    (src / "copy" / "zz-again.jpg").write_bytes((src / "astronaut.jpg").read_bytes())
+    summary = run_clean_job(_job(str(src), str(tmp_path / "out"),
+                                 f"output.target_file_mb={file_mb}",
+                                 "compute.read_batch_size=1", "engine.images_per_fit=1"))
+    assert summary["done"] == 3 and summary["duplicates_in_run"] == 2
+    assert summary["inputs"] == summary["done"] + summary["quarantined"] + 2
+    ids = read_features_table(str(tmp_path / "out"), ["image_id"])["image_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 3
+    assert read_features(str(tmp_path / "out")).count() == 3
