@@ -45,7 +45,13 @@ from pipeline.probes import (
 )
 from pipeline.ray_clean import list_images, run_clean_job
 from pipeline.samples import sample_photos
-from pipeline.schema import column_to_numpy, read_features_table, select_runs
+from pipeline.schema import (
+    column_to_numpy,
+    read_features_table,
+    sample_features_table,
+    select_runs,
+    spread_indices,
+)
 from pipeline.visualize import feature_figure
 from pipeline.vit import FeatureExtractor, load_extractor
 
@@ -181,16 +187,16 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
             metrics["masks"][sample.name] = {
                 m: prototype_miou(rows[sample.name][m], labels) for m in methods}
 
-    table = read_features_table(cfg.features.uri, None, cfg.features.storage_options)
-    table = table.filter(pc.equal(table["config_digest"], digest))
-    metrics["fit"] = fit_diagnostics(table["metrics"].to_pylist())
-    # figures and G from rows spread over the table (not the first few, often one photo's)
-    spread = np.unique(np.linspace(0, len(table) - 1, min(len(table), 64)).round().astype(int))
-    shown = spread[np.unique(np.linspace(0, len(spread) - 1, min(len(spread), cfg.figures))
-                             .round().astype(int))]
+    summary = read_features_table(cfg.features.uri, ["config_digest", "metrics"],
+                                  cfg.features.storage_options)
+    summary = summary.filter(pc.equal(summary["config_digest"], digest))
+    metrics["fit"] = fit_diagnostics(summary["metrics"].to_pylist())
+    # figures and G from rows spread over the corpus (not the first few, often one photo's)
+    table = sample_features_table(cfg.features.uri, 64, cfg.features.storage_options,
+                                  method="dvt-fit", config_digest=digest)
+    shown = spread_indices(len(table), cfg.figures)
     has_g = "artifact" in table.column_names
-    artifacts = column_to_numpy(table["artifact"].take(spread)).astype(np.float32) \
-        if has_g else []
+    artifacts = column_to_numpy(table["artifact"]).astype(np.float32) if has_g else []
     metrics["g_agreement"] = g_agreement(list(artifacts)) if has_g else float("nan")
     metrics["g_agreement_images"] = len(artifacts)
 
@@ -203,15 +209,13 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
             photo = decode_image(fh.read())
         raw = column_to_numpy(table["raw"][i:i + 1])[0].astype(np.float32)
         clean = column_to_numpy(table["clean"][i:i + 1])[0].astype(np.float32)
-        g = column_to_numpy(table["artifact"][i:i + 1])[0].astype(np.float32) if has_g \
-            else np.zeros_like(raw)
+        g = artifacts[i] if has_g else np.zeros_like(raw)
         name = f"image-{k:02d}-{Path(uris[i]).stem[:32]}.png"
         feature_figure(photo, raw, clean, g, _denoise(denoiser, raw)).save(figures_dir / name)
         figures.append(f"figures/{name}")
     if has_g and len(artifacts) >= 2:
-        pick = np.unique(np.linspace(0, len(spread) - 1, min(len(spread), 8)).round().astype(int))
-        artifact_grid([artifacts[j] for j in pick],
-                      [Path(uris[spread[j]]).stem for j in pick]).save(
+        pick = spread_indices(len(table), 8)
+        artifact_grid([artifacts[j] for j in pick], [Path(uris[j]).stem for j in pick]).save(
             figures_dir / "artifact_grid.png")
         figures.append("figures/artifact_grid.png")
     for stale in figures_dir.glob("image-*.png"):  # figures of an earlier evaluation

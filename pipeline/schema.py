@@ -205,6 +205,28 @@ def read_features_table(uri: str, columns: Sequence[str] | None = None,
     return table
 
 
+def sample_features_table(uri: str, count: int, storage_options: dict[str, Any] | None = None,
+                          *, method: str | None = None, config_digest: str | None = None
+                          ) -> pa.Table:
+    """Up to ``count`` committed rows spread evenly over the files, reading only the files
+    they come from (pictures and checks on a large corpus without loading all of it)."""
+    fs, _ = filesystem(uri, storage_options)
+    runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
+    files = [f for run in runs for f in run.feature_files]
+    if not files:
+        raise FileNotFoundError(f"no committed feature runs under {uri}")
+    picked = [files[i] for i in spread_indices(len(files), count)]
+    per_file = -(-count // len(picked))
+    tables = [t.take(spread_indices(len(t), per_file)) for t in _read_tables(fs, picked, None)]
+    table = _concat(tables)
+    return table.take(spread_indices(len(table), count))
+
+
+def spread_indices(length: int, count: int) -> np.ndarray:
+    """Up to ``count`` distinct indices spread evenly over range(length)."""
+    return np.unique(np.linspace(0, length - 1, min(length, count)).round().astype(np.int64))
+
+
 def read_quarantine_table(uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
     """Every quarantined input (uri, stage, reason, error class) of the committed runs."""
     fs, _ = filesystem(uri, storage_options)
