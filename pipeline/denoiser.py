@@ -156,14 +156,15 @@ class DenoisedViT(nn.Module):
         recorded at training. Weights whose digest differs from the recorded one are refused:
         the denoiser only fits the features it was trained on.
         """
-        meta = read_denoiser_meta(uri, storage_options)
+        denoiser = load_denoiser(uri, "cpu", storage_options)
+        meta = denoiser.meta
         extractor = load_extractor(meta["model"], weights or meta.get("weights", "hub"),
                                    device=device)
         if meta.get("weights_digest") and extractor.weights_digest != meta["weights_digest"]:
             raise ValueError(
                 f"ViT weights digest {extractor.weights_digest[:12]} differs from the "
                 f"{meta['weights_digest'][:12]} the denoiser at {uri} was trained on")
-        return cls(extractor, load_denoiser(uri, extractor.device, storage_options))
+        return cls(extractor, denoiser)
 
     @torch.inference_mode()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -26,9 +26,14 @@ def full_view_pixels(rgb: np.ndarray, size: int) -> torch.Tensor:
     return resized[0].clamp_(0.0, 1.0)
 
 
-def trained_image_size(model: DenoisedViT) -> int:
-    """The input size whose token grid the denoiser's positional embedding was trained on."""
-    return model.denoiser.cfg.grid * model.extractor.patch_size
+def online_image_size(model: DenoisedViT, image_size: int | None = None) -> int:
+    """``image_size``, or the size whose token grid the denoiser was trained on; checked to be
+    a multiple of the patch."""
+    patch = model.extractor.patch_size
+    size = image_size or model.denoiser.cfg.grid * patch
+    if size % patch:
+        raise ValueError(f"image_size {size} is not a multiple of the patch size {patch}")
+    return size
 
 
 def denoise_images(model: DenoisedViT, images: Sequence[ImageLike], image_size: int | None = None,
@@ -37,11 +42,8 @@ def denoise_images(model: DenoisedViT, images: Sequence[ImageLike], image_size: 
 
     image_size: square input in pixels (default: the size the denoiser was trained at).
     """
-    size = image_size or trained_image_size(model)
-    patch = model.extractor.patch_size
-    if size % patch:
-        raise ValueError(f"image_size {size} is not a multiple of the patch size {patch}")
-    rgbs = [to_rgb(image, min_side=patch) for image in images]
+    size = online_image_size(model, image_size)
+    rgbs = [to_rgb(image, min_side=model.extractor.patch_size) for image in images]
     ids = list(ids) if ids is not None else [content_id(rgb) for rgb in rgbs]
     if len(ids) != len(rgbs):
         raise ValueError(f"{len(ids)} ids for {len(rgbs)} images")

@@ -12,29 +12,21 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import config_to_dict
-from pipeline.denoiser import denoiser_digest, load_denoiser, read_denoiser_meta
+from pipeline.denoiser import DenoisedViT, denoiser_digest
 from pipeline.job_config import DenoiseJobConfig
+from pipeline.online import online_image_size
 from pipeline.ray_clean import FeatureMethod, run_feature_job
 from pipeline.stages import DenoiseImages
-from pipeline.vit import load_extractor
 
 
 def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
     """The online denoiser over ``cfg.input.uri`` into a new committed run; the summary."""
     if not cfg.denoiser.uri:
         raise ValueError("denoiser.uri (--denoiser) is required: the export of train_denoiser")
-    meta = read_denoiser_meta(cfg.denoiser.uri, cfg.denoiser.storage_options)
-    denoiser = load_denoiser(cfg.denoiser.uri, storage_options=cfg.denoiser.storage_options)
-    weights = cfg.weights or meta.get("weights", "hub")
-    extractor = load_extractor(meta["model"], weights, device="cpu")
-    if meta.get("weights_digest") and extractor.weights_digest != meta["weights_digest"]:
-        raise ValueError(f"ViT weights {weights!r} differ from those the denoiser was trained on "
-                         f"(digest {meta['weights_digest'][:12]})")
-    image_size = cfg.image_size or denoiser.cfg.grid * extractor.patch_size
-    if image_size % extractor.patch_size:
-        raise ValueError(f"image_size {image_size} is not a multiple of the patch size "
-                         f"{extractor.patch_size}")
-    digest = denoiser_digest(denoiser)
+    model = DenoisedViT.from_pretrained(cfg.denoiser.uri, cfg.weights, device="cpu",
+                                        storage_options=cfg.denoiser.storage_options)
+    weights, image_size = model.extractor.weights, online_image_size(model, cfg.image_size)
+    digest = denoiser_digest(model.denoiser)
     method = FeatureMethod(
         stage=DenoiseImages,
         stage_kwargs={"denoiser_uri": cfg.denoiser.uri, "weights": weights,
@@ -42,7 +34,7 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
                       "dtype": cfg.output.dtype, "with_artifact": cfg.output.with_artifact,
                       "torch_threads": cfg.compute.torch_threads,
                       "storage_options": cfg.denoiser.storage_options},
-        batch_size=cfg.batch_size, extractor=extractor, image_size=image_size,
+        batch_size=cfg.batch_size, extractor=model.extractor, image_size=image_size,
         settings={"method": "denoiser", "denoiser_digest": digest, "image_size": image_size},
         meta={"denoiser_digest": digest, "denoiser_uri": cfg.denoiser.uri})
     return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method)
