@@ -43,17 +43,18 @@ def _make_inputs(folder: Path, photos: dict[str, np.ndarray], count: int) -> set
 
 
 def _overrides(src: Path, out: Path) -> list[str]:
-    # one image per fit and per file, so parts land one by one while the job runs
-    # a short lease, so that the killed driver's lease goes stale within the test
+    # one image per read block, per fit and per file, so parts land one by one while the
+    # job runs; a short lease, so that the killed driver's lease goes stale within the test
     return [f"input.uri={src}", f"output.uri={out}", "engine.images_per_fit=1",
-            "engine.fit.steps=150", "output.target_file_mb=0", "output.lease_ttl_s=3"]
+            "engine.fit.steps=150", "output.target_file_mb=0", "output.lease_ttl_s=3",
+            "compute.read_batch_size=1"]
 
 
 @pytest.mark.usefixtures("local_ray")
 def test_driver_killed_before_commit_then_rerun(tmp_path: Path,
                                                 photos: dict[str, np.ndarray]) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
-    ids = _make_inputs(src, photos, 6)
+    ids = _make_inputs(src, photos, 12)  # parts of the first images land seconds before the last
     env = dict(os.environ, DVT_RAY_TMP=str(Path("/tmp") / f"dvt-kill-{os.getpid()}"))
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "jobs" / "clean_dataset.py"), "--job", "smoke",
@@ -64,7 +65,7 @@ def test_driver_killed_before_commit_then_rerun(tmp_path: Path,
         deadline = time.time() + 240
         while time.time() < deadline and not list(out.glob(f"{RUNS_DIR}/*/part-*.parquet")):
             assert proc.poll() is None, "the job ended before writing any part"
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert list(out.glob(f"{RUNS_DIR}/*/part-*.parquet")), "no part written in time"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
