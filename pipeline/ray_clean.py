@@ -314,10 +314,15 @@ def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
                 "output_storage_options": output.storage_options, "config_digest": digest},
             compute=ray.data.ActorPoolStrategy(size=compute.readers),
             num_cpus=compute.reader_num_cpus)
+        # One call at a time per actor, run on the actor's own thread: by default Ray Data
+        # hands the UDF to a helper thread, where torch's CPU kernels kept ~1.6 of 2 cores
+        # busy instead of 2 (the fit ran 15-25 % slower than in a plain process).
         ds = ds.map_batches(
             method.stage, batch_size=method.batch_size,
             fn_constructor_kwargs=method.stage_kwargs,
-            compute=ray.data.ActorPoolStrategy(size=compute.actors),
+            compute=ray.data.ActorPoolStrategy(size=compute.actors,
+                                               enable_true_multi_threading=True,
+                                               max_concurrent_calls_per_actor=1),
             num_cpus=compute.num_cpus,
             num_gpus=compute.num_gpus or None,
             **({"memory": int(compute.memory_gb * 2**30)} if compute.memory_gb else {}))
