@@ -67,6 +67,14 @@ class FitConfig:
     """Tokens sampled per image per step, from all tokens of all views."""
     phase1_fraction: float = 0.5
     """Share of the steps that fit F and G only; afterwards G is frozen and h trains."""
+    coarse_fraction: float = 0.0
+    """Share of the steps, from the start, during which grid levels finer than
+    ``coarse_cells_per_token`` are held at zero. Until then F cannot hold each view's tokens on
+    their own, so the pattern tied to the view's token grid goes to G rather than being
+    memorised per view by F; afterwards every level trains. 0 = every level from the start."""
+    coarse_cells_per_token: float = 8.0
+    """Finest grid level trained during the coarse steps, in cells per token of the full view
+    (8 on a 16 x 16 token grid: levels up to 128 cells per side)."""
     lr: float = 1e-2
     """Peak learning rate of Adam."""
     betas: tuple[float, float] = (0.9, 0.99)
@@ -83,6 +91,16 @@ class FitConfig:
     """Weight of L_res = MSE(h(y), sg(y - F - G))."""
     sparsity_weight: float = 0.02
     """Weight of L_sparse = mean |h(y)|."""
+
+    def __post_init__(self) -> None:
+        for name in ("phase1_fraction", "warmup_fraction", "coarse_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"fit.{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.steps < 1 or self.tokens_per_step < 1:
+            raise ValueError("fit.steps and fit.tokens_per_step must be at least 1")
+        if self.coarse_cells_per_token <= 0:
+            raise ValueError(f"fit.coarse_cells_per_token must be > 0, got "
+                             f"{self.coarse_cells_per_token}")
 
 
 @dataclass(frozen=True)

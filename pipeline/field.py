@@ -69,7 +69,8 @@ def level_resolutions(cfg: FieldConfig) -> list[int]:
 class BatchedGridEncoding(nn.Module):
     """Multi-resolution dense 2-D feature grids, one set per image.
 
-    forward: coords (B, N, 2) as (x, y) in [0, 1] -> (B, N, num_levels * features_per_level).
+    forward: coords (B, N, 2) as (x, y) in [0, 1] -> (B, N, num_levels * features_per_level);
+    levels finer than ``max_resolution`` (when > 0) give zeros and no gradient.
     """
 
     def __init__(self, cfg: FieldConfig, generators: list[torch.Generator]) -> None:
@@ -82,19 +83,23 @@ class BatchedGridEncoding(nn.Module):
         )
         self.out_dim = cfg.num_levels * cfg.features_per_level
 
-    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+    def forward(self, coords: torch.Tensor, max_resolution: int = 0) -> torch.Tensor:
         grid = (coords * 2.0 - 1.0).unsqueeze(1)  # (B, 1, N, 2), grid_sample's [-1, 1]
-        feats = [
-            F.grid_sample(level, grid, mode="bilinear", padding_mode="border", align_corners=True)
-            for level in self.levels
-        ]  # each (B, F, 1, N)
+        feats = []
+        for level, resolution in zip(self.levels, self.resolutions, strict=True):
+            if 0 < max_resolution < resolution:
+                feats.append(grid.new_zeros(grid.shape[0], level.shape[1], 1, grid.shape[2]))
+            else:
+                feats.append(F.grid_sample(level, grid, mode="bilinear", padding_mode="border",
+                                           align_corners=True))  # (B, F, 1, N)
         return torch.cat(feats, dim=1).squeeze(2).transpose(1, 2)
 
 
 class BatchedNeuralField(nn.Module):
     """The semantic field F: grids then MLP (enc -> hidden -> ReLU -> C), per image.
 
-    forward: coords (B, N, 2) in [0, 1] -> features (B, N, C).
+    forward: coords (B, N, 2) in [0, 1] -> features (B, N, C); ``max_resolution`` as in
+    ``BatchedGridEncoding``.
     """
 
     def __init__(self, cfg: FieldConfig, channels: int, generators: list[torch.Generator]) -> None:
@@ -103,5 +108,5 @@ class BatchedNeuralField(nn.Module):
         hidden = max(1, int(round(channels * cfg.hidden_ratio)))
         self.mlp = BatchedMLP([self.encoding.out_dim, hidden, channels], generators)
 
-    def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.encoding(coords))
+    def forward(self, coords: torch.Tensor, max_resolution: int = 0) -> torch.Tensor:
+        return self.mlp(self.encoding(coords, max_resolution))

@@ -92,10 +92,12 @@ def _per_image_losses(
     xy: torch.Tensor,
     patch: torch.Tensor,
     phase2: bool,
+    max_resolution: int,
     cfg: FitConfig,
 ) -> torch.Tensor:
-    """(B,) loss per image on sampled tokens y (B, T, C) at coords xy (B, T, 2), patches (B, T)."""
-    sem = model.field(xy)
+    """(B,) loss per image on sampled tokens y (B, T, C) at coords xy (B, T, 2), patches (B, T);
+    grid levels finer than ``max_resolution`` (when > 0) are held at zero."""
+    sem = model.field(xy, max_resolution)
     art = model.artifact_at(patch)
     if not phase2:
         return _distance(sem + art, y)
@@ -167,6 +169,8 @@ def fit_batch(
 
     steps = fit_cfg.steps
     phase1_steps = int(round(steps * fit_cfg.phase1_fraction))
+    coarse_steps = int(round(steps * fit_cfg.coarse_fraction))
+    coarse_resolution = max(1, int(round(fit_cfg.coarse_cells_per_token * grid)))
     tokens = min(fit_cfg.tokens_per_step, total_tokens)
     alive = torch.ones(batch, dtype=torch.bool, device=device)
     y_rows = y_all.reshape(batch * total_tokens, channels)
@@ -192,7 +196,8 @@ def fit_batch(
         xy = xy_rows.index_select(0, rows).view(batch, tokens, 2)
         patch = idx % tokens_per_view
 
-        losses = _per_image_losses(model, y, xy, patch, step >= phase1_steps, fit_cfg)
+        cap = coarse_resolution if step < coarse_steps else 0
+        losses = _per_image_losses(model, y, xy, patch, step >= phase1_steps, cap, fit_cfg)
         alive &= torch.isfinite(losses)
         optimizer.zero_grad(set_to_none=True)
         torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()

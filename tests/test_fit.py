@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import EngineConfig, ViewConfig, engine_preset
+from pipeline.field import BatchedGridEncoding
 from pipeline.fit import FitResult, fit_batch
 from pipeline.views import sample_layout
 
@@ -71,6 +72,36 @@ def test_planted_artifact_is_recovered(planted: torch.Tensor, cfg: EngineConfig)
     assert result.metrics[2]["artifact_ratio"] < 0.1 * result.metrics[0]["artifact_ratio"] * 2
 
 
+def _artifact_left_in_clean(result: FitResult, images: list, planted: torch.Tensor
+                            ) -> list[float]:
+    """Per image: projection of (clean - true field) on the planted artifact, over |planted|^2."""
+    shares = []
+    for b, (_, coords) in enumerate(images):
+        left = result.clean[b] - smooth_field(coords[0], seed=b + 1)
+        shares.append(float((left * planted).sum() / (planted * planted).sum()))
+    return shares
+
+
+def test_coarse_steps_keep_the_artifact_out_of_a_memorising_field(planted: torch.Tensor) -> None:
+    """A field fine enough to hold each view's tokens (128 cells for an 8 x 8 grid, 8 views)
+    memorises part of the planted artifact into F; holding the fine levels at zero for the
+    first half of the steps sends it to G instead."""
+    images = [synthetic_image(s, planted, views=8) for s in (1, 2, 3)]
+    base = ["fit.steps=600", "fit.tokens_per_step=256", "field.num_levels=6",
+            "field.min_resolution=4", "field.max_resolution=128", "fit.coarse_cells_per_token=2"]
+    plain = run(images, [11, 12, 13], engine_preset("smoke", base))
+    coarse = run(images, [11, 12, 13], engine_preset("smoke", [*base, "fit.coarse_fraction=0.5"]))
+    left_plain = _artifact_left_in_clean(plain, images, planted)
+    left_coarse = _artifact_left_in_clean(coarse, images, planted)
+    for b in range(3):
+        assert left_plain[b] > 0.1, f"the plain fit left only {left_plain[b]:.3f} in F"
+        assert left_coarse[b] < 0.6 * left_plain[b], (left_coarse, left_plain)
+        cos = [F.cosine_similarity(r.artifact[b].flatten(), planted.flatten(), dim=0)
+               for r in (plain, coarse)]
+        assert cos[1] > cos[0] + 0.02, f"G vs planted: plain {cos[0]:.3f}, coarse {cos[1]:.3f}"
+        assert coarse.metrics[b]["r2"] > 0.99
+
+
 def test_batch_equals_singles(planted: torch.Tensor) -> None:
     cfg = engine_preset("smoke")
     images = [synthetic_image(s, planted, views=12) for s in range(4)]
@@ -114,3 +145,25 @@ def test_shape_mismatch_raises() -> None:
         fit_batch(torch.zeros(1, 2, 4, 4, 8), torch.zeros(1, 2, 4, 5, 2), [0], cfg.field, cfg.fit)
     with pytest.raises(ValueError, match="seeds"):
         fit_batch(torch.zeros(2, 2, 4, 4, 8), torch.zeros(2, 2, 4, 4, 2), [0], cfg.field, cfg.fit)
+
+
+def test_fine_levels_above_the_cap_give_zeros_and_no_gradient() -> None:
+    cfg = engine_preset("smoke", ["field.num_levels=3", "field.min_resolution=4",
+                                  "field.max_resolution=16"]).field
+    encoding = BatchedGridEncoding(cfg, [torch.Generator().manual_seed(0)])
+    assert encoding.resolutions == [4, 8, 16]
+    coords = torch.rand(1, 20, 2, generator=torch.Generator().manual_seed(1))
+    capped = encoding(coords, max_resolution=8)
+    full = encoding(coords)
+    per = cfg.features_per_level
+    assert torch.equal(capped[..., :2 * per], full[..., :2 * per])
+    assert (capped[..., 2 * per:] == 0).all() and (full[..., 2 * per:] != 0).all()
+    capped.sum().backward()
+    assert encoding.levels[2].grad is None and encoding.levels[0].grad is not None
+
+
+def test_bad_fit_settings_raise() -> None:
+    for override in ("fit.coarse_fraction=1.5", "fit.phase1_fraction=-0.1",
+                     "fit.coarse_cells_per_token=0", "fit.steps=0"):
+        with pytest.raises(ValueError, match="fit\\."):
+            engine_preset("fast", [override])
