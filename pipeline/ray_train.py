@@ -64,12 +64,23 @@ class Corpus:
 
 
 def describe_corpus(cfg: TrainJobConfig) -> Corpus:
-    """Check that the runs share one model, weights and grid; count the split by image id."""
+    """Check that the runs share one model, weights and grid; count the split by image id.
+
+    Without ``input.config_digest`` the newest run's config is taken: a folder refreshed under
+    another config holds each image twice, once per config, with different targets.
+    """
     runs = select_runs(cfg.input.uri, cfg.input.storage_options, method="dvt-fit",
                        config_digest=cfg.input.config_digest)
     if not runs:
         raise FileNotFoundError(f"no committed stage-1 runs under {cfg.input.uri} "
                                 f"(config_digest={cfg.input.config_digest})")
+    newest = runs[-1].manifest["config_digest"]
+    others = sorted({r.manifest["config_digest"] for r in runs} - {newest})
+    if others:
+        logger.warning("runs under %s come from %d configs: training on the newest (%s); "
+                       "ignored %s (choose with input.config_digest=...)", cfg.input.uri,
+                       len(others) + 1, newest, ", ".join(others))
+        runs = [r for r in runs if r.manifest["config_digest"] == newest]
     kinds = {(r.meta.get("model"), r.meta.get("weights_digest"), r.meta.get("grid"),
               r.meta.get("channels")) for r in runs}
     if len(kinds) != 1:
@@ -219,7 +230,7 @@ def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
     init_ray(cfg.compute.ray_address, cfg.compute.local_num_cpus)
     columns = ["image_id", "raw", "clean"]
     features = read_features(cfg.input.uri, columns, cfg.input.storage_options,
-                             method="dvt-fit", config_digest=cfg.input.config_digest)
+                             method="dvt-fit", config_digest=corpus.config_digests[0])
     datasets = {
         "train": features.map_batches(_split(cfg.train.val_fraction, False),
                                       batch_format="pyarrow"),

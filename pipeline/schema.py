@@ -194,11 +194,25 @@ def _concat(tables: list[pa.Table]) -> pa.Table | None:
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 
+def newest_config_digest(uri: str, storage_options: dict[str, Any] | None = None, *,
+                         method: str | None = None) -> str:
+    """The config digest of the newest committed run under ``uri`` (of ``method``, if given):
+    what a reader takes when a folder holds rows of several configs and none was chosen."""
+    runs = select_runs(uri, storage_options, method=method)
+    if not runs:
+        raise FileNotFoundError(f"no committed feature runs under {uri} (method={method})")
+    return runs[-1].manifest["config_digest"]
+
+
 def read_features_table(uri: str, columns: Sequence[str] | None = None,
-                        storage_options: dict[str, Any] | None = None) -> pa.Table:
-    """The committed feature rows of every committed run under ``uri`` as one pyarrow Table."""
+                        storage_options: dict[str, Any] | None = None, *,
+                        method: str | None = None, config_digest: str | None = None
+                        ) -> pa.Table:
+    """The committed feature rows under ``uri`` as one pyarrow Table (only the runs of
+    ``method`` / ``config_digest`` when given)."""
     fs, _ = filesystem(uri, storage_options)
-    files = [f for run in committed_runs(uri, storage_options) for f in run.feature_files]
+    runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
+    files = [f for run in runs for f in run.feature_files]
     table = _concat(list(_read_tables(fs, files, columns)))
     if table is None:
         raise FileNotFoundError(f"no committed feature runs under {uri}")
@@ -257,12 +271,17 @@ class FeatureDataset:
     """A map-style torch Dataset over committed rows, without Ray.
 
     Item i is a dict with ``image_id`` and float32 tensors ``raw`` and ``clean`` (h, w, C).
-    Rows are loaded eagerly per file into memory-friendly fp16 numpy arrays.
+    Rows are loaded eagerly per file into memory-friendly fp16 numpy arrays. A folder refreshed
+    under another config holds rows of both; ``config_digest`` picks one (default: the newest
+    run's), so no image appears twice with two different targets.
     """
 
     def __init__(self, uri: str, tensors: Sequence[str] = ("raw", "clean"),
-                 storage_options: dict[str, Any] | None = None) -> None:
-        table = read_features_table(uri, ["image_id", *tensors], storage_options)
+                 storage_options: dict[str, Any] | None = None, *,
+                 config_digest: str | None = None) -> None:
+        digest = config_digest or newest_config_digest(uri, storage_options)
+        table = read_features_table(uri, ["image_id", *tensors], storage_options,
+                                    config_digest=digest)
         self.image_ids: list[str] = table.column("image_id").to_pylist()
         self.tensors = {name: column_to_numpy(table.column(name)) for name in tensors}
 

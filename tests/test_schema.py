@@ -17,6 +17,7 @@ from pipeline.schema import (
     column_to_numpy,
     committed_ids,
     features_schema,
+    newest_config_digest,
     read_features_table,
     table_bytes,
     tensor_array,
@@ -38,13 +39,16 @@ def _table(ids: list[str], rng: np.random.Generator) -> pa.Table:
     }, schema=schema)
 
 
-def _write_run(root: Path, name: str, ids: list[str], commit: bool) -> pa.Table:
+def _write_run(root: Path, name: str, ids: list[str], commit: bool,
+               config_digest: str = "c") -> pa.Table:
     run = root / "runs" / name
     run.mkdir(parents=True)
     table = _table(ids, np.random.default_rng(len(ids)))
     data, digest = table_bytes(table)
     (run / f"part-00000-{digest[:12]}.parquet").write_bytes(data)
-    manifest = {"config_digest": "c", "quarantine": [],
+    meta = {"model": "m", "weights_digest": "w", "grid": GRID[0], "channels": CHANNELS,
+            "method": "dvt-fit"}
+    manifest = {"config_digest": config_digest, "quarantine": [], "meta": meta,
                 "files": [{"path": f"part-00000-{digest[:12]}.parquet", "image_ids": ids}]}
     (run / MANIFEST).write_text(json.dumps(manifest))
     if commit:
@@ -78,3 +82,24 @@ def test_readers_see_committed_runs_only(tmp_path: Path) -> None:
 def test_no_committed_run_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no committed"):
         read_features_table(str(tmp_path))
+
+
+def test_a_folder_refreshed_under_another_config_is_read_once(tmp_path: Path) -> None:
+    """The same images committed under two configs: readers take one config, never both."""
+    from pipeline.job_config import TrainJobConfig, resolve_job
+    from pipeline.ray_train import describe_corpus
+
+    _write_run(tmp_path, "20250101T000000Z-old", ["a", "b"], commit=True, config_digest="old")
+    _write_run(tmp_path, "20250102T000000Z-new", ["a", "b", "c"], commit=True,
+               config_digest="new")
+    assert newest_config_digest(str(tmp_path)) == "new"
+    assert len(read_features_table(str(tmp_path))) == 5  # the raw table holds both
+    assert len(read_features_table(str(tmp_path), config_digest="old")) == 2
+    assert sorted(FeatureDataset(str(tmp_path)).image_ids) == ["a", "b", "c"]
+    assert sorted(FeatureDataset(str(tmp_path), config_digest="old").image_ids) == ["a", "b"]
+    corpus = describe_corpus(resolve_job(TrainJobConfig, "train_smoke",
+                                         [f"input.uri={tmp_path}", "train.val_fraction=0.0"]))
+    assert corpus.config_digests == ["new"] and corpus.train_images == 3
+    chosen = describe_corpus(resolve_job(TrainJobConfig, "train_smoke", [
+        f"input.uri={tmp_path}", "input.config_digest=old", "train.val_fraction=0.0"]))
+    assert chosen.config_digests == ["old"] and chosen.train_images == 2
