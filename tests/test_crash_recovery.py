@@ -84,18 +84,22 @@ def test_driver_killed_before_commit_then_rerun(tmp_path: Path,
 
 
 def _kill_clean_actor_once(stop: threading.Event, killed: list[int]) -> None:
-    """Wait for a busy cleaning actor, then SIGKILL it (Ray restarts it, retries its batch)."""
+    """Wait for a busy cleaning actor, then SIGKILL it (Ray restarts it, retries its batch).
+
+    Only this test session's Ray is searched (descendants of this process): other Ray jobs on
+    the machine are left alone.
+    """
     while not stop.is_set() and not killed:
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if "CleanImages" in cmd and "MapWorker" in cmd:
-                try:
-                    if proc.cpu_percent(interval=0.5) > 20:  # mid-fit, not idle
-                        proc.send_signal(signal.SIGKILL)
-                        killed.append(proc.info["pid"])
-                        return
-                except psutil.Error:
-                    pass
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                cmd = " ".join(proc.cmdline())
+                if ("CleanImages" in cmd and "MapWorker" in cmd
+                        and proc.cpu_percent(interval=0.5) > 20):  # mid-fit, not idle
+                    proc.send_signal(signal.SIGKILL)
+                    killed.append(proc.pid)
+                    return
+            except psutil.Error:
+                pass
         time.sleep(0.2)
 
 

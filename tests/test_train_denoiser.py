@@ -61,14 +61,14 @@ def _kill_a_train_worker_after_first_checkpoint(run_dir: Path, stop: threading.E
     while not stop.is_set() and not killed:
         # the checkpoint counts once registered in the snapshot, not when its folder appears
         if snapshot.is_file() and '"epoch-0001"' in snapshot.read_text():
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
-                    try:
+            for proc in psutil.Process().children(recursive=True):  # this session's Ray only
+                try:
+                    if "RayTrainWorker" in " ".join(proc.cmdline()):
                         proc.send_signal(signal.SIGKILL)
-                        killed.append(proc.info["pid"])
+                        killed.append(proc.pid)
                         return
-                    except psutil.Error:
-                        continue
+                except psutil.Error:
+                    continue
         time.sleep(0.1)
 
 
