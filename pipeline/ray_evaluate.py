@@ -25,6 +25,7 @@ from pipeline.config import apply_overrides, drop_redacted, from_dict
 from pipeline.denoiser import Denoiser, load_denoiser
 from pipeline.engine import resolve_image_size
 from pipeline.evaluation import (
+    METHODS,
     artifact_grid,
     fit_diagnostics,
     random_crop,
@@ -35,9 +36,12 @@ from pipeline.images import decode_image
 from pipeline.job_config import CleanJobConfig, EvaluateConfig, InputConfig
 from pipeline.metrics import g_agreement, position_explained_variance, shift_consistency
 from pipeline.probes import (
+    MaskedImage,
     disparity_to_tokens,
     labels_to_tokens,
+    mask_views,
     motorcycle_pair,
+    paired_summary,
     prototype_miou,
     quokka,
     stereo_accuracy,
@@ -47,6 +51,7 @@ from pipeline.ray_clean import list_images, run_clean_job
 from pipeline.samples import sample_photos
 from pipeline.schema import (
     column_to_numpy,
+    raw_minus_artifact,
     read_features_table,
     sample_features_table,
     select_runs,
@@ -84,8 +89,18 @@ def _photos(cfg: EvaluateConfig) -> dict[str, np.ndarray]:
     return photos
 
 
-def _write_inputs(folder: Path, photos: dict[str, np.ndarray], cfg: EvaluateConfig) -> None:
-    """Crops (named <photo>--<k>.png) and probe images, written once (deterministic)."""
+def _mask_sets(cfg: EvaluateConfig) -> dict[str, list[MaskedImage]]:
+    """Per labelled photo: the whole photo and ``cfg.mask_crops`` crops (deterministic; a seed
+    stream of its own, so the position-explained-variance crops do not change with it)."""
+    if not cfg.probes:
+        return {}
+    rng = np.random.default_rng([cfg.seed, 1])
+    return {s.name: mask_views(s, cfg.mask_crops, rng) for s in (voc_sample(), quokka())}
+
+
+def _write_inputs(folder: Path, photos: dict[str, np.ndarray], cfg: EvaluateConfig,
+                  masks: dict[str, list[MaskedImage]]) -> None:
+    """crops/<photo>--<k>.png and probes/<name>.png, each written once (deterministic)."""
     rng = np.random.default_rng(cfg.seed)
     (folder / "crops").mkdir(parents=True, exist_ok=True)
     for name, photo in photos.items():
@@ -97,20 +112,28 @@ def _write_inputs(folder: Path, photos: dict[str, np.ndarray], cfg: EvaluateConf
     if cfg.probes:
         (folder / "probes").mkdir(exist_ok=True)
         pair = motorcycle_pair()
-        images = {"stereo_left": pair.left, "stereo_right": pair.right,
-                  "voc": voc_sample().rgb, "quokka": quokka().rgb}
+        images = {"stereo_left": pair.left, "stereo_right": pair.right}
+        images.update({v.name: v.rgb for views in masks.values() for v in views})
         for name, rgb in images.items():
             if not (folder / "probes" / f"{name}.png").exists():
                 Image.fromarray(rgb).save(folder / "probes" / f"{name}.png")
 
 
 def _rows_by_name(uri: str, digest: str) -> dict[str, dict[str, np.ndarray]]:
-    """raw/clean tokens of the committed rows of one config digest, by file stem."""
-    table = read_features_table(uri, ["source_uri", "config_digest", "raw", "clean"])
+    """Tokens of the committed rows of one config digest, keyed ``<folder>/<file stem>``:
+    raw, clean and, where G was stored, raw - G (F plus the per-image residual: artifact-free,
+    detail kept)."""
+    table = read_features_table(uri)
     table = table.filter(pc.equal(table["config_digest"], digest))
     raw, clean = column_to_numpy(table["raw"]), column_to_numpy(table["clean"])
-    return {Path(u).stem: {"raw": raw[i].astype(np.float32), "clean": clean[i].astype(np.float32)}
-            for i, u in enumerate(table["source_uri"].to_pylist())}
+    detail = raw_minus_artifact(table)
+    rows = {}
+    for i, uri_i in enumerate(table["source_uri"].to_pylist()):
+        path = Path(uri_i)
+        rows[f"{path.parent.name}/{path.stem}"] = {
+            "raw": raw[i].astype(np.float32), "clean": clean[i].astype(np.float32),
+            **({"raw_minus_g": detail[i]} if detail is not None else {})}
+    return rows
 
 
 def _denoise(denoiser: Denoiser | None, raw: np.ndarray) -> np.ndarray | None:
@@ -140,6 +163,24 @@ def _shift(photos: dict[str, np.ndarray], extractor: FeatureExtractor, denoiser:
     return {k: float(np.mean(v)) for k, v in scores.items() if v}
 
 
+def _mask_probe(rows: dict[str, dict[str, np.ndarray]], masks: dict[str, list[MaskedImage]],
+                methods: list[str], grid: int) -> dict[str, Any]:
+    """Mask-probe mIoU per labelled photo (mean over its views) and over all views, with each
+    method's paired difference from raw on the same views."""
+    scores: dict[str, dict[str, list[float]]] = {}
+    for name, views in masks.items():
+        scores[name] = {m: [] for m in methods}
+        for view in views:
+            labels = labels_to_tokens(view.labels, grid)
+            for m in methods:
+                scores[name][m].append(prototype_miou(rows[f"probes/{view.name}"][m], labels))
+    scores["all"] = {m: [v for name in masks for v in scores[name][m]] for m in methods}
+    paired = {name: paired_summary(by_method) for name, by_method in scores.items()}
+    return {"masks": {name: {m: s["mean"] for m, s in p.items()} for name, p in paired.items()},
+            "masks_paired": paired,
+            "mask_views": {name: len(by_method["raw"]) for name, by_method in scores.items()}}
+
+
 def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     """Write the report folder; return its metrics."""
     if not cfg.features.uri:
@@ -153,7 +194,8 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     grid = size // extractor.patch_size
     photos = _photos(cfg)
 
-    _write_inputs(out / "work" / "inputs", photos, cfg)
+    masks = _mask_sets(cfg)
+    _write_inputs(out / "work" / "inputs", photos, cfg, masks)
     job = apply_overrides(job, [f"input.uri={out / 'work' / 'inputs'}",
                                 f"output.uri={out / 'work' / 'stage1'}"])
     stage1 = run_clean_job(job)
@@ -161,12 +203,13 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
         logger.warning("evaluation inputs fitted under config %s, features under %s",
                        stage1["config_digest"], digest)
     rows = _rows_by_name(str(out / "work" / "stage1"), stage1["config_digest"])
-    for row in rows.values():
-        row["denoised"] = _denoise(denoiser, row["raw"])
+    if denoiser is not None:
+        for row in rows.values():
+            row["denoised"] = _denoise(denoiser, row["raw"])
 
-    methods = ["raw", "clean"] + (["denoised"] if denoiser is not None else [])
-    crop_names = sorted(n for n in rows if "--" in n)
-    groups = np.asarray([n.split("--")[0] for n in crop_names])
+    methods = [m for m in METHODS if m in next(iter(rows.values()))]
+    crop_names = sorted(n for n in rows if n.startswith("crops/"))
+    groups = np.asarray([n.split("/", 1)[1].split("--")[0] for n in crop_names])
     pev = {m: position_explained_variance(np.stack([rows[n][m] for n in crop_names]), groups)
            for m in methods}
     metrics: dict[str, Any] = {
@@ -179,13 +222,9 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     }
     if cfg.probes:
         disparity = disparity_to_tokens(motorcycle_pair().disparity, grid)
-        left, right = rows["stereo_left"], rows["stereo_right"]
+        left, right = rows["probes/stereo_left"], rows["probes/stereo_right"]
         metrics["stereo"] = {m: stereo_accuracy(left[m], right[m], disparity) for m in methods}
-        metrics["masks"] = {}
-        for sample in (voc_sample(), quokka()):
-            labels = labels_to_tokens(sample.labels, grid)
-            metrics["masks"][sample.name] = {
-                m: prototype_miou(rows[sample.name][m], labels) for m in methods}
+        metrics.update(_mask_probe(rows, masks, methods, grid))
 
     summary = read_features_table(cfg.features.uri, ["config_digest", "metrics"],
                                   cfg.features.storage_options)

@@ -93,6 +93,19 @@ def column_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def raw_minus_artifact(table: pa.Table) -> np.ndarray | None:
+    """``raw - artifact`` of stage-1 rows as (N, h, w, C) float32, or None without G stored.
+
+    Stage 1 splits each view's tokens into F + G + residual; ``clean`` is F alone, smooth where
+    the field is. raw - G keeps F and the image's own residual (fine detail) and drops only the
+    positional pattern G: a second artifact-free output for tasks that need detail.
+    """
+    if "artifact" not in table.column_names:
+        return None
+    raw = column_to_numpy(table["raw"]).astype(np.float32)
+    return raw - column_to_numpy(table["artifact"]).astype(np.float32)
+
+
 def table_bytes(table: pa.Table) -> tuple[bytes, str]:
     """Parquet bytes of a table (zstd) and their sha256, for content-named, atomic writes."""
     buf = io.BytesIO()

@@ -36,15 +36,21 @@ def test_evaluate_writes_the_whole_report(tmp_path: Path, photos: dict[str, np.n
     out = tmp_path / "report"
     cfg = resolve_job(EvaluateConfig, "evaluate", [
         f"features.uri={features}", f"denoiser.uri={export}", f"out={out}", f"images={src}",
-        "crops_per_photo=2", "figures=2", "stage1=[engine.fit.steps=30]"])
+        "crops_per_photo=2", "mask_crops=1", "figures=2", "stage1=[engine.fit.steps=30]"])
     metrics = run_evaluation(cfg)
 
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["methods"] == ["raw", "clean", "denoised"]
+    assert saved["methods"] == ["raw", "clean", "raw_minus_g", "denoised"]
     assert saved["pev_crops"] == 6 and saved["pev_photos"] == 3
     for key in ("pev", "shift", "stereo"):
         assert set(metrics[key]) >= {"raw", "denoised"}, key
-    assert set(metrics["masks"]) == {"voc", "quokka"}
+    assert set(metrics["masks"]) == {"voc", "quokka", "all"}
+    assert metrics["mask_views"] == {"voc": 2, "quokka": 2, "all": 4}
+    paired = metrics["masks_paired"]["all"]
+    assert paired["raw"]["diff"] == 0.0 and set(paired) == set(saved["methods"])
+    for name in ("voc", "quokka", "all"):
+        assert all(0.0 <= v <= 1.0 for v in metrics["masks"][name].values())
+        assert paired["clean"]["diff_stderr"] >= 0.0
     assert all(0.0 <= v <= 1.0 for v in metrics["stereo"].values())
     assert np.isfinite(metrics["g_agreement"]) and metrics["g_agreement_images"] == 3
     assert metrics["fit"]["images"] == 3
@@ -54,7 +60,7 @@ def test_evaluate_writes_the_whole_report(tmp_path: Path, photos: dict[str, np.n
     for name in figures:
         assert f"(figures/{name})" in report
     for word in ("Position-explained variance", "Shift consistency", "Stereo probe",
-                 "Mask probe", "G agreement"):
+                 "Mask probe", "G agreement", "raw - G", "minus raw's on the same views"):
         assert word in report
     # a second evaluation reuses the fitted evaluation inputs
     again = run_evaluation(cfg)

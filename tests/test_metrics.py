@@ -65,3 +65,43 @@ def test_prototype_miou_and_token_labels() -> None:
     features = centres[tokens.clip(0)] + 0.05 * rng.normal(size=(4, 4, 8))
     assert prototype_miou(features, tokens) == pytest.approx(1.0)
     assert prototype_miou(rng.normal(size=(4, 4, 8)), tokens) < 0.9
+
+
+def test_mask_views_cut_photo_and_labels_alike() -> None:
+    from pipeline.probes import IGNORE, MaskedImage, mask_views
+
+    labels = np.zeros((120, 160), dtype=np.int64)
+    labels[30:90, 40:100] = 2
+    labels[100:, 120:] = 5
+    labels[:5] = IGNORE
+    rgb = np.stack([labels.clip(0) * 40, np.arange(160)[None].repeat(120, 0),
+                    np.arange(120)[:, None].repeat(160, 1)], axis=-1).astype(np.uint8)
+    views = mask_views(MaskedImage("toy", rgb, labels), 6, np.random.default_rng(0))
+    assert views[0].name == "toy" and views[0].labels is labels
+    assert [v.name for v in views[1:]] == [f"toy-c{k:02d}" for k in range(6)]
+    for view in views[1:]:
+        assert view.rgb.shape[:2] == view.labels.shape
+        assert 0.5 * 120 <= view.labels.shape[0] <= 120
+        known = view.labels != IGNORE
+        # the red channel encodes the label: crop and flip were applied to both alike
+        assert np.array_equal(view.rgb[..., 0][known], (view.labels[known] * 40).astype(np.uint8))
+        _, counts = np.unique(view.labels[known], return_counts=True)
+        assert (counts >= 0.05 * known.sum()).sum() >= 2
+    flipped = [v for v in views[1:] if v.rgb[0, 0, 1] > v.rgb[0, -1, 1]]
+    assert 0 < len(flipped) < 6
+    again = mask_views(MaskedImage("toy", rgb, labels), 6, np.random.default_rng(0))
+    assert all(np.array_equal(a.rgb, b.rgb) for a, b in zip(views, again, strict=True))
+    single = np.zeros((60, 60), dtype=np.int64)  # one class: no crop can hold two
+    assert len(mask_views(MaskedImage("one", rgb[:60, :60], single), 3,
+                          np.random.default_rng(0), max_tries=5)) == 1
+
+
+def test_paired_summary_known_answer() -> None:
+    from pipeline.probes import paired_summary
+
+    summary = paired_summary({"raw": [0.5, 0.6, 0.7], "clean": [0.6, 0.6, 0.9]})
+    assert summary["raw"] == {"mean": pytest.approx(0.6), "diff": 0.0, "diff_stderr": 0.0}
+    assert summary["clean"]["mean"] == pytest.approx(0.7)
+    assert summary["clean"]["diff"] == pytest.approx(0.1)
+    assert summary["clean"]["diff_stderr"] == pytest.approx(0.1 / np.sqrt(3))
+    assert paired_summary({"raw": [0.4]})["raw"]["diff_stderr"] == 0.0

@@ -18,6 +18,7 @@ from pipeline.schema import (
     committed_ids,
     features_schema,
     newest_config_digest,
+    raw_minus_artifact,
     read_features_table,
     table_bytes,
     tensor_array,
@@ -103,3 +104,13 @@ def test_a_folder_refreshed_under_another_config_is_read_once(tmp_path: Path) ->
     chosen = describe_corpus(resolve_job(TrainJobConfig, "train_smoke", [
         f"input.uri={tmp_path}", "input.config_digest=old", "train.val_fraction=0.0"]))
     assert chosen.config_digests == ["old"] and chosen.train_images == 2
+
+
+def test_raw_minus_artifact() -> None:
+    rng = np.random.default_rng(0)
+    raw, artifact = rng.normal(size=(2, 3, 4, 4, 5)).astype(np.float16)
+    table = pa.table({"raw": tensor_array(list(raw)), "artifact": tensor_array(list(artifact))})
+    detail = raw_minus_artifact(table)
+    assert detail.dtype == np.float32 and detail.shape == (3, 4, 4, 5)
+    np.testing.assert_allclose(detail, raw.astype(np.float32) - artifact.astype(np.float32))
+    assert raw_minus_artifact(table.drop_columns(["artifact"])) is None
