@@ -42,7 +42,7 @@ from pipeline.denoiser_train import (
 )
 from pipeline.job_config import TrainJobConfig
 from pipeline.ray_clean import init_ray
-from pipeline.schema import read_features, select_runs
+from pipeline.schema import newest_config, read_features, select_runs
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +74,11 @@ def describe_corpus(cfg: TrainJobConfig) -> Corpus:
     if not runs:
         raise FileNotFoundError(f"no committed stage-1 runs under {cfg.input.uri} "
                                 f"(config_digest={cfg.input.config_digest})")
-    newest = runs[-1].manifest["config_digest"]
-    others = sorted({r.manifest["config_digest"] for r in runs} - {newest})
+    newest, runs, others = newest_config(runs)
     if others:
         logger.warning("runs under %s come from %d configs: training on the newest (%s); "
                        "ignored %s (choose with input.config_digest=...)", cfg.input.uri,
                        len(others) + 1, newest, ", ".join(others))
-        runs = [r for r in runs if r.manifest["config_digest"] == newest]
     kinds = {(r.meta.get("model"), r.meta.get("weights_digest"), r.meta.get("grid"),
               r.meta.get("channels")) for r in runs}
     if len(kinds) != 1:

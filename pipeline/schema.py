@@ -214,7 +214,16 @@ def newest_config_digest(uri: str, storage_options: dict[str, Any] | None = None
     runs = select_runs(uri, storage_options, method=method)
     if not runs:
         raise FileNotFoundError(f"no committed feature runs under {uri} (method={method})")
-    return runs[-1].manifest["config_digest"]
+    return newest_config(runs)[0]
+
+
+def newest_config(runs: Sequence[CommittedRun]) -> tuple[str, list[CommittedRun], list[str]]:
+    """Of committed ``runs`` (oldest first, non-empty): the newest run's config digest, the runs
+    of that config, and the other configs' digests (sorted)."""
+    newest = runs[-1].manifest["config_digest"]
+    kept = [run for run in runs if run.manifest["config_digest"] == newest]
+    others = sorted({run.manifest["config_digest"] for run in runs} - {newest})
+    return newest, kept, others
 
 
 def read_features_table(uri: str, columns: Sequence[str] | None = None,
