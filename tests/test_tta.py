@@ -1,0 +1,94 @@
+"""Shift averaging, its closed-form decomposition and the dataset-level artifact model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.artifact_model import calibrate, from_artifacts
+from pipeline.tta import (
+    ShiftView,
+    TtaConfig,
+    decompose_shift_views,
+    merge_shift_views,
+    render_shift_views,
+    shift_layout,
+    tta_tokens,
+)
+from pipeline.views import full_view_pixels
+from pipeline.vit import FeatureExtractor
+
+
+def _patch_means(pixels: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, 3, S, S) -> (N, K, K, 3): each patch's mean colour, a feature that follows content
+    exactly under whole-patch shifts and flips."""
+    pooled = torch.nn.functional.avg_pool2d(pixels, patch)
+    return pooled.permute(0, 2, 3, 1)
+
+
+def test_shift_views_map_back_to_the_full_view(photos: dict[str, np.ndarray]) -> None:
+    cfg = TtaConfig(views=12, pad=2, flip_prob=0.5)
+    views = shift_layout(cfg, seed=3)
+    assert views[0] == ShiftView(2, 2, False) and len(views) == 12
+    assert any(v.flip for v in views) and len({(v.dy, v.dx) for v in views}) > 3
+    assert shift_layout(cfg, seed=3) == views  # deterministic
+    full = full_view_pixels(photos["astronaut"], 16 * 8)
+    tokens = _patch_means(render_shift_views(full, views, 16, cfg.pad), 16)
+    merged = merge_shift_views(tokens, views, cfg.pad)
+    torch.testing.assert_close(merged, _patch_means(full[None], 16)[0], atol=1e-5, rtol=0)
+    # a pattern on the view's grid is removed before mapping back
+    pattern = torch.randn(8, 8, 3)
+    torch.testing.assert_close(merge_shift_views(tokens + pattern, views, cfg.pad, pattern),
+                               merged, atol=1e-5, rtol=0)
+
+
+def test_decomposition_recovers_content_and_artifact() -> None:
+    gen = torch.Generator().manual_seed(0)
+    grid, channels, pad = 8, 16, 2
+    cfg = TtaConfig(views=16, pad=pad)
+    views = shift_layout(cfg, seed=1)
+    content = torch.randn(grid + 2 * pad, grid + 2 * pad, channels, generator=gen)
+    prior = torch.randn(grid, grid, channels, generator=gen)
+    own = prior + 0.5 * torch.randn(grid, grid, channels, generator=gen)  # this image's G
+    tokens = []
+    for v in views:  # the padded "scene" is seen through each window; flips mirror it
+        window = content[v.dy:v.dy + grid, v.dx:v.dx + grid]
+        tokens.append((window.flip(1) if v.flip else window) + own)
+    tokens = torch.stack(tokens)
+    inner = content[pad:pad + grid, pad:pad + grid]
+    fixed, g_fixed = decompose_shift_views(tokens, views, pad, prior, float("inf"))
+    torch.testing.assert_close(g_fixed, prior)
+    torch.testing.assert_close(fixed, merge_shift_views(tokens, views, pad, prior))
+    fitted, g_fit = decompose_shift_views(tokens, views, pad, prior, prior_weight=0.1,
+                                          iterations=200)
+    err_fixed = (fixed - inner).norm() / inner.norm()
+    err_fit = (fitted - inner).norm() / inner.norm()
+    assert err_fit < 0.1 < err_fixed  # the image's own G is found, so F is cleaner
+    assert (g_fit - own).norm() / own.norm() < 0.1
+
+
+def test_tta_tokens_and_calibration_on_a_vit(tiny_vit: FeatureExtractor,
+                                             photos: dict[str, np.ndarray]) -> None:
+    size = 16 * 7
+    model = calibrate(tiny_vit, photos, size, crops_per_photo=3, seed=0)
+    assert model.pattern.shape == (7, 7, tiny_vit.embed_dim) and model.samples == 9
+    assert model.source == "calibration" and np.isfinite(model.pattern).all()
+    again = calibrate(tiny_vit, photos, size, crops_per_photo=3, seed=0)
+    np.testing.assert_array_equal(model.pattern, again.pattern)
+    model.check(tiny_vit, size)
+    with pytest.raises(ValueError, match="calibrate one"):
+        model.check(tiny_vit, size + 16)
+    cfg = TtaConfig(views=4, pad=1)
+    one = tta_tokens(tiny_vit, photos["chelsea"], size, cfg, seed=5)
+    assert one.shape == (7, 7, tiny_vit.embed_dim)
+    torch.testing.assert_close(one, tta_tokens(tiny_vit, photos["chelsea"], size, cfg, seed=5))
+    plain = tta_tokens(tiny_vit, photos["chelsea"], size, TtaConfig(views=1, pad=1), seed=5)
+    raw = tiny_vit(full_view_pixels(photos["chelsea"], size)[None])[0]
+    torch.testing.assert_close(plain, raw)  # one view: the full view itself
+    mean_g = from_artifacts([model.pattern, 3 * model.pattern], "test_vit", "d", size)
+    np.testing.assert_allclose(mean_g.pattern, 2 * model.pattern, rtol=1e-6)
+    with pytest.raises(ValueError, match="do not match"):
+        model.subtract(np.zeros((6, 6, tiny_vit.embed_dim)))
+    with pytest.raises(ValueError):
+        TtaConfig(views=0)
