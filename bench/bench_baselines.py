@@ -33,7 +33,7 @@ import torch
 
 from pipeline import clean_images, engine_preset, load_extractor
 from pipeline.artifact_model import ArtifactModel, calibrate
-from pipeline.config import config_digest
+from pipeline.config import ShiftConfig, config_digest
 from pipeline.crops import CropBox, overlap_share, random_crop_box
 from pipeline.metrics import (
     MatchCount,
@@ -43,7 +43,7 @@ from pipeline.metrics import (
 )
 from pipeline.probes import disparity_to_tokens, motorcycle_pair, stereo_accuracy
 from pipeline.samples import sample_photo
-from pipeline.tta import TtaConfig, tta_tokens
+from pipeline.tta import tta_tokens
 from pipeline.views import full_view_pixels
 from pipeline.vit import FeatureExtractor
 
@@ -95,7 +95,7 @@ def cached_fits(ext: FeatureExtractor, keys: list[str], images: list[np.ndarray]
 
 
 def outputs_for(ext: FeatureExtractor, images: list[np.ndarray], keys: list[str], size: int,
-                model: ArtifactModel, tta: TtaConfig, groups: list[str], args: argparse.Namespace
+                model: ArtifactModel, tta: ShiftConfig, groups: list[str], args: argparse.Namespace
                 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Every output's (N, K, K, C) tokens for ``images``, and its seconds per image."""
     t0 = time.perf_counter()
@@ -131,7 +131,7 @@ def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[
     keys = [f"{name}-{k % args.crops}" for k, (name, _, _) in enumerate(crops)]
     model = calibrate(ext, {n: sample_photo(n) for n in CALIB_PHOTOS}, size,
                       crops_per_photo=args.calib_crops, seed=args.seed + 1)
-    tta = TtaConfig(views=args.tta_views, pad=args.tta_pad)
+    tta = ShiftConfig(views=args.tta_views, pad=args.tta_pad)
     outputs, seconds = outputs_for(ext, [c for _, _, c in crops], keys, size, model, tta,
                                    groups, args)
 

@@ -104,6 +104,34 @@ class FitConfig:
 
 
 @dataclass(frozen=True)
+class ShiftConfig:
+    """The shift decomposition (``method: shift``): views shifted by whole patches at the full
+    view's own scale, split in closed form into content F and an artifact G near the dataset's
+    artifact model (``pipeline.tta``)."""
+
+    views: int = 10
+    """Views per image, the unshifted full view included (one ViT forward each)."""
+    pad: int = 2
+    """Reflect padding in whole patches on each side: offsets span 0..2*pad patches."""
+    flip_prob: float = 0.5
+    """Probability that a shifted view is mirrored left-right."""
+    prior_weight: float = 10.0
+    """How strongly the image's G is held to the artifact model, in views' worth of evidence
+    (0: G from this image alone, which also takes content; .inf: G is the artifact model)."""
+    iterations: int = 20
+    """Alternating least-squares rounds (F given G, G given F)."""
+
+    def __post_init__(self) -> None:
+        if self.views < 1 or self.pad < 0 or not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(f"shift needs views >= 1, pad >= 0 and flip_prob in [0, 1]: {self}")
+        if self.prior_weight < 0 or self.iterations < 1:
+            raise ValueError("shift.prior_weight must be >= 0 and shift.iterations >= 1")
+
+
+METHODS = ("field", "shift")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """A stage-1 preset: everything ``clean_images`` needs besides the ViT itself."""
 
@@ -117,9 +145,17 @@ class EngineConfig:
     """Views per ViT forward pass."""
     seed: int = 0
     """Base seed; every image's views and initialisation derive from (image id, seed)."""
+    method: str = "field"
+    """``field``: the per-image neural-field fit of DVT (views, field, fit); ``shift``: the
+    shift decomposition around a dataset-level artifact model (shift), no training."""
     views: ViewConfig = dataclasses.field(default_factory=ViewConfig)
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+    shift: ShiftConfig = dataclasses.field(default_factory=ShiftConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
 
 
 # --------------------------------------------------------------------------- machinery

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.artifact_model import ArtifactModel
 from pipeline.config import EngineConfig, engine_preset
 from pipeline.fit import fit_batch
 from pipeline.images import ImageLike, content_id, to_rgb
+from pipeline.tta import decompose_shift_views, shift_view_tokens
 from pipeline.views import derive_seed, render_views, sample_layout
 from pipeline.vit import FeatureExtractor
 
@@ -111,6 +113,31 @@ def _clean_batch(
     return results
 
 
+def _shift_one(extractor: FeatureExtractor, rgb: np.ndarray, image_id: str, cfg: EngineConfig,
+               size: int, prior: ArtifactModel) -> CleanResult:
+    """The shift decomposition of one image: raw = the full view's tokens, clean = F, artifact
+    = this image's G (near the artifact model's pattern)."""
+    start = time.perf_counter()
+    tokens, views = shift_view_tokens(extractor, rgb, size, cfg.shift,
+                                      derive_seed(image_id, cfg.seed, "shift"), cfg.vit_batch_size)
+    extract_seconds = time.perf_counter() - start
+    pattern = torch.from_numpy(prior.pattern).to(tokens.device)
+    content, artifact = decompose_shift_views(tokens, views, cfg.shift.pad, pattern,
+                                              cfg.shift.prior_weight, cfg.shift.iterations)
+    raw = tokens[0].float()
+    err = (raw - content - artifact).pow(2).sum()
+    var = (raw - raw.mean((0, 1))).pow(2).sum().clamp_min(1e-12)
+    metrics = {"final_loss": float(err / raw[..., 0].numel()), "r2": float(1 - err / var),
+               "artifact_ratio": float(artifact.norm(dim=-1).mean() / raw.norm(dim=-1).mean()),
+               "extract_seconds": extract_seconds,
+               "fit_seconds": time.perf_counter() - start - extract_seconds}
+    metrics["seconds"] = time.perf_counter() - start
+    ok = bool(torch.isfinite(content).all() and torch.isfinite(artifact).all())
+    return CleanResult(image_id, raw.cpu().numpy(), content.cpu().numpy(),
+                       artifact.cpu().numpy(), metrics, ok,
+                       None if ok else "decomposition is not finite")
+
+
 def clean_images(
     extractor: FeatureExtractor,
     images: Sequence[ImageLike],
@@ -119,13 +146,16 @@ def clean_images(
     seed: int | None = None,
     ids: Sequence[str] | None = None,
     overrides: Iterable[str] = (),
+    artifact_model: ArtifactModel | None = None,
 ) -> list[CleanResult]:
     """Denoise the ViT features of ``images`` (each (H, W, 3) uint8, or any mode / PIL image).
 
-    preset: a name in conf/engine (``fast``, ``paper``, ``smoke``), a YAML path or an
-    ``EngineConfig``; ``overrides`` like ``["fit.steps=500"]`` apply on top; ``seed`` replaces
-    the preset's seed. ``ids`` name the images (default: sha256 of their pixels); views and
-    initialisation derive from (id, seed), so the same call gives the same result.
+    preset: a name in conf/engine (``shift``, ``fast``, ``paper``, ``smoke``...), a YAML path
+    or an ``EngineConfig``; ``overrides`` like ``["fit.steps=500"]`` apply on top; ``seed``
+    replaces the preset's seed. ``ids`` name the images (default: sha256 of their pixels);
+    views and initialisation derive from (id, seed), so the same call gives the same result.
+    ``artifact_model``: the dataset-level pattern (``pipeline.artifact_model.calibrate``) that
+    ``method: shift`` presets need.
     """
     cfg = engine_preset(preset, overrides)
     if seed is not None:
@@ -137,6 +167,18 @@ def clean_images(
     elif len(ids) != len(rgbs):
         raise ValueError(f"{len(ids)} ids for {len(rgbs)} images")
     results: list[CleanResult] = []
+    if cfg.method == "shift":
+        if artifact_model is None:
+            raise ValueError(f"preset {cfg.name!r} (method shift) needs an artifact model: "
+                             "pass artifact_model=pipeline.artifact_model.calibrate(extractor, "
+                             "photos, image_size)")
+        artifact_model.check(extractor, size)
+        for rgb, iid in zip(rgbs, ids, strict=True):
+            results.append(_shift_one(extractor, rgb, iid, cfg, size, artifact_model))
+            if not results[-1].ok:
+                logger.warning("image %s: %s", iid[:12], results[-1].error)
+        logger.info("cleaned %d images (preset %s)", len(results), cfg.name)
+        return results
     step = max(1, cfg.images_per_fit)
     for start in range(0, len(rgbs), step):
         results.extend(

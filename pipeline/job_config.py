@@ -49,6 +49,31 @@ class InputConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationConfig:
+    """Where the artifact model of a ``method: shift`` engine comes from (ignored otherwise).
+
+    It is estimated once per output, model, weights and input size, stored under
+    ``OUTPUT/artifact_models/`` and reused by every later run with the same settings, so a
+    refresh over new images keeps the model (and the config digest) of the first run.
+    """
+
+    uri: str = ""
+    """Calibration images (folder or URI); "": a sample of the input itself."""
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """fsspec options for ``uri``."""
+    images: int = 64
+    """At most this many calibration images, spread evenly over the sorted listing."""
+    crops_per_image: int = 4
+    """Random crops (place, side 0.3-0.9, flip) per calibration image."""
+    seed: int = 0
+    """Seed of the crops."""
+
+    def __post_init__(self) -> None:
+        if self.images < 1 or self.crops_per_image < 1:
+            raise ValueError("calibration.images and calibration.crops_per_image must be >= 1")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where features go."""
 
@@ -116,6 +141,7 @@ class CleanJobConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     compute: ComputeConfig = dataclasses.field(default_factory=ComputeConfig)
     engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
+    calibration: CalibrationConfig = dataclasses.field(default_factory=CalibrationConfig)
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

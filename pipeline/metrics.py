@@ -6,6 +6,7 @@ what a clean result looks like.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,8 @@ class PevEstimate:
     value: the mean over ``splits`` random halvings of the photos.
     stderr: delete-one-photo jackknife standard error of ``value`` (the photos are the sample).
     photos, crops, splits: what it was computed from.
+    replicates: the jackknife's leave-one-photo-out values; two estimates on the same crops with
+    the same seed share their splits, so ``paired_difference`` of their replicates is paired.
     """
 
     value: float
@@ -50,6 +53,7 @@ class PevEstimate:
     photos: int
     crops: int
     splits: int
+    replicates: tuple[float, ...] = ()
 
     def as_dict(self) -> dict[str, float]:
         return {"value": self.value, "stderr": self.stderr, "photos": self.photos,
@@ -117,10 +121,25 @@ def position_explained_variance(features: np.ndarray, groups: np.ndarray, *, spl
         rest_total = float((x[inverse != p] ** 2).sum(-1).mean())
         jack.append(_split_explained(sums[keep], counts[keep], halves) / rest_total)
         keep[p] = True
-    jack_arr = np.asarray(jack)
-    n = len(names)
-    stderr = float(np.sqrt((n - 1) / n * ((jack_arr - jack_arr.mean()) ** 2).sum()))
-    return PevEstimate(value, stderr, n, len(features), splits)
+    return PevEstimate(value, jackknife_stderr(jack), len(names), len(features), splits,
+                       tuple(jack))
+
+
+def jackknife_stderr(replicates: Sequence[float]) -> float:
+    """Standard error from delete-one replicates: sqrt((n - 1) / n * sum (r - mean r)^2)."""
+    r = np.asarray(replicates, dtype=np.float64)
+    n = len(r)
+    return float(np.sqrt((n - 1) / n * ((r - r.mean()) ** 2).sum())) if n > 1 else float("nan")
+
+
+def paired_difference(a: float, a_replicates: Sequence[float], b: float,
+                      b_replicates: Sequence[float]) -> tuple[float, float]:
+    """a - b and its jackknife standard error, from delete-one replicates over the same units:
+    far tighter than either error alone when a and b are measured on the same photos."""
+    if len(a_replicates) != len(b_replicates):
+        raise ValueError("paired replicates must leave out the same units")
+    diff = np.asarray(a_replicates, dtype=np.float64) - np.asarray(b_replicates, np.float64)
+    return a - b, jackknife_stderr(diff)
 
 
 def shift_consistency(a: np.ndarray, b: np.ndarray, offset: tuple[int, int]) -> float:
@@ -171,17 +190,16 @@ def crop_pair_matching(a: np.ndarray, box_a: CropBox, b: np.ndarray, box_b: Crop
     return MatchCount(int((err <= tolerance).sum()), int(inside.sum()))
 
 
-def pooled_accuracy(counts: dict[str, list[MatchCount]]) -> tuple[float, float]:
-    """Pooled hit rate over every pair, and its standard error with photos as the sample
-    (a delete-one-photo jackknife): counts maps photo -> its pairs' counts."""
+def pooled_accuracy(counts: dict[str, list[MatchCount]]
+                    ) -> tuple[float, float, tuple[float, ...]]:
+    """Pooled hit rate over every pair, its standard error with photos as the sample (a
+    delete-one-photo jackknife), and the jackknife's replicates: counts maps photo -> its
+    pairs' counts."""
     per_photo = np.asarray([[sum(c.hits for c in cs), sum(c.total for c in cs)]
                             for cs in counts.values() if cs], dtype=np.float64)
     if len(per_photo) == 0 or per_photo[:, 1].sum() == 0:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), ()
     value = float(per_photo[:, 0].sum() / per_photo[:, 1].sum())
-    n = len(per_photo)
-    if n < 2:
-        return value, float("nan")
     totals = per_photo.sum(0)
     jack = (totals[0] - per_photo[:, 0]) / np.maximum(totals[1] - per_photo[:, 1], 1)
-    return value, float(np.sqrt((n - 1) / n * ((jack - jack.mean()) ** 2).sum()))
+    return value, jackknife_stderr(jack), tuple(float(j) for j in jack)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,8 +30,10 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from pipeline import __version__
+from pipeline.artifact_model import calibrate
 from pipeline.config import config_digest, config_to_dict, redact
 from pipeline.engine import resolve_image_size
+from pipeline.images import decode_image
 from pipeline.job_config import CleanJobConfig, ComputeConfig, InputConfig, OutputConfig
 from pipeline.lease import OutputLease
 from pipeline.schema import (
@@ -39,11 +42,15 @@ from pipeline.schema import (
     METRIC_FIELDS,
     QUARANTINE_SCHEMA,
     RUNS_DIR,
+    artifact_model_uri,
     features_schema,
     filesystem,
     full_uri,
-    is_local,
+    put_atomic,
+    read_artifact_model,
+    spread_indices,
     table_bytes,
+    write_artifact_model,
 )
 from pipeline.stages import CleanImages, ReadImages
 from pipeline.vit import FeatureExtractor, load_extractor
@@ -65,18 +72,6 @@ def list_images(inputs: InputConfig) -> list[str]:
             continue
         uris.append(full_uri(fs, path))
     return uris
-
-
-def _put_atomic(fs: Any, path: str, data: bytes) -> None:
-    """Write bytes so that a crash never leaves a truncated file under the final name."""
-    if is_local(fs):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with fs.open(tmp, "wb") as fh:
-            fh.write(data)
-        fs.mv(tmp, path)
-    else:  # object stores make a single PUT visible whole or not at all
-        with fs.open(path, "wb") as fh:
-            fh.write(data)
 
 
 def _empty_result() -> dict[str, Any]:
@@ -145,7 +140,7 @@ class FeatureSink(Datasink):
             table = self._features(done)
             data, digest = table_bytes(table)
             name = f"part-{ctx.task_idx:05d}-{digest[:16]}.parquet"
-            _put_atomic(fs, posixpath.join(run_path, name), data)
+            put_atomic(fs, posixpath.join(run_path, name), data)
             out["files"].append({"path": name, "rows": len(done), "bytes": len(data),
                                  "sha256": digest, "image_ids": done["image_id"].to_pylist()})
             out["fit_seconds"] = float(sum(m["seconds"] for m in table["metrics"].to_pylist()))
@@ -160,7 +155,7 @@ class FeatureSink(Datasink):
             }, schema=QUARANTINE_SCHEMA)
             data, digest = table_bytes(quarantine)
             name = f"quarantine-{ctx.task_idx:05d}-{digest[:16]}.parquet"
-            _put_atomic(fs, posixpath.join(run_path, name), data)
+            put_atomic(fs, posixpath.join(run_path, name), data)
             out["quarantine"].append({"path": name, "rows": len(failed), "sha256": digest,
                                       "uris": failed["source_uri"].to_pylist()})
         out["done"], out["errors"] = len(done), len(failed)  # duplicates set above
@@ -201,7 +196,7 @@ class FeatureSink(Datasink):
                 continue
             data, digest = table_bytes(table)
             name = f"{entry['path'].rsplit('-', 1)[0]}-{digest[:16]}.parquet"
-            _put_atomic(fs, posixpath.join(run_path, name), data)
+            put_atomic(fs, posixpath.join(run_path, name), data)
             files.append({"path": name, "rows": len(table), "bytes": len(data),
                           "sha256": digest, "image_ids": table["image_id"].to_pylist()})
         merged["files"] = files
@@ -251,14 +246,19 @@ class FeatureMethod:
     """Extra facts recorded with the run (e.g. the denoiser's digest)."""
 
 
+def require_io(inputs: InputConfig, output: OutputConfig) -> None:
+    """Refuse a job without an input or an output, before anything loads."""
+    if not inputs.uri or not output.uri:
+        raise ValueError("both input.uri (--input) and output.uri (--output) are required")
+
+
 def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
                     compute: ComputeConfig, method: FeatureMethod) -> dict[str, Any]:
     """Run one pass over ``inputs.uri`` into a new committed run under ``output.uri``.
 
     ``job`` is the resolved job config, saved with the run. Returns the summary.
     """
-    if not inputs.uri or not output.uri:
-        raise ValueError("both input.uri (--input) and output.uri (--output) are required")
+    require_io(inputs, output)
     start = time.perf_counter()
     extractor = method.extractor
     digest = config_digest({
@@ -292,7 +292,7 @@ def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
     run_path = posixpath.join(out_root, RUNS_DIR, run_id)
     out_fs.makedirs(run_path, exist_ok=True)
     resolved = {"job": redact(job), "meta": meta, "run_id": run_id, "code_version": __version__}
-    _put_atomic(out_fs, posixpath.join(run_path, "config.json"),
+    put_atomic(out_fs, posixpath.join(run_path, "config.json"),
                 json.dumps(resolved, indent=2).encode())
     logger.info("run %s: %d input files, config %s", run_id, len(uris), digest)
 
@@ -342,26 +342,74 @@ def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
                 "files": result["files"], "quarantine": result["quarantine"],
                 "summary": summary}
     lease.check()  # a run whose lease went stale never commits
-    _put_atomic(out_fs, posixpath.join(run_path, "summary.json"),
+    put_atomic(out_fs, posixpath.join(run_path, "summary.json"),
                 json.dumps(summary, indent=2).encode())
-    _put_atomic(out_fs, posixpath.join(run_path, MANIFEST), json.dumps(manifest).encode())
-    _put_atomic(out_fs, posixpath.join(run_path, COMMITTED), run_id.encode())
+    put_atomic(out_fs, posixpath.join(run_path, MANIFEST), json.dumps(manifest).encode())
+    put_atomic(out_fs, posixpath.join(run_path, COMMITTED), run_id.encode())
     return summary
+
+
+def ensure_artifact_model(cfg: CleanJobConfig, extractor: FeatureExtractor, image_size: int
+                          ) -> tuple[str, str]:
+    """URI and sha256 of the output's artifact model for this job's model, weights and size:
+    the stored one when an earlier run made it with the same calibration settings, else one
+    calibrated now on the driver (``cfg.calibration``) and written atomically."""
+    calib = cfg.calibration
+    settings = config_digest({k: v for k, v in config_to_dict(calib).items()
+                              if k != "storage_options"})
+    uri = artifact_model_uri(cfg.output.uri, extractor.model_name, extractor.weights_digest,
+                             image_size, settings)
+    fs, path = filesystem(uri, cfg.output.storage_options)
+    if fs.exists(path):
+        model, sha = read_artifact_model(uri, cfg.output.storage_options)
+        model.check(extractor, image_size)
+        logger.info("artifact model %s (reused)", uri)
+        return uri, sha
+    source = InputConfig(uri=calib.uri or cfg.input.uri, include=cfg.input.include,
+                         exclude=cfg.input.exclude, max_pixels=cfg.input.max_pixels,
+                         storage_options=calib.storage_options if calib.uri
+                         else cfg.input.storage_options)
+    listed = list_images(source)
+    photos = []
+    for i in spread_indices(len(listed), calib.images):
+        try:
+            with fsspec.open(listed[i], "rb", **source.storage_options) as fh:
+                photos.append(decode_image(fh.read(), max_pixels=source.max_pixels,
+                                           min_side=extractor.patch_size))
+        except Exception as err:  # a bad input is quarantined by the run, not fatal here
+            logger.warning("calibration skips %s: %s", listed[i], err)
+    if not photos:
+        raise ValueError(f"no readable calibration image under {source.uri}: the shift method "
+                         "needs some (set calibration.uri to a folder of photos)")
+    model = calibrate(extractor, photos, image_size, calib.crops_per_image, calib.seed)
+    sha = write_artifact_model(uri, model, cfg.output.storage_options)
+    logger.info("artifact model %s: %d crops of %d images in %.1f s", uri, model.samples,
+                len(photos), model.seconds)
+    return uri, sha
 
 
 def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
     """Stage 1 over ``cfg.input.uri`` into a new committed run; return the summary."""
+    require_io(cfg.input, cfg.output)
     extractor = load_extractor(cfg.model.name, cfg.model.weights, device="cpu")
+    image_size = resolve_image_size(cfg.engine, extractor)
+    settings: dict[str, Any] = {"engine": {
+        k: v for k, v in config_to_dict(cfg.engine).items()
+        if k not in ("name", "images_per_fit", "vit_batch_size")}}
+    stage_kwargs = {"model_name": cfg.model.name, "weights": cfg.model.weights,
+                    "engine": cfg.engine, "dtype": cfg.output.dtype,
+                    "with_artifact": cfg.output.with_artifact,
+                    "torch_threads": cfg.compute.torch_threads}
+    meta = {}
+    if cfg.engine.method == "shift":
+        uri, sha = ensure_artifact_model(cfg, extractor, image_size)
+        settings["artifact_model"] = sha  # another pattern, other features
+        stage_kwargs |= {"artifact_model_uri": uri,
+                         "artifact_storage_options": cfg.output.storage_options}
+        meta = {"artifact_model": uri, "artifact_model_sha256": sha}
     method = FeatureMethod(
-        stage=CleanImages,
-        stage_kwargs={"model_name": cfg.model.name, "weights": cfg.model.weights,
-                      "engine": cfg.engine, "dtype": cfg.output.dtype,
-                      "with_artifact": cfg.output.with_artifact,
-                      "torch_threads": cfg.compute.torch_threads},
-        batch_size=cfg.engine.images_per_fit, extractor=extractor,
-        image_size=resolve_image_size(cfg.engine, extractor),
-        settings={"engine": {k: v for k, v in config_to_dict(cfg.engine).items()
-                             if k not in ("name", "images_per_fit", "vit_batch_size")}})
+        stage=CleanImages, stage_kwargs=stage_kwargs, batch_size=cfg.engine.images_per_fit,
+        extractor=extractor, image_size=image_size, settings=settings, meta=meta)
     return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method)
 
 

@@ -8,6 +8,8 @@ An output URI holds one folder per run::
     OUTPUT/runs/<run_id>/summary.json                  counters and timings
     OUTPUT/runs/<run_id>/_manifest.json                the files and image ids of the run
     OUTPUT/runs/<run_id>/_COMMITTED                    written last: the run is complete
+    OUTPUT/artifact_models/<model>-<weights>-<size>px-<settings>.safetensors
+                                                       the dataset-level artifact model
 
 Readers trust only runs with ``_COMMITTED`` and only the files their manifest lists, so
 leftovers of a crashed run are never read. Tensors use Arrow's canonical
@@ -20,14 +22,19 @@ import hashlib
 import io
 import json
 import posixpath
+import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # the model code imports torch; readers of Parquet need not
+    from pipeline.artifact_model import ArtifactModel
 
 SCHEMA_VERSION = 1
 RUNS_DIR = "runs"
@@ -104,6 +111,72 @@ def raw_minus_artifact(table: pa.Table) -> np.ndarray | None:
         return None
     raw = column_to_numpy(table["raw"]).astype(np.float32)
     return raw - column_to_numpy(table["artifact"]).astype(np.float32)
+
+
+def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write bytes so that a crash never leaves a truncated file under the final name."""
+    if is_local(fs):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with fs.open(tmp, "wb") as fh:
+            fh.write(data)
+        fs.mv(tmp, path)
+    else:  # object stores make a single PUT visible whole or not at all
+        with fs.open(path, "wb") as fh:
+            fh.write(data)
+
+
+# --------------------------------------------------------------------------- artifact models
+
+ARTIFACT_MODELS_DIR = "artifact_models"
+
+
+def artifact_model_uri(output_uri: str, model: str, weights_digest: str, image_size: int,
+                       settings_digest: str) -> str:
+    """Where an output keeps the artifact model of (model, weights, input size) estimated with
+    the settings of ``settings_digest``: a deterministic name, so every later run (a refresh,
+    a re-run after a crash) finds and reuses the same model instead of estimating another."""
+    safe = model.replace("/", "_")
+    name = f"{safe}-{weights_digest[:12]}-{image_size}px-{settings_digest[:12]}.safetensors"
+    return posixpath.join(output_uri.rstrip("/"), ARTIFACT_MODELS_DIR, name)
+
+
+def write_artifact_model(uri: str, model: ArtifactModel,
+                         storage_options: dict[str, Any] | None = None) -> str:
+    """Store ``model`` at ``uri`` atomically (safetensors: the pattern, and its facts as
+    metadata); returns the sha256 of the bytes, which identifies the pattern."""
+    from safetensors.numpy import save
+
+    meta = {"model": model.model, "weights_digest": model.weights_digest,
+            "image_size": str(model.image_size), "samples": str(model.samples),
+            "source": model.source, "seconds": repr(model.seconds),
+            "dvt_schema_version": str(SCHEMA_VERSION)}
+    data = save({"pattern": np.ascontiguousarray(model.pattern, dtype=np.float32)}, meta)
+    fs, path = filesystem(uri, storage_options)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    put_atomic(fs, path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_artifact_model(uri: str, storage_options: dict[str, Any] | None = None
+                        ) -> tuple[ArtifactModel, str]:
+    """An artifact model written by ``write_artifact_model`` and the sha256 of its bytes."""
+    from safetensors import safe_open
+    from safetensors.numpy import load
+
+    from pipeline.artifact_model import ArtifactModel
+
+    fs, path = filesystem(uri, storage_options)
+    with fs.open(path, "rb") as fh:
+        data = fh.read()
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as tmp:  # metadata needs a file
+        tmp.write(data)
+        tmp.flush()
+        with safe_open(tmp.name, "np") as handle:
+            meta = handle.metadata() or {}
+    model = ArtifactModel(meta["model"], meta["weights_digest"], int(meta["image_size"]),
+                          load(data)["pattern"], int(meta["samples"]), meta["source"],
+                          float(meta.get("seconds", "0")))
+    return model, hashlib.sha256(data).hexdigest()
 
 
 def table_bytes(table: pa.Table) -> tuple[bytes, str]:

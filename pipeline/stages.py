@@ -24,7 +24,7 @@ from pipeline.denoiser import DenoisedViT
 from pipeline.engine import CleanResult, clean_images
 from pipeline.images import decode_image
 from pipeline.online import denoise_images
-from pipeline.schema import committed_ids
+from pipeline.schema import committed_ids, read_artifact_model
 from pipeline.vit import load_extractor
 
 logger = logging.getLogger(__name__)
@@ -88,16 +88,20 @@ class CleanImages:
     stage = "fit"  # the quarantine's stage name of this stage's failures
 
     def __init__(self, model_name: str, weights: str, engine: EngineConfig, dtype: str,
-                 with_artifact: bool, torch_threads: int = 0) -> None:
+                 with_artifact: bool, torch_threads: int = 0, artifact_model_uri: str = "",
+                 artifact_storage_options: dict[str, Any] | None = None) -> None:
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.extractor = load_extractor(model_name, weights=weights)
         self.engine = engine
         self.dtype = np.dtype(dtype)
         self.with_artifact = with_artifact
+        self.artifact_model = read_artifact_model(
+            artifact_model_uri, artifact_storage_options)[0] if artifact_model_uri else None
 
     def features(self, images: list[np.ndarray], ids: list[str]) -> list[CleanResult]:
         """One result per image, in order (the work of this stage)."""
-        return clean_images(self.extractor, images, self.engine, ids=ids)
+        return clean_images(self.extractor, images, self.engine, ids=ids,
+                            artifact_model=self.artifact_model)
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["source_uri"])

@@ -19,24 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import ShiftConfig
 from pipeline.views import full_view_pixels
 from pipeline.vit import FeatureExtractor
-
-
-@dataclass(frozen=True)
-class TtaConfig:
-    """How the shifted views of one image are drawn."""
-
-    views: int = 10
-    """Views per image, the unshifted full view included."""
-    pad: int = 2
-    """Reflect padding in whole patches on each side: offsets span 0..2*pad patches."""
-    flip_prob: float = 0.5
-    """Probability that a shifted view is mirrored left-right."""
-
-    def __post_init__(self) -> None:
-        if self.views < 1 or self.pad < 0 or not 0.0 <= self.flip_prob <= 1.0:
-            raise ValueError(f"tta needs views >= 1, pad >= 0 and flip_prob in [0, 1]: {self}")
 
 
 @dataclass(frozen=True)
@@ -49,7 +34,7 @@ class ShiftView:
     flip: bool
 
 
-def shift_layout(cfg: TtaConfig, seed: int) -> list[ShiftView]:
+def shift_layout(cfg: ShiftConfig, seed: int) -> list[ShiftView]:
     """``cfg.views`` views, the full view first, the rest drawn from ``seed``."""
     rng = np.random.default_rng(seed)
     views = [ShiftView(cfg.pad, cfg.pad, False)]
@@ -95,15 +80,26 @@ def merge_shift_views(tokens: torch.Tensor, views: list[ShiftView], pad: int,
     return total / count
 
 
-def tta_tokens(extractor: FeatureExtractor, rgb: np.ndarray, size: int, cfg: TtaConfig,
-               seed: int, pattern: torch.Tensor | None = None) -> torch.Tensor:
-    """(K, K, C) shift-averaged tokens of one (H, W, 3) uint8 image at ``size`` px."""
+def shift_view_tokens(extractor: FeatureExtractor, rgb: np.ndarray, size: int,
+                      cfg: ShiftConfig, seed: int, chunk: int = 32
+                      ) -> tuple[torch.Tensor, list[ShiftView]]:
+    """(V, K, K, C) tokens of the shifted views of one (H, W, 3) uint8 image at ``size`` px
+    (view 0: the full view, i.e. the raw tokens), and the views."""
     patch = extractor.patch_size
     if cfg.pad * patch >= size:
-        raise ValueError(f"tta.pad {cfg.pad} patches is not smaller than the {size} px view")
+        raise ValueError(f"shift.pad {cfg.pad} patches is not smaller than the {size} px view")
     views = shift_layout(cfg, seed)
-    full = full_view_pixels(rgb, size).to(extractor.device)
-    tokens = extractor(render_shift_views(full, views, patch, cfg.pad))
+    pixels = render_shift_views(full_view_pixels(rgb, size).to(extractor.device), views, patch,
+                                cfg.pad)
+    tokens = torch.cat([extractor(pixels[k:k + chunk]) for k in range(0, len(views), chunk)])
+    return tokens, views
+
+
+def tta_tokens(extractor: FeatureExtractor, rgb: np.ndarray, size: int, cfg: ShiftConfig,
+               seed: int, pattern: torch.Tensor | None = None) -> torch.Tensor:
+    """(K, K, C) shift-averaged tokens of one (H, W, 3) uint8 image at ``size`` px, with
+    ``pattern`` (an artifact model's, on the view grid) removed from each view when given."""
+    tokens, views = shift_view_tokens(extractor, rgb, size, cfg, seed)
     return merge_shift_views(tokens, views, cfg.pad, pattern).cpu()
 
 

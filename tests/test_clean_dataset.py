@@ -20,6 +20,7 @@ from pipeline.schema import (
     committed_ids,
     read_features,
     read_features_table,
+    read_artifact_model,
     read_quarantine_table,
 )
 
@@ -101,6 +102,36 @@ def test_rerun_does_nothing_and_refresh_takes_only_new(photo_dir: Path, tmp_path
     # another config digest does not count as done
     other = run_clean_job(_job(str(photo_dir), out, "engine.fit.steps=21"))
     assert other["done"] == 4
+
+
+def test_shift_method_calibrates_once_and_matches_the_engine(
+        photo_dir: Path, tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    out = tmp_path / "out"
+
+    def job() -> CleanJobConfig:
+        return resolve_clean_job("smoke", [f"input.uri={photo_dir}", f"output.uri={out}",
+                                           "preset=shift_smoke", "calibration.crops_per_image=2"])
+
+    first = run_clean_job(job())
+    assert (first["done"], first["quarantined"]) == (3, 0)
+    (stored,) = list((out / "artifact_models").glob("*.safetensors"))
+    model, sha = read_artifact_model(str(stored))
+    assert model.samples == 6 and model.pattern.shape == (7, 7, 64)
+    table = read_features_table(str(out))
+    row = table.to_pylist()[0]
+    image = np.asarray(Image.open(row["source_uri"]).convert("RGB"))
+    ext = load_extractor("test_vit", weights="random", device="cpu")
+    (direct,) = clean_images(ext, [image], job().engine, ids=[row["image_id"]],
+                             artifact_model=model)
+    assert np.allclose(column_to_numpy(table["clean"])[0], direct.clean, atol=2e-2, rtol=1e-2)
+    assert not np.allclose(direct.clean, direct.raw, atol=1e-2)
+    # a refresh over a grown input reuses the stored model: same digest, only the new image
+    before = stored.stat().st_mtime_ns
+    (photo_dir / "new.jpg").write_bytes(_jpeg(_small(photos["coffee"])[::-1].copy()))
+    refresh = run_clean_job(job())
+    assert refresh["done"] == 1 and refresh["skipped_committed"] == 3
+    assert refresh["config_digest"] == first["config_digest"]
+    assert stored.stat().st_mtime_ns == before and read_artifact_model(str(stored))[1] == sha
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:

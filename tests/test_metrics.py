@@ -9,6 +9,7 @@ from pipeline.crops import CropBox, overlap_share, random_crop_box
 from pipeline.metrics import (
     MatchCount,
     crop_pair_matching,
+    paired_difference,
     pooled_accuracy,
     position_explained_variance,
     shift_consistency,
@@ -112,8 +113,22 @@ def test_crop_pair_matching_known_geometry() -> None:
                               flipped) == MatchCount(144, 144)
     far = CropBox(200, 200, 50, 50, False)
     assert crop_pair_matching(tokens, a, tokens, far) == MatchCount(0, 0)
-    value, stderr = pooled_accuracy({"p0": content[:5], "p1": content[5:10], "p2": patterned})
-    assert 0 < value < 1 and stderr > 0
+    value, stderr, reps = pooled_accuracy({"p0": content[:5], "p1": content[5:10],
+                                           "p2": patterned})
+    assert 0 < value < 1 and stderr > 0 and len(reps) == 3
+
+
+def test_paired_difference_is_tighter_than_either_error() -> None:
+    rng = np.random.default_rng(11)
+    content, groups = _crops(10, 4, rng)
+    pattern = 0.5 * rng.normal(size=(6, 6, 32))
+    full = position_explained_variance(content + pattern, groups)
+    half = position_explained_variance(content + 0.8 * pattern, groups)
+    diff, stderr = paired_difference(full.value, full.replicates, half.value, half.replicates)
+    assert diff > 0 and diff > 5 * stderr
+    assert stderr < 0.5 * min(full.stderr, half.stderr)
+    with pytest.raises(ValueError, match="same units"):
+        paired_difference(1.0, (1.0, 2.0), 0.0, (0.0,))
 
 
 def test_shift_consistency_known_answers() -> None:

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from pipeline.artifact_model import calibrate, from_artifacts
+from pipeline.config import ShiftConfig
 from pipeline.tta import (
     ShiftView,
-    TtaConfig,
     decompose_shift_views,
     merge_shift_views,
     render_shift_views,
@@ -28,7 +28,7 @@ def _patch_means(pixels: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def test_shift_views_map_back_to_the_full_view(photos: dict[str, np.ndarray]) -> None:
-    cfg = TtaConfig(views=12, pad=2, flip_prob=0.5)
+    cfg = ShiftConfig(views=12, pad=2, flip_prob=0.5)
     views = shift_layout(cfg, seed=3)
     assert views[0] == ShiftView(2, 2, False) and len(views) == 12
     assert any(v.flip for v in views) and len({(v.dy, v.dx) for v in views}) > 3
@@ -46,7 +46,7 @@ def test_shift_views_map_back_to_the_full_view(photos: dict[str, np.ndarray]) ->
 def test_decomposition_recovers_content_and_artifact() -> None:
     gen = torch.Generator().manual_seed(0)
     grid, channels, pad = 8, 16, 2
-    cfg = TtaConfig(views=16, pad=pad)
+    cfg = ShiftConfig(views=16, pad=pad)
     views = shift_layout(cfg, seed=1)
     content = torch.randn(grid + 2 * pad, grid + 2 * pad, channels, generator=gen)
     prior = torch.randn(grid, grid, channels, generator=gen)
@@ -79,11 +79,11 @@ def test_tta_tokens_and_calibration_on_a_vit(tiny_vit: FeatureExtractor,
     model.check(tiny_vit, size)
     with pytest.raises(ValueError, match="calibrate one"):
         model.check(tiny_vit, size + 16)
-    cfg = TtaConfig(views=4, pad=1)
+    cfg = ShiftConfig(views=4, pad=1)
     one = tta_tokens(tiny_vit, photos["chelsea"], size, cfg, seed=5)
     assert one.shape == (7, 7, tiny_vit.embed_dim)
     torch.testing.assert_close(one, tta_tokens(tiny_vit, photos["chelsea"], size, cfg, seed=5))
-    plain = tta_tokens(tiny_vit, photos["chelsea"], size, TtaConfig(views=1, pad=1), seed=5)
+    plain = tta_tokens(tiny_vit, photos["chelsea"], size, ShiftConfig(views=1, pad=1), seed=5)
     raw = tiny_vit(full_view_pixels(photos["chelsea"], size)[None])[0]
     torch.testing.assert_close(plain, raw)  # one view: the full view itself
     mean_g = from_artifacts([model.pattern, 3 * model.pattern], "test_vit", "d", size)
@@ -91,4 +91,4 @@ def test_tta_tokens_and_calibration_on_a_vit(tiny_vit: FeatureExtractor,
     with pytest.raises(ValueError, match="do not match"):
         model.subtract(np.zeros((6, 6, tiny_vit.embed_dim)))
     with pytest.raises(ValueError):
-        TtaConfig(views=0)
+        ShiftConfig(views=0)
