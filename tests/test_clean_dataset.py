@@ -18,9 +18,9 @@ from pipeline.ray_clean import run_clean_job
 from pipeline.schema import (
     column_to_numpy,
     committed_ids,
+    read_artifact_model,
     read_features,
     read_features_table,
-    read_artifact_model,
     read_quarantine_table,
 )
 
