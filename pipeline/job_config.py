@@ -26,6 +26,7 @@ from pipeline.config import (
 )
 from pipeline.denoiser import DenoiserConfig
 from pipeline.denoiser_train import TrainConfig
+from pipeline.metrics import MIN_PEV_PHOTOS
 
 T = TypeVar("T")
 
@@ -60,7 +61,10 @@ class CalibrationConfig:
     uri: str = ""
     """Calibration images (folder or URI); "": a sample of the input itself."""
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """fsspec options for ``uri``."""
+    """fsspec options for ``uri`` and ``model_uri``."""
+    model_uri: str = ""
+    """A stored artifact model to use as it is instead of calibrating (e.g. another output's
+    ``artifact_models/...safetensors``, so that both outputs mean the same clean)."""
     images: int = 64
     """At most this many calibration images, spread evenly over the sorted listing."""
     crops_per_image: int = 4
@@ -294,6 +298,9 @@ class EvaluateConfig:
     """Run the stereo and mask probes (fits 4 + 2 x mask_crops more images)."""
     mask_crops: int = 8
     """Random crops of each labelled photo for the mask probe, beside the whole photo."""
+    calibration_crops: int = 15
+    """Crops per bundled calibration photo (photos the evaluation never scores) for the
+    ``calib`` baselines' artifact model."""
     seed: int = 0
     """Seed of the crop sampler."""
     stage1: list[str] = dataclasses.field(default_factory=list)
@@ -301,7 +308,8 @@ class EvaluateConfig:
     ``[compute.actors=2]``); engine changes give another config digest."""
 
     def __post_init__(self) -> None:
-        for name, least in (("max_photos", 2), ("crops_per_photo", 1), ("shift_patches", 1),
-                            ("figures", 0), ("mask_crops", 0)):
+        for name, least in (("max_photos", MIN_PEV_PHOTOS), ("crops_per_photo", 1),
+                            ("shift_patches", 1), ("figures", 0), ("mask_crops", 0),
+                            ("calibration_crops", 1)):
             if getattr(self, name) < least:
                 raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")

@@ -355,8 +355,12 @@ def ensure_artifact_model(cfg: CleanJobConfig, extractor: FeatureExtractor, imag
     the stored one when an earlier run made it with the same calibration settings, else one
     calibrated now on the driver (``cfg.calibration``) and written atomically."""
     calib = cfg.calibration
+    if calib.model_uri:
+        model, sha = read_artifact_model(calib.model_uri, calib.storage_options)
+        model.check(extractor, image_size)
+        return calib.model_uri, sha
     settings = config_digest({k: v for k, v in config_to_dict(calib).items()
-                              if k != "storage_options"})
+                              if k not in ("storage_options", "model_uri")})
     uri = artifact_model_uri(cfg.output.uri, extractor.model_name, extractor.weights_digest,
                              image_size, settings)
     fs, path = filesystem(uri, cfg.output.storage_options)

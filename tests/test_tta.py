@@ -92,3 +92,28 @@ def test_tta_tokens_and_calibration_on_a_vit(tiny_vit: FeatureExtractor,
         model.subtract(np.zeros((6, 6, tiny_vit.embed_dim)))
     with pytest.raises(ValueError):
         ShiftConfig(views=0)
+
+
+def test_shift_method_in_the_engine_and_artifact_model_storage(
+        tiny_vit: FeatureExtractor, photos: dict[str, np.ndarray], tmp_path) -> None:
+    from pipeline import clean_images
+    from pipeline.schema import artifact_model_uri, read_artifact_model, write_artifact_model
+
+    size = 16 * 7
+    model = calibrate(tiny_vit, photos, size, crops_per_photo=2, seed=0)
+    with pytest.raises(ValueError, match="needs an artifact model"):
+        clean_images(tiny_vit, [photos["coffee"]], "shift_smoke")
+    (res,) = clean_images(tiny_vit, [photos["coffee"]], "shift_smoke", artifact_model=model)
+    assert res.ok and res.clean.shape == res.raw.shape == res.artifact.shape == (7, 7, 64)
+    assert 0.0 < res.metrics["r2"] <= 1.0 and res.metrics["seconds"] > 0
+    (fixed,) = clean_images(tiny_vit, [photos["coffee"]], "shift_smoke", artifact_model=model,
+                            overrides=["shift.prior_weight=.inf"])
+    np.testing.assert_allclose(fixed.artifact, model.pattern, rtol=1e-6)  # G is the prior
+    uri = artifact_model_uri(str(tmp_path), "test_vit", "abc" * 8, size, "0123456789abcdef")
+    assert uri == artifact_model_uri(str(tmp_path), "test_vit", "abc" * 8, size,
+                                     "0123456789abcdef")
+    sha = write_artifact_model(uri, model)
+    back, sha_back = read_artifact_model(uri)
+    assert sha_back == sha and back.samples == model.samples and back.source == "calibration"
+    np.testing.assert_array_equal(back.pattern, model.pattern)
+    assert not list(tmp_path.rglob("*.tmp-*"))  # nothing left of the atomic write
