@@ -25,7 +25,7 @@ from PIL import Image  # noqa: E402
 
 from pipeline.job_config import resolve_clean_job  # noqa: E402
 from pipeline.ray_clean import format_summary, run_clean_job  # noqa: E402
-from pipeline.samples import sample_photos  # noqa: E402
+from pipeline.samples import CALIBRATION_PHOTOS, sample_photo, sample_photos  # noqa: E402
 from pipeline.schema import column_to_numpy, read_features_table  # noqa: E402
 from pipeline.visualize import feature_figure  # noqa: E402
 
@@ -44,9 +44,15 @@ def main() -> None:
     for name, photo in photos.items():
         if not (folder / f"{name}.png").exists():
             Image.fromarray(photo).save(folder / f"{name}.png")
+    calibration = args.out / "calibration"  # other bundled photos for the artifact model
+    calibration.mkdir(parents=True, exist_ok=True)
+    for name in CALIBRATION_PHOTOS:
+        if not (calibration / f"{name}.png").exists():
+            Image.fromarray(sample_photo(name)).save(calibration / f"{name}.png")
     cfg = resolve_clean_job("quickstart", [f"input.uri={folder}",
                                            f"output.uri={args.out / 'features'}",
-                                           *args.overrides])
+                                           f"calibration.uri={calibration}",
+                                           "calibration.crops_per_image=15", *args.overrides])
     summary = run_clean_job(cfg)
     print(format_summary(summary))
 

@@ -28,6 +28,9 @@ from pipeline.vit import FeatureExtractor
 
 logger = logging.getLogger(__name__)
 
+MIN_CALIBRATION_CROPS = 64
+"""Below this many crops the calibration warns: content no longer averages out."""
+
 
 @dataclass(frozen=True)
 class ArtifactModel:
@@ -77,6 +80,10 @@ def calibrate(extractor: FeatureExtractor, photos: Sequence[np.ndarray] | Mappin
     images = list(photos.values()) if isinstance(photos, Mapping) else list(photos)
     if not images or crops_per_photo < 1:
         raise ValueError("calibration needs at least one photo and one crop per photo")
+    if len(images) * crops_per_photo < MIN_CALIBRATION_CROPS:
+        logger.warning("artifact model from only %d crops of %d images: their own content stays "
+                       "in the pattern; calibrate on more photos (>= %d crops)",
+                       len(images) * crops_per_photo, len(images), MIN_CALIBRATION_CROPS)
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     crops = [random_crop(photo, rng, scale) for photo in images for _ in range(crops_per_photo)]

@@ -138,7 +138,7 @@ class ComputeConfig:
 class CleanJobConfig:
     """Everything jobs/clean_dataset.py needs."""
 
-    preset: str = "fast"
+    preset: str = "shift"
     """Engine preset the ``engine`` section was built from."""
     input: InputConfig = dataclasses.field(default_factory=InputConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
@@ -168,7 +168,7 @@ def resolve_clean_job(job_preset: str | Path, overrides: Iterable[str] = ()) -> 
             data["preset"] = value
         else:
             rest.append(text)
-    engine = engine_preset(data.get("preset", "fast"))
+    engine = engine_preset(data.get("preset", CleanJobConfig.preset))
     data["engine"] = _merge(config_to_dict(engine), data.get("engine") or {})
     return apply_overrides(from_dict(CleanJobConfig, data, where=str(path)), rest)
 
