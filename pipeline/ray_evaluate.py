@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import time
 from pathlib import Path
 from typing import Any
 
@@ -259,9 +260,12 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
         logger.warning("evaluation inputs fitted under config %s, features under %s",
                        stage1["config_digest"], digest)
     rows = _rows_by_name(str(out / "work" / "stage1"), stage1["config_digest"])
+    denoise_seconds = 0.0
     if denoiser is not None:
+        began = time.perf_counter()
         for row in rows.values():
             row["denoised"] = _denoise(denoiser, row["raw"])
+        denoise_seconds = (time.perf_counter() - began) / len(rows)
     # the corpus's G (rows spread over it) for raw - mean G, figures and G agreement
     table = sample_features_table(cfg.features.uri, 64, cfg.features.storage_options,
                                   method="dvt-fit", config_digest=digest)
@@ -303,6 +307,8 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     metrics["fit"] = fit_diagnostics(summary["metrics"].to_pylist())
     metrics["seconds_per_image"] |= {m: metrics["fit"].get("seconds_mean", float("nan"))
                                      for m in ("clean", "raw_minus_g")}
+    if denoiser is not None:  # the ViT forward, then the denoiser block
+        metrics["seconds_per_image"]["denoised"] = seconds["raw"] + denoise_seconds
     shown = spread_indices(len(table), cfg.figures)
     metrics["g_agreement"] = g_agreement(list(artifacts)) if has_g else float("nan")
     metrics["g_agreement_images"] = len(artifacts)
