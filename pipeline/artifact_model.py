@@ -49,10 +49,6 @@ class ArtifactModel:
     source: str
     seconds: float = 0.0
 
-    @property
-    def grid(self) -> tuple[int, int]:
-        return int(self.pattern.shape[0]), int(self.pattern.shape[1])
-
     def check(self, extractor: FeatureExtractor, image_size: int) -> None:
         """Refuse to apply the pattern to another model, weights or input size."""
         if (extractor.model_name, extractor.weights_digest, image_size) != (

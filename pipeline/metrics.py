@@ -55,10 +55,6 @@ class PevEstimate:
     splits: int
     replicates: tuple[float, ...] = ()
 
-    def as_dict(self) -> dict[str, float]:
-        return {"value": self.value, "stderr": self.stderr, "photos": self.photos,
-                "crops": self.crops, "splits": self.splits}
-
 
 def _split_explained(sums: np.ndarray, counts: np.ndarray, halves: np.ndarray) -> float:
     """Mean over ``halves`` (S, P) bool of <mean_A, mean_B> per position, summed over channels.
@@ -107,7 +103,8 @@ def position_explained_variance(features: np.ndarray, groups: np.ndarray, *, spl
         raise ValueError(f"splits must be >= 2, got {splits}")
     x = features.astype(np.float64).reshape(len(features), -1, features.shape[-1])
     x = x - x.mean(axis=1, keepdims=True)  # each crop centred on its own mean
-    total = float((x ** 2).sum(-1).mean())
+    crop_power = (x ** 2).sum(-1).mean(1)  # (N,) mean squared norm of each crop's tokens
+    total = float(crop_power.mean())
     sums = np.zeros((len(names), *x.shape[1:]))
     np.add.at(sums, inverse, x)
     counts = np.bincount(inverse, minlength=len(names)).astype(np.float64)
@@ -118,7 +115,7 @@ def position_explained_variance(features: np.ndarray, groups: np.ndarray, *, spl
     for p in range(len(names)):
         keep[p] = False
         halves = _random_halves(len(names) - 1, splits, rng)
-        rest_total = float((x[inverse != p] ** 2).sum(-1).mean())
+        rest_total = float(crop_power[inverse != p].mean())
         jack.append(_split_explained(sums[keep], counts[keep], halves) / rest_total)
         keep[p] = True
     return PevEstimate(value, jackknife_stderr(jack), len(names), len(features), splits,

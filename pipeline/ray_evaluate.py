@@ -111,6 +111,11 @@ def _mask_sets(cfg: EvaluateConfig) -> dict[str, list[MaskedImage]]:
     return {s.name: mask_views(s, cfg.mask_crops, rng) for s in (voc_sample(), quokka())}
 
 
+def _photo_of(crop_name: str) -> str:
+    """``crops/<photo>--<k>`` -> ``<photo>``."""
+    return crop_name.removeprefix("crops/").split("--")[0]
+
+
 def _crop_boxes(photos: dict[str, np.ndarray], cfg: EvaluateConfig) -> dict[str, CropBox]:
     """``crops/<photo>--<k>`` -> its box in the photo (deterministic from the seed)."""
     rng = np.random.default_rng(cfg.seed)
@@ -121,7 +126,7 @@ def _crop_boxes(photos: dict[str, np.ndarray], cfg: EvaluateConfig) -> dict[str,
 def _input_images(photos: dict[str, np.ndarray], boxes: dict[str, CropBox],
                   masks: dict[str, list[MaskedImage]], probes: bool) -> dict[str, np.ndarray]:
     """Every evaluation input by row name: the crops, and the probe images."""
-    images = {name: box.apply(photos[name[6:].split("--")[0]]) for name, box in boxes.items()}
+    images = {name: box.apply(photos[_photo_of(name)]) for name, box in boxes.items()}
     if probes:
         pair = motorcycle_pair()
         images |= {"probes/stereo_left": pair.left, "probes/stereo_right": pair.right}
@@ -143,7 +148,7 @@ def _matching(rows: dict[str, dict[str, np.ndarray]], boxes: dict[str, CropBox],
     """Crop-pair correspondence per method: pooled hit rate over pairs of crops of one photo
     that overlap by at least a quarter, with its jackknife error over photos."""
     names = sorted(boxes)
-    photo = {n: n[6:].split("--")[0] for n in names}
+    photo = {n: _photo_of(n) for n in names}
     pairs = [(a, b) for a in names for b in names if a != b and photo[a] == photo[b]
              and overlap_share(boxes[a], boxes[b]) >= MIN_PAIR_OVERLAP]
     out = {}
@@ -278,7 +283,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
 
     methods = [m for m in METHODS if m in next(iter(rows.values()))]
     crop_names = sorted(boxes)
-    groups = np.asarray([n[6:].split("--")[0] for n in crop_names])
+    groups = np.asarray([_photo_of(n) for n in crop_names])
     pev = {m: position_explained_variance(np.stack([rows[n][m] for n in crop_names]), groups)
            for m in methods}
     metrics: dict[str, Any] = {

@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import posixpath
-import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -160,7 +159,6 @@ def write_artifact_model(uri: str, model: ArtifactModel,
 def read_artifact_model(uri: str, storage_options: dict[str, Any] | None = None
                         ) -> tuple[ArtifactModel, str]:
     """An artifact model written by ``write_artifact_model`` and the sha256 of its bytes."""
-    from safetensors import safe_open
     from safetensors.numpy import load
 
     from pipeline.artifact_model import ArtifactModel
@@ -168,11 +166,9 @@ def read_artifact_model(uri: str, storage_options: dict[str, Any] | None = None
     fs, path = filesystem(uri, storage_options)
     with fs.open(path, "rb") as fh:
         data = fh.read()
-    with tempfile.NamedTemporaryFile(suffix=".safetensors") as tmp:  # metadata needs a file
-        tmp.write(data)
-        tmp.flush()
-        with safe_open(tmp.name, "np") as handle:
-            meta = handle.metadata() or {}
+    # safetensors: an 8-byte little-endian header length, then the JSON header
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    meta = header.get("__metadata__") or {}
     model = ArtifactModel(meta["model"], meta["weights_digest"], int(meta["image_size"]),
                           load(data)["pattern"], int(meta["samples"]), meta["source"],
                           float(meta.get("seconds", "0")))

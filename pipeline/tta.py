@@ -61,23 +61,10 @@ def merge_shift_views(tokens: torch.Tensor, views: list[ShiftView], pad: int,
     """(V, K, K, C) tokens of the shifted views -> (K, K, C) mean on the full view's grid.
 
     ``pattern`` (K, K, C), on the view's own grid (an artifact model), is subtracted from every
-    view before it is mapped back.
+    view before it is mapped back: the decomposition with G fixed to it.
     """
-    _, grid_h, grid_w, channels = tokens.shape
-    total = torch.zeros(grid_h, grid_w, channels, dtype=torch.float32, device=tokens.device)
-    count = torch.zeros(grid_h, grid_w, 1, dtype=torch.float32, device=tokens.device)
-    for t, v in zip(tokens.float(), views, strict=True):
-        if pattern is not None:
-            t = t - pattern
-        if v.flip:
-            t = t.flip(1)
-        # view token (a, b) sees full-view token (a + dy - pad, b + dx - pad)
-        oy, ox = v.dy - pad, v.dx - pad
-        ys = slice(max(0, oy), min(grid_h, grid_h + oy))
-        xs = slice(max(0, ox), min(grid_w, grid_w + ox))
-        total[ys, xs] += t[ys.start - oy:ys.stop - oy, xs.start - ox:xs.stop - ox]
-        count[ys, xs] += 1
-    return total / count
+    prior = pattern if pattern is not None else tokens.new_zeros(tokens.shape[1:])
+    return decompose_shift_views(tokens, views, pad, prior, math.inf)[0]
 
 
 def shift_view_tokens(extractor: FeatureExtractor, rgb: np.ndarray, size: int,
@@ -141,6 +128,7 @@ def decompose_shift_views(tokens: torch.Tensor, views: list[ShiftView], pad: int
     cover = torch.zeros(grid_h * grid_w, device=y.device).index_add_(
         0, flat_index[valid], torch.ones(int(valid.sum()), device=y.device))[:, None]
     seen = valid.float().sum(0)[:, None]  # (T, 1) views whose token (a, b) sees the image
+
     def content_given(art: torch.Tensor) -> torch.Tensor:
         residual = (y - art[None])[valid]  # (n, C)
         return y.new_zeros(grid_h * grid_w, channels).index_add_(
