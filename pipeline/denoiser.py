@@ -2,9 +2,11 @@
 
 ``Denoiser`` adds a learnable positional embedding (1, K*K, C), resampled to the token grid at
 hand, to raw tokens and runs one pre-norm Transformer block (C/64 heads, MLP ratio 4, qkv
-bias). The block's output projections start at zero, so an untrained denoiser is the identity
-and training can only move away from the raw baseline. ``DenoisedViT`` wraps a feature
-extractor and a denoiser: pixels in, denoised patch tokens out.
+bias). The block's output projections start at zero, so an untrained denoiser adds its
+embedding and nothing else: the identity from a zero embedding, or exactly the ``calib``
+baseline (raw minus the dataset's artifact pattern) after ``start_at(pattern)``: training
+starts where the free baseline ends and learns only what position alone cannot explain.
+``DenoisedViT`` wraps a feature extractor and a denoiser: pixels in, denoised patch tokens out.
 
 An exported denoiser is a folder (local path or any fsspec URI) with ``denoiser.safetensors``
 and ``denoiser.json`` (config, ViT name and weights digest, grid, channels, metrics).
@@ -68,6 +70,19 @@ class Denoiser(nn.Module):
         for layer in (self.block.attn.proj, self.block.mlp.fc2):  # identity at start
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    @torch.no_grad()
+    def start_at(self, pattern: torch.Tensor) -> None:
+        """Set the embedding to minus an artifact pattern (h, w, C), resampled to the
+        denoiser's grid: the untrained denoiser then outputs raw - pattern."""
+        if pattern.ndim != 3 or pattern.shape[-1] != self.cfg.channels:
+            raise ValueError(f"pattern {tuple(pattern.shape)} is not (h, w, {self.cfg.channels})")
+        height, width, channels = pattern.shape
+        flat = pattern.reshape(1, height * width, channels).float()
+        if (height, width) != (self.cfg.grid, self.cfg.grid):
+            flat = resample_abs_pos_embed(flat, new_size=[self.cfg.grid, self.cfg.grid],
+                                          old_size=[height, width], num_prefix_tokens=0)
+        self.pos_embed.copy_(-flat)
 
     def positional_embedding(self, height: int, width: int) -> torch.Tensor:
         """The learned embedding on an (height, width) token grid: (1, height*width, C)."""

@@ -8,10 +8,13 @@ image; no ViT forward is needed during training.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+INITS = ("pattern", "zero")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,16 @@ class TrainConfig:
     """Share of image ids held out for validation (a fixed hash split, stable across runs)."""
     seed: int = 0
     """Seed of the denoiser's initialisation."""
+    init: str = "pattern"
+    """Where the positional embedding starts. ``pattern``: minus the corpus's artifact pattern
+    (its stored artifact model, else the mean stage-1 G of a sample of it), so the untrained
+    denoiser is the ``calib`` baseline; ``zero``: the identity (raw)."""
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"train.init must be one of {list(INITS)}, got {self.init!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("train.epochs and train.batch_size must be at least 1")
 
 
 def denoise_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -61,6 +74,53 @@ def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
     cosine = 0.5 * (1 + math.cos(math.pi * progress))
     return cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * cosine
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, raw: torch.Tensor,
+               target: torch.Tensor, step: int, total_steps: int, cfg: TrainConfig,
+               lr: float, clip_params: Iterable[torch.nn.Parameter] | None = None) -> float:
+    """One optimiser step on a batch of raw -> target tokens (B, h, w, C); the batch loss.
+
+    ``model`` may be a DDP wrapper; ``clip_params`` are the parameters whose gradient norm is
+    clipped (default: the model's).
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr * lr_factor(step, total_steps, cfg)
+    loss = denoise_loss(model(raw), target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(list(clip_params or model.parameters()), cfg.grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def train_denoiser(denoiser: torch.nn.Module, raw: torch.Tensor, target: torch.Tensor,
+                   cfg: TrainConfig) -> list[float]:
+    """Train ``denoiser`` in a plain loop (no Ray) on raw -> target pairs (N, h, w, C), the
+    same steps as the Ray Train job on one worker; the mean loss of each epoch."""
+    if raw.shape != target.shape or raw.ndim != 4:
+        raise ValueError(f"raw {tuple(raw.shape)} and target {tuple(target.shape)} must be one "
+                         "(N, h, w, C) shape")
+    batch = min(cfg.batch_size, len(raw))
+    steps_per_epoch = len(raw) // batch
+    total = steps_per_epoch * cfg.epochs
+    lr = peak_lr(cfg, batch)
+    optimizer = make_optimizer(denoiser, cfg, lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    denoiser.train()
+    losses, step = [], 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(raw), generator=gen)
+        epoch = 0.0
+        for k in range(steps_per_epoch):
+            idx = order[k * batch:(k + 1) * batch]
+            epoch += train_step(denoiser, optimizer, raw[idx].float(), target[idx].float(),
+                                step, total, cfg, lr)
+            step += 1
+        losses.append(epoch / max(1, steps_per_epoch))
+    denoiser.eval()
+    return losses
 
 
 def is_validation(image_id: str, fraction: float) -> bool:

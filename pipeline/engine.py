@@ -79,8 +79,10 @@ def _clean_batch(
     ids: Sequence[str],
     cfg: EngineConfig,
     size: int,
+    prior: ArtifactModel | None = None,
 ) -> list[CleanResult]:
-    """Extract every view of a few images, fit them together, package the results."""
+    """Extract every view of a few images, fit them together (G held near ``prior``'s pattern
+    when the preset asks for it), package the results."""
     start = time.perf_counter()
     extracted = [
         extract_views(extractor, rgb, iid, cfg, size)
@@ -90,7 +92,8 @@ def _clean_batch(
     coords = torch.stack([c for _, c in extracted])
     extract_seconds = (time.perf_counter() - start) / len(images)
     seeds = [derive_seed(iid, cfg.seed, "fit") for iid in ids]
-    fit = fit_batch(features, coords, seeds, cfg.field, cfg.fit)
+    pattern = None if prior is None else torch.from_numpy(prior.pattern)
+    fit = fit_batch(features, coords, seeds, cfg.field, cfg.fit, pattern)
     results = []
     for b, iid in enumerate(ids):
         metrics = dict(fit.metrics[b])
@@ -155,7 +158,7 @@ def clean_images(
     replaces the preset's seed. ``ids`` name the images (default: sha256 of their pixels);
     views and initialisation derive from (id, seed), so the same call gives the same result.
     ``artifact_model``: the dataset-level pattern (``pipeline.artifact_model.calibrate``) that
-    ``method: shift`` presets need.
+    ``method: shift`` presets and fits with ``fit.prior_weight > 0`` need.
     """
     cfg = engine_preset(preset, overrides)
     if seed is not None:
@@ -167,12 +170,16 @@ def clean_images(
     elif len(ids) != len(rgbs):
         raise ValueError(f"{len(ids)} ids for {len(rgbs)} images")
     results: list[CleanResult] = []
-    if cfg.method == "shift":
+    if cfg.needs_artifact_model:
         if artifact_model is None:
-            raise ValueError(f"preset {cfg.name!r} (method shift) needs an artifact model: "
-                             "pass artifact_model=pipeline.artifact_model.calibrate(extractor, "
+            raise ValueError(f"preset {cfg.name!r} needs an artifact model: pass "
+                             "artifact_model=pipeline.artifact_model.calibrate(extractor, "
                              "photos, image_size)")
         artifact_model.check(extractor, size)
+    else:
+        artifact_model = None  # a fit without a prior ignores it
+    if cfg.method == "shift":
+        assert artifact_model is not None
         for rgb, iid in zip(rgbs, ids, strict=True):
             results.append(_shift_one(extractor, rgb, iid, cfg, size, artifact_model))
             if not results[-1].ok:
@@ -182,7 +189,8 @@ def clean_images(
     step = max(1, cfg.images_per_fit)
     for start in range(0, len(rgbs), step):
         results.extend(
-            _clean_batch(extractor, rgbs[start:start + step], ids[start:start + step], cfg, size)
+            _clean_batch(extractor, rgbs[start:start + step], ids[start:start + step], cfg, size,
+                         artifact_model)
         )
         logger.info("cleaned %d/%d images (preset %s)", len(results), len(rgbs), cfg.name)
     return results

@@ -1,5 +1,9 @@
 """Stage 1: the per-image decomposition y ~= F(coord) + G[i, j] + sg(h(y)), for a batch of images.
 
+With a dataset-level artifact model (``fit.prior_weight > 0``), G starts at its pattern and is
+held near it by a quadratic penalty, so G takes the model's pattern plus a small per-image
+correction instead of also absorbing the image's content.
+
 Every image has its own field F, artifact map G and residual MLP h (a leading batch axis, see
 ``pipeline.field``); one optimiser step updates all of them. Losses are means per image and
 the batch loss is their sum, so each image's gradients, and Adam's element-wise updates, are
@@ -36,14 +40,18 @@ class BatchedDecomposition(nn.Module):
         grid: int,
         artifact_init_std: float,
         generators: list[torch.Generator],
+        prior: torch.Tensor | None = None,
     ) -> None:
+        """prior: (K*K, C) the artifact model's pattern that G starts at, or None (G ~ 0)."""
         super().__init__()
         self.grid = grid
         self.field = BatchedNeuralField(field_cfg, channels, generators)
         artifact = torch.stack(
             [torch.randn(grid * grid, channels, generator=g) for g in generators]
-        )
-        self.artifact = nn.Parameter(artifact * artifact_init_std)  # (B, K*K, C)
+        ) * artifact_init_std
+        if prior is not None:
+            artifact = artifact + prior.float()
+        self.artifact = nn.Parameter(artifact)  # (B, K*K, C)
         quarter = max(1, channels // 4)
         self.residual = BatchedMLP([channels, quarter, quarter, channels], generators)
 
@@ -94,13 +102,18 @@ def _per_image_losses(
     phase2: bool,
     max_resolution: int,
     cfg: FitConfig,
+    prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B,) loss per image on sampled tokens y (B, T, C) at coords xy (B, T, 2), patches (B, T);
-    grid levels finer than ``max_resolution`` (when > 0) are held at zero."""
+    grid levels finer than ``max_resolution`` (when > 0) are held at zero; ``prior`` (K*K, C)
+    adds the penalty that holds G near the artifact model while G trains (phase 1)."""
     sem = model.field(xy, max_resolution)
     art = model.artifact_at(patch)
     if not phase2:
-        return _distance(sem + art, y)
+        loss = _distance(sem + art, y)
+        if prior is not None:
+            loss = loss + cfg.prior_weight * (model.artifact - prior).pow(2).mean((1, 2))
+        return loss
     art = art.detach()
     res = model.residual(y)
     dist = _distance(sem + art + res.detach(), y)
@@ -138,12 +151,15 @@ def fit_batch(
     seeds: list[int],
     field_cfg: FieldConfig,
     fit_cfg: FitConfig,
+    prior: torch.Tensor | None = None,
 ) -> FitResult:
     """Fit the decomposition to a batch of images.
 
     features: (B, V, K, K, C) raw tokens of every view (view 0 = full image), any float dtype.
     coords: (B, V, K, K, 2) each token's (x, y) in the original image, in [0, 1].
     seeds: one per image; its initialisation and token sampling derive from it alone.
+    prior: (K, K, C) the dataset's artifact pattern, required when ``fit_cfg.prior_weight > 0``
+    (G starts there and is held near it) and ignored otherwise.
     """
     start = time.perf_counter()
     batch, views, grid, _, channels = features.shape
@@ -152,6 +168,13 @@ def fit_batch(
     if len(seeds) != batch:
         raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
     device = features.device
+    prior_flat = None
+    if fit_cfg.prior_weight > 0:
+        if prior is None or tuple(prior.shape) != (grid, grid, channels):
+            raise ValueError(f"fit.prior_weight > 0 needs an artifact pattern of shape "
+                             f"{(grid, grid, channels)}, got "
+                             f"{None if prior is None else tuple(prior.shape)}")
+        prior_flat = prior.reshape(grid * grid, channels).to(device=device, dtype=torch.float32)
     tokens_per_view = grid * grid
     total_tokens = views * tokens_per_view
     y_all = features.reshape(batch, total_tokens, channels)
@@ -159,7 +182,8 @@ def fit_batch(
 
     init_gens = [torch.Generator().manual_seed(s) for s in seeds]
     model = BatchedDecomposition(
-        field_cfg, channels, grid, fit_cfg.artifact_init_std, init_gens
+        field_cfg, channels, grid, fit_cfg.artifact_init_std, init_gens,
+        None if prior_flat is None else prior_flat.cpu(),
     ).to(device)
     sample_gens = [torch.Generator(device=device).manual_seed(s ^ 0x5EED) for s in seeds]
     optimizer = _make_optimizer(list(model.parameters()), fit_cfg)
@@ -197,7 +221,8 @@ def fit_batch(
         patch = idx % tokens_per_view
 
         cap = coarse_resolution if step < coarse_steps else 0
-        losses = _per_image_losses(model, y, xy, patch, step >= phase1_steps, cap, fit_cfg)
+        losses = _per_image_losses(model, y, xy, patch, step >= phase1_steps, cap, fit_cfg,
+                                   prior_flat)
         alive &= torch.isfinite(losses)
         optimizer.zero_grad(set_to_none=True)
         torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()

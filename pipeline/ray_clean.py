@@ -383,8 +383,9 @@ def ensure_artifact_model(cfg: CleanJobConfig, extractor: FeatureExtractor, imag
         except Exception as err:  # a bad input is quarantined by the run, not fatal here
             logger.warning("calibration skips %s: %s", listed[i], err)
     if not photos:
-        raise ValueError(f"no readable calibration image under {source.uri}: the shift method "
-                         "needs some (set calibration.uri to a folder of photos)")
+        raise ValueError(f"no readable calibration image under {source.uri}: preset "
+                         f"{cfg.engine.name!r} needs an artifact model, calibrated on photos "
+                         "(set calibration.uri to a folder of photos)")
     model = calibrate(extractor, photos, image_size, calib.crops_per_image, calib.seed)
     sha = write_artifact_model(uri, model, cfg.output.storage_options)
     logger.info("artifact model %s: %d crops of %d images in %.1f s", uri, model.samples,
@@ -405,7 +406,7 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
                     "with_artifact": cfg.output.with_artifact,
                     "torch_threads": cfg.compute.torch_threads}
     meta = {}
-    if cfg.engine.method == "shift":
+    if cfg.engine.needs_artifact_model:
         uri, sha = ensure_artifact_model(cfg, extractor, image_size)
         settings["artifact_model"] = sha  # another pattern, other features
         stage_kwargs |= {"artifact_model_uri": uri,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs
 import ray
@@ -34,15 +35,21 @@ from pipeline.denoiser import Denoiser, DenoiserConfig, save_denoiser
 from pipeline.denoiser_train import (
     TrainConfig,
     ValidationSums,
-    denoise_loss,
     is_validation,
-    lr_factor,
     make_optimizer,
     peak_lr,
+    train_step,
 )
 from pipeline.job_config import TrainJobConfig
 from pipeline.ray_clean import init_ray
-from pipeline.schema import newest_config, read_features, select_runs
+from pipeline.schema import (
+    column_to_numpy,
+    newest_config,
+    read_artifact_model,
+    read_features,
+    sample_features_table,
+    select_runs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +68,33 @@ class Corpus:
     config_digests: list[str]
     train_images: int
     val_images: int
+    artifact_model: str = ""
+    """The runs' stored artifact model (shift and prior presets), "" if they have none."""
+
+
+PATTERN_SAMPLE = 256
+"""Stage-1 rows whose mean G starts the denoiser when the corpus has no stored artifact model."""
+
+
+def start_pattern(cfg: TrainJobConfig, corpus: Corpus) -> tuple[np.ndarray | None, str]:
+    """The (h, w, C) pattern whose negative starts the denoiser's embedding (``train.init``):
+    the corpus's artifact model, else the mean G of up to PATTERN_SAMPLE of its rows; and
+    where it came from, for the export's metadata."""
+    if cfg.train.init == "zero":
+        return None, "zero"
+    if corpus.artifact_model:
+        model, _ = read_artifact_model(corpus.artifact_model, cfg.input.storage_options)
+        logger.info("denoiser starts at the artifact model %s", corpus.artifact_model)
+        return model.pattern, f"artifact model {corpus.artifact_model}"
+    table = sample_features_table(cfg.input.uri, PATTERN_SAMPLE, cfg.input.storage_options,
+                                  method="dvt-fit", config_digest=corpus.config_digests[0])
+    if "artifact" not in table.column_names:
+        raise ValueError(f"train.init=pattern needs an artifact model or stored G's, and the runs "
+                         f"under {cfg.input.uri} have neither (written with "
+                         "output.with_artifact=false): set train.init=zero")
+    logger.info("denoiser starts at the mean G of %d stage-1 rows", len(table))
+    return (column_to_numpy(table["artifact"]).astype(np.float32).mean(0),
+            f"mean G of {len(table)} stage-1 rows")
 
 
 def describe_corpus(cfg: TrainJobConfig) -> Corpus:
@@ -87,10 +121,12 @@ def describe_corpus(cfg: TrainJobConfig) -> Corpus:
     model, weights_digest, grid, channels = kinds.pop()
     ids = [i for run in runs for i in run.image_ids]
     val = sum(is_validation(i, cfg.train.val_fraction) for i in ids)
+    stored = sorted({r.meta.get("artifact_model", "") for r in runs} - {""})
     return Corpus(model=model, weights=runs[0].meta.get("weights", "hub"),
                   weights_digest=weights_digest, grid=int(grid), channels=int(channels),
                   config_digests=sorted({r.manifest["config_digest"] for r in runs}),
-                  train_images=len(ids) - val, val_images=val)
+                  train_images=len(ids) - val, val_images=val,
+                  artifact_model=stored[-1] if stored else "")
 
 
 def storage_location(uri: str, options: dict[str, Any]) -> tuple[str, pyarrow.fs.FileSystem | None]:
@@ -139,6 +175,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(config["torch_threads"])
     torch.manual_seed(train_cfg.seed)
     model = Denoiser(config["denoiser"])
+    if config["start_pattern"] is not None:  # a checkpoint, when there is one, replaces it
+        model.start_at(torch.from_numpy(config["start_pattern"]))
     optimizer = make_optimizer(model, train_cfg, config["lr"])
     progress: dict[str, Any] = {"epoch": 0, "step": 0, "resumed_at_steps": []}
     checkpoint = ray.train.get_checkpoint()
@@ -164,15 +202,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for rows in train_shard.iter_torch_batches(
                 batch_size=batch, dtypes=torch.float32, device=device, drop_last=True,
                 local_shuffle_buffer_size=4 * batch, local_shuffle_seed=train_cfg.seed + epoch):
-            for group in optimizer.param_groups:
-                group["lr"] = config["lr"] * lr_factor(progress["step"], total, train_cfg)
-            loss = denoise_loss(ddp_model(rows["raw"]), rows["clean"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if train_cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            optimizer.step()
-            loss_sum, steps = loss_sum + float(loss), steps + 1
+            loss = train_step(ddp_model, optimizer, rows["raw"], rows["clean"],
+                              progress["step"], total, train_cfg, config["lr"],
+                              model.parameters())
+            loss_sum, steps = loss_sum + loss, steps + 1
             progress["step"] += 1
         seconds = time.perf_counter() - began
         sums = ValidationSums()
@@ -244,6 +277,7 @@ def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
         "lr": peak_lr(cfg.train, batch * workers),
         "torch_threads": cfg.compute.torch_threads or max(1, cores // workers),
     }
+    loop_config["start_pattern"], start = start_pattern(cfg, corpus)
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config, datasets=datasets,
         scaling_config=ray.train.ScalingConfig(
@@ -267,12 +301,12 @@ def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
     meta = {"model": corpus.model, "weights": corpus.weights,
             "weights_digest": corpus.weights_digest, "grid": denoiser_cfg.grid,
             "channels": denoiser_cfg.channels, "trained_on": cfg.input.uri,
-            "config_digests": corpus.config_digests, "metrics": metrics,
+            "config_digests": corpus.config_digests, "start": start, "metrics": metrics,
             "progress": state["progress"], "job": redact(config_to_dict(cfg))}
     save_denoiser(model, export_uri, meta, storage_options)
     summary = {"run": cfg.run.name, "export": export_uri, "checkpoint": result.checkpoint.path,
                "train_images": corpus.train_images, "val_images": corpus.val_images,
-               "workers": workers, "seconds": time.perf_counter() - began,
+               "workers": workers, "start": start, "seconds": time.perf_counter() - began,
                "steps": int(state["progress"]["step"]),
                "resumed_at_steps": list(state["progress"]["resumed_at_steps"]), **metrics}
     return summary

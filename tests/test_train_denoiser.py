@@ -106,6 +106,7 @@ def test_train_kill_resume_export_and_denoise(corpus: tuple[Path, Path], tmp_pat
     assert summary["epoch"] == 4 and summary["steps"] == 4 * steps_per_epoch
     assert summary["resumed_at_steps"] and min(summary["resumed_at_steps"]) >= steps_per_epoch
     assert summary["val_loss"] < summary["val_raw_loss"]  # below the raw-features baseline
+    assert summary["start"].startswith("mean G of 32 stage-1 rows")  # train.init=pattern
 
     export = Path(summary["export"])
     assert (export / "denoiser.safetensors").is_file() and (export / "denoiser.json").is_file()
@@ -154,8 +155,9 @@ def test_s3_storage_and_another_grid(corpus: tuple[Path, Path], s3_endpoint: str
     options = f"{{endpoint_url: '{s3_endpoint}'}}"
     summary = run_train_job(resolve_job(TrainJobConfig, "train_smoke", [
         f"input.uri={features}", "run.storage_path=s3://training/dvt", "run.name=s3run",
-        f"run.storage_options={options}", "train.epochs=1", "compute.workers=1"]))
-    assert summary["export"] == "s3://training/dvt/s3run/export"
+        f"run.storage_options={options}", "train.epochs=1", "compute.workers=1",
+        "train.init=zero"]))
+    assert summary["export"] == "s3://training/dvt/s3run/export" and summary["start"] == "zero"
     assert summary["checkpoint"].startswith("training/dvt/s3run/epoch-0001")
     storage = {"endpoint_url": s3_endpoint}
     model = DenoisedViT.from_pretrained(summary["export"], device="cpu", storage_options=storage)

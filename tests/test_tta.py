@@ -117,3 +117,25 @@ def test_shift_method_in_the_engine_and_artifact_model_storage(
     assert sha_back == sha and back.samples == model.samples and back.source == "calibration"
     np.testing.assert_array_equal(back.pattern, model.pattern)
     assert not list(tmp_path.rglob("*.tmp-*"))  # nothing left of the atomic write
+
+
+def test_field_fit_with_the_artifact_prior(tiny_vit: FeatureExtractor,
+                                           photos: dict[str, np.ndarray]) -> None:
+    """fit.prior_weight > 0 needs the artifact model and holds G to its pattern; at 0 the model
+    is ignored (the same fit as without it)."""
+    from pipeline import clean_images
+
+    size = 16 * 7
+    model = calibrate(tiny_vit, photos, size, crops_per_photo=2, seed=0)
+    image = [photos["coffee"]]
+    common = [f"image_size={size}", "fit.steps=60"]
+    with pytest.raises(ValueError, match="needs an artifact model"):
+        clean_images(tiny_vit, image, "smoke", overrides=[*common, "fit.prior_weight=1"])
+    (free,) = clean_images(tiny_vit, image, "smoke", overrides=common)
+    (ignored,) = clean_images(tiny_vit, image, "smoke", overrides=common, artifact_model=model)
+    np.testing.assert_array_equal(free.clean, ignored.clean)
+    (held,) = clean_images(tiny_vit, image, "smoke", artifact_model=model,
+                           overrides=[*common, "fit.prior_weight=1000"])
+    scale = np.linalg.norm(model.pattern, axis=-1).mean()
+    assert held.ok and np.linalg.norm(held.artifact - model.pattern, axis=-1).mean() < 0.05 * scale
+    assert np.linalg.norm(free.artifact - model.pattern, axis=-1).mean() > 0.5 * scale
