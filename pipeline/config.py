@@ -24,6 +24,11 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 T = TypeVar("T")
 
+NEUTRAL = {"neutral": True}
+"""Field metadata of a setting added after outputs existed, whose default keeps the output
+values they had: at its default it is left out of digests (``digest_data``), so upgrading
+re-fits nothing. The default of such a field must never change."""
+
 
 @dataclass(frozen=True)
 class ViewConfig:
@@ -91,7 +96,7 @@ class FitConfig:
     """Weight of L_res = MSE(h(y), sg(y - F - G))."""
     sparsity_weight: float = 0.02
     """Weight of L_sparse = mean |h(y)|."""
-    prior_weight: float = 0.0
+    prior_weight: float = dataclasses.field(default=0.0, metadata=NEUTRAL)
     """How strongly G is held to the dataset's artifact model: G starts at the model's pattern
     and L_prior = prior_weight * mean |G - pattern|^2 is added, in units of the data term's own
     weight on G (1: an image's correction is halved). 0: G is free, as in the method; > 0 needs
@@ -136,6 +141,9 @@ class ShiftConfig:
 
 
 METHODS = ("field", "shift")
+METHOD_VERSIONS = {"field": 1, "shift": 1}
+"""Bumped on purpose when a method's code changes its output values for the same settings: a
+new version gives a new digest, so refreshes re-fit and readers tell old from new."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,7 @@ class EngineConfig:
     """Views per ViT forward pass."""
     seed: int = 0
     """Base seed; every image's views and initialisation derive from (image id, seed)."""
-    method: str = "field"
+    method: str = dataclasses.field(default="field", metadata=NEUTRAL)
     """``field``: the per-image neural-field fit of DVT (views, field, fit); ``shift``: the
     shift decomposition around a dataset-level artifact model (shift), no training."""
     views: ViewConfig = dataclasses.field(default_factory=ViewConfig)
@@ -163,6 +171,17 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+
+    def output_settings(self) -> dict[str, Any]:
+        """What decides the output values, for digests: the method, its version (when bumped
+        past 1), the input size, the seed and the method's own sections. Batch sizes and the
+        preset's name are left out (they change how fast, not what)."""
+        sections = ("views", "field", "fit") if self.method == "field" else ("shift",)
+        data = digest_data(self)
+        keep = {k: data[k] for k in ("method", "image_size", "seed", *sections) if k in data}
+        if METHOD_VERSIONS[self.method] != 1:
+            keep["method_version"] = METHOD_VERSIONS[self.method]
+        return keep
 
     @property
     def needs_artifact_model(self) -> bool:
@@ -277,13 +296,48 @@ def drop_redacted(data: Any) -> Any:
     return data
 
 
+def digest_data(cfg: Any) -> Any:
+    """A config as JSON-able data for digests: fields marked ``NEUTRAL`` left out while at
+    their default."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        out = {}
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name)
+            if f.metadata.get("neutral") and value == _field_default(f):
+                continue
+            out[f.name] = digest_data(value)
+        return out
+    if isinstance(cfg, list | tuple):
+        return [digest_data(v) for v in cfg]
+    if isinstance(cfg, Mapping):
+        return {k: digest_data(v) for k, v in cfg.items()}
+    return cfg
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
 def config_digest(cfg: Any, exclude: Iterable[str] = ()) -> str:
-    """Short sha256 of the canonical JSON of a config, top-level keys in ``exclude`` left out."""
-    data = config_to_dict(cfg)
+    """Short sha256 of the canonical JSON of a config (``digest_data``: neutral fields at their
+    default left out), top-level keys in ``exclude`` left out."""
+    data = json.loads(json.dumps(digest_data(cfg)))
     for key in exclude:
         data.pop(key, None)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def output_digest(model: str, weights_digest: str, settings: Mapping[str, Any], dtype: str,
+                  with_artifact: bool) -> str:
+    """The config digest of a feature run: everything that decides its rows' values (the
+    ViT, its weights, the method's settings, the stored dtype and columns)."""
+    return config_digest({"model": model, "weights_digest": weights_digest, **settings,
+                          "dtype": dtype, "with_artifact": with_artifact})
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

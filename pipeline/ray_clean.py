@@ -31,7 +31,7 @@ from ray.data.block import BlockAccessor
 
 from pipeline import __version__
 from pipeline.artifact_model import calibrate
-from pipeline.config import config_digest, config_to_dict, redact
+from pipeline.config import config_digest, config_to_dict, output_digest, redact
 from pipeline.engine import resolve_image_size
 from pipeline.images import decode_image
 from pipeline.job_config import CleanJobConfig, ComputeConfig, InputConfig, OutputConfig
@@ -261,10 +261,8 @@ def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConf
     require_io(inputs, output)
     start = time.perf_counter()
     extractor = method.extractor
-    digest = config_digest({
-        "model": extractor.model_name, "weights_digest": extractor.weights_digest,
-        **method.settings, "dtype": output.dtype, "with_artifact": output.with_artifact,
-    })
+    digest = output_digest(extractor.model_name, extractor.weights_digest, method.settings,
+                           output.dtype, output.with_artifact)
     grid = method.image_size // extractor.patch_size
     meta = {"model": extractor.model_name, "weights": extractor.weights,
             "weights_digest": extractor.weights_digest, "layer": extractor.layer,
@@ -398,9 +396,7 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
     require_io(cfg.input, cfg.output)
     extractor = load_extractor(cfg.model.name, cfg.model.weights, device="cpu")
     image_size = resolve_image_size(cfg.engine, extractor)
-    settings: dict[str, Any] = {"engine": {
-        k: v for k, v in config_to_dict(cfg.engine).items()
-        if k not in ("name", "images_per_fit", "vit_batch_size")}}
+    settings: dict[str, Any] = {"engine": cfg.engine.output_settings()}
     stage_kwargs = {"model_name": cfg.model.name, "weights": cfg.model.weights,
                     "engine": cfg.engine, "dtype": cfg.output.dtype,
                     "with_artifact": cfg.output.with_artifact,

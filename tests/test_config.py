@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pipeline.config import (
+    NEUTRAL,
     EngineConfig,
+    FitConfig,
     apply_overrides,
     config_digest,
     config_to_dict,
     engine_preset,
     from_dict,
+    output_digest,
 )
 
 
@@ -57,3 +62,50 @@ def test_digest_changes_with_content_only() -> None:
     a = engine_preset("fast")
     assert config_digest(a) == config_digest(engine_preset("fast"))
     assert config_digest(a) != config_digest(apply_overrides(a, ["fit.steps=601"]))
+
+
+FAST_OUTPUT_DIGEST = "1cab503b44de4c47"
+"""The digest of `fast` outputs of ViT-S/14 (weights digest below), as every release since
+0.1 wrote it: a change here re-fits every such output, so it must be on purpose (bump
+METHOD_VERSIONS instead when the values change)."""
+
+
+def _fast_digest(engine: EngineConfig) -> str:
+    return output_digest("vit_small_patch14_dinov2", "1692b056bb84" + "0" * 52,
+                         {"engine": engine.output_settings()}, "float16", True)
+
+
+def test_fast_output_digest_is_pinned() -> None:
+    assert _fast_digest(engine_preset("fast")) == FAST_OUTPUT_DIGEST
+    # batch sizes and the preset's name change how fast, not what: same digest
+    assert _fast_digest(apply_overrides(engine_preset("fast"), [
+        "images_per_fit=2", "vit_batch_size=4", "name=mine"])) == FAST_OUTPUT_DIGEST
+    # what shapes the fit does change it, and so does a neutral field moved off its default
+    for override in ("fit.steps=3601", "seed=1", "views.num_views=47", "fit.prior_weight=1"):
+        assert _fast_digest(apply_overrides(engine_preset("fast"), [override])) != \
+            FAST_OUTPUT_DIGEST, override
+    # the shift section does not shape a field fit, nor the fit sections a shift
+    assert _fast_digest(apply_overrides(engine_preset("fast"), ["shift.views=3"])) == \
+        FAST_OUTPUT_DIGEST
+    shift = engine_preset("shift")
+    assert _fast_digest(apply_overrides(shift, ["fit.steps=1"])) == _fast_digest(shift)
+    assert _fast_digest(apply_overrides(shift, ["shift.views=3"])) != _fast_digest(shift)
+
+
+def test_a_new_neutral_field_leaves_digests_unchanged() -> None:
+    """An upgrade adds a setting whose default keeps the old behaviour: nothing re-fits."""
+    upgraded = dataclasses.make_dataclass(
+        "UpgradedFit", [("new_knob", float, dataclasses.field(default=0.0, metadata=NEUTRAL))],
+        bases=(FitConfig,), frozen=True)
+    fast = engine_preset("fast")
+    fit = upgraded(**dataclasses.asdict(fast.fit) | {"betas": fast.fit.betas})
+    assert _fast_digest(dataclasses.replace(fast, fit=fit)) == FAST_OUTPUT_DIGEST
+    moved = upgraded(**dataclasses.asdict(fast.fit) | {"betas": fast.fit.betas, "new_knob": 1.0})
+    assert _fast_digest(dataclasses.replace(fast, fit=moved)) != FAST_OUTPUT_DIGEST
+
+
+def test_a_bumped_method_version_changes_the_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import config
+
+    monkeypatch.setitem(config.METHOD_VERSIONS, "field", 2)
+    assert _fast_digest(engine_preset("fast")) != FAST_OUTPUT_DIGEST
