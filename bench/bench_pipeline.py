@@ -36,7 +36,8 @@ from PIL import Image  # noqa: E402
 from pipeline import clean_images, load_extractor  # noqa: E402
 from pipeline.images import decode_image  # noqa: E402
 from pipeline.job_config import resolve_clean_job  # noqa: E402
-from pipeline.ray_clean import list_images, run_clean_job  # noqa: E402
+from pipeline.ray_clean import run_clean_job  # noqa: E402
+from pipeline.ray_features import list_images  # noqa: E402
 from pipeline.samples import sample_photos  # noqa: E402
 
 

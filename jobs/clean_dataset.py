@@ -22,7 +22,8 @@ import sys  # noqa: E402
 
 from pipeline.job_config import resolve_clean_job  # noqa: E402
 from pipeline.lease import EXIT_LEASE_HELD, LeaseHeld  # noqa: E402
-from pipeline.ray_clean import format_summary, run_clean_job  # noqa: E402
+from pipeline.ray_clean import run_clean_job  # noqa: E402
+from pipeline.ray_features import format_summary  # noqa: E402
 
 
 def main() -> None:

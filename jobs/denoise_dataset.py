@@ -22,8 +22,8 @@ import sys  # noqa: E402
 
 from pipeline.job_config import DenoiseJobConfig, resolve_job  # noqa: E402
 from pipeline.lease import EXIT_LEASE_HELD, LeaseHeld  # noqa: E402
-from pipeline.ray_clean import format_summary  # noqa: E402
 from pipeline.ray_denoise import run_denoise_job  # noqa: E402
+from pipeline.ray_features import format_summary  # noqa: E402
 
 
 def main() -> None:

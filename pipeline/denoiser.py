@@ -15,6 +15,7 @@ and ``denoiser.json`` (config, ViT name and weights digest, grid, channels, metr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import posixpath
@@ -29,6 +30,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from pipeline.schema import filesystem, put_atomic
 from pipeline.vit import FeatureExtractor, load_extractor
 from pipeline.weights import state_dict_digest
 
@@ -113,15 +115,17 @@ class Denoiser(nn.Module):
 
 def save_denoiser(denoiser: Denoiser, uri: str, meta: dict[str, Any],
                   storage_options: dict[str, Any] | None = None) -> None:
-    """Write ``denoiser.safetensors`` then ``denoiser.json`` (config + ``meta``) under ``uri``."""
-    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    """Write ``denoiser.safetensors`` then ``denoiser.json`` (config, ``meta`` and the weights'
+    sha256) under ``uri``, each atomically: a crash leaves the old export or the new one, and a
+    JSON that does not match its weights (a crash between the two) is refused on load."""
+    fs, root = filesystem(uri, storage_options)
     fs.makedirs(root, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
-    with fs.open(posixpath.join(root, WEIGHTS_FILE), "wb") as fh:
-        fh.write(save_safetensors(state))
-    doc = {"format": "dvt-denoiser/1", "config": dataclasses.asdict(denoiser.cfg), **meta}
-    with fs.open(posixpath.join(root, META_FILE), "wb") as fh:
-        fh.write(json.dumps(doc, indent=2).encode())
+    weights = save_safetensors(state)
+    put_atomic(fs, posixpath.join(root, WEIGHTS_FILE), weights)
+    doc = {"format": "dvt-denoiser/1", "config": dataclasses.asdict(denoiser.cfg), **meta,
+           "weights_sha256": hashlib.sha256(weights).hexdigest()}
+    put_atomic(fs, posixpath.join(root, META_FILE), json.dumps(doc, indent=2).encode())
 
 
 def read_denoiser_meta(uri: str, storage_options: dict[str, Any] | None = None
@@ -142,7 +146,12 @@ def load_denoiser(uri: str, device: str | torch.device = "cpu",
     cfg = DenoiserConfig(**meta["config"])
     fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     with fs.open(posixpath.join(root, WEIGHTS_FILE), "rb") as fh:
-        state = load_safetensors(fh.read())  # tensors only: nothing is unpickled
+        data = fh.read()
+    expected = meta.get("weights_sha256")
+    if expected and hashlib.sha256(data).hexdigest() != expected:
+        raise ValueError(f"the denoiser at {uri} is incomplete: {WEIGHTS_FILE} does not match "
+                         f"{META_FILE} (an export was interrupted); export it again")
+    state = load_safetensors(data)  # tensors only: nothing is unpickled
     denoiser = Denoiser(cfg)
     denoiser.load_state_dict(state, strict=True)
     denoiser.meta = meta

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipeline.schema import local_atomic
 from pipeline.visualize import panel_row, shared_pca_images
 
 METHODS = ("raw", "clean", "raw_minus_g", "denoised", "calib", "tta", "calib+tta",
@@ -117,9 +118,8 @@ def _method_table(title: str, values: dict[str, Any], methods: list[str]) -> lis
 def write_report(folder: Path, metrics: dict[str, Any], figures: list[str]) -> None:
     """``metrics.json`` and a ``report.md`` with every figure inline and every measure defined."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2, default=float))
-    tmp.replace(folder / "metrics.json")
+    with local_atomic(folder / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2, default=float))
     methods = [m for m in METHODS if m in metrics["methods"]]
     lines = ["# Artifact evaluation", "",
              f"Model `{metrics['model']}` (weights digest `{metrics['weights_digest'][:12]}`), "

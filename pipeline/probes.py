@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from pipeline.crops import random_crop_box
 from pipeline.images import to_rgb
 from pipeline.offline_weights import default_cache_dir, download_wheel
+from pipeline.schema import local_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +75,8 @@ def quokka(cache_dir: Path | None = None) -> MaskedImage:
             download_wheel(IMGAUG_REQUIREMENT, folder / "wheels")]
         with zipfile.ZipFile(wheels[0]) as wheel:
             for target in (photo, notes):
-                tmp = target.with_suffix(".tmp")
-                tmp.write_bytes(wheel.read(f"imgaug/{target.name}"))
-                tmp.replace(target)
+                with local_atomic(target) as tmp:
+                    tmp.write_bytes(wheel.read(f"imgaug/{target.name}"))
     rgb = to_rgb(Image.open(photo))
     polygon = json.loads(notes.read_text())["polygons"][0]["keypoints"]
     mask = Image.new("L", (rgb.shape[1], rgb.shape[0]), 0)

@@ -1,7 +1,7 @@
 """The Ray layer of denoise_dataset: the clean_dataset graph with the denoiser as its stage.
 
 Reading, quarantine, incremental refresh, the committing sink and the summary are those of
-clean_dataset (``pipeline.ray_clean.run_feature_job``); only the feature stage differs: the ViT
+clean_dataset (``pipeline.ray_features.run_feature_job``); only the feature stage differs: the ViT
 plus a trained denoiser (``DenoiseImages``), no per-image fit. Rows carry
 ``method = "denoiser"``, and the denoiser's weight digest is part of the config digest, so a new
 denoiser re-processes every image while a refresh with the same one skips committed images.
@@ -15,7 +15,7 @@ from pipeline.config import config_to_dict
 from pipeline.denoiser import DenoisedViT, denoiser_digest
 from pipeline.job_config import DenoiseJobConfig
 from pipeline.online import online_image_size
-from pipeline.ray_clean import FeatureMethod, run_feature_job
+from pipeline.ray_features import FeatureMethod, run_feature_job
 from pipeline.stages import DenoiseImages
 
 

@@ -9,9 +9,7 @@ the very job config saved with the features (so "clean" means the same thing), i
 
 from __future__ import annotations
 
-import json
 import logging
-import posixpath
 import time
 from pathlib import Path
 from typing import Any
@@ -57,12 +55,15 @@ from pipeline.probes import (
     stereo_accuracy,
     voc_sample,
 )
-from pipeline.ray_clean import list_images, run_clean_job
+from pipeline.ray_clean import run_clean_job
+from pipeline.ray_features import list_images
 from pipeline.samples import CALIBRATION_PHOTOS, sample_photo, sample_photos
 from pipeline.schema import (
     column_to_numpy,
+    filesystem,
     raw_minus_artifact,
     read_features_table,
+    read_run_config,
     sample_features_table,
     select_runs,
     spread_indices,
@@ -83,11 +84,10 @@ def _features_job(cfg: EvaluateConfig) -> tuple[CleanJobConfig, str, str]:
     if not runs:
         raise FileNotFoundError(f"no committed stage-1 runs under {cfg.features.uri}")
     run = runs[-1]
-    fs, _ = fsspec.core.url_to_fs(cfg.features.uri, **cfg.features.storage_options)
-    with fs.open(posixpath.join(run.path, "config.json"), "rb") as fh:
-        saved = json.load(fh)
+    fs, _ = filesystem(cfg.features.uri, cfg.features.storage_options)
+    saved = read_run_config(fs, run.path)
     job = apply_overrides(from_dict(CleanJobConfig, drop_redacted(saved["job"])), cfg.stage1)
-    return job, run.manifest["config_digest"], run.meta.get("artifact_model", "")
+    return job, run.config_digest, run.meta.get("artifact_model", "")
 
 
 def _photos(cfg: EvaluateConfig) -> dict[str, np.ndarray]:

@@ -41,7 +41,7 @@ from pipeline.denoiser_train import (
     train_step,
 )
 from pipeline.job_config import TrainJobConfig
-from pipeline.ray_clean import init_ray
+from pipeline.ray_features import init_ray
 from pipeline.schema import (
     column_to_numpy,
     newest_config,
@@ -124,7 +124,7 @@ def describe_corpus(cfg: TrainJobConfig) -> Corpus:
     stored = sorted({r.meta.get("artifact_model", "") for r in runs} - {""})
     return Corpus(model=model, weights=runs[0].meta.get("weights", "hub"),
                   weights_digest=weights_digest, grid=int(grid), channels=int(channels),
-                  config_digests=sorted({r.manifest["config_digest"] for r in runs}),
+                  config_digests=sorted({r.config_digest for r in runs}),
                   train_images=len(ids) - val, val_images=val,
                   artifact_model=stored[-1] if stored else "")
 

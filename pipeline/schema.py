@@ -1,43 +1,63 @@
-"""The on-disk contract of feature outputs, and every reader of it.
+"""The on-disk contract of feature outputs: paths, names, manifests, commit records, atomic
+writes, and every reader of it.
 
 An output URI holds one folder per run::
 
-    OUTPUT/runs/<run_id>/part-<n>-<hash>.parquet      features, one row per image
-    OUTPUT/runs/<run_id>/quarantine-<n>-<hash>.parquet inputs that failed, with reasons
-    OUTPUT/runs/<run_id>/config.json                   the resolved config of the run
-    OUTPUT/runs/<run_id>/summary.json                  counters and timings
+    OUTPUT/runs/<run_id>/config.json                   the resolved config (written first)
+    OUTPUT/runs/<run_id>/part-<task>-<hash>.parquet    features, one row per image
+    OUTPUT/runs/<run_id>/quarantine-<task>-<hash>.parquet  inputs that failed, with reasons
+    OUTPUT/runs/<run_id>/_commits/<task>-<hash>.json   one per write task, after its files
+    OUTPUT/runs/<run_id>/summary.json                  counters and timings (at the end)
     OUTPUT/runs/<run_id>/_manifest.json                the files and image ids of the run
     OUTPUT/runs/<run_id>/_COMMITTED                    written last: the run is complete
+    OUTPUT/runs/<run_id>/_SEALED                       a dead run, closed by the next run
     OUTPUT/artifact_models/<model>-<weights>-<size>px-<settings>.safetensors
                                                        the dataset-level artifact model
 
-Readers trust only runs with ``_COMMITTED`` and only the files their manifest lists, so
-leftovers of a crashed run are never read. Tensors use Arrow's canonical
-``arrow.fixed_shape_tensor`` extension type (row-major, shape (h, w, C)).
+Finished work is durable as it lands: a write task's commit record makes its files visible to
+readers and to the next run's skip logic while the run goes on. A run that dies keeps every
+recorded file; the run that takes over its lease seals it (``seal_dead_runs``), fixing which
+records count, so a run that lost its lease adds nothing afterwards. Files no record lists
+are never read, and ``orphaned_files`` lists them for ``jobs/gc_output.py``. An image held by
+two files (one image under two URIs, or a dead run and its re-run racing) is read from the
+first one only. Tensors use Arrow's canonical ``arrow.fixed_shape_tensor`` extension type
+(row-major, shape (h, w, C)).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import io
 import json
+import os
 import posixpath
+import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:  # the model code imports torch; readers of Parquet need not
     from pipeline.artifact_model import ArtifactModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: per-task commit records (``_commits/``) and seals; runs of version 1 (manifest and
+``_COMMITTED`` only) read as before."""
 RUNS_DIR = "runs"
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+COMMITS_DIR = "_commits"
 MANIFEST = "_manifest.json"
+SEALED = "_SEALED"
 COMMITTED = "_COMMITTED"
 TENSOR_COLUMNS = ("raw", "clean", "artifact")
 METRIC_FIELDS = ("final_loss", "r2", "artifact_ratio", "extract_seconds", "fit_seconds", "seconds")
@@ -112,9 +132,27 @@ def raw_minus_artifact(table: pa.Table) -> np.ndarray | None:
     return raw - column_to_numpy(table["artifact"]).astype(np.float32)
 
 
+@contextlib.contextmanager
+def local_atomic(target: Path) -> Iterator[Path]:
+    """A temp path beside a local ``target``, moved onto it when the block ends cleanly (and
+    removed when it fails): a crash never leaves a truncated file under the final name."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches and reports may be shared
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write bytes so that a crash never leaves a truncated file under the final name."""
     if is_local(fs):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         with fs.open(tmp, "wb") as fh:
             fh.write(data)
@@ -183,32 +221,136 @@ def table_bytes(table: pa.Table) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-# --------------------------------------------------------------------------- reading
+# --------------------------------------------------------------------------- the protocol
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One feature file of a run (path relative to the run folder) and the images it holds."""
+
+    path: str
+    rows: int
+    sha256: str
+    image_ids: tuple[str, ...]
+    bytes: int = 0
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> FileEntry:
+        return cls(doc["path"], int(doc.get("rows", len(doc["image_ids"]))),
+                   doc.get("sha256", ""), tuple(doc["image_ids"]), int(doc.get("bytes", 0)))
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    """One quarantine file of a run and the input URIs it lists."""
+
+    path: str
+    rows: int
+    sha256: str
+    uris: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> QuarantineEntry:
+        return cls(doc["path"], int(doc.get("rows", len(doc["uris"]))), doc.get("sha256", ""),
+                   tuple(doc["uris"]))
+
+
+def _entries_doc(files: Sequence[FileEntry], quarantine: Sequence[QuarantineEntry]
+                 ) -> dict[str, Any]:
+    return {"files": [dataclasses.asdict(f) for f in files],
+            "quarantine": [dataclasses.asdict(q) for q in quarantine]}
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """What one write task made durable: written to ``_commits/`` after its files landed, so
+    its images are visible to readers and to the next run's skip logic at once."""
+
+    task: int
+    files: tuple[FileEntry, ...] = ()
+    quarantine: tuple[QuarantineEntry, ...] = ()
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"task": self.task, **_entries_doc(self.files, self.quarantine)},
+                          sort_keys=True).encode()
+
+    @property
+    def name(self) -> str:
+        """Deterministic: a retried task that wrote the same files writes the same record."""
+        return f"{self.task:05d}-{hashlib.sha256(self.to_bytes()).hexdigest()[:16]}.json"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CommitRecord:
+        doc = json.loads(data)
+        return cls(int(doc["task"]), tuple(FileEntry.from_dict(f) for f in doc["files"]),
+                   tuple(QuarantineEntry.from_dict(q) for q in doc["quarantine"]))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A run's files and facts: ``_manifest.json`` of a committed run, ``_SEALED`` of a dead run
+    another run took over, or built from the commit records of a run still going."""
+
+    run_id: str
+    config_digest: str
+    meta: dict[str, Any]
+    files: tuple[FileEntry, ...] = ()
+    quarantine: tuple[QuarantineEntry, ...] = ()
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"run_id": self.run_id, "config_digest": self.config_digest,
+                           "schema_version": self.schema_version, "meta": self.meta,
+                           **_entries_doc(self.files, self.quarantine),
+                           "summary": self.summary}).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        doc = json.loads(data)
+        return cls(doc.get("run_id", ""), doc["config_digest"], doc.get("meta") or {},
+                   tuple(FileEntry.from_dict(f) for f in doc.get("files", [])),
+                   tuple(QuarantineEntry.from_dict(q) for q in doc.get("quarantine", [])),
+                   doc.get("summary") or {}, int(doc.get("schema_version", 1)))
+
+    @property
+    def image_ids(self) -> list[str]:
+        return [i for f in self.files for i in f.image_ids]
+
+
+RUN_STATES = ("committed", "sealed", "open")
 
 
 @dataclass(frozen=True)
 class CommittedRun:
-    """A committed run folder and its manifest (files relative to the run folder)."""
+    """A run folder with committed work, oldest first when listed: ``committed`` (finished,
+    ``_COMMITTED``), ``sealed`` (died; the run that took its lease over fixed which records
+    count) or ``open`` (still going, or died and not yet taken over: every record counts)."""
 
     path: str
-    manifest: dict[str, Any]
+    manifest: Manifest
+    state: str = "committed"
 
     @property
     def feature_files(self) -> list[str]:
-        return [posixpath.join(self.path, f["path"]) for f in self.manifest["files"]]
+        return [posixpath.join(self.path, f.path) for f in self.manifest.files]
 
     @property
     def quarantine_files(self) -> list[str]:
-        return [posixpath.join(self.path, f["path"]) for f in self.manifest["quarantine"]]
+        return [posixpath.join(self.path, f.path) for f in self.manifest.quarantine]
 
     @property
     def meta(self) -> dict[str, Any]:
         """model, weights_digest, layer, method, channels, grid ... of the run's rows."""
-        return self.manifest.get("meta") or {}
+        return self.manifest.meta
+
+    @property
+    def config_digest(self) -> str:
+        return self.manifest.config_digest
 
     @property
     def image_ids(self) -> list[str]:
-        return [i for f in self.manifest["files"] for i in f["image_ids"]]
+        return self.manifest.image_ids
 
 
 def filesystem(uri: str, storage_options: dict[str, Any] | None = None
@@ -232,20 +374,130 @@ def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return f"{protocol}://{path}"
 
 
-def committed_runs(uri: str, storage_options: dict[str, Any] | None = None
-                   ) -> list[CommittedRun]:
-    """Every committed run under an output URI, oldest first (run ids sort by time)."""
-    fs, root = filesystem(uri, storage_options)
+def _read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    with fs.open(path, "rb") as fh:
+        return fh.read()
+
+
+def run_folder(output_root: str, run_id: str) -> str:
+    """The folder of run ``run_id`` under an output's bare path."""
+    return posixpath.join(output_root, RUNS_DIR, run_id)
+
+
+def write_run_config(fs: fsspec.AbstractFileSystem, run_path: str, resolved: dict[str, Any]
+                     ) -> None:
+    """``config.json``: the resolved job config and the run's meta (written first)."""
+    fs.makedirs(run_path, exist_ok=True)
+    put_atomic(fs, posixpath.join(run_path, CONFIG_FILE), json.dumps(resolved, indent=2).encode())
+
+
+def read_run_config(fs: fsspec.AbstractFileSystem, run_path: str) -> dict[str, Any]:
+    """A run's ``config.json``."""
+    return json.loads(_read_bytes(fs, posixpath.join(run_path, CONFIG_FILE)))
+
+
+def write_commit_record(fs: fsspec.AbstractFileSystem, run_path: str, record: CommitRecord
+                        ) -> str:
+    """Make a write task's files visible (call after they landed); the record's name."""
+    put_atomic(fs, posixpath.join(run_path, COMMITS_DIR, record.name), record.to_bytes())
+    return record.name
+
+
+def read_commit_records(fs: fsspec.AbstractFileSystem, run_path: str,
+                        names: Sequence[str] | None = None) -> list[tuple[str, CommitRecord]]:
+    """(name, record) of a run's commit records, sorted by name (all, or just ``names``)."""
+    folder = posixpath.join(run_path, COMMITS_DIR)
+    if names is None:
+        fs.invalidate_cache(folder)
+        if not fs.exists(folder):
+            return []
+        names = [posixpath.basename(p) for p in fs.ls(folder, detail=False)
+                 if p.endswith(".json")]
+    return [(n, CommitRecord.from_bytes(_read_bytes(fs, posixpath.join(folder, n))))
+            for n in sorted(names)]
+
+
+def manifest_from_records(run_id: str, config_digest: str, meta: dict[str, Any],
+                          records: Sequence[CommitRecord], summary: dict[str, Any] | None = None
+                          ) -> Manifest:
+    """The manifest of a run as the union of its commit records (a file listed twice, by a
+    retried task, counts once)."""
+    files: dict[str, FileEntry] = {}
+    quarantine: dict[str, QuarantineEntry] = {}
+    for record in records:
+        files.update((f.path, f) for f in record.files if f.path not in files)
+        quarantine.update((q.path, q) for q in record.quarantine if q.path not in quarantine)
+    return Manifest(run_id, config_digest, meta, tuple(files.values()),
+                    tuple(quarantine.values()), summary or {})
+
+
+def commit_run(fs: fsspec.AbstractFileSystem, run_path: str, manifest: Manifest) -> None:
+    """Close a finished run: summary, manifest, then ``_COMMITTED`` (written last)."""
+    put_atomic(fs, posixpath.join(run_path, SUMMARY_FILE),
+               json.dumps(manifest.summary, indent=2).encode())
+    put_atomic(fs, posixpath.join(run_path, MANIFEST), manifest.to_bytes())
+    put_atomic(fs, posixpath.join(run_path, COMMITTED), manifest.run_id.encode())
+
+
+def _run_ids(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
     runs_root = posixpath.join(root, RUNS_DIR)
+    fs.invalidate_cache(runs_root)
     if not fs.exists(runs_root):
         return []
+    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(runs_root, detail=False))
+
+
+def _open_manifest(fs: fsspec.AbstractFileSystem, run_path: str) -> Manifest | None:
+    """A run without a marker, from its config and commit records; None before its config."""
+    try:
+        resolved = read_run_config(fs, run_path)
+    except FileNotFoundError:
+        return None
+    meta = resolved.get("meta") or {}
+    records = [r for _, r in read_commit_records(fs, run_path)]
+    return manifest_from_records(resolved.get("run_id", posixpath.basename(run_path)),
+                                 meta.get("config_digest", ""), meta, records)
+
+
+def seal_dead_runs(uri: str, storage_options: dict[str, Any] | None, current_run_id: str
+                   ) -> list[str]:
+    """Called by a run that holds the output's lease, before it lists what is committed: every
+    other run without a marker is dead (only the lease holder runs), and gets ``_SEALED``, the
+    manifest of the records it had. A record such a run writes later (it lost its lease and
+    has not noticed yet) is never read. Returns the sealed run ids."""
+    fs, root = filesystem(uri, storage_options)
+    sealed = []
+    for run_id in _run_ids(fs, root):
+        path = run_folder(root, run_id)
+        if run_id == current_run_id or fs.exists(posixpath.join(path, COMMITTED)) or \
+                fs.exists(posixpath.join(path, SEALED)):
+            continue
+        manifest = _open_manifest(fs, path) or Manifest(run_id, "", {})
+        put_atomic(fs, posixpath.join(path, SEALED), manifest.to_bytes())
+        sealed.append(run_id)
+    return sealed
+
+
+def committed_runs(uri: str, storage_options: dict[str, Any] | None = None
+                   ) -> list[CommittedRun]:
+    """Every run under an output URI with committed work, oldest first (run ids sort by time),
+    with the files that count: the manifest's (committed), the seal's (sealed), or those of
+    the commit records so far (open). Unlisted files (of a task that died before its record,
+    or written after a seal) are never read."""
+    fs, root = filesystem(uri, storage_options)
     runs = []
-    for entry in sorted(fs.ls(runs_root, detail=False)):
-        run_path = entry.rstrip("/")
-        if not fs.exists(posixpath.join(run_path, COMMITTED)):
-            continue  # crashed or still running: never read
-        with fs.open(posixpath.join(run_path, MANIFEST), "rb") as fh:
-            runs.append(CommittedRun(run_path, json.load(fh)))
+    for run_id in _run_ids(fs, root):
+        path = run_folder(root, run_id)
+        if fs.exists(posixpath.join(path, COMMITTED)):
+            runs.append(CommittedRun(path, Manifest.from_bytes(
+                _read_bytes(fs, posixpath.join(path, MANIFEST))), "committed"))
+        elif fs.exists(posixpath.join(path, SEALED)):
+            manifest = Manifest.from_bytes(_read_bytes(fs, posixpath.join(path, SEALED)))
+            if manifest.files or manifest.quarantine:
+                runs.append(CommittedRun(path, manifest, "sealed"))
+        elif (manifest := _open_manifest(fs, path)) is not None and (
+                manifest.files or manifest.quarantine):
+            runs.append(CommittedRun(path, manifest, "open"))
     return runs
 
 
@@ -254,8 +506,88 @@ def select_runs(uri: str, storage_options: dict[str, Any] | None = None, *,
                 ) -> list[CommittedRun]:
     """The committed runs under ``uri`` whose rows came from ``method`` / ``config_digest``."""
     return [run for run in committed_runs(uri, storage_options)
-            if (config_digest is None or run.manifest.get("config_digest") == config_digest)
+            if (config_digest is None or run.config_digest == config_digest)
             and (method is None or run.meta.get("method") == method)]
+
+
+def orphaned_files(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Files of finished (committed or sealed) runs that no manifest lists: parts of tasks
+    that died before their record, records and files written after a seal, temp files of
+    interrupted writes. Open runs (maybe still going) are never looked into. Full paths."""
+    fs, root = filesystem(uri, storage_options)
+    orphans = []
+    for run in committed_runs(uri, storage_options) + _empty_finished_runs(fs, root):
+        if run.state == "open":
+            continue
+        keep = {posixpath.join(run.path, n) for n in (CONFIG_FILE, SUMMARY_FILE, MANIFEST,
+                                                     COMMITTED, SEALED)}
+        keep.update(run.feature_files + run.quarantine_files)
+        listed = set(keep)
+        if run.state == "committed":  # its records made the manifest: all of them are kept
+            keep.update(p for p in fs.find(posixpath.join(run.path, COMMITS_DIR)))
+        else:
+            sealed = {f.path for f in run.manifest.files}
+            for name, record in read_commit_records(fs, run.path):
+                if {f.path for f in record.files} <= sealed:
+                    keep.add(posixpath.join(run.path, COMMITS_DIR, name))
+        orphans += [p for p in sorted(fs.find(run.path)) if p not in keep and p not in listed]
+    return orphans
+
+
+def _empty_finished_runs(fs: fsspec.AbstractFileSystem, root: str) -> list[CommittedRun]:
+    """Sealed runs that had no record at all (``committed_runs`` leaves them out)."""
+    out = []
+    for run_id in _run_ids(fs, root):
+        path = run_folder(root, run_id)
+        if not fs.exists(posixpath.join(path, COMMITTED)) and \
+                fs.exists(posixpath.join(path, SEALED)):
+            manifest = Manifest.from_bytes(_read_bytes(fs, posixpath.join(path, SEALED)))
+            if not (manifest.files or manifest.quarantine):
+                out.append(CommittedRun(path, manifest, "sealed"))
+    return out
+
+
+def remove_files(uri: str, paths: Sequence[str], storage_options: dict[str, Any] | None = None
+                 ) -> None:
+    """Delete ``paths`` (from ``orphaned_files``) of the output's filesystem."""
+    fs, _ = filesystem(uri, storage_options)
+    for path in paths:
+        fs.rm(path)
+
+
+class IdSet:
+    """A set of image ids held as one sorted array of 32-byte sha256 digests (32 bytes an id,
+    against ~150 for a Python set of hex strings): what every reader actor keeps to skip
+    inputs. Ids that are not sha256 hex (none that this pipeline writes) go to a plain set."""
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        digests, self._other = set(), set()
+        for i in ids:
+            (digests.add(bytes.fromhex(i)) if _is_sha256(i) else self._other.add(i))
+        self._ids = np.array(sorted(digests), dtype="S32") if digests else np.empty(0, "S32")
+
+    def __len__(self) -> int:
+        return len(self._ids) + len(self._other)
+
+    def __contains__(self, image_id: object) -> bool:
+        if not isinstance(image_id, str):
+            return False
+        if not _is_sha256(image_id):
+            return image_id in self._other
+        key = np.array(bytes.fromhex(image_id), dtype="S32")
+        at = int(np.searchsorted(self._ids, key))
+        return at < len(self._ids) and self._ids[at] == key
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._ids.nbytes)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and _HEX.issuperset(text)
 
 
 def committed_ids(uri: str, config_digest: str | None = None,
@@ -265,11 +597,37 @@ def committed_ids(uri: str, config_digest: str | None = None,
     return {i for run in runs for i in run.image_ids}
 
 
-def _read_tables(fs: fsspec.AbstractFileSystem, paths: list[str],
+def _owned_files(runs: Sequence[CommittedRun]) -> list[tuple[str, frozenset[str]]]:
+    """(feature file, ids to leave out) in reading order: an image that two files hold (the
+    same bytes under two URIs in one run, or a crashed run's record and its re-run racing) is
+    read from the first only, per config digest, so no reader yields an image twice."""
+    seen: dict[str, set[str]] = {}
+    out = []
+    for run in runs:
+        done = seen.setdefault(run.config_digest, set())
+        for entry in run.manifest.files:
+            repeated = done.intersection(entry.image_ids)
+            done.update(entry.image_ids)
+            if len(repeated) < len(entry.image_ids):
+                out.append((posixpath.join(run.path, entry.path), frozenset(repeated)))
+    return out
+
+
+def _read_tables(fs: fsspec.AbstractFileSystem, files: Sequence[tuple[str, frozenset[str]]],
                  columns: Sequence[str] | None) -> Iterator[pa.Table]:
-    for path in paths:
+    """Each file's table, without the rows of the ids it is to leave out."""
+    for path, leave_out in files:
+        wanted = list(columns) if columns else None
+        if leave_out and wanted is not None and "image_id" not in wanted:
+            wanted.append("image_id")
         with fs.open(path, "rb") as fh:
-            yield pq.read_table(fh, columns=list(columns) if columns else None)
+            table = pq.read_table(fh, columns=wanted)
+        if leave_out:
+            keep = pc.invert(pc.is_in(table["image_id"], pa.array(sorted(leave_out))))
+            table = table.filter(keep)
+            if columns and "image_id" not in columns:
+                table = table.drop_columns(["image_id"])
+        yield table
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table | None:
@@ -289,9 +647,9 @@ def newest_config_digest(uri: str, storage_options: dict[str, Any] | None = None
 def newest_config(runs: Sequence[CommittedRun]) -> tuple[str, list[CommittedRun], list[str]]:
     """Of committed ``runs`` (oldest first, non-empty): the newest run's config digest, the runs
     of that config, and the other configs' digests (sorted)."""
-    newest = runs[-1].manifest["config_digest"]
-    kept = [run for run in runs if run.manifest["config_digest"] == newest]
-    others = sorted({run.manifest["config_digest"] for run in runs} - {newest})
+    newest = runs[-1].config_digest
+    kept = [run for run in runs if run.config_digest == newest]
+    others = sorted({run.config_digest for run in runs} - {newest})
     return newest, kept, others
 
 
@@ -303,8 +661,7 @@ def read_features_table(uri: str, columns: Sequence[str] | None = None,
     ``method`` / ``config_digest`` when given)."""
     fs, _ = filesystem(uri, storage_options)
     runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
-    files = [f for run in runs for f in run.feature_files]
-    table = _concat(list(_read_tables(fs, files, columns)))
+    table = _concat(list(_read_tables(fs, _owned_files(runs), columns)))
     if table is None:
         raise FileNotFoundError(f"no committed feature runs under {uri}")
     return table
@@ -317,7 +674,7 @@ def sample_features_table(uri: str, count: int, storage_options: dict[str, Any] 
     they come from (pictures and checks on a large corpus without loading all of it)."""
     fs, _ = filesystem(uri, storage_options)
     runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
-    files = [f for run in runs for f in run.feature_files]
+    files = _owned_files(runs)
     if not files:
         raise FileNotFoundError(f"no committed feature runs under {uri}")
     picked = [files[i] for i in spread_indices(len(files), count)]
@@ -335,7 +692,8 @@ def spread_indices(length: int, count: int) -> np.ndarray:
 def read_quarantine_table(uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
     """Every quarantined input (uri, stage, reason, error class) of the committed runs."""
     fs, _ = filesystem(uri, storage_options)
-    files = [f for run in committed_runs(uri, storage_options) for f in run.quarantine_files]
+    files = [(f, frozenset[str]()) for run in committed_runs(uri, storage_options)
+             for f in run.quarantine_files]
     return _concat(list(_read_tables(fs, files, None))) or QUARANTINE_SCHEMA.empty_table()
 
 
@@ -351,11 +709,29 @@ def read_features(uri: str, columns: Sequence[str] | None = None,
 
     fs, _ = filesystem(uri, storage_options)
     runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
-    files = [f for run in runs for f in run.feature_files]
+    files = _owned_files(runs)
     if not files:
         raise FileNotFoundError(f"no committed feature runs under {uri} "
                                 f"(method={method}, config_digest={config_digest})")
-    return ray.data.read_parquet(files, filesystem=fs, columns=list(columns) if columns else None)
+    paths = [path for path, _ in files]
+    leave_out = {path: ids for path, ids in files if ids}
+    if not leave_out:
+        return ray.data.read_parquet(paths, filesystem=fs,
+                                     columns=list(columns) if columns else None)
+    wanted = list(columns) if columns else None
+    if wanted is not None and "image_id" not in wanted:
+        wanted.append("image_id")
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=wanted, include_paths=True)
+    by_name = {posixpath.basename(path): ids for path, ids in leave_out.items()}
+
+    def first_copies(batch: pa.Table) -> pa.Table:
+        keep = [image_id not in by_name.get(posixpath.basename(path), ())
+                for path, image_id in zip(batch["path"].to_pylist(),
+                                          batch["image_id"].to_pylist(), strict=True)]
+        out = batch.filter(pa.array(keep, type=pa.bool_())).drop_columns(["path"])
+        return out.drop_columns(["image_id"]) if columns and "image_id" not in columns else out
+
+    return ds.map_batches(first_copies, batch_format="pyarrow")
 
 
 class FeatureDataset:

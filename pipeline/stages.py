@@ -24,7 +24,7 @@ from pipeline.denoiser import DenoisedViT
 from pipeline.engine import CleanResult, clean_images
 from pipeline.images import decode_image
 from pipeline.online import denoise_images
-from pipeline.schema import committed_ids, read_artifact_model
+from pipeline.schema import IdSet, committed_ids, read_artifact_model
 from pipeline.vit import load_extractor
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ class ReadImages:
         self.storage_options = storage_options
         self.max_pixels = max_pixels
         self.min_side = min_side
-        self.done_ids = committed_ids(output_uri, config_digest, output_storage_options)
+        # 32 bytes an id (a 1 M-image output: ~31 MB per reader actor)
+        self.done_ids = IdSet(committed_ids(output_uri, config_digest, output_storage_options))
 
     def _row(self, uri: str) -> dict[str, Any]:
         row: dict[str, Any] = {"source_uri": uri, "image_id": "", "status": "error", "stage": "",

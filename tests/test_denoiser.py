@@ -145,6 +145,15 @@ def test_export_round_trip(tmp_path: Path) -> None:
     assert loaded.meta["model"] == "test_vit" and loaded.cfg == model.cfg
     with pytest.raises(FileNotFoundError, match="no exported denoiser"):
         load_denoiser(str(tmp_path / "missing"))
+    assert not [p.name for p in (tmp_path / "export").iterdir()
+                if p.name not in ("denoiser.safetensors", "denoiser.json")]  # no temp files
+    # an export interrupted between its two files: new weights beside the old JSON
+    other = Denoiser(DenoiserConfig(channels=64, grid=6))
+    save_denoiser(other, str(tmp_path / "other"), {"model": "test_vit"})
+    (tmp_path / "export" / "denoiser.safetensors").write_bytes(
+        (tmp_path / "other" / "denoiser.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="interrupted"):
+        load_denoiser(str(tmp_path / "export"))
 
 
 def _export_for(extractor: FeatureExtractor, folder: Path, digest: str | None = None) -> Path:

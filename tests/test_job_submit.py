@@ -92,5 +92,5 @@ def test_ray_job_submit_quickstart(tmp_path: Path, photos: dict[str, np.ndarray]
             head.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
     (run,) = committed_runs(str(out))
-    assert run.manifest["summary"]["done"] == 3
+    assert run.manifest.summary["done"] == 3
     assert read_features_table(str(out)).num_rows == 3

@@ -78,7 +78,7 @@ def test_two_concurrent_refreshes_commit_each_image_once(
     assert all("leased by run" in err or "same moment" in err for err in held)
     ids = read_features_table(str(out), ["image_id"])["image_id"].to_pylist()
     assert len(ids) == len(set(ids)) == 6  # every image once, whatever the interleaving
-    assert sum(run.manifest["summary"]["done"] for run in committed_runs(str(out))) == 6
+    assert sum(run.manifest.summary["done"] for run in committed_runs(str(out))) == 6
 
 
 FAKE_KEY_ID = "AKIAFAKELEAKCHECK7Q3Z"
