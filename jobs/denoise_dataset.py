@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--input", help="images folder/prefix (path, file://, s3://, ...)")
     parser.add_argument("--output", help="output folder/prefix for committed runs")
     parser.add_argument("--denoiser", help="exported denoiser (train_denoiser's export)")
-    parser.add_argument("--job", default="denoise", help="conf/job preset or YAML path")
+    parser.add_argument("--job", default="denoise", help="job preset name or YAML path")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--features", help="output URI of clean_dataset (committed runs)")
     parser.add_argument("--denoiser", help="exported denoiser to evaluate beside raw and clean")
     parser.add_argument("--out", help="report folder")
-    parser.add_argument("--job", default="evaluate", help="conf/job preset or YAML path")
+    parser.add_argument("--job", default="evaluate", help="job preset name or YAML path")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

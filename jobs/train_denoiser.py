@@ -27,7 +27,7 @@ from pipeline.ray_train import format_train_summary, run_train_job  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train the DVT online denoiser (Ray Train).")
     parser.add_argument("--input", help="output URI of clean_dataset (committed runs)")
-    parser.add_argument("--job", default="train", help="conf/job preset or YAML path")
+    parser.add_argument("--job", default="train", help="job preset name or YAML path")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -1,26 +1,31 @@
 """Typed, frozen configs and the machinery shared by every component's config.
 
-Presets live as YAML under ``conf/``; they are loaded into these dataclasses, then
-command-line style overrides (``fit.steps=200``) are applied. The resolved config is a
-plain dict (``config_to_dict``) with a stable digest (``config_digest``) saved with outputs.
+Presets live as YAML inside the package (``pipeline/presets/<group>/``, read with
+``importlib.resources``, so an installed wheel has them); they are loaded into these
+dataclasses, then command-line style overrides (``fit.steps=200``) are applied. The resolved
+config is a plain dict (``config_to_dict``) with a stable digest (``config_digest``) saved with
+outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.resources
 import json
 import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+PRESETS = importlib.resources.files("pipeline") / "presets"
+"""The shipped presets: ``engine/`` (stage-1 engines) and ``job/`` (one per job)."""
 
 T = TypeVar("T")
 
@@ -368,26 +373,34 @@ def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
     return from_dict(type(cfg), data)
 
 
-def load_yaml_config(cls: type[T], path: Path | str) -> T:
+def load_yaml_config(cls: type[T], path: Path | str | Traversable) -> T:
     """Load a YAML file into dataclass ``cls`` (missing keys keep their defaults)."""
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+    source = path if isinstance(path, Traversable) else Path(path)
+    data = yaml.safe_load(source.read_text()) or {}
     return from_dict(cls, data, where=str(path))
 
 
-def preset_path(name_or_path: str | Path, group: str) -> Path:
-    """Path of preset ``conf/<group>/<name>.yaml``, or of a YAML file given by path."""
+def preset_path(name_or_path: str | Path, group: str) -> Path | Traversable:
+    """The shipped preset ``<group>/<name>.yaml``, or a YAML file given by path."""
     path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = CONF_DIR / group / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        raise ValueError(f"no preset {name_or_path!r} in conf/{group}; known presets: {known}")
-    return path
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ValueError(f"no preset file {name_or_path}")
+        return path
+    shipped = PRESETS / group / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        raise ValueError(f"no {group} preset {name_or_path!r}; known presets: "
+                         f"{preset_names(group)} (or a YAML path)")
+    return shipped
+
+
+def preset_names(group: str) -> list[str]:
+    """Names of the shipped presets of ``group`` (``engine`` or ``job``)."""
+    return sorted(p.name[:-5] for p in (PRESETS / group).iterdir() if p.name.endswith(".yaml"))
 
 
 def load_preset(cls: type[T], name_or_path: str | Path, group: str) -> T:
-    """Load preset ``conf/<group>/<name>.yaml``, or a YAML file given by path."""
+    """Load the shipped preset ``<group>/<name>.yaml``, or a YAML file given by path."""
     return load_yaml_config(cls, preset_path(name_or_path, group))
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pipeline.objectives import feature_distance, warmup_cosine
+
 INITS = ("pattern", "zero")
 
 
@@ -52,8 +54,9 @@ class TrainConfig:
 
 
 def denoise_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE + (1 - cosine over channels), both means over tokens: (B, h, w, C) pairs -> scalar."""
-    return F.mse_loss(pred, target) + (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
+    """The method's L_dist (``objectives.feature_distance``), mean over the batch:
+    (B, h, w, C) pairs -> scalar."""
+    return feature_distance(pred, target).mean()
 
 
 def token_cosine(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -67,13 +70,9 @@ def peak_lr(cfg: TrainConfig, global_batch: int) -> float:
 
 
 def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
-    """Linear warm-up then cosine decay: the multiplier of the peak lr at ``step`` (0-based)."""
-    warmup = max(1, round(cfg.warmup_fraction * total_steps))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    cosine = 0.5 * (1 + math.cos(math.pi * progress))
-    return cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * cosine
+    """Linear warm-up then cosine decay (``objectives.warmup_cosine``): the multiplier of the
+    peak lr at ``step`` (0-based)."""
+    return warmup_cosine(step, total_steps, cfg.warmup_fraction, cfg.min_lr_fraction)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, raw: torch.Tensor,

@@ -153,7 +153,7 @@ def clean_images(
 ) -> list[CleanResult]:
     """Denoise the ViT features of ``images`` (each (H, W, 3) uint8, or any mode / PIL image).
 
-    preset: a name in conf/engine (``shift``, ``fast``, ``paper``, ``smoke``...), a YAML path
+    preset: a shipped engine preset (``shift``, ``fast``, ``paper``, ``smoke``...), a YAML path
     or an ``EngineConfig``; ``overrides`` like ``["fit.steps=500"]`` apply on top; ``seed``
     replaces the preset's seed. ``ids`` name the images (default: sha256 of their pixels);
     views and initialisation derive from (id, seed), so the same call gives the same result.

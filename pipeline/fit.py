@@ -14,7 +14,6 @@ drops out of the sum; the others go on.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from torch import nn
 
 from pipeline.config import FieldConfig, FitConfig
 from pipeline.field import BatchedMLP, BatchedNeuralField
+from pipeline.objectives import feature_distance, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -77,23 +77,6 @@ class FitResult:
     metrics: list[dict[str, float]]
 
 
-def _lr_factor(step: int, total: int, cfg: FitConfig) -> float:
-    """Linear warm-up, then cosine decay to ``final_lr_fraction``."""
-    warmup = max(1, int(round(total * cfg.warmup_fraction)))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    floor = cfg.final_lr_fraction
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _distance(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """L_dist per image: MSE + (1 - cos) over tokens, for (B, T, C) inputs -> (B,)."""
-    return F.mse_loss(pred, y, reduction="none").mean((1, 2)) + (
-        1.0 - F.cosine_similarity(pred, y, dim=-1).mean(1)
-    )
-
-
 def _per_image_losses(
     model: BatchedDecomposition,
     y: torch.Tensor,
@@ -110,13 +93,13 @@ def _per_image_losses(
     sem = model.field(xy, max_resolution)
     art = model.artifact_at(patch)
     if not phase2:
-        loss = _distance(sem + art, y)
+        loss = feature_distance(sem + art, y)
         if prior is not None:
             loss = loss + cfg.prior_weight * (model.artifact - prior).pow(2).mean((1, 2))
         return loss
     art = art.detach()
     res = model.residual(y)
-    dist = _distance(sem + art + res.detach(), y)
+    dist = feature_distance(sem + art + res.detach(), y)
     target = (y - sem - art).detach()
     res_loss = F.mse_loss(res, target, reduction="none").mean((1, 2))
     sparse = res.abs().mean((1, 2))
@@ -188,7 +171,8 @@ def fit_batch(
     sample_gens = [torch.Generator(device=device).manual_seed(s ^ 0x5EED) for s in seeds]
     optimizer = _make_optimizer(list(model.parameters()), fit_cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, fit_cfg.steps, fit_cfg)
+        optimizer, lambda step: warmup_cosine(step, fit_cfg.steps, fit_cfg.warmup_fraction,
+                                   fit_cfg.final_lr_fraction)
     )
 
     steps = fit_cfg.steps

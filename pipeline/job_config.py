@@ -1,7 +1,7 @@
 """Configs of the jobs: clean_dataset, train_denoiser and denoise_dataset.
 
-A job preset (``conf/job/<name>.yaml``) names an engine preset (``preset: fast``) and may
-override parts of it under ``engine:``; command-line overrides (``preset=smoke``,
+A job preset (``pipeline/presets/job/<name>.yaml``) names an engine preset (``preset: fast``)
+and may override parts of it under ``engine:``; command-line overrides (``preset=smoke``,
 ``engine.fit.steps=50``, ``compute.actors=4``) apply last.
 """
 
@@ -157,7 +157,7 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_clean_job(job_preset: str | Path, overrides: Iterable[str] = ()) -> CleanJobConfig:
-    """Job preset (name in conf/job or YAML path) + engine preset + overrides -> config."""
+    """Job preset (a shipped name or a YAML path) + engine preset + overrides -> config."""
     path = preset_path(job_preset, "job")
     data = yaml.safe_load(path.read_text()) or {}
     overrides = list(overrides)
@@ -174,7 +174,7 @@ def resolve_clean_job(job_preset: str | Path, overrides: Iterable[str] = ()) -> 
 
 
 def resolve_job(cls: type[T], job_preset: str | Path, overrides: Iterable[str] = ()) -> T:
-    """A job preset (name in conf/job or YAML path) loaded into ``cls``, then overrides."""
+    """A job preset (a shipped name or a YAML path) loaded into ``cls``, then overrides."""
     path = preset_path(job_preset, "job")
     data = yaml.safe_load(path.read_text()) or {}
     return apply_overrides(from_dict(cls, data, where=str(path)), overrides)

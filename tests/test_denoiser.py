@@ -189,3 +189,20 @@ def test_denoised_vit_refuses_other_weights(tiny_vit: FeatureExtractor, tmp_path
     with pytest.raises(ValueError, match="differs from"):
         DenoisedViT.from_pretrained(str(export), device="cpu")
 
+
+
+def test_both_stages_share_one_loss_and_schedule() -> None:
+    """The denoiser's loss is the fit's per-image L_dist averaged over the batch, and both
+    schedules are one function (pipeline.objectives)."""
+    from pipeline.config import FitConfig
+    from pipeline.objectives import feature_distance, warmup_cosine
+
+    pred, target = torch.randn(2, 2, 5, 5, 8).unbind(0)
+    expected = torch.nn.functional.mse_loss(pred, target) + (
+        1 - torch.nn.functional.cosine_similarity(pred, target, dim=-1)).mean()
+    assert torch.allclose(denoise_loss(pred, target), expected)
+    per_image = feature_distance(pred.reshape(2, 25, 8), target.reshape(2, 25, 8))
+    assert per_image.shape == (2,) and torch.allclose(per_image.mean(), expected)
+    fit, train = FitConfig(), TrainConfig(warmup_fraction=0.05, min_lr_fraction=0.05)
+    assert [lr_factor(s, 200, train) for s in range(200)] == [
+        warmup_cosine(s, 200, fit.warmup_fraction, fit.final_lr_fraction) for s in range(200)]

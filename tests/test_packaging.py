@@ -1,0 +1,52 @@
+"""The built wheel is a library on its own: presets inside it, usable from anywhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+USE_THE_WHEEL = textwrap.dedent("""
+    import pipeline
+    from pipeline import clean_images, load_extractor
+    from pipeline.config import engine_preset, preset_names
+    from pipeline.job_config import resolve_clean_job
+    from pipeline.samples import sample_photo
+
+    assert pipeline.__file__.startswith({site!r}), pipeline.__file__
+    engines, jobs = preset_names("engine"), preset_names("job")
+    assert {{"fast", "shift", "smoke"}} <= set(engines) and "quickstart" in jobs, (engines, jobs)
+    for name in engines:
+        engine_preset(name)
+    for name in jobs:
+        if name in ("smoke", "quickstart", "cluster_vitb"):
+            resolve_clean_job(name)
+    ext = load_extractor("test_vit", "random")
+    (result,) = clean_images(ext, [sample_photo("coffee")], "smoke")
+    assert result.ok and result.clean.shape == result.raw.shape
+    print("wheel ok", len(engines), len(jobs))
+""")
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_the_presets_and_runs_outside_the_checkout(tmp_path: Path) -> None:
+    wheels, site, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+                    str(ROOT)], check=True, cwd=tmp_path, timeout=300)
+    (wheel,) = wheels.glob("dvt_pipeline-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, cwd=tmp_path, timeout=300)
+    assert list(site.glob("pipeline/presets/engine/*.yaml"))
+    env = dict(os.environ, PYTHONPATH=str(site))  # the wheel first, its dependencies after
+    done = subprocess.run([sys.executable, "-c", USE_THE_WHEEL.format(site=str(site))],
+                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "wheel ok" in done.stdout
