@@ -20,12 +20,14 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
+from pipeline.cli import user_errors  # noqa: E402
 from pipeline.job_config import DenoiseJobConfig, resolve_job  # noqa: E402
 from pipeline.lease import EXIT_LEASE_HELD, LeaseHeld  # noqa: E402
 from pipeline.ray_denoise import run_denoise_job  # noqa: E402
 from pipeline.ray_features import format_summary  # noqa: E402
 
 
+@user_errors()
 def main() -> None:
     parser = argparse.ArgumentParser(description="Online DVT denoising over a dataset.")
     parser.add_argument("--input", help="images folder/prefix (path, file://, s3://, ...)")

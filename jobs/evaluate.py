@@ -21,10 +21,12 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 
+from pipeline.cli import user_errors  # noqa: E402
 from pipeline.job_config import EvaluateConfig, resolve_job  # noqa: E402
 from pipeline.ray_evaluate import run_evaluation  # noqa: E402
 
 
+@user_errors()
 def main() -> None:
     parser = argparse.ArgumentParser(description="Artifact evaluation report.")
     parser.add_argument("--features", help="output URI of clean_dataset (committed runs)")

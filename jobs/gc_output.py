@@ -17,10 +17,12 @@ import sys
 
 import yaml
 
+from pipeline.cli import user_errors
 from pipeline.lease import EXIT_LEASE_HELD, LeaseHeld
 from pipeline.maintenance import gc_output
 
 
+@user_errors()
 def main() -> None:
     parser = argparse.ArgumentParser(description="Orphaned files of a feature output.")
     parser.add_argument("--output", required=True, help="output folder/prefix (path or URI)")

@@ -23,6 +23,7 @@ from pathlib import Path  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pipeline.cli import user_errors  # noqa: E402
 from pipeline.job_config import resolve_clean_job  # noqa: E402
 from pipeline.ray_clean import run_clean_job  # noqa: E402
 from pipeline.ray_features import format_summary  # noqa: E402
@@ -31,6 +32,7 @@ from pipeline.schema import column_to_numpy, read_features_table  # noqa: E402
 from pipeline.visualize import feature_figure  # noqa: E402
 
 
+@user_errors()
 def main() -> None:
     parser = argparse.ArgumentParser(description="clean_dataset on sample photos, with pictures.")
     parser.add_argument("--photos", type=int, default=2, help="how many sample photos")

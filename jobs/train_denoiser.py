@@ -20,10 +20,12 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 
+from pipeline.cli import user_errors  # noqa: E402
 from pipeline.job_config import TrainJobConfig, resolve_job  # noqa: E402
 from pipeline.ray_train import format_train_summary, run_train_job  # noqa: E402
 
 
+@user_errors()
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train the DVT online denoiser (Ray Train).")
     parser.add_argument("--input", help="output URI of clean_dataset (committed runs)")

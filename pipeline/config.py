@@ -29,6 +29,27 @@ PRESETS = importlib.resources.files("pipeline") / "presets"
 
 T = TypeVar("T")
 
+class ConfigError(ValueError):
+    """A user's mistake in a preset, an override, a value or an input: the message says what
+    is wrong and how to mend it, and jobs print it as one line (exit code 2), no traceback."""
+
+
+def check_at_least(cfg: Any, section: str, least: Mapping[str, float],
+                   above: Mapping[str, float] = {}) -> None:  # noqa: B006 (read only)
+    """Raise ``ConfigError`` unless each named field is >= its bound (``least``) or > it
+    (``above``); ``section`` prefixes the field names in the message."""
+    for name, bound in least.items():
+        if getattr(cfg, name) < bound:
+            raise ConfigError(f"{section}{name} must be >= {bound}, got {getattr(cfg, name)}")
+    for name, bound in above.items():
+        if getattr(cfg, name) <= bound:
+            raise ConfigError(f"{section}{name} must be > {bound}, got {getattr(cfg, name)}")
+
+
+class MissingInput(ConfigError, FileNotFoundError):
+    """An input, output or export the config names does not exist (a user error too)."""
+
+
 NEUTRAL = {"neutral": True}
 """Field metadata of a setting added after outputs existed, whose default keeps the output
 values they had: at its default it is left out of digests (``digest_data``), so upgrading
@@ -204,7 +225,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
-            raise ValueError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -218,11 +239,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return _coerce(arg, value, where)
             except (TypeError, ValueError) as err:
                 errors.append(str(err))
-        raise ValueError(f"{where}: {value!r} fits none of {tp}: {'; '.join(errors)}")
+        raise ConfigError(f"{where}: {value!r} fits none of {tp}: {'; '.join(errors)}")
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
         return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
     if origin in (list, dict) or tp is Any:
         return value
@@ -233,19 +254,19 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     return value
 
@@ -256,14 +277,19 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(data) - names
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown config key(s) {sorted(unknown)} in {where or cls.__name__}; "
             f"valid: {sorted(names)}"
         )
     kwargs = {
         k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()
     }
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:  # a value the config's own checks refuse
+        raise ConfigError(f"{where + ': ' if where else ''}{err}") from err
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -348,11 +374,11 @@ def output_digest(model: str, weights_digest: str, settings: Mapping[str, Any], 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into (["a", "b", "c"], value parsed as YAML)."""
     if "=" not in text:
-        raise ValueError(f"override {text!r} is not of the form key.sub=value")
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
     key, raw = text.split("=", 1)
     path = [p for p in key.strip().split(".") if p]
     if not path:
-        raise ValueError(f"override {text!r} has an empty key")
+        raise ConfigError(f"override {text!r} has an empty key")
     value = yaml.safe_load(raw) if raw.strip() else ""
     return path, value
 
@@ -365,10 +391,10 @@ def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
         node = data
         for part in path[:-1]:
             if not isinstance(node.get(part), dict):
-                raise ValueError(f"override {text!r}: {part!r} is not a config section")
+                raise ConfigError(f"override {text!r}: {part!r} is not a config section")
             node = node[part]
         if path[-1] not in node:
-            raise ValueError(f"override {text!r}: unknown key {path[-1]!r}; valid: {sorted(node)}")
+            raise ConfigError(f"override {text!r}: unknown key {path[-1]!r}; valid: {sorted(node)}")
         node[path[-1]] = value
     return from_dict(type(cfg), data)
 
@@ -385,11 +411,11 @@ def preset_path(name_or_path: str | Path, group: str) -> Path | Traversable:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise ValueError(f"no preset file {name_or_path}")
+            raise ConfigError(f"no preset file {name_or_path}")
         return path
     shipped = PRESETS / group / f"{name_or_path}.yaml"
     if not shipped.is_file():
-        raise ValueError(f"no {group} preset {name_or_path!r}; known presets: "
+        raise ConfigError(f"no {group} preset {name_or_path!r}; known presets: "
                          f"{preset_names(group)} (or a YAML path)")
     return shipped
 

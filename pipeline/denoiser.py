@@ -30,6 +30,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from pipeline.config import MissingInput
 from pipeline.schema import filesystem, put_atomic
 from pipeline.vit import FeatureExtractor, load_extractor
 from pipeline.weights import state_dict_digest
@@ -137,6 +138,14 @@ def read_denoiser_meta(uri: str, storage_options: dict[str, Any] | None = None
         raise FileNotFoundError(f"no exported denoiser at {uri} (missing {META_FILE})")
     with fs.open(path, "rb") as fh:
         return json.load(fh)
+
+
+def require_export(uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Refuse a missing export with a user error, before anything heavy loads."""
+    try:
+        read_denoiser_meta(uri, storage_options)
+    except FileNotFoundError as err:
+        raise MissingInput(f"{err}: check --denoiser (denoiser.uri)") from err
 
 
 def load_denoiser(uri: str, device: str | torch.device = "cpu",

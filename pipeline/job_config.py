@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 import yaml
 
 from pipeline.config import (
+    ConfigError,
     EngineConfig,
     apply_overrides,
+    check_at_least,
     config_to_dict,
     engine_preset,
     from_dict,
@@ -95,6 +97,11 @@ class OutputConfig:
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """fsspec options for the output; credentials come from the environment."""
 
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float16", "float32"):
+            raise ConfigError(f"output.dtype must be float16 or float32, got {self.dtype!r}")
+        check_at_least(self, "output.", {"target_file_mb": 0}, above={"lease_ttl_s": 0})
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -132,6 +139,12 @@ class ComputeConfig:
     """Ray cluster to join; None: $RAY_ADDRESS if set, else a local Ray started by the job."""
     local_num_cpus: int = 8
     """Logical CPUs of the local Ray (more than cores so stages never starve each other)."""
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "compute.", {"actors": 1, "readers": 1, "read_batch_size": 1,
+                                          "local_num_cpus": 1, "num_gpus": 0, "memory_gb": 0,
+                                          "torch_threads": 0},
+                       above={"num_cpus": 0, "reader_num_cpus": 0})
 
 
 @dataclass(frozen=True)
@@ -206,6 +219,9 @@ class DenoiseJobConfig:
     """Images per ViT + denoiser forward."""
     compute: ComputeConfig = dataclasses.field(default_factory=ComputeConfig)
 
+    def __post_init__(self) -> None:
+        check_at_least(self, "", {"batch_size": 1})
+
 
 @dataclass(frozen=True)
 class FeaturesInputConfig:
@@ -239,6 +255,10 @@ class TrainComputeConfig:
     """Ray cluster to join; None: $RAY_ADDRESS if set, else a local Ray started by the job."""
     local_num_cpus: int = 8
     """Logical CPUs of the local Ray."""
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "compute.", {"workers": 1, "local_num_cpus": 1, "torch_threads": 0},
+                       above={"cpus_per_worker": 0})
 
 
 @dataclass(frozen=True)

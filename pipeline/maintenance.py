@@ -8,8 +8,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.config import MissingInput
 from pipeline.lease import OutputLease
-from pipeline.schema import orphaned_files, remove_files, seal_dead_runs
+from pipeline.schema import filesystem, orphaned_files, remove_files, seal_dead_runs
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ def gc_output(uri: str, storage_options: dict[str, Any] | None = None, *, delete
     ``delete`` remove, every file no manifest or seal lists. Committed data is never touched:
     readers return the same rows before and after. Raises ``LeaseHeld`` while a run holds it."""
     options = storage_options or {}
+    fs, root = filesystem(uri, options)
+    if not fs.exists(root):
+        raise MissingInput(f"output {uri} does not exist: check --output")
     with OutputLease(uri, f"gc-{uuid.uuid4().hex[:8]}", lease_ttl_s, options):
         sealed = seal_dead_runs(uri, options, current_run_id="")
         orphans = orphaned_files(uri, options)

@@ -11,7 +11,7 @@ from typing import Any
 import fsspec
 
 from pipeline.artifact_model import calibrate
-from pipeline.config import config_digest, config_to_dict
+from pipeline.config import ConfigError, config_digest, config_to_dict
 from pipeline.engine import resolve_image_size
 from pipeline.images import decode_image
 from pipeline.job_config import CleanJobConfig, InputConfig
@@ -63,7 +63,7 @@ def ensure_artifact_model(cfg: CleanJobConfig, extractor: FeatureExtractor, imag
         except Exception as err:  # a bad input is quarantined by the run, not fatal here
             logger.warning("calibration skips %s: %s", listed[i], err)
     if not photos:
-        raise ValueError(f"no readable calibration image under {source.uri}: preset "
+        raise ConfigError(f"no readable calibration image under {source.uri}: preset "
                          f"{cfg.engine.name!r} needs an artifact model, calibrated on photos "
                          "(set calibration.uri to a folder of photos)")
     model = calibrate(extractor, photos, image_size, calib.crops_per_image, calib.seed)

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import config_to_dict
-from pipeline.denoiser import DenoisedViT, denoiser_digest
+from pipeline.config import ConfigError, config_to_dict
+from pipeline.denoiser import DenoisedViT, denoiser_digest, require_export
 from pipeline.job_config import DenoiseJobConfig
 from pipeline.online import online_image_size
-from pipeline.ray_features import FeatureMethod, run_feature_job
+from pipeline.ray_features import FeatureMethod, require_io, run_feature_job
 from pipeline.stages import DenoiseImages
 
 
 def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
     """The online denoiser over ``cfg.input.uri`` into a new committed run; the summary."""
     if not cfg.denoiser.uri:
-        raise ValueError("denoiser.uri (--denoiser) is required: the export of train_denoiser")
+        raise ConfigError("denoiser.uri (--denoiser) is required: the export of train_denoiser")
+    require_io(cfg.input, cfg.output)
+    require_export(cfg.denoiser.uri, cfg.denoiser.storage_options)
     model = DenoisedViT.from_pretrained(cfg.denoiser.uri, cfg.weights, device="cpu",
                                         storage_options=cfg.denoiser.storage_options)
     weights, image_size = model.extractor.weights, online_image_size(model, cfg.image_size)

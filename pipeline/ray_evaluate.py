@@ -22,9 +22,9 @@ from PIL import Image
 
 from pipeline.artifact_model import ArtifactModel, calibrate
 from pipeline.baselines import baseline_outputs
-from pipeline.config import apply_overrides, drop_redacted, from_dict
+from pipeline.config import ConfigError, MissingInput, apply_overrides, drop_redacted, from_dict
 from pipeline.crops import CropBox, overlap_share, random_crop_box
-from pipeline.denoiser import Denoiser, load_denoiser
+from pipeline.denoiser import Denoiser, load_denoiser, require_export
 from pipeline.engine import resolve_image_size
 from pipeline.evaluation import (
     METHODS,
@@ -82,7 +82,8 @@ def _features_job(cfg: EvaluateConfig) -> tuple[CleanJobConfig, str, str]:
     runs = select_runs(cfg.features.uri, cfg.features.storage_options, method="dvt-fit",
                        config_digest=cfg.features.config_digest)
     if not runs:
-        raise FileNotFoundError(f"no committed stage-1 runs under {cfg.features.uri}")
+        raise MissingInput(f"no committed stage-1 runs under {cfg.features.uri}: check "
+                           "--features (features.uri)")
     run = runs[-1]
     fs, _ = filesystem(cfg.features.uri, cfg.features.storage_options)
     saved = read_run_config(fs, run.path)
@@ -98,7 +99,7 @@ def _photos(cfg: EvaluateConfig) -> dict[str, np.ndarray]:
         with fsspec.open(uri, "rb") as fh:
             photos[Path(uri).stem] = decode_image(fh.read())
     if len(photos) < 2:
-        raise ValueError(f"{cfg.images} holds {len(photos)} photos; the evaluation needs two")
+        raise ConfigError(f"{cfg.images} holds {len(photos)} photos; the evaluation needs two")
     return photos
 
 
@@ -244,8 +245,10 @@ def _mask_probe(rows: dict[str, dict[str, np.ndarray]], masks: dict[str, list[Ma
 def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     """Write the report folder; return its metrics."""
     if not cfg.features.uri:
-        raise ValueError("features.uri (--features) is required: the output of clean_dataset")
+        raise ConfigError("features.uri (--features) is required: the output of clean_dataset")
     job, digest, features_artifact_model = _features_job(cfg)
+    if cfg.denoiser.uri:  # before any model loads
+        require_export(cfg.denoiser.uri, cfg.denoiser.storage_options)
     out = Path(cfg.out)
     extractor = load_extractor(job.model.name, job.model.weights, device="cpu")
     denoiser = load_denoiser(cfg.denoiser.uri, storage_options=cfg.denoiser.storage_options

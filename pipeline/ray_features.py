@@ -30,7 +30,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from pipeline import __version__
-from pipeline.config import output_digest, redact
+from pipeline.config import ConfigError, MissingInput, output_digest, redact
 from pipeline.job_config import ComputeConfig, InputConfig, OutputConfig
 from pipeline.lease import OutputLease
 from pipeline.schema import (
@@ -62,7 +62,8 @@ def list_images(inputs: InputConfig) -> list[str]:
     """Sorted full URIs of the input files matching include and not exclude patterns."""
     fs, root = filesystem(inputs.uri, inputs.storage_options)
     if not fs.exists(root):
-        raise FileNotFoundError(f"input {inputs.uri} does not exist")
+        raise MissingInput(f"input {inputs.uri} does not exist: check --input (input.uri) and "
+                           "input.storage_options")
     uris = []
     for path in sorted(fs.find(root)):
         name, rel = posixpath.basename(path).lower(), posixpath.relpath(path, root)
@@ -220,9 +221,14 @@ class FeatureMethod:
 
 
 def require_io(inputs: InputConfig, output: OutputConfig) -> None:
-    """Refuse a job without an input or an output, before anything loads."""
+    """Refuse a job without an input or an output, or whose input does not exist, before
+    anything loads."""
     if not inputs.uri or not output.uri:
-        raise ValueError("both input.uri (--input) and output.uri (--output) are required")
+        raise ConfigError("both input.uri (--input) and output.uri (--output) are required")
+    fs, root = filesystem(inputs.uri, inputs.storage_options)
+    if not fs.exists(root):
+        raise MissingInput(f"input {inputs.uri} does not exist: check --input (input.uri) and "
+                           "input.storage_options")
 
 
 def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,

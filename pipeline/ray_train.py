@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
-from pipeline.config import config_to_dict, redact
+from pipeline.config import ConfigError, MissingInput, config_to_dict, redact
 from pipeline.denoiser import Denoiser, DenoiserConfig, save_denoiser
 from pipeline.denoiser_train import (
     TrainConfig,
@@ -89,7 +89,7 @@ def start_pattern(cfg: TrainJobConfig, corpus: Corpus) -> tuple[np.ndarray | Non
     table = sample_features_table(cfg.input.uri, PATTERN_SAMPLE, cfg.input.storage_options,
                                   method="dvt-fit", config_digest=corpus.config_digests[0])
     if "artifact" not in table.column_names:
-        raise ValueError(f"train.init=pattern needs an artifact model or stored G's, and the runs "
+        raise ConfigError(f"train.init=pattern needs an artifact model or stored G's, and the runs "
                          f"under {cfg.input.uri} have neither (written with "
                          "output.with_artifact=false): set train.init=zero")
     logger.info("denoiser starts at the mean G of %d stage-1 rows", len(table))
@@ -106,7 +106,7 @@ def describe_corpus(cfg: TrainJobConfig) -> Corpus:
     runs = select_runs(cfg.input.uri, cfg.input.storage_options, method="dvt-fit",
                        config_digest=cfg.input.config_digest)
     if not runs:
-        raise FileNotFoundError(f"no committed stage-1 runs under {cfg.input.uri} "
+        raise MissingInput(f"no committed stage-1 runs under {cfg.input.uri} "
                                 f"(config_digest={cfg.input.config_digest})")
     newest, runs, others = newest_config(runs)
     if others:
@@ -116,7 +116,7 @@ def describe_corpus(cfg: TrainJobConfig) -> Corpus:
     kinds = {(r.meta.get("model"), r.meta.get("weights_digest"), r.meta.get("grid"),
               r.meta.get("channels")) for r in runs}
     if len(kinds) != 1:
-        raise ValueError(f"runs under {cfg.input.uri} mix models, weights or grids {kinds}; "
+        raise ConfigError(f"runs under {cfg.input.uri} mix models, weights or grids {kinds}; "
                          "pick one with input.config_digest=...")
     model, weights_digest, grid, channels = kinds.pop()
     ids = [i for run in runs for i in run.image_ids]
@@ -236,19 +236,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
     """Train (or resume) the denoiser on the committed corpus, export it; the summary."""
     if not cfg.input.uri:
-        raise ValueError("input.uri (--input) is required: the output URI of clean_dataset")
+        raise ConfigError("input.uri (--input) is required: the output URI of clean_dataset")
     corpus = describe_corpus(cfg)
     workers = cfg.compute.workers
     per_worker = corpus.train_images // workers
     if per_worker < 1:
-        raise ValueError(f"{corpus.train_images} training images for {workers} workers")
+        raise ConfigError(f"{corpus.train_images} training images for {workers} workers: "
+                          "lower compute.workers or add images")
     batch = min(cfg.train.batch_size, per_worker)
     steps_per_epoch = per_worker // batch
     denoiser_cfg = DenoiserConfig(
         channels=cfg.denoiser.channels or corpus.channels, grid=cfg.denoiser.grid or corpus.grid,
         num_heads=cfg.denoiser.num_heads, mlp_ratio=cfg.denoiser.mlp_ratio)
     if denoiser_cfg.channels != corpus.channels:
-        raise ValueError(f"denoiser.channels {denoiser_cfg.channels} != corpus channels "
+        raise ConfigError(f"denoiser.channels {denoiser_cfg.channels} != corpus channels "
                          f"{corpus.channels}")
     storage_uri = cfg.run.storage_path or f"{cfg.input.uri.rstrip('/')}/training"
     storage_options = cfg.run.storage_options or (
