@@ -440,11 +440,16 @@ def commit_run(fs: fsspec.AbstractFileSystem, run_path: str, manifest: Manifest)
 
 
 def _run_ids(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """The run folders under an output, oldest first; object-store listings cached by this
+    process are dropped first, so markers and records written since are seen."""
     runs_root = posixpath.join(root, RUNS_DIR)
     fs.invalidate_cache(runs_root)
     if not fs.exists(runs_root):
         return []
-    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(runs_root, detail=False))
+    ids = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(runs_root, detail=False))
+    for run_id in ids:
+        fs.invalidate_cache(run_folder(root, run_id))
+    return ids
 
 
 def _open_manifest(fs: fsspec.AbstractFileSystem, run_path: str) -> Manifest | None:
