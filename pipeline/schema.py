@@ -483,13 +483,9 @@ def seal_dead_runs(uri: str, storage_options: dict[str, Any] | None, current_run
     return sealed
 
 
-def committed_runs(uri: str, storage_options: dict[str, Any] | None = None
-                   ) -> list[CommittedRun]:
-    """Every run under an output URI with committed work, oldest first (run ids sort by time),
-    with the files that count: the manifest's (committed), the seal's (sealed), or those of
-    the commit records so far (open). Unlisted files (of a task that died before its record,
-    or written after a seal) are never read."""
-    fs, root = filesystem(uri, storage_options)
+def _runs(fs: fsspec.AbstractFileSystem, root: str) -> list[CommittedRun]:
+    """Every run folder with a config or a marker, oldest first, with the files that count:
+    the manifest's (committed), the seal's (sealed), or its commit records' so far (open)."""
     runs = []
     for run_id in _run_ids(fs, root):
         path = run_folder(root, run_id)
@@ -497,13 +493,21 @@ def committed_runs(uri: str, storage_options: dict[str, Any] | None = None
             runs.append(CommittedRun(path, Manifest.from_bytes(
                 _read_bytes(fs, posixpath.join(path, MANIFEST))), "committed"))
         elif fs.exists(posixpath.join(path, SEALED)):
-            manifest = Manifest.from_bytes(_read_bytes(fs, posixpath.join(path, SEALED)))
-            if manifest.files or manifest.quarantine:
-                runs.append(CommittedRun(path, manifest, "sealed"))
-        elif (manifest := _open_manifest(fs, path)) is not None and (
-                manifest.files or manifest.quarantine):
+            runs.append(CommittedRun(path, Manifest.from_bytes(
+                _read_bytes(fs, posixpath.join(path, SEALED))), "sealed"))
+        elif (manifest := _open_manifest(fs, path)) is not None:
             runs.append(CommittedRun(path, manifest, "open"))
     return runs
+
+
+def committed_runs(uri: str, storage_options: dict[str, Any] | None = None
+                   ) -> list[CommittedRun]:
+    """Every run under an output URI with committed work, oldest first (run ids sort by time).
+    Unlisted files (of a task that died before its record, or written after a seal) are never
+    read."""
+    fs, root = filesystem(uri, storage_options)
+    return [run for run in _runs(fs, root) if run.state == "committed"
+            or run.manifest.files or run.manifest.quarantine]
 
 
 def select_runs(uri: str, storage_options: dict[str, Any] | None = None, *,
@@ -521,35 +525,21 @@ def orphaned_files(uri: str, storage_options: dict[str, Any] | None = None) -> l
     interrupted writes. Open runs (maybe still going) are never looked into. Full paths."""
     fs, root = filesystem(uri, storage_options)
     orphans = []
-    for run in committed_runs(uri, storage_options) + _empty_finished_runs(fs, root):
+    for run in _runs(fs, root):
         if run.state == "open":
             continue
         keep = {posixpath.join(run.path, n) for n in (CONFIG_FILE, SUMMARY_FILE, MANIFEST,
                                                      COMMITTED, SEALED)}
         keep.update(run.feature_files + run.quarantine_files)
-        listed = set(keep)
         if run.state == "committed":  # its records made the manifest: all of them are kept
-            keep.update(p for p in fs.find(posixpath.join(run.path, COMMITS_DIR)))
+            keep.update(fs.find(posixpath.join(run.path, COMMITS_DIR)))
         else:
             sealed = {f.path for f in run.manifest.files}
             for name, record in read_commit_records(fs, run.path):
                 if {f.path for f in record.files} <= sealed:
                     keep.add(posixpath.join(run.path, COMMITS_DIR, name))
-        orphans += [p for p in sorted(fs.find(run.path)) if p not in keep and p not in listed]
+        orphans += [p for p in sorted(fs.find(run.path)) if p not in keep]
     return orphans
-
-
-def _empty_finished_runs(fs: fsspec.AbstractFileSystem, root: str) -> list[CommittedRun]:
-    """Sealed runs that had no record at all (``committed_runs`` leaves them out)."""
-    out = []
-    for run_id in _run_ids(fs, root):
-        path = run_folder(root, run_id)
-        if not fs.exists(posixpath.join(path, COMMITTED)) and \
-                fs.exists(posixpath.join(path, SEALED)):
-            manifest = Manifest.from_bytes(_read_bytes(fs, posixpath.join(path, SEALED)))
-            if not (manifest.files or manifest.quarantine):
-                out.append(CommittedRun(path, manifest, "sealed"))
-    return out
 
 
 def remove_files(uri: str, paths: Sequence[str], storage_options: dict[str, Any] | None = None
