@@ -56,6 +56,7 @@ from pipeline.vit import FeatureExtractor
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "assets" / \
     "dinov2_vits14.safetensors"
 MIN_OVERLAP = 0.25
+SQUARE = ["resize.aspect=square"]  # the probes compare tokens position by position
 
 
 def eval_crops(photos: dict[str, np.ndarray], per_photo: int, seed: int
@@ -75,7 +76,7 @@ def cached_fits(ext: FeatureExtractor, keys: list[str], images: list[np.ndarray]
                 size: int, cache: Path, model: ArtifactModel) -> list[dict[str, np.ndarray]]:
     """Stage-1 clean F, G and seconds per image, fitted once and cached as .npz (a preset
     with an artifact prior is keyed by the pattern too)."""
-    cfg = engine_preset(preset, [f"image_size={size}"])
+    cfg = engine_preset(preset, [f"image_size={size}", *SQUARE])
     tag = f"{config_digest(cfg)}_{ext.weights_digest[:12]}_{size}"
     if cfg.needs_artifact_model:
         tag += "_" + hashlib.sha256(model.pattern.tobytes()).hexdigest()[:12]
@@ -102,7 +103,7 @@ def train_denoisers(ext: FeatureExtractor, size: int, model: ArtifactModel,
     crops = [random_crop_box(photo.shape[0], photo.shape[1], rng, (0.4, 0.9)).apply(photo)
              for photo in (sample_photo(n) for n in CALIBRATION_PHOTOS)
              for _ in range(args.denoiser_crops)]
-    preset = engine_preset("shift", [f"image_size={size}"])
+    preset = engine_preset("shift", [f"image_size={size}", *SQUARE])
     tag = hashlib.sha256(model.pattern.tobytes() + config_digest(preset).encode()).hexdigest()
     path = args.cache / f"denoiser_corpus_{args.denoiser_crops}_{size}_{tag[:12]}.npz"
     if not path.exists():
@@ -141,7 +142,7 @@ def outputs_for(ext: FeatureExtractor, images: list[np.ndarray], keys: list[str]
     for preset in args.shift:
         t0 = time.perf_counter()
         results = clean_images(ext, images, preset, ids=keys, artifact_model=model,
-                               overrides=[f"image_size={size}"])
+                               overrides=[f"image_size={size}", *SQUARE])
         seconds[preset] = (time.perf_counter() - t0) / len(images)
         out[preset] = np.stack([r.clean for r in results])
         out[f"{preset}: raw - G"] = np.stack([r.raw - r.artifact for r in results])

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from timm.layers import resample_abs_pos_embed
 
 from pipeline.crops import random_crop
 from pipeline.views import full_view_pixels
@@ -34,7 +35,7 @@ MIN_CALIBRATION_CROPS = 64
 
 @dataclass(frozen=True)
 class ArtifactModel:
-    """A model's positional pattern on one token grid.
+    """A model's positional pattern on one token grid (other grids get it resampled).
 
     pattern: (h, w, C) float32, what ``subtract`` removes from raw tokens at that grid.
     samples: crops (calibration) or images (stage-1 G's) averaged; source says which.
@@ -58,11 +59,24 @@ class ArtifactModel:
                 f"{self.image_size} px cannot clean {extractor.model_name} (weights "
                 f"{extractor.weights_digest[:12]}) at {image_size} px: calibrate one for them")
 
+    def pattern_for(self, grid: Sequence[int]) -> np.ndarray:
+        """(h, w, C) float32 the pattern on an (h, w) token grid: the estimate itself on its
+        own grid, else resampled to the grid the way the ViT resamples its positional
+        embedding (bicubic), as for kept-aspect grids calibrated on the square one."""
+        grid_h, grid_w = (int(g) for g in grid)
+        height, width, channels = self.pattern.shape
+        if (grid_h, grid_w) == (height, width):
+            return self.pattern
+        flat = torch.from_numpy(self.pattern).reshape(1, height * width, channels)
+        resampled = resample_abs_pos_embed(flat, new_size=[grid_h, grid_w],
+                                           old_size=[height, width], num_prefix_tokens=0)
+        return resampled.reshape(grid_h, grid_w, channels).numpy()
+
     def subtract(self, tokens: np.ndarray) -> np.ndarray:
-        """raw tokens (..., h, w, C) -> tokens minus the pattern (float32)."""
-        if tuple(tokens.shape[-3:]) != self.pattern.shape:
+        """raw tokens (..., h, w, C) -> tokens minus the pattern on their grid (float32)."""
+        if tokens.shape[-1] != self.pattern.shape[-1]:
             raise ValueError(f"tokens {tokens.shape} do not match the pattern {self.pattern.shape}")
-        return tokens.astype(np.float32) - self.pattern
+        return tokens.astype(np.float32) - self.pattern_for(tokens.shape[-3:-1])
 
 
 def calibrate(extractor: FeatureExtractor, photos: Sequence[np.ndarray] | Mapping[str, np.ndarray],

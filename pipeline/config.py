@@ -56,6 +56,13 @@ values they had: at its default it is left out of digests (``digest_data``), so 
 re-fits nothing. The default of such a field must never change."""
 
 
+def neutral_at(value: Any) -> dict[str, Any]:
+    """Field metadata of a setting added after outputs existed whose *default* changes them:
+    at ``value`` (the behaviour those outputs had) it is left out of digests, so their digests
+    stay; at any other value, the default included, it is in them."""
+    return {"neutral": True, "neutral_value": value}
+
+
 @dataclass(frozen=True)
 class ViewConfig:
     """How the augmented views of one image are sampled (stage 1)."""
@@ -167,6 +174,37 @@ class ShiftConfig:
 
 
 METHODS = ("field", "shift")
+ASPECTS = ("keep", "square")
+"""How the full view of an image is sized: its aspect kept, or squashed to a square."""
+
+
+@dataclass(frozen=True)
+class ResizeConfig:
+    """How an image becomes the model input whose token grid every output of it lives on."""
+
+    aspect: str = "keep"
+    """``keep``: the input keeps the image's aspect (short side at the image size, long side
+    at the nearest whole token count), so a 2:1 photo gets a token grid twice as wide as high;
+    ``square``: every image is squashed to a square (the layout of outputs made before this
+    setting existed, and of the DVT reference)."""
+    max_tokens_ratio: float = 2.0
+    """Cap on a kept-aspect grid's token count, as a multiple of the square grid's; beyond it
+    both sides shrink (aspect kept). Bounds memory and time on panoramas."""
+
+    def output_settings(self) -> dict[str, Any]:
+        """Its part of an output digest: nothing for ``square`` inputs (the layout of outputs
+        made before this setting existed, whose digests stay; the cap plays no part), else
+        the whole section."""
+        if self.aspect == "square":
+            return {}
+        return {"resize": {"aspect": self.aspect, "max_tokens_ratio": self.max_tokens_ratio}}
+
+    def __post_init__(self) -> None:
+        if self.aspect not in ASPECTS:
+            raise ValueError(f"resize.aspect must be one of {list(ASPECTS)}, got {self.aspect!r}")
+        if not self.max_tokens_ratio >= 1.0:
+            raise ValueError(f"resize.max_tokens_ratio must be >= 1, got {self.max_tokens_ratio}")
+
 METHOD_VERSIONS = {"field": 1, "shift": 1}
 """Bumped on purpose when a method's code changes its output values for the same settings: a
 new version gives a new digest, so refreshes re-fit and readers tell old from new."""
@@ -179,7 +217,11 @@ class EngineConfig:
     name: str = "custom"
     """Preset name, recorded with outputs."""
     image_size: int | None = None
-    """Square model input in pixels (multiple of the patch size); None: 37 tokens per side."""
+    """Model input in pixels (multiple of the patch size): the side of the square input, or the
+    short side where ``aspect`` keeps the image's aspect; None: 37 tokens."""
+    resize: ResizeConfig = dataclasses.field(default_factory=ResizeConfig,
+                                             metadata=neutral_at(ResizeConfig(aspect="square")))
+    """How each image becomes the model input (its aspect kept by default)."""
     images_per_fit: int = 8
     """Images fitted together in one batched optimisation."""
     vit_batch_size: int = 32
@@ -200,11 +242,12 @@ class EngineConfig:
 
     def output_settings(self) -> dict[str, Any]:
         """What decides the output values, for digests: the method, its version (when bumped
-        past 1), the input size, the seed and the method's own sections. Batch sizes and the
-        preset's name are left out (they change how fast, not what)."""
+        past 1), the input size and resize, the seed and the method's own sections. Batch sizes
+        and the preset's name are left out (they change how fast, not what)."""
         sections = ("views", "field", "fit") if self.method == "field" else ("shift",)
         data = digest_data(self)
         keep = {k: data[k] for k in ("method", "image_size", "seed", *sections) if k in data}
+        keep |= self.resize.output_settings()
         if METHOD_VERSIONS[self.method] != 1:
             keep["method_version"] = METHOD_VERSIONS[self.method]
         return keep
@@ -329,12 +372,13 @@ def drop_redacted(data: Any) -> Any:
 
 def digest_data(cfg: Any) -> Any:
     """A config as JSON-able data for digests: fields marked ``NEUTRAL`` left out while at
-    their default."""
+    their default (``neutral_at(value)``: while at that value)."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         out = {}
         for f in dataclasses.fields(cfg):
             value = getattr(cfg, f.name)
-            if f.metadata.get("neutral") and value == _field_default(f):
+            if f.metadata.get("neutral") and value == f.metadata.get("neutral_value",
+                                                                     _field_default(f)):
                 continue
             out[f.name] = digest_data(value)
         return out

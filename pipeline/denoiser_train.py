@@ -7,8 +7,9 @@ image; no ViT forward is needed during training.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -75,23 +76,36 @@ def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
     return warmup_cosine(step, total_steps, cfg.warmup_fraction, cfg.min_lr_fraction)
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, raw: torch.Tensor,
-               target: torch.Tensor, step: int, total_steps: int, cfg: TrainConfig,
-               lr: float, clip_params: Iterable[torch.nn.Parameter] | None = None) -> float:
-    """One optimiser step on a batch of raw -> target tokens (B, h, w, C); the batch loss.
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               batch: Sequence[tuple[torch.Tensor, torch.Tensor]], step: int, total_steps: int,
+               cfg: TrainConfig, lr: float,
+               clip_params: Iterable[torch.nn.Parameter] | None = None) -> float:
+    """One optimiser step on a batch of raw -> target tokens; the batch loss (mean over its
+    images).
 
-    ``model`` may be a DDP wrapper; ``clip_params`` are the parameters whose gradient norm is
-    clipped (default: the model's).
+    batch: (raw, target) pairs of (B_g, h_g, w_g, C) tensors, one pair per token grid (images of
+    other aspects have other grids; a square corpus gives one pair). ``model`` may be a DDP
+    wrapper; ``clip_params`` are the parameters whose gradient norm is clipped (default: the
+    model's).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr * lr_factor(step, total_steps, cfg)
-    loss = denoise_loss(model(raw), target)
+    images = sum(len(raw) for raw, _ in batch)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss = 0.0
+    for k, (raw, target) in enumerate(batch):
+        # one backward per grid; under DDP only the last one all-reduces, so every worker
+        # syncs once a step however many grids its batch holds
+        last = k == len(batch) - 1
+        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else \
+                model.no_sync():
+            part = feature_distance(model(raw), target).sum() / images
+            part.backward()
+        loss += float(part.detach())
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(list(clip_params or model.parameters()), cfg.grad_clip)
     optimizer.step()
-    return float(loss.detach())
+    return loss
 
 
 def train_denoiser(denoiser: torch.nn.Module, raw: torch.Tensor, target: torch.Tensor,
@@ -114,7 +128,7 @@ def train_denoiser(denoiser: torch.nn.Module, raw: torch.Tensor, target: torch.T
         epoch = 0.0
         for k in range(steps_per_epoch):
             idx = order[k * batch:(k + 1) * batch]
-            epoch += train_step(denoiser, optimizer, raw[idx].float(), target[idx].float(),
+            epoch += train_step(denoiser, optimizer, [(raw[idx].float(), target[idx].float())],
                                 step, total, cfg, lr)
             step += 1
         losses.append(epoch / max(1, steps_per_epoch))

@@ -1,7 +1,8 @@
 """The stage-1 engine: images in, raw and artifact-free ViT features out.
 
-``clean_images`` converts each image to RGB, samples its views, extracts ViT tokens of every
-view once, and fits the decomposition for ``images_per_fit`` images at a time.
+``clean_images`` converts each image to RGB, gives it a token grid (its aspect kept, or
+square), samples its views, extracts ViT tokens of every view once, and fits the decomposition
+for up to ``images_per_fit`` images of one grid at a time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pipeline.config import EngineConfig, engine_preset
 from pipeline.fit import fit_batch
 from pipeline.images import ImageLike, content_id, to_rgb
 from pipeline.tta import decompose_shift_views, shift_view_tokens
-from pipeline.views import derive_seed, render_views, sample_layout
+from pipeline.views import derive_seed, render_views, sample_layout, token_grid
 from pipeline.vit import FeatureExtractor
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class CleanResult:
 
 
 def resolve_image_size(cfg: EngineConfig, extractor: FeatureExtractor) -> int:
-    """The square input size in pixels: the preset's, or the model's DVT default."""
+    """The input size in pixels (the square's side, or a kept-aspect input's short side): the
+    preset's, or the model's DVT default."""
     size = cfg.image_size or extractor.default_image_size()
     if size % extractor.patch_size:
         raise ValueError(
@@ -60,16 +62,21 @@ def resolve_image_size(cfg: EngineConfig, extractor: FeatureExtractor) -> int:
 def extract_views(
     extractor: FeatureExtractor, rgb: np.ndarray, image_id: str, cfg: EngineConfig, size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens (V, K, K, C) and their original-image coords (V, K, K, 2) for one RGB image."""
-    layout = sample_layout(rgb.shape[:2], cfg.views, derive_seed(image_id, cfg.seed, "views"))
+    """Tokens (V, h, w, C) and their original-image coords (V, h, w, 2) for one RGB image, on
+    the image's token grid (``views.token_grid``)."""
+    patch = extractor.patch_size
+    grid_h, grid_w = token_grid(cfg.resize, rgb.shape[:2], size, patch)
+    layout = sample_layout(rgb.shape[:2], cfg.views, derive_seed(image_id, cfg.seed, "views"),
+                           view_aspect=grid_w / grid_h)
     image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).to(extractor.device)
     store_dtype = torch.float16 if extractor.device.type == "cuda" else torch.float32
     chunks = []
     for start in range(0, layout.num_views, cfg.vit_batch_size):
         stop = min(start + cfg.vit_batch_size, layout.num_views)
-        chunks.append(extractor(render_views(image, layout, size, start, stop)).to(store_dtype))
+        pixels = render_views(image, layout, (grid_h * patch, grid_w * patch), start, stop)
+        chunks.append(extractor(pixels).to(store_dtype))
     tokens = torch.cat(chunks)
-    coords = layout.token_coords(tokens.shape[1]).to(extractor.device)
+    coords = layout.token_coords((grid_h, grid_w)).to(extractor.device)
     return tokens, coords
 
 
@@ -81,8 +88,8 @@ def _clean_batch(
     size: int,
     prior: ArtifactModel | None = None,
 ) -> list[CleanResult]:
-    """Extract every view of a few images, fit them together (G held near ``prior``'s pattern
-    when the preset asks for it), package the results."""
+    """Extract every view of a few images of one token grid, fit them together (G held near
+    ``prior``'s pattern when the preset asks for it), package the results."""
     start = time.perf_counter()
     extracted = [
         extract_views(extractor, rgb, iid, cfg, size)
@@ -92,7 +99,7 @@ def _clean_batch(
     coords = torch.stack([c for _, c in extracted])
     extract_seconds = (time.perf_counter() - start) / len(images)
     seeds = [derive_seed(iid, cfg.seed, "fit") for iid in ids]
-    pattern = None if prior is None else torch.from_numpy(prior.pattern)
+    pattern = None if prior is None else torch.from_numpy(prior.pattern_for(features.shape[2:4]))
     fit = fit_batch(features, coords, seeds, cfg.field, cfg.fit, pattern)
     results = []
     for b, iid in enumerate(ids):
@@ -121,10 +128,13 @@ def _shift_one(extractor: FeatureExtractor, rgb: np.ndarray, image_id: str, cfg:
     """The shift decomposition of one image: raw = the full view's tokens, clean = F, artifact
     = this image's G (near the artifact model's pattern)."""
     start = time.perf_counter()
-    tokens, views = shift_view_tokens(extractor, rgb, size, cfg.shift,
-                                      derive_seed(image_id, cfg.seed, "shift"), cfg.vit_batch_size)
+    patch = extractor.patch_size
+    grid = token_grid(cfg.resize, rgb.shape[:2], size, patch)
+    tokens, views = shift_view_tokens(extractor, rgb, (grid[0] * patch, grid[1] * patch),
+                                      cfg.shift, derive_seed(image_id, cfg.seed, "shift"),
+                                      cfg.vit_batch_size)
     extract_seconds = time.perf_counter() - start
-    pattern = torch.from_numpy(prior.pattern).to(tokens.device)
+    pattern = torch.from_numpy(prior.pattern_for(grid)).to(tokens.device)
     content, artifact = decompose_shift_views(tokens, views, cfg.shift.pad, pattern,
                                               cfg.shift.prior_weight, cfg.shift.iterations)
     raw = tokens[0].float()
@@ -186,11 +196,22 @@ def clean_images(
                 logger.warning("image %s: %s", iid[:12], results[-1].error)
         logger.info("cleaned %d images (preset %s)", len(results), cfg.name)
         return results
-    step = max(1, cfg.images_per_fit)
-    for start in range(0, len(rgbs), step):
-        results.extend(
-            _clean_batch(extractor, rgbs[start:start + step], ids[start:start + step], cfg, size,
-                         artifact_model)
-        )
-        logger.info("cleaned %d/%d images (preset %s)", len(results), len(rgbs), cfg.name)
-    return results
+    by_index: dict[int, CleanResult] = {}
+    for batch in fit_batches([token_grid(cfg.resize, rgb.shape[:2], size, extractor.patch_size)
+                              for rgb in rgbs], cfg.images_per_fit):
+        cleaned = _clean_batch(extractor, [rgbs[i] for i in batch], [ids[i] for i in batch],
+                               cfg, size, artifact_model)
+        by_index.update(zip(batch, cleaned, strict=True))
+        logger.info("cleaned %d/%d images (preset %s)", len(by_index), len(rgbs), cfg.name)
+    return [by_index[i] for i in range(len(rgbs))]
+
+
+def fit_batches(grids: Sequence[tuple[int, int]], images_per_fit: int) -> list[list[int]]:
+    """Indices of images fitted together: up to ``images_per_fit`` of one token grid, grids in
+    order of first appearance (one grid: consecutive chunks, as before grids could differ)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, grid in enumerate(grids):
+        groups.setdefault(tuple(grid), []).append(i)
+    step = max(1, images_per_fit)
+    return [members[k:k + step] for members in groups.values()
+            for k in range(0, len(members), step)]

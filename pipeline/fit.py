@@ -31,42 +31,42 @@ _INDEX_BLOCK = 64  # steps of token indices drawn at once per image
 
 
 class BatchedDecomposition(nn.Module):
-    """F (field), G (artifact map) and h (residual MLP) for B images with C channels, K x K grid."""
+    """F (field), G (artifact map) and h (residual MLP) for B images with C channels on one
+    h x w token grid (T = h * w tokens a view)."""
 
     def __init__(
         self,
         field_cfg: FieldConfig,
         channels: int,
-        grid: int,
+        tokens_per_view: int,
         artifact_init_std: float,
         generators: list[torch.Generator],
         prior: torch.Tensor | None = None,
     ) -> None:
-        """prior: (K*K, C) the artifact model's pattern that G starts at, or None (G ~ 0)."""
+        """prior: (T, C) the artifact model's pattern that G starts at, or None (G ~ 0)."""
         super().__init__()
-        self.grid = grid
         self.field = BatchedNeuralField(field_cfg, channels, generators)
         artifact = torch.stack(
-            [torch.randn(grid * grid, channels, generator=g) for g in generators]
+            [torch.randn(tokens_per_view, channels, generator=g) for g in generators]
         ) * artifact_init_std
         if prior is not None:
             artifact = artifact + prior.float()
-        self.artifact = nn.Parameter(artifact)  # (B, K*K, C)
+        self.artifact = nn.Parameter(artifact)  # (B, T, C)
         quarter = max(1, channels // 4)
         self.residual = BatchedMLP([channels, quarter, quarter, channels], generators)
 
     def artifact_at(self, patch_index: torch.Tensor) -> torch.Tensor:
-        """G at patch indices (B, N) in [0, K*K) -> (B, N, C)."""
+        """G at patch indices (B, N) in [0, T) -> (B, N, C)."""
         channels = self.artifact.shape[-1]
         return torch.gather(self.artifact, 1, patch_index[..., None].expand(-1, -1, channels))
 
 
 @dataclass
 class FitResult:
-    """What the fit keeps for a batch of B images on a K x K grid with C channels.
+    """What the fit keeps for a batch of B images on an h x w token grid with C channels.
 
-    clean: (B, K, K, C) F at the full view's token positions.
-    artifact: (B, K, K, C) the estimated G.
+    clean: (B, h, w, C) F at the full view's token positions.
+    artifact: (B, h, w, C) the estimated G.
     ok: (B,) bool, False where the fit diverged.
     metrics: per image: final_loss, r2, artifact_ratio, fit_seconds.
     """
@@ -88,7 +88,7 @@ def _per_image_losses(
     prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B,) loss per image on sampled tokens y (B, T, C) at coords xy (B, T, 2), patches (B, T);
-    grid levels finer than ``max_resolution`` (when > 0) are held at zero; ``prior`` (K*K, C)
+    grid levels finer than ``max_resolution`` (when > 0) are held at zero; ``prior`` (T, C)
     adds the penalty that holds G near the artifact model while G trains (phase 1)."""
     sem = model.field(xy, max_resolution)
     art = model.artifact_at(patch)
@@ -118,7 +118,7 @@ def _make_optimizer(params: list[nn.Parameter], cfg: FitConfig) -> torch.optim.O
 def _diagnostics(
     model: BatchedDecomposition, y0: torch.Tensor, xy0: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clean F (B, K*K, C), R^2 (B,) and |G|/|y| (B,) on the full view's tokens y0 (B, K*K, C)."""
+    """Clean F (B, T, C), R^2 (B,) and |G|/|y| (B,) on the full view's tokens y0 (B, T, C)."""
     clean = model.field(xy0)
     artifact = model.artifact
     recon = clean + artifact + model.residual(y0)
@@ -138,34 +138,36 @@ def fit_batch(
 ) -> FitResult:
     """Fit the decomposition to a batch of images.
 
-    features: (B, V, K, K, C) raw tokens of every view (view 0 = full image), any float dtype.
-    coords: (B, V, K, K, 2) each token's (x, y) in the original image, in [0, 1].
+    features: (B, V, h, w, C) raw tokens of every view (view 0 = full image), any float dtype;
+    one h x w token grid for the whole batch.
+    coords: (B, V, h, w, 2) each token's (x, y) in the original image, in [0, 1].
     seeds: one per image; its initialisation and token sampling derive from it alone.
-    prior: (K, K, C) the dataset's artifact pattern, required when ``fit_cfg.prior_weight > 0``
+    prior: (h, w, C) the dataset's artifact pattern, required when ``fit_cfg.prior_weight > 0``
     (G starts there and is held near it) and ignored otherwise.
     """
     start = time.perf_counter()
-    batch, views, grid, _, channels = features.shape
-    if coords.shape != (batch, views, grid, grid, 2):
+    batch, views, grid_h, grid_w, channels = features.shape
+    if coords.shape != (batch, views, grid_h, grid_w, 2):
         raise ValueError(f"coords {tuple(coords.shape)} do not match features {features.shape}")
     if len(seeds) != batch:
         raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
     device = features.device
     prior_flat = None
     if fit_cfg.prior_weight > 0:
-        if prior is None or tuple(prior.shape) != (grid, grid, channels):
+        if prior is None or tuple(prior.shape) != (grid_h, grid_w, channels):
             raise ValueError(f"fit.prior_weight > 0 needs an artifact pattern of shape "
-                             f"{(grid, grid, channels)}, got "
+                             f"{(grid_h, grid_w, channels)}, got "
                              f"{None if prior is None else tuple(prior.shape)}")
-        prior_flat = prior.reshape(grid * grid, channels).to(device=device, dtype=torch.float32)
-    tokens_per_view = grid * grid
+        prior_flat = prior.reshape(grid_h * grid_w, channels).to(device=device,
+                                                                  dtype=torch.float32)
+    tokens_per_view = grid_h * grid_w
     total_tokens = views * tokens_per_view
     y_all = features.reshape(batch, total_tokens, channels)
     xy_all = coords.reshape(batch, total_tokens, 2).to(device=device, dtype=torch.float32)
 
     init_gens = [torch.Generator().manual_seed(s) for s in seeds]
     model = BatchedDecomposition(
-        field_cfg, channels, grid, fit_cfg.artifact_init_std, init_gens,
+        field_cfg, channels, tokens_per_view, fit_cfg.artifact_init_std, init_gens,
         None if prior_flat is None else prior_flat.cpu(),
     ).to(device)
     sample_gens = [torch.Generator(device=device).manual_seed(s ^ 0x5EED) for s in seeds]
@@ -178,7 +180,8 @@ def fit_batch(
     steps = fit_cfg.steps
     phase1_steps = int(round(steps * fit_cfg.phase1_fraction))
     coarse_steps = int(round(steps * fit_cfg.coarse_fraction))
-    coarse_resolution = max(1, int(round(fit_cfg.coarse_cells_per_token * grid)))
+    # cells per token along the longer side (the field's grids are square in image coords)
+    coarse_resolution = max(1, int(round(fit_cfg.coarse_cells_per_token * max(grid_h, grid_w))))
     tokens = min(fit_cfg.tokens_per_step, total_tokens)
     alive = torch.ones(batch, dtype=torch.bool, device=device)
     y_rows = y_all.reshape(batch * total_tokens, channels)
@@ -234,7 +237,7 @@ def fit_batch(
         }
         for b in range(batch)
     ]
-    shape = (batch, grid, grid, channels)
+    shape = (batch, grid_h, grid_w, channels)
     return FitResult(
         clean=clean.reshape(shape),
         artifact=model.artifact.detach().reshape(shape),

@@ -18,11 +18,13 @@ import yaml
 from pipeline.config import (
     ConfigError,
     EngineConfig,
+    ResizeConfig,
     apply_overrides,
     check_at_least,
     config_to_dict,
     engine_preset,
     from_dict,
+    neutral_at,
     parse_override,
     preset_path,
 )
@@ -214,7 +216,11 @@ class DenoiseJobConfig:
     """Weight spec of the ViT; None: the spec recorded when the denoiser was trained. Weights
     with another digest than the training ones are refused."""
     image_size: int | None = None
-    """Square input size; None: the size the denoiser was trained at."""
+    """Input size (square side, or short side with the aspect kept); None: the size the
+    denoiser was trained at."""
+    resize: ResizeConfig = dataclasses.field(default_factory=ResizeConfig,
+                                             metadata=neutral_at(ResizeConfig(aspect="square")))
+    """How images become inputs; the same as the stage-1 run's gives the same raw tokens."""
     batch_size: int = 16
     """Images per ViT + denoiser forward."""
     compute: ComputeConfig = dataclasses.field(default_factory=ComputeConfig)

@@ -1,7 +1,8 @@
 """The online path: images -> ViT -> trained denoiser, no per-image fit.
 
-Images are resized to the square input the stage-1 engine uses for its full view, so the
-``raw`` tokens here equal the ``raw`` column clean_dataset writes for the same image and size.
+Images are resized to the input the stage-1 engine uses for its full view (``views.token_grid``
+under the same ``ResizeConfig``), so the ``raw`` tokens here equal the ``raw`` column
+clean_dataset writes for the same image and size.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pipeline.config import ResizeConfig
 from pipeline.denoiser import DenoisedViT
-from pipeline.engine import CleanResult
+from pipeline.engine import CleanResult, fit_batches
 from pipeline.images import ImageLike, content_id, to_rgb
-from pipeline.views import full_view_pixels
+from pipeline.views import full_view_pixels, token_grid
 
 
 def online_image_size(model: DenoisedViT, image_size: int | None = None) -> int:
@@ -29,31 +31,38 @@ def online_image_size(model: DenoisedViT, image_size: int | None = None) -> int:
 
 
 def denoise_images(model: DenoisedViT, images: Sequence[ImageLike], image_size: int | None = None,
-                   batch_size: int = 16, ids: Sequence[str] | None = None) -> list[CleanResult]:
+                   batch_size: int = 16, ids: Sequence[str] | None = None,
+                   resize: ResizeConfig | None = None) -> list[CleanResult]:
     """Raw and denoised tokens (h, w, C) of each image; ``artifact`` is raw - clean.
 
-    image_size: square input in pixels (default: the size the denoiser was trained at).
+    image_size: the input size (square side, or short side with the aspect kept; default: the
+    size the denoiser was trained at). resize: how images become inputs (default: aspect kept,
+    as ``clean_dataset``'s default); images of one token grid share a forward pass.
     """
     size = online_image_size(model, image_size)
-    rgbs = [to_rgb(image, min_side=model.extractor.patch_size) for image in images]
+    resize = resize or ResizeConfig()
+    patch = model.extractor.patch_size
+    rgbs = [to_rgb(image, min_side=patch) for image in images]
     ids = list(ids) if ids is not None else [content_id(rgb) for rgb in rgbs]
     if len(ids) != len(rgbs):
         raise ValueError(f"{len(ids)} ids for {len(rgbs)} images")
-    results = []
-    for start in range(0, len(rgbs), batch_size):
-        chunk = rgbs[start:start + batch_size]
+    grids = [token_grid(resize, rgb.shape[:2], size, patch) for rgb in rgbs]
+    results: dict[int, CleanResult] = {}
+    for chunk in fit_batches(grids, batch_size):
         began = time.perf_counter()
-        pixels = torch.stack([full_view_pixels(rgb, size) for rgb in chunk])
+        grid_h, grid_w = grids[chunk[0]]
+        pixels = torch.stack([full_view_pixels(rgbs[i], (grid_h * patch, grid_w * patch))
+                              for i in chunk])
         raw = model.extractor(pixels)
         vit_seconds = time.perf_counter() - began
         with torch.inference_mode():
             clean = model.denoiser(raw).float()
         seconds = (time.perf_counter() - began) / len(chunk)
-        for b in range(len(chunk)):
+        for b, index in enumerate(chunk):
             r, c = raw[b].cpu().numpy(), clean[b].cpu().numpy()
             ok = bool(np.isfinite(c).all())
-            results.append(CleanResult(
-                image_id=ids[start + b], raw=r, clean=c, artifact=r - c,
+            results[index] = CleanResult(
+                image_id=ids[index], raw=r, clean=c, artifact=r - c,
                 metrics={"extract_seconds": vit_seconds / len(chunk), "seconds": seconds},
-                ok=ok, error=None if ok else "denoiser output is not finite"))
-    return results
+                ok=ok, error=None if ok else "denoiser output is not finite")
+    return [results[i] for i in range(len(rgbs))]

@@ -83,13 +83,13 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
                     "engine": cfg.engine, "dtype": cfg.output.dtype,
                     "with_artifact": cfg.output.with_artifact,
                     "torch_threads": cfg.compute.torch_threads}
-    meta = {}
+    meta: dict[str, Any] = {"aspect": cfg.engine.resize.aspect}
     if cfg.engine.needs_artifact_model:
         uri, sha = ensure_artifact_model(cfg, extractor, image_size)
         settings["artifact_model"] = sha  # another pattern, other features
         stage_kwargs |= {"artifact_model_uri": uri,
                          "artifact_storage_options": cfg.output.storage_options}
-        meta = {"artifact_model": uri, "artifact_model_sha256": sha}
+        meta |= {"artifact_model": uri, "artifact_model_sha256": sha}
     method = FeatureMethod(
         stage=CleanImages, stage_kwargs=stage_kwargs, batch_size=cfg.engine.images_per_fit,
         extractor=extractor, image_size=image_size, settings=settings, meta=meta)

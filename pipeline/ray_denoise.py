@@ -33,10 +33,13 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
         stage=DenoiseImages,
         stage_kwargs={"denoiser_uri": cfg.denoiser.uri, "weights": weights,
                       "image_size": image_size, "batch_size": cfg.batch_size,
+                      "resize": cfg.resize,
                       "dtype": cfg.output.dtype, "with_artifact": cfg.output.with_artifact,
                       "torch_threads": cfg.compute.torch_threads,
                       "storage_options": cfg.denoiser.storage_options},
         batch_size=cfg.batch_size, extractor=model.extractor, image_size=image_size,
-        settings={"method": "denoiser", "denoiser_digest": digest, "image_size": image_size},
-        meta={"denoiser_digest": digest, "denoiser_uri": cfg.denoiser.uri})
+        settings={"method": "denoiser", "denoiser_digest": digest, "image_size": image_size,
+                  **cfg.resize.output_settings()},
+        meta={"denoiser_digest": digest, "denoiser_uri": cfg.denoiser.uri,
+              "aspect": cfg.resize.aspect})
     return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method)

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 
-from pipeline.artifact_model import ArtifactModel, calibrate
+from pipeline.artifact_model import ArtifactModel, calibrate, from_artifacts
 from pipeline.baselines import baseline_outputs
 from pipeline.config import ConfigError, MissingInput, apply_overrides, drop_redacted, from_dict
 from pipeline.crops import CropBox, overlap_share, random_crop_box
@@ -260,11 +260,13 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     boxes = _crop_boxes(photos, cfg)
     images = _input_images(photos, boxes, masks, cfg.probes)
     _write_inputs(out / "work" / "inputs", images)
-    fitted = [f"input.uri={out / 'work' / 'inputs'}", f"output.uri={out / 'work' / 'stage1'}"]
+    # the probes compare tokens position by position: every crop on one square grid
+    fitted = [f"input.uri={out / 'work' / 'inputs'}", f"output.uri={out / 'work' / 'stage1'}",
+              "engine.resize.aspect=square"]
     if job.engine.method == "shift":  # the features' own artifact model, so clean means the same
         fitted.append(f"calibration.model_uri={features_artifact_model}")
     stage1 = run_clean_job(apply_overrides(job, fitted))
-    if stage1["config_digest"] != digest:
+    if stage1["config_digest"] != digest and job.engine.resize.aspect == "square":
         logger.warning("evaluation inputs fitted under config %s, features under %s",
                        stage1["config_digest"], digest)
     rows = _rows_by_name(str(out / "work" / "stage1"), stage1["config_digest"])
@@ -279,10 +281,11 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
                                   method="dvt-fit", config_digest=digest)
     has_g = "artifact" in table.column_names
     artifacts = column_to_numpy(table["artifact"]).astype(np.float32) if has_g else []
+    mean_g = from_artifacts(artifacts, job.model.name, extractor.weights_digest, size
+                            ).pattern_for((grid, grid)) if has_g else None  # on the probes' grid
     calibration = calibrate(extractor, {n: sample_photo(n) for n in CALIBRATION_PHOTOS}, size,
                             cfg.calibration_crops, cfg.seed)
-    seconds = _add_baselines(rows, images, extractor, size, calibration,
-                             np.mean(artifacts, axis=0) if has_g else None)
+    seconds = _add_baselines(rows, images, extractor, size, calibration, mean_g)
 
     methods = [m for m in METHODS if m in next(iter(rows.values()))]
     crop_names = sorted(boxes)

@@ -99,10 +99,11 @@ class FeatureSink(Datasink):
         return self.rows_per_file
 
     def _features(self, rows: pa.Table) -> pa.Table:
-        grid = int(rows["grid"][0].as_py())
+        """Rows of one token grid -> a feature table of the schema's (h, w, C) tensors."""
+        grid_h, grid_w = int(rows["grid_h"][0].as_py()), int(rows["grid_w"][0].as_py())
         channels = self.meta["channels"]
-        schema = features_schema((grid, grid), channels, self.dtype, self.with_artifact)
-        shape = (len(rows), grid, grid, channels)
+        schema = features_schema((grid_h, grid_w), channels, self.dtype, self.with_artifact)
+        shape = (len(rows), grid_h, grid_w, channels)
 
         def tensors(name: str) -> pa.ExtensionArray:
             flat = b"".join(rows[name].to_pylist())
@@ -117,7 +118,7 @@ class FeatureSink(Datasink):
             "model": [self.meta["model"]] * n, "weights_digest": [self.meta["weights_digest"]] * n,
             "layer": [self.meta["layer"]] * n, "config_digest": [self.meta["config_digest"]] * n,
             "method": [self.meta["method"]] * n, "code_version": [__version__] * n,
-            "grid_h": [grid] * n, "grid_w": [grid] * n,
+            "grid_h": rows["grid_h"], "grid_w": rows["grid_w"],
             "metrics": [{k: m.get(k) for k in METRIC_FIELDS} for m in metrics],
             "raw": tensors("raw"), "clean": tensors("clean"),
         }
@@ -126,8 +127,9 @@ class FeatureSink(Datasink):
         return pa.table(columns, schema=schema)
 
     def write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
-        """One write task: its rows -> at most one feature file and one quarantine file, then
-        the commit record that makes them visible."""
+        """One write task: its rows -> one feature file per token grid (one, unless the
+        images' aspects differ) and at most one quarantine file, then the commit record that
+        makes them visible."""
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         tables = [t for t in tables if len(t)]
         out = _empty_result()
@@ -139,14 +141,16 @@ class FeatureSink(Datasink):
         done = rows.filter(pa.array(status == "done"))
         done, out["duplicates"] = _first_of_each_id(done)
         files, quarantined = [], []
-        if len(done):
-            table = self._features(done)
+        for group in _by_grid(done):
+            table = self._features(group)
             data, digest = table_bytes(table)
             name = f"part-{ctx.task_idx:05d}-{digest[:16]}.parquet"
             put_atomic(fs, posixpath.join(run_path, name), data)
-            files.append(FileEntry(name, len(done), digest,
-                                   tuple(done["image_id"].to_pylist()), len(data)))
-            out["fit_seconds"] = float(sum(m["seconds"] for m in table["metrics"].to_pylist()))
+            files.append(FileEntry(name, len(group), digest,
+                                   tuple(group["image_id"].to_pylist()), len(data),
+                                   (int(group["grid_h"][0].as_py()),
+                                    int(group["grid_w"][0].as_py()))))
+            out["fit_seconds"] += float(sum(m["seconds"] for m in table["metrics"].to_pylist()))
         failed = rows.filter(pa.array(status == "error"))
         if len(failed):
             quarantine = pa.table({
@@ -175,6 +179,13 @@ class FeatureSink(Datasink):
             for key in ("done", "skipped", "errors", "duplicates", "fit_seconds"):
                 merged[key] += r[key]
         self.result = merged
+
+
+def _by_grid(rows: pa.Table) -> list[pa.Table]:
+    """Rows split by token grid (grid_h, grid_w), grids in order of first appearance."""
+    grids = list(zip(rows["grid_h"].to_pylist(), rows["grid_w"].to_pylist(), strict=True))
+    order = list(dict.fromkeys(grids))
+    return [rows.filter(pa.array([g == grid for g in grids], type=pa.bool_())) for grid in order]
 
 
 def _first_of_each_id(rows: pa.Table) -> tuple[pa.Table, int]:
@@ -247,7 +258,7 @@ def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConf
             "weights_digest": extractor.weights_digest, "layer": extractor.layer,
             "config_digest": digest, "channels": extractor.embed_dim,
             "method": method.stage.method, "patch_size": extractor.patch_size,
-            "grid": grid, **method.meta}
+            "grid": grid, **method.meta}  # a square input's; rows hold their own grid_h, grid_w
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:8]}-{uuid.uuid4().hex[:6]}"
     lease = OutputLease(output.uri, run_id, output.lease_ttl_s, output.storage_options)
     lease.acquire()  # before anything is listed: a concurrent refresh stops here

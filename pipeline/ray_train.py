@@ -1,8 +1,10 @@
 """The Ray layer of train_denoiser: corpus, TorchTrainer, checkpoints, resume, export.
 
 Data: the committed stage-1 runs under ``input.uri`` (``method = dvt-fit``), read with Ray Data
-and split by image id into train and validation. Each worker streams its shard with
-``iter_torch_batches``; gradients are averaged by DDP (gloo on CPUs, NCCL on GPUs). Every epoch
+and split by image id into train and validation, one token grid at a time (images of other
+aspects have other grids), each row's tensors as bytes with its grid so that the grids share one
+dataset. Each worker streams its shard and steps on each batch's grids together
+(``train_step``); gradients are averaged by DDP (gloo on CPUs, NCCL on GPUs). Every epoch
 ends with validation on rank 0 over the whole held-out split (not sharded, so no image is
 dropped by the equal split), ``ray.train.report`` of the metrics and a checkpoint from rank 0.
 A killed worker restarts the group from the latest checkpoint (``FailureConfig``); a
@@ -44,6 +46,7 @@ from pipeline.job_config import TrainJobConfig
 from pipeline.ray_features import init_ray
 from pipeline.schema import (
     column_to_numpy,
+    feature_grids,
     newest_config,
     read_artifact_model,
     read_features,
@@ -68,6 +71,8 @@ class Corpus:
     config_digests: list[str]
     train_images: int
     val_images: int
+    grids: dict[tuple[int, int], int]
+    """Rows per token grid (h, w): one grid for square inputs, several with aspects kept."""
     artifact_model: str = ""
     """The runs' stored artifact model (shift and prior presets), "" if they have none."""
 
@@ -126,6 +131,8 @@ def describe_corpus(cfg: TrainJobConfig) -> Corpus:
                   weights_digest=weights_digest, grid=int(grid), channels=int(channels),
                   config_digests=sorted({r.config_digest for r in runs}),
                   train_images=len(ids) - val, val_images=val,
+                  grids=feature_grids(cfg.input.uri, cfg.input.storage_options,
+                                      method="dvt-fit", config_digest=newest),
                   artifact_model=stored[-1] if stored else "")
 
 
@@ -149,13 +156,46 @@ def storage_location(uri: str, options: dict[str, Any]) -> tuple[str, pyarrow.fs
 
 
 def _split(fraction: float, validation: bool) -> Any:
-    """A batch function keeping the rows on one side of the image-id split (raw, clean only)."""
+    """A batch function keeping the rows on one side of the image-id split, as rows of any
+    grid: ``raw`` and ``clean`` as bytes, with ``grid_h``, ``grid_w``, ``channels``, ``dtype``
+    (tensor columns of different shapes would not share a dataset)."""
 
     def keep(batch: pa.Table) -> pa.Table:
         mask = [is_validation(i, fraction) == validation for i in batch["image_id"].to_pylist()]
-        return batch.filter(pa.array(mask, type=pa.bool_())).select(["raw", "clean"])
+        kept = batch.filter(pa.array(mask, type=pa.bool_()))
+        grid_h, grid_w, channels = kept.schema.field("raw").type.shape
+        out: dict[str, Any] = {}
+        for name in ("raw", "clean"):
+            array = column_to_numpy(kept[name])
+            out[name] = pa.array([row.tobytes() for row in array], type=pa.binary())
+        n = len(kept)
+        dtype = str(kept.schema.field("raw").type.value_type.to_pandas_dtype().__name__)
+        return pa.table(out | {"grid_h": pa.array([grid_h] * n, pa.int32()),
+                               "grid_w": pa.array([grid_w] * n, pa.int32()),
+                               "channels": pa.array([channels] * n, pa.int32()),
+                               "dtype": pa.array([dtype] * n, pa.string())})
 
     return keep
+
+
+def grid_groups(rows: dict[str, np.ndarray], device: torch.device
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A batch of ``_split`` rows -> (raw, clean) float32 tensors (B_g, h, w, C), one pair per
+    token grid, grids in order of first appearance."""
+    members: dict[tuple[int, int, int, str], list[int]] = {}
+    for i in range(len(rows["raw"])):
+        key = (int(rows["grid_h"][i]), int(rows["grid_w"][i]), int(rows["channels"][i]),
+               str(rows["dtype"][i]))
+        members.setdefault(key, []).append(i)
+    out = []
+    for (grid_h, grid_w, channels, dtype), index in members.items():
+        pair = []
+        for name in ("raw", "clean"):
+            stacked = np.stack([np.frombuffer(rows[name][i], dtype=dtype) for i in index])
+            tensor = torch.from_numpy(stacked.reshape(len(index), grid_h, grid_w, channels))
+            pair.append(tensor.to(device=device, dtype=torch.float32))
+        out.append((pair[0], pair[1]))
+    return out
 
 
 def _save_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -199,10 +239,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(progress["epoch"], train_cfg.epochs):
         began, loss_sum, steps = time.perf_counter(), 0.0, 0
         ddp_model.train()
-        for rows in train_shard.iter_torch_batches(
-                batch_size=batch, dtypes=torch.float32, device=device, drop_last=True,
+        for rows in train_shard.iter_batches(
+                batch_size=batch, batch_format="numpy", drop_last=True,
                 local_shuffle_buffer_size=4 * batch, local_shuffle_seed=train_cfg.seed + epoch):
-            loss = train_step(ddp_model, optimizer, rows["raw"], rows["clean"],
+            loss = train_step(ddp_model, optimizer, grid_groups(rows, device),
                               progress["step"], total, train_cfg, config["lr"],
                               model.parameters())
             loss_sum, steps = loss_sum + loss, steps + 1
@@ -212,9 +252,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:  # the whole held-out split, unsplit, so no image is dropped
             ddp_model.eval()
             with torch.no_grad():
-                for rows in val_shard.iter_torch_batches(batch_size=batch, dtypes=torch.float32,
-                                                         device=device):
-                    sums.add(rows["raw"], model(rows["raw"]), rows["clean"])
+                for rows in val_shard.iter_batches(batch_size=batch, batch_format="numpy"):
+                    for raw, clean in grid_groups(rows, device):
+                        sums.add(raw, model(raw), clean)
         totals = torch.tensor([loss_sum, float(steps)], dtype=torch.float64)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(totals)
@@ -231,6 +271,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                  checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
             else:
                 ray.train.report(metrics)
+
+
+def _rows_of_every_grid(cfg: TrainJobConfig, corpus: Corpus, validation: bool) -> Any:
+    """One side of the split as a Ray Dataset of ``_split`` rows, every token grid's files
+    read apart (their tensor types differ) and then joined."""
+    parts = [read_features(cfg.input.uri, ["image_id", "raw", "clean"],
+                           cfg.input.storage_options, method="dvt-fit",
+                           config_digest=corpus.config_digests[0], grid=grid
+                           ).map_batches(_split(cfg.train.val_fraction, validation),
+                                         batch_format="pyarrow")
+             for grid in corpus.grids]
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
 def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
@@ -255,20 +307,14 @@ def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
     storage_options = cfg.run.storage_options or (
         cfg.input.storage_options if not cfg.run.storage_path else {})
     storage_path, storage_fs = storage_location(storage_uri, storage_options)
-    logger.info("corpus: %d train / %d val images, grid %d, %d channels; %d steps/epoch",
-                corpus.train_images, corpus.val_images, corpus.grid, corpus.channels,
+    logger.info("corpus: %d train / %d val images, %d token grid(s) %s, %d channels; "
+                "%d steps/epoch", corpus.train_images, corpus.val_images, len(corpus.grids),
+                ", ".join(f"{h}x{w}" for h, w in corpus.grids), corpus.channels,
                 steps_per_epoch)
 
     init_ray(cfg.compute.ray_address, cfg.compute.local_num_cpus)
-    columns = ["image_id", "raw", "clean"]
-    features = read_features(cfg.input.uri, columns, cfg.input.storage_options,
-                             method="dvt-fit", config_digest=corpus.config_digests[0])
-    datasets = {
-        "train": features.map_batches(_split(cfg.train.val_fraction, False),
-                                      batch_format="pyarrow"),
-        "val": features.map_batches(_split(cfg.train.val_fraction, True),
-                                    batch_format="pyarrow"),
-    }
+    datasets = {name: _rows_of_every_grid(cfg, corpus, name == "val")
+                for name in ("train", "val")}
     if cfg.input.cache:
         datasets = {name: ds.materialize() for name, ds in datasets.items()}
     cores = os.cpu_count() or 1

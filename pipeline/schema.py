@@ -21,7 +21,9 @@ records count, so a run that lost its lease adds nothing afterwards. Files no re
 are never read, and ``orphaned_files`` lists them for ``jobs/gc_output.py``. An image held by
 two files (one image under two URIs, or a dead run and its re-run racing) is read from the
 first one only. Tensors use Arrow's canonical ``arrow.fixed_shape_tensor`` extension type
-(row-major, shape (h, w, C)).
+(row-major, shape (h, w, C)); each file holds one token grid (h, w), so images of other aspects
+land in other files. ``read_features_table`` reads one grid (``grid=``) or a folder of one;
+``read_feature_groups`` gives a table per grid; ``FeatureDataset`` yields rows of any grid.
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ import pyarrow.parquet as pq
 if TYPE_CHECKING:  # the model code imports torch; readers of Parquet need not
     from pipeline.artifact_model import ArtifactModel
 
-SCHEMA_VERSION = 2
-"""2: per-task commit records (``_commits/``) and seals; runs of version 1 (manifest and
-``_COMMITTED`` only) read as before."""
+SCHEMA_VERSION = 3
+"""3: images keep their aspect, so a run's files may hold different token grids (one grid per
+file, recorded in its ``FileEntry``); 2: per-task commit records (``_commits/``) and seals.
+Runs of versions 1 and 2 (one square grid) read as before."""
 RUNS_DIR = "runs"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -233,11 +236,15 @@ class FileEntry:
     sha256: str
     image_ids: tuple[str, ...]
     bytes: int = 0
+    grid: tuple[int, int] | None = None
+    """(h, w) token grid of every row of the file; None in records of schema version < 3."""
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> FileEntry:
+        grid = doc.get("grid")
         return cls(doc["path"], int(doc.get("rows", len(doc["image_ids"]))),
-                   doc.get("sha256", ""), tuple(doc["image_ids"]), int(doc.get("bytes", 0)))
+                   doc.get("sha256", ""), tuple(doc["image_ids"]), int(doc.get("bytes", 0)),
+                   (int(grid[0]), int(grid[1])) if grid else None)
 
 
 @dataclass(frozen=True)
@@ -592,10 +599,21 @@ def committed_ids(uri: str, config_digest: str | None = None,
     return {i for run in runs for i in run.image_ids}
 
 
-def _owned_files(runs: Sequence[CommittedRun]) -> list[tuple[str, frozenset[str]]]:
-    """(feature file, ids to leave out) in reading order: an image that two files hold (the
-    same bytes under two URIs in one run, or a crashed run's record and its re-run racing) is
-    read from the first only, per config digest, so no reader yields an image twice."""
+@dataclass(frozen=True)
+class OwnedFile:
+    """A feature file to read, the ids in it that an earlier file already holds (left out), and
+    its rows' token grid (h, w) where the record says it (None: read from the file)."""
+
+    path: str
+    leave_out: frozenset[str]
+    grid: tuple[int, int] | None
+    rows: int = 0
+
+
+def _owned_files(runs: Sequence[CommittedRun]) -> list[OwnedFile]:
+    """Feature files in reading order: an image that two files hold (the same bytes under two
+    URIs in one run, or a crashed run's record and its re-run racing) is read from the first
+    only, per config digest, so no reader yields an image twice."""
     seen: dict[str, set[str]] = {}
     out = []
     for run in runs:
@@ -604,14 +622,51 @@ def _owned_files(runs: Sequence[CommittedRun]) -> list[tuple[str, frozenset[str]
             repeated = done.intersection(entry.image_ids)
             done.update(entry.image_ids)
             if len(repeated) < len(entry.image_ids):
-                out.append((posixpath.join(run.path, entry.path), frozenset(repeated)))
+                out.append(OwnedFile(posixpath.join(run.path, entry.path), frozenset(repeated),
+                                     entry.grid, entry.rows - len(repeated)))
     return out
 
 
-def _read_tables(fs: fsspec.AbstractFileSystem, files: Sequence[tuple[str, frozenset[str]]],
+def _file_grid(fs: fsspec.AbstractFileSystem, owned: OwnedFile) -> tuple[int, int]:
+    """The (h, w) token grid of a feature file's rows: from its record, else its footer."""
+    if owned.grid is not None:
+        return owned.grid
+    with fs.open(owned.path, "rb") as fh:
+        shape = pq.read_schema(fh).field("raw").type.shape
+    return int(shape[0]), int(shape[1])
+
+
+def _files_by_grid(fs: fsspec.AbstractFileSystem, files: Sequence[OwnedFile]
+                   ) -> dict[tuple[int, int], list[OwnedFile]]:
+    """Files grouped by token grid, grids in order of first appearance."""
+    groups: dict[tuple[int, int], list[OwnedFile]] = {}
+    for owned in files:
+        groups.setdefault(_file_grid(fs, owned), []).append(owned)
+    return groups
+
+
+def _one_grid(fs: fsspec.AbstractFileSystem, uri: str, files: Sequence[OwnedFile],
+              columns: Sequence[str] | None, grid: Sequence[int] | None) -> list[OwnedFile]:
+    """The files of token grid ``grid``; with None, all of them where no tensor column is read
+    or they share one grid, else a ValueError that says how to read a folder of several."""
+    if grid is None and columns is not None and not set(columns) & set(TENSOR_COLUMNS):
+        return list(files)
+    groups = _files_by_grid(fs, files)
+    if grid is not None:
+        return groups.get((int(grid[0]), int(grid[1])), [])
+    if len(groups) > 1:
+        listed = ", ".join(f"{h}x{w}" for h, w in groups)
+        raise ValueError(f"rows under {uri} have {len(groups)} token grids ({listed}): tensors "
+                         "of different shapes do not stack; pass grid=(h, w), or read them "
+                         "with read_feature_groups() or FeatureDataset")
+    return list(files)
+
+
+def _read_tables(fs: fsspec.AbstractFileSystem, files: Sequence[OwnedFile],
                  columns: Sequence[str] | None) -> Iterator[pa.Table]:
     """Each file's table, without the rows of the ids it is to leave out."""
-    for path, leave_out in files:
+    for owned in files:
+        path, leave_out = owned.path, owned.leave_out
         wanted = list(columns) if columns else None
         if leave_out and wanted is not None and "image_id" not in wanted:
             wanted.append("image_id")
@@ -650,33 +705,64 @@ def newest_config(runs: Sequence[CommittedRun]) -> tuple[str, list[CommittedRun]
 
 def read_features_table(uri: str, columns: Sequence[str] | None = None,
                         storage_options: dict[str, Any] | None = None, *,
-                        method: str | None = None, config_digest: str | None = None
-                        ) -> pa.Table:
+                        method: str | None = None, config_digest: str | None = None,
+                        grid: Sequence[int] | None = None) -> pa.Table:
     """The committed feature rows under ``uri`` as one pyarrow Table (only the runs of
-    ``method`` / ``config_digest`` when given)."""
+    ``method`` / ``config_digest`` when given, only the rows of token grid ``grid`` = (h, w)
+    when given; tensors of a folder of several grids need ``grid`` or
+    ``read_feature_groups``)."""
     fs, _ = filesystem(uri, storage_options)
     runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
-    table = _concat(list(_read_tables(fs, _owned_files(runs), columns)))
+    files = _one_grid(fs, uri, _owned_files(runs), columns, grid)
+    table = _concat(list(_read_tables(fs, files, columns)))
     if table is None:
-        raise FileNotFoundError(f"no committed feature runs under {uri}")
+        where = "" if grid is None else f" of grid {grid[0]}x{grid[1]}"
+        raise FileNotFoundError(f"no committed feature rows{where} under {uri}")
     return table
 
 
+def read_feature_groups(uri: str, columns: Sequence[str] | None = None,
+                        storage_options: dict[str, Any] | None = None, *,
+                        method: str | None = None, config_digest: str | None = None
+                        ) -> dict[tuple[int, int], pa.Table]:
+    """The committed feature rows under ``uri``, one pyarrow Table per token grid (h, w):
+    images of other aspects have other grids, and their tensors do not stack."""
+    fs, _ = filesystem(uri, storage_options)
+    runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
+    groups = _files_by_grid(fs, _owned_files(runs))
+    if not groups:
+        raise FileNotFoundError(f"no committed feature runs under {uri}")
+    tables = {g: _concat(list(_read_tables(fs, files, columns))) for g, files in groups.items()}
+    return {g: t for g, t in tables.items() if t is not None and len(t)}
+
+
 def sample_features_table(uri: str, count: int, storage_options: dict[str, Any] | None = None,
-                          *, method: str | None = None, config_digest: str | None = None
-                          ) -> pa.Table:
+                          *, method: str | None = None, config_digest: str | None = None,
+                          grid: Sequence[int] | None = None) -> pa.Table:
     """Up to ``count`` committed rows spread evenly over the files, reading only the files
-    they come from (pictures and checks on a large corpus without loading all of it)."""
+    they come from (pictures and checks on a large corpus without loading all of it). Rows of
+    one token grid: ``grid``, or in a folder of several the grid with the most rows."""
     fs, _ = filesystem(uri, storage_options)
     runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
     files = _owned_files(runs)
     if not files:
         raise FileNotFoundError(f"no committed feature runs under {uri}")
+    if grid is not None or len(_files_by_grid(fs, files)) > 1:
+        files = _one_grid(fs, uri, files, None, grid or _most_common_grid(fs, files))
     picked = [files[i] for i in spread_indices(len(files), count)]
     per_file = -(-count // len(picked))
     tables = [t.take(spread_indices(len(t), per_file)) for t in _read_tables(fs, picked, None)]
     table = _concat(tables)
     return table.take(spread_indices(len(table), count))
+
+
+def _most_common_grid(fs: fsspec.AbstractFileSystem, files: Sequence[OwnedFile]
+                      ) -> tuple[int, int]:
+    """The token grid that most of ``files``' rows have (ties: the first seen)."""
+    rows: dict[tuple[int, int], int] = {}
+    for grid, group in _files_by_grid(fs, files).items():
+        rows[grid] = sum(owned.rows for owned in group)
+    return max(rows, key=lambda g: rows[g])
 
 
 def spread_indices(length: int, count: int) -> np.ndarray:
@@ -687,29 +773,31 @@ def spread_indices(length: int, count: int) -> np.ndarray:
 def read_quarantine_table(uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
     """Every quarantined input (uri, stage, reason, error class) of the committed runs."""
     fs, _ = filesystem(uri, storage_options)
-    files = [(f, frozenset[str]()) for run in committed_runs(uri, storage_options)
+    files = [OwnedFile(f, frozenset(), None) for run in committed_runs(uri, storage_options)
              for f in run.quarantine_files]
     return _concat(list(_read_tables(fs, files, None))) or QUARANTINE_SCHEMA.empty_table()
 
 
 def read_features(uri: str, columns: Sequence[str] | None = None,
                   storage_options: dict[str, Any] | None = None, *,
-                  method: str | None = None, config_digest: str | None = None) -> Any:
+                  method: str | None = None, config_digest: str | None = None,
+                  grid: Sequence[int] | None = None) -> Any:
     """A Ray Dataset of the committed rows (``iter_torch_batches`` yields (B, h, w, C)).
 
     ``method`` ("dvt-fit", or a denoiser's method name) and ``config_digest`` keep only the
-    runs that produced their rows that way.
+    runs that produced their rows that way; ``grid`` = (h, w) only the rows of that token grid
+    (needed for tensors of a folder of several grids: ``feature_grids`` lists them).
     """
     import ray.data  # Ray stays out of the import path of non-Ray users
 
     fs, _ = filesystem(uri, storage_options)
     runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
-    files = _owned_files(runs)
+    files = _one_grid(fs, uri, _owned_files(runs), columns, grid)
     if not files:
-        raise FileNotFoundError(f"no committed feature runs under {uri} "
-                                f"(method={method}, config_digest={config_digest})")
-    paths = [path for path, _ in files]
-    leave_out = {path: ids for path, ids in files if ids}
+        raise FileNotFoundError(f"no committed feature runs under {uri} (method={method}, "
+                                f"config_digest={config_digest}, grid={grid})")
+    paths = [owned.path for owned in files]
+    leave_out = {owned.path: owned.leave_out for owned in files if owned.leave_out}
     if not leave_out:
         return ray.data.read_parquet(paths, filesystem=fs,
                                      columns=list(columns) if columns else None)
@@ -729,23 +817,39 @@ def read_features(uri: str, columns: Sequence[str] | None = None,
     return ds.map_batches(first_copies, batch_format="pyarrow")
 
 
+def feature_grids(uri: str, storage_options: dict[str, Any] | None = None, *,
+                  method: str | None = None, config_digest: str | None = None
+                  ) -> dict[tuple[int, int], int]:
+    """Rows per token grid (h, w) of the committed rows, grids in order of first appearance."""
+    fs, _ = filesystem(uri, storage_options)
+    runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
+    return {grid: sum(owned.rows for owned in files)
+            for grid, files in _files_by_grid(fs, _owned_files(runs)).items()}
+
+
 class FeatureDataset:
     """A map-style torch Dataset over committed rows, without Ray.
 
-    Item i is a dict with ``image_id`` and float32 tensors ``raw`` and ``clean`` (h, w, C).
-    Rows are loaded eagerly per file into memory-friendly fp16 numpy arrays. A folder refreshed
-    under another config holds rows of both; ``config_digest`` picks one (default: the newest
-    run's), so no image appears twice with two different targets.
+    Item i is a dict with ``image_id`` and float32 tensors ``raw`` and ``clean`` (h, w, C) on
+    that image's own token grid (rows of one grid follow one another). Rows are loaded eagerly
+    per grid into memory-friendly fp16 numpy arrays. A folder refreshed under another config
+    holds rows of both; ``config_digest`` picks one (default: the newest run's), so no image
+    appears twice with two different targets.
     """
 
     def __init__(self, uri: str, tensors: Sequence[str] = ("raw", "clean"),
                  storage_options: dict[str, Any] | None = None, *,
                  config_digest: str | None = None) -> None:
         digest = config_digest or newest_config_digest(uri, storage_options)
-        table = read_features_table(uri, ["image_id", *tensors], storage_options,
-                                    config_digest=digest)
-        self.image_ids: list[str] = table.column("image_id").to_pylist()
-        self.tensors = {name: column_to_numpy(table.column(name)) for name in tensors}
+        groups = read_feature_groups(uri, ["image_id", *tensors], storage_options,
+                                     config_digest=digest)
+        self.image_ids: list[str] = []
+        self._arrays: list[dict[str, np.ndarray]] = []
+        self._where: list[tuple[int, int]] = []  # (group, row in it) of item i
+        for table in groups.values():
+            self.image_ids.extend(table.column("image_id").to_pylist())
+            self._where.extend((len(self._arrays), row) for row in range(len(table)))
+            self._arrays.append({name: column_to_numpy(table.column(name)) for name in tensors})
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -753,7 +857,8 @@ class FeatureDataset:
     def __getitem__(self, index: int) -> dict[str, Any]:
         import torch
 
+        group, row = self._where[index]
         item: dict[str, Any] = {"image_id": self.image_ids[index]}
-        for name, array in self.tensors.items():
-            item[name] = torch.from_numpy(array[index].astype(np.float32))
+        for name, array in self._arrays[group].items():
+            item[name] = torch.from_numpy(array[row].astype(np.float32))
         return item

@@ -19,7 +19,7 @@ import fsspec
 import numpy as np
 import torch
 
-from pipeline.config import EngineConfig
+from pipeline.config import EngineConfig, ResizeConfig
 from pipeline.denoiser import DenoisedViT
 from pipeline.engine import CleanResult, clean_images
 from pipeline.images import decode_image
@@ -109,7 +109,7 @@ class CleanImages:
         out: dict[str, list[Any]] = {key: list(batch[key]) for key in PASSTHROUGH}
         for key in ("raw", "clean", "artifact", "metrics"):
             out[key] = [b"" if key != "metrics" else "" for _ in range(n)]
-        out["grid"] = [0] * n
+        out["grid_h"], out["grid_w"] = [0] * n, [0] * n
         todo = [i for i in range(n) if batch["status"][i] == "ok"]
         images = [
             np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(
@@ -135,10 +135,10 @@ class CleanImages:
             out["clean"][i] = res.clean.astype(self.dtype).tobytes()
             if self.with_artifact:
                 out["artifact"][i] = res.artifact.astype(self.dtype).tobytes()
-            out["grid"][i] = res.raw.shape[0]
+            out["grid_h"][i], out["grid_w"][i] = res.raw.shape[:2]
             out["metrics"][i] = json.dumps(res.metrics)
         result = {key: _objects(values) for key, values in out.items()}
-        for key in ("width", "height", "grid"):
+        for key in ("width", "height", "grid_h", "grid_w"):
             result[key] = np.asarray(out[key], dtype=np.int32)
         return result
 
@@ -151,14 +151,17 @@ class DenoiseImages(CleanImages):
 
     def __init__(self, denoiser_uri: str, weights: str, image_size: int, batch_size: int,
                  dtype: str, with_artifact: bool, torch_threads: int = 0,
-                 storage_options: dict[str, Any] | None = None) -> None:
+                 storage_options: dict[str, Any] | None = None,
+                 resize: ResizeConfig | None = None) -> None:
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.model = DenoisedViT.from_pretrained(denoiser_uri, weights=weights,
                                                  storage_options=storage_options)
         self.image_size = image_size
+        self.resize = resize or ResizeConfig()
         self.batch_size = batch_size
         self.dtype = np.dtype(dtype)
         self.with_artifact = with_artifact
 
     def features(self, images: list[np.ndarray], ids: list[str]) -> list[CleanResult]:
-        return denoise_images(self.model, images, self.image_size, self.batch_size, ids=ids)
+        return denoise_images(self.model, images, self.image_size, self.batch_size, ids=ids,
+                              resize=self.resize)

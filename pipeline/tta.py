@@ -46,34 +46,36 @@ def shift_layout(cfg: ShiftConfig, seed: int) -> list[ShiftView]:
 
 def render_shift_views(full: torch.Tensor, views: list[ShiftView], patch: int, pad: int
                        ) -> torch.Tensor:
-    """(3, S, S) full-view pixels -> (V, 3, S, S) shifted (and mirrored) views."""
-    size = full.shape[-1]
+    """(3, H, W) full-view pixels -> (V, 3, H, W) shifted (and mirrored) views."""
+    height, width = full.shape[-2:]
     padded = F.pad(full[None], [pad * patch] * 4, mode="reflect")[0] if pad else full
     out = []
     for v in views:
-        window = padded[:, v.dy * patch:v.dy * patch + size, v.dx * patch:v.dx * patch + size]
+        window = padded[:, v.dy * patch:v.dy * patch + height,
+                        v.dx * patch:v.dx * patch + width]
         out.append(window.flip(-1) if v.flip else window)
     return torch.stack(out)
 
 
 def merge_shift_views(tokens: torch.Tensor, views: list[ShiftView], pad: int,
                       pattern: torch.Tensor | None = None) -> torch.Tensor:
-    """(V, K, K, C) tokens of the shifted views -> (K, K, C) mean on the full view's grid.
+    """(V, h, w, C) tokens of the shifted views -> (h, w, C) mean on the full view's grid.
 
-    ``pattern`` (K, K, C), on the view's own grid (an artifact model), is subtracted from every
+    ``pattern`` (h, w, C), on the view's own grid (an artifact model), is subtracted from every
     view before it is mapped back: the decomposition with G fixed to it.
     """
     prior = pattern if pattern is not None else tokens.new_zeros(tokens.shape[1:])
     return decompose_shift_views(tokens, views, pad, prior, math.inf)[0]
 
 
-def shift_view_tokens(extractor: FeatureExtractor, rgb: np.ndarray, size: int,
+def shift_view_tokens(extractor: FeatureExtractor, rgb: np.ndarray, size: int | tuple[int, int],
                       cfg: ShiftConfig, seed: int, chunk: int = 32
                       ) -> tuple[torch.Tensor, list[ShiftView]]:
-    """(V, K, K, C) tokens of the shifted views of one (H, W, 3) uint8 image at ``size`` px
-    (view 0: the full view, i.e. the raw tokens), and the views."""
+    """(V, h, w, C) tokens of the shifted views of one (H, W, 3) uint8 image whose full view is
+    ``size`` px ((height, width); an int: square), view 0 the full view (the raw tokens), and
+    the views."""
     patch = extractor.patch_size
-    if cfg.pad * patch >= size:
+    if cfg.pad * patch >= min((size, size) if isinstance(size, int) else size):
         raise ValueError(f"shift.pad {cfg.pad} patches is not smaller than the {size} px view")
     views = shift_layout(cfg, seed)
     pixels = render_shift_views(full_view_pixels(rgb, size).to(extractor.device), views, patch,
@@ -82,9 +84,10 @@ def shift_view_tokens(extractor: FeatureExtractor, rgb: np.ndarray, size: int,
     return tokens, views
 
 
-def tta_tokens(extractor: FeatureExtractor, rgb: np.ndarray, size: int, cfg: ShiftConfig,
-               seed: int, pattern: torch.Tensor | None = None) -> torch.Tensor:
-    """(K, K, C) shift-averaged tokens of one (H, W, 3) uint8 image at ``size`` px, with
+def tta_tokens(extractor: FeatureExtractor, rgb: np.ndarray, size: int | tuple[int, int],
+               cfg: ShiftConfig, seed: int, pattern: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """(h, w, C) shift-averaged tokens of one (H, W, 3) uint8 image at ``size`` px, with
     ``pattern`` (an artifact model's, on the view grid) removed from each view when given."""
     tokens, views = shift_view_tokens(extractor, rgb, size, cfg, seed)
     return merge_shift_views(tokens, views, cfg.pad, pattern).cpu()

@@ -67,7 +67,8 @@ def test_end_to_end_local(photo_dir: Path, tmp_path: Path) -> None:
     assert table.num_rows == 3
     assert table.schema.field("clean").type.extension_name == "arrow.fixed_shape_tensor"
     clean = column_to_numpy(table["clean"])
-    assert clean.shape == (3, 7, 7, 64) and clean.dtype == np.float16
+    # 160 x 120 photos, 112 px: 7 tokens on the short side, 9 on the long one (aspect kept)
+    assert clean.shape == (3, 7, 9, 64) and clean.dtype == np.float16
     assert set(table["model"].to_pylist()) == {"test_vit"}
     assert all(uri.endswith(".jpg") for uri in table["source_uri"].to_pylist())
     # the same numbers as calling the engine directly on the decoded images
@@ -82,7 +83,7 @@ def test_end_to_end_local(photo_dir: Path, tmp_path: Path) -> None:
     batches = list(read_features(str(out), ["clean"]).iter_torch_batches(
         batch_size=2, dtypes={"clean": torch.float32}))
     rows = torch.cat([b["clean"] for b in batches])
-    assert rows.shape == (3, 7, 7, 64) and rows.dtype == torch.float32
+    assert rows.shape == (3, 7, 9, 64) and rows.dtype == torch.float32
     expected = torch.from_numpy(clean.astype(np.float32))
     for row in rows:  # every streamed row is one of the committed rows
         assert min(float((row - e).abs().max()) for e in expected) == 0.0
@@ -251,3 +252,36 @@ def test_same_image_under_two_uris_is_committed_once(tmp_path: Path, photos: dic
     ids = read_features_table(str(tmp_path / "out"), ["image_id"])["image_id"].to_pylist()
     assert len(ids) == len(set(ids)) == 3
     assert read_features(str(tmp_path / "out")).count() == 3
+
+
+def test_mixed_aspects_keep_their_grids(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    """A folder of landscape, portrait and square images: every row's grid follows its image,
+    each file holds one grid, and the readers hand out each grid apart."""
+    from pipeline.schema import FeatureDataset, feature_grids, read_feature_groups
+
+    src = tmp_path / "in"
+    src.mkdir()
+    sizes = {"wide": (224, 112), "tall": (112, 224), "square": (128, 128), "wide2": (200, 100)}
+    bundled = list(photos.values())
+    for i, (name, size) in enumerate(sizes.items()):
+        photo = Image.fromarray(bundled[i % len(bundled)])
+        (src / f"{name}.jpg").write_bytes(_jpeg(np.asarray(photo.resize(size))))
+    out = str(tmp_path / "out")
+    assert run_clean_job(_job(str(src), out))["done"] == 4
+    rows = read_features_table(out, ["source_uri", "width", "height", "grid_h", "grid_w"])
+    for row in rows.to_pylist():
+        expected = {(224, 112): (7, 14), (112, 224): (14, 7), (128, 128): (7, 7),
+                    (200, 100): (7, 14)}[(row["width"], row["height"])]
+        assert (row["grid_h"], row["grid_w"]) == expected, row
+    assert sorted(feature_grids(out).items()) == [((7, 7), 1), ((7, 14), 2), ((14, 7), 1)]
+    with pytest.raises(ValueError, match="3 token grids"):
+        read_features_table(out, ["clean"])
+    wide = read_features_table(out, ["source_uri", "clean"], grid=(7, 14))
+    assert column_to_numpy(wide["clean"]).shape == (2, 7, 14, 64)
+    groups = read_feature_groups(out, ["image_id", "raw"])
+    assert {g: t.num_rows for g, t in groups.items()} == {(7, 14): 2, (14, 7): 1, (7, 7): 1}
+    data = FeatureDataset(out)
+    assert sorted(tuple(data[i]["raw"].shape[:2]) for i in range(len(data))) == [
+        (7, 7), (7, 14), (7, 14), (14, 7)]
+    tall = read_features(out, ["raw"], grid=(14, 7)).take_all()
+    assert len(tall) == 1 and tall[0]["raw"].shape == (14, 7, 64)

@@ -65,9 +65,11 @@ def test_digest_changes_with_content_only() -> None:
 
 
 FAST_OUTPUT_DIGEST = "1cab503b44de4c47"
-"""The digest of `fast` outputs of ViT-S/14 (weights digest below), as every release since
-0.1 wrote it: a change here re-fits every such output, so it must be on purpose (bump
-METHOD_VERSIONS instead when the values change)."""
+"""The digest of `fast` outputs of ViT-S/14 (weights digest below) on square inputs, as every
+release since 0.1 wrote them: a change here re-fits every such output, so it must be on
+purpose (bump METHOD_VERSIONS instead when the values change)."""
+FAST_KEPT_ASPECT_DIGEST = "a3653047f5b75042"
+"""The same with the images' aspect kept (the default since schema version 3)."""
 
 
 def _fast_digest(engine: EngineConfig) -> str:
@@ -75,17 +77,28 @@ def _fast_digest(engine: EngineConfig) -> str:
                          {"engine": engine.output_settings()}, "float16", True)
 
 
+def _fast() -> EngineConfig:
+    return engine_preset("fast", ["resize.aspect=square"])
+
+
 def test_fast_output_digest_is_pinned() -> None:
-    assert _fast_digest(engine_preset("fast")) == FAST_OUTPUT_DIGEST
+    assert _fast_digest(engine_preset("fast")) == FAST_KEPT_ASPECT_DIGEST
+    # square inputs keep the digest outputs had before aspects were kept (the cap plays no
+    # part there); a kept aspect's cap does
+    assert _fast_digest(_fast()) == FAST_OUTPUT_DIGEST
+    assert _fast_digest(apply_overrides(_fast(), ["resize.max_tokens_ratio=3"])) == \
+        FAST_OUTPUT_DIGEST
+    assert _fast_digest(engine_preset("fast", ["resize.max_tokens_ratio=3"])) not in (
+        FAST_OUTPUT_DIGEST, FAST_KEPT_ASPECT_DIGEST)
     # batch sizes and the preset's name change how fast, not what: same digest
-    assert _fast_digest(apply_overrides(engine_preset("fast"), [
+    assert _fast_digest(apply_overrides(_fast(), [
         "images_per_fit=2", "vit_batch_size=4", "name=mine"])) == FAST_OUTPUT_DIGEST
     # what shapes the fit does change it, and so does a neutral field moved off its default
     for override in ("fit.steps=3601", "seed=1", "views.num_views=47", "fit.prior_weight=1"):
-        assert _fast_digest(apply_overrides(engine_preset("fast"), [override])) != \
+        assert _fast_digest(apply_overrides(_fast(), [override])) != \
             FAST_OUTPUT_DIGEST, override
     # the shift section does not shape a field fit, nor the fit sections a shift
-    assert _fast_digest(apply_overrides(engine_preset("fast"), ["shift.views=3"])) == \
+    assert _fast_digest(apply_overrides(_fast(), ["shift.views=3"])) == \
         FAST_OUTPUT_DIGEST
     shift = engine_preset("shift")
     assert _fast_digest(apply_overrides(shift, ["fit.steps=1"])) == _fast_digest(shift)
@@ -97,7 +110,7 @@ def test_a_new_neutral_field_leaves_digests_unchanged() -> None:
     upgraded = dataclasses.make_dataclass(
         "UpgradedFit", [("new_knob", float, dataclasses.field(default=0.0, metadata=NEUTRAL))],
         bases=(FitConfig,), frozen=True)
-    fast = engine_preset("fast")
+    fast = _fast()
     fit = upgraded(**dataclasses.asdict(fast.fit) | {"betas": fast.fit.betas})
     assert _fast_digest(dataclasses.replace(fast, fit=fit)) == FAST_OUTPUT_DIGEST
     moved = upgraded(**dataclasses.asdict(fast.fit) | {"betas": fast.fit.betas, "new_knob": 1.0})
@@ -108,4 +121,4 @@ def test_a_bumped_method_version_changes_the_digest(monkeypatch: pytest.MonkeyPa
     from pipeline import config
 
     monkeypatch.setitem(config.METHOD_VERSIONS, "field", 2)
-    assert _fast_digest(engine_preset("fast")) != FAST_OUTPUT_DIGEST
+    assert _fast_digest(_fast()) != FAST_OUTPUT_DIGEST

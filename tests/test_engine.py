@@ -14,7 +14,9 @@ from pipeline import FeatureExtractor, clean_images
 
 @pytest.fixture(scope="module")
 def smoke_results(dinov2: FeatureExtractor, photos: dict[str, np.ndarray]) -> list:
-    return clean_images(dinov2, list(photos.values()), preset="smoke")
+    # square inputs: G of different photos compare position by position
+    return clean_images(dinov2, list(photos.values()), preset="smoke",
+                        overrides=["resize.aspect=square"])
 
 
 def test_outputs_have_the_raw_grid(smoke_results: list) -> None:
@@ -47,17 +49,18 @@ def test_artifact_is_the_models_pattern(smoke_results: list) -> None:
 
 def test_raw_equals_the_vits_patch_tokens(dinov2: FeatureExtractor,
                                           photos: dict[str, np.ndarray]) -> None:
-    """raw = last block after the final norm, prefix tokens dropped, full image at 112 px."""
+    """raw = last block after the final norm, prefix tokens dropped, the full image with its
+    short side at 112 px and its aspect kept (451 x 300: 8 x 12 tokens, 112 x 168 px)."""
     photo = photos["chelsea"]
     (r,) = clean_images(dinov2, [photo], preset="smoke", overrides=["fit.steps=2"])
     pixels = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255
-    pixels = torch.nn.functional.interpolate(pixels, size=(112, 112), mode="bilinear",
+    pixels = torch.nn.functional.interpolate(pixels, size=(112, 168), mode="bilinear",
                                              antialias=True, align_corners=False)
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     with torch.inference_mode():
         tokens = dinov2.model.forward_features((pixels - mean) / std)  # norm applied
-    patch_tokens = tokens[0, dinov2.num_prefix_tokens:].reshape(8, 8, 384).numpy()
+    patch_tokens = tokens[0, dinov2.num_prefix_tokens:].reshape(8, 12, 384).numpy()
     assert np.allclose(r.raw, patch_tokens, atol=1e-4)
 
 
@@ -78,7 +81,8 @@ def test_any_mode_is_accepted(tiny_vit: FeatureExtractor, photos: dict[str, np.n
     images = [pil.convert(m) for m in ("L", "LA", "P", "RGBA", "CMYK")]
     images.append(np.asarray(pil).astype(np.uint16) * 257)
     results = clean_images(tiny_vit, images, preset="smoke", overrides=["fit.steps=4"])
-    assert all(r.ok and r.raw.shape == (7, 7, 64) for r in results)  # 112 px / patch 16
+    # 112 px / patch 16 on the short side; 300 x 200: 7 x 10.5 -> 11 tokens
+    assert all(r.ok and r.raw.shape == (7, 11, 64) for r in results)
 
 
 def test_bad_images_raise_clear_errors(tiny_vit: FeatureExtractor) -> None:

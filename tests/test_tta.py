@@ -89,7 +89,10 @@ def test_tta_tokens_and_calibration_on_a_vit(tiny_vit: FeatureExtractor,
     mean_g = from_artifacts([model.pattern, 3 * model.pattern], "test_vit", "d", size)
     np.testing.assert_allclose(mean_g.pattern, 2 * model.pattern, rtol=1e-6)
     with pytest.raises(ValueError, match="do not match"):
-        model.subtract(np.zeros((6, 6, tiny_vit.embed_dim)))
+        model.subtract(np.zeros((6, 6, tiny_vit.embed_dim + 1)))
+    # tokens of another grid get the pattern resampled to theirs
+    wide = model.subtract(np.zeros((7, 11, tiny_vit.embed_dim)))
+    np.testing.assert_allclose(wide, -model.pattern_for((7, 11)))
     with pytest.raises(ValueError):
         ShiftConfig(views=0)
 
@@ -104,11 +107,12 @@ def test_shift_method_in_the_engine_and_artifact_model_storage(
     with pytest.raises(ValueError, match="needs an artifact model"):
         clean_images(tiny_vit, [photos["coffee"]], "shift_smoke")
     (res,) = clean_images(tiny_vit, [photos["coffee"]], "shift_smoke", artifact_model=model)
-    assert res.ok and res.clean.shape == res.raw.shape == res.artifact.shape == (7, 7, 64)
+    # 600 x 400 at 112 px, aspect kept: 7 x 11 tokens, the square pattern resampled to them
+    assert res.ok and res.clean.shape == res.raw.shape == res.artifact.shape == (7, 11, 64)
     assert 0.0 < res.metrics["r2"] <= 1.0 and res.metrics["seconds"] > 0
     (fixed,) = clean_images(tiny_vit, [photos["coffee"]], "shift_smoke", artifact_model=model,
                             overrides=["shift.prior_weight=.inf"])
-    np.testing.assert_allclose(fixed.artifact, model.pattern, rtol=1e-6)  # G is the prior
+    np.testing.assert_allclose(fixed.artifact, model.pattern_for((7, 11)), rtol=1e-6)  # G = prior
     uri = artifact_model_uri(str(tmp_path), "test_vit", "abc" * 8, size, "0123456789abcdef")
     assert uri == artifact_model_uri(str(tmp_path), "test_vit", "abc" * 8, size,
                                      "0123456789abcdef")
@@ -136,6 +140,7 @@ def test_field_fit_with_the_artifact_prior(tiny_vit: FeatureExtractor,
     np.testing.assert_array_equal(free.clean, ignored.clean)
     (held,) = clean_images(tiny_vit, image, "smoke", artifact_model=model,
                            overrides=[*common, "fit.prior_weight=1000"])
-    scale = np.linalg.norm(model.pattern, axis=-1).mean()
-    assert held.ok and np.linalg.norm(held.artifact - model.pattern, axis=-1).mean() < 0.05 * scale
-    assert np.linalg.norm(free.artifact - model.pattern, axis=-1).mean() > 0.5 * scale
+    pattern = model.pattern_for(held.artifact.shape[:2])  # the image's kept-aspect grid
+    scale = np.linalg.norm(pattern, axis=-1).mean()
+    assert held.ok and np.linalg.norm(held.artifact - pattern, axis=-1).mean() < 0.05 * scale
+    assert np.linalg.norm(free.artifact - pattern, axis=-1).mean() > 0.5 * scale
