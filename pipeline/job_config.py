@@ -236,8 +236,8 @@ class FeaturesInputConfig:
     uri: str = ""
     """Output URI of clean_dataset (its committed runs are read, nothing else)."""
     config_digest: str | None = None
-    """Train on the runs of this config digest only; None: every stage-1 run (they must share
-    one model, weights and token grid)."""
+    """Train on the runs of this config digest only; None: the newest run's config (runs of
+    one model, weights and input size; their rows may hold several token grids)."""
     cache: bool = False
     """Hold the split corpus in Ray's object store after one read, so epochs do not re-read
     Parquet (for corpora that fit in the object store)."""
