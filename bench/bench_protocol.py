@@ -80,6 +80,8 @@ def make_objects(uri: str, options: dict[str, Any], count: int) -> None:
     """``count`` one-byte .jpg objects under ``uri`` (threads: moto answers one at a time)."""
     fs, root = filesystem(uri, options)
     fs.makedirs(root, exist_ok=True)
+    for folder in range(count // 1000 + 1):  # local disk: parents first (S3: no-op)
+        fs.makedirs(f"{root}/{folder:04d}", exist_ok=True)
 
     def put(i: int) -> None:
         fs.pipe_file(f"{root}/{i // 1000:04d}/img{i:07d}.jpg", b"x")
