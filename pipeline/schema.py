@@ -747,8 +747,14 @@ def sample_features_table(uri: str, count: int, storage_options: dict[str, Any] 
     files = _owned_files(runs)
     if not files:
         raise FileNotFoundError(f"no committed feature runs under {uri}")
-    if grid is not None or len(_files_by_grid(fs, files)) > 1:
-        files = _one_grid(fs, uri, files, None, grid or _most_common_grid(fs, files))
+    groups = _files_by_grid(fs, files)  # footers read once, for records without a grid
+    if grid is not None:
+        files = groups.get((int(grid[0]), int(grid[1])), [])
+    elif len(groups) > 1:
+        rows = _rows_by_grid(groups)
+        files = groups[max(rows, key=lambda g: rows[g])]  # ties: the first seen
+    if not files:
+        raise FileNotFoundError(f"no committed feature rows of grid {grid} under {uri}")
     picked = [files[i] for i in spread_indices(len(files), count)]
     per_file = -(-count // len(picked))
     tables = [t.take(spread_indices(len(t), per_file)) for t in _read_tables(fs, picked, None)]
@@ -756,13 +762,10 @@ def sample_features_table(uri: str, count: int, storage_options: dict[str, Any] 
     return table.take(spread_indices(len(table), count))
 
 
-def _most_common_grid(fs: fsspec.AbstractFileSystem, files: Sequence[OwnedFile]
-                      ) -> tuple[int, int]:
-    """The token grid that most of ``files``' rows have (ties: the first seen)."""
-    rows: dict[tuple[int, int], int] = {}
-    for grid, group in _files_by_grid(fs, files).items():
-        rows[grid] = sum(owned.rows for owned in group)
-    return max(rows, key=lambda g: rows[g])
+def _rows_by_grid(groups: dict[tuple[int, int], list[OwnedFile]]
+                  ) -> dict[tuple[int, int], int]:
+    """Rows per token grid of files grouped by ``_files_by_grid``."""
+    return {grid: sum(owned.rows for owned in files) for grid, files in groups.items()}
 
 
 def spread_indices(length: int, count: int) -> np.ndarray:
@@ -823,8 +826,7 @@ def feature_grids(uri: str, storage_options: dict[str, Any] | None = None, *,
     """Rows per token grid (h, w) of the committed rows, grids in order of first appearance."""
     fs, _ = filesystem(uri, storage_options)
     runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
-    return {grid: sum(owned.rows for owned in files)
-            for grid, files in _files_by_grid(fs, _owned_files(runs)).items()}
+    return _rows_by_grid(_files_by_grid(fs, _owned_files(runs)))
 
 
 class FeatureDataset:
