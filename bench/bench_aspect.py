@@ -37,10 +37,10 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pipeline.distributed.clean import run_clean_job  # noqa: E402
+from pipeline.evaluation.samples import sample_photos  # noqa: E402
 from pipeline.job_config import resolve_clean_job  # noqa: E402
-from pipeline.ray_clean import run_clean_job  # noqa: E402
-from pipeline.samples import sample_photos  # noqa: E402
-from pipeline.schema import read_features_table  # noqa: E402
+from pipeline.store.schema import read_features_table  # noqa: E402
 
 MIXED = (4 / 3, 3 / 4, 16 / 9, 1.0, 3 / 2, 2 / 3, 2.0, 1 / 2)
 """Width / height of the mixed folder's images, in turn."""

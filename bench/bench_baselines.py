@@ -8,7 +8,7 @@ the same crops:
 
 - raw: the ViT's tokens of the crop's full view;
 - calib: raw minus the artifact model calibrated on the calibration photos (no training);
-- tta: the mean over shifted and flipped views (``pipeline.tta``); calib+tta: the same with
+- tta: the mean over shifted and flipped views (``pipeline.models.tta``); calib+tta: the same with
   the artifact model subtracted from every view;
 - with ``--fit PRESET`` (repeatable): stage 1's clean F, raw - G (the image's own G), and raw -
   the mean G of the other photos' fits (fits cached under --cache, keyed by crop, size, preset,
@@ -36,22 +36,22 @@ import numpy as np
 import torch
 
 from pipeline import clean_images, engine_preset, load_extractor
-from pipeline.artifact_model import ArtifactModel, calibrate
-from pipeline.baselines import BASELINE_TTA, baseline_outputs
 from pipeline.config import config_digest
-from pipeline.crops import CropBox, overlap_share, random_crop_box
-from pipeline.denoiser import Denoiser, DenoiserConfig
-from pipeline.denoiser_train import TrainConfig, train_denoiser
-from pipeline.metrics import (
+from pipeline.evaluation.metrics import (
     MatchCount,
     crop_pair_matching,
     paired_difference,
     pooled_accuracy,
     position_explained_variance,
 )
-from pipeline.probes import disparity_to_tokens, motorcycle_pair, stereo_accuracy
-from pipeline.samples import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, sample_photo
-from pipeline.vit import FeatureExtractor
+from pipeline.evaluation.probes import disparity_to_tokens, motorcycle_pair, stereo_accuracy
+from pipeline.evaluation.samples import CALIBRATION_PHOTOS, EVALUATION_PHOTOS, sample_photo
+from pipeline.models.artifact_model import ArtifactModel, calibrate
+from pipeline.models.baselines import BASELINE_TTA, baseline_outputs
+from pipeline.models.crops import CropBox, overlap_share, random_crop_box
+from pipeline.models.denoiser import Denoiser, DenoiserConfig
+from pipeline.models.denoiser_train import TrainConfig, train_denoiser
+from pipeline.models.vit import FeatureExtractor
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "assets" / \
     "dinov2_vits14.safetensors"

@@ -36,19 +36,19 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline import load_extractor  # noqa: E402
-from pipeline.crops import random_crop  # noqa: E402
-from pipeline.denoiser import Denoiser, DenoiserConfig, load_denoiser  # noqa: E402
-from pipeline.images import to_rgb  # noqa: E402
+from pipeline.distributed.clean import run_clean_job  # noqa: E402
+from pipeline.distributed.train import run_train_job  # noqa: E402
+from pipeline.evaluation.metrics import position_explained_variance, token_distance  # noqa: E402
 from pipeline.job_config import TrainJobConfig, resolve_clean_job, resolve_job  # noqa: E402
-from pipeline.metrics import position_explained_variance, token_distance  # noqa: E402
-from pipeline.ray_clean import run_clean_job  # noqa: E402
-from pipeline.ray_train import run_train_job  # noqa: E402
-from pipeline.schema import (  # noqa: E402
+from pipeline.models.crops import random_crop  # noqa: E402
+from pipeline.models.denoiser import Denoiser, DenoiserConfig, load_denoiser  # noqa: E402
+from pipeline.models.images import to_rgb  # noqa: E402
+from pipeline.models.views import full_view_pixels  # noqa: E402
+from pipeline.store.schema import (  # noqa: E402
     column_to_numpy,
     newest_config_digest,
     read_features_table,
 )
-from pipeline.views import full_view_pixels  # noqa: E402
 
 CACHE = Path(os.environ.get("DVT_CACHE_DIR", Path.home() / ".cache" / "dvt-pipeline"))
 

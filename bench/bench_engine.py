@@ -21,7 +21,7 @@ import torch
 
 from pipeline import clean_images, engine_preset, load_extractor
 from pipeline.config import config_digest
-from pipeline.samples import sample_photos
+from pipeline.evaluation.samples import sample_photos
 
 
 def token_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -57,7 +57,7 @@ def paper_result(ext, name: str, photo: np.ndarray, seed: int, size: int, cache:
 
 def timing(ext, images: list[np.ndarray], args: argparse.Namespace) -> None:
     """Seconds per image of the fast fit (batched and one at a time) and of the shift method."""
-    from pipeline.artifact_model import calibrate
+    from pipeline.models.artifact_model import calibrate
 
     size = args.image_size
     cfg = engine_preset(args.fast, [f"image_size={size}", *args.override])

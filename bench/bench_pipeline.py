@@ -34,11 +34,11 @@ import ray  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline import clean_images, load_extractor  # noqa: E402
-from pipeline.images import decode_image  # noqa: E402
+from pipeline.distributed.clean import run_clean_job  # noqa: E402
+from pipeline.distributed.features import list_images  # noqa: E402
+from pipeline.evaluation.samples import sample_photos  # noqa: E402
 from pipeline.job_config import resolve_clean_job  # noqa: E402
-from pipeline.ray_clean import run_clean_job  # noqa: E402
-from pipeline.ray_features import list_images  # noqa: E402
-from pipeline.samples import sample_photos  # noqa: E402
+from pipeline.models.images import decode_image  # noqa: E402
 
 
 class PeakMemory:

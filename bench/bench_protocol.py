@@ -45,10 +45,10 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pipeline.distributed.clean import run_clean_job  # noqa: E402
+from pipeline.distributed.features import list_images  # noqa: E402
 from pipeline.job_config import InputConfig, resolve_clean_job  # noqa: E402
-from pipeline.ray_clean import run_clean_job  # noqa: E402
-from pipeline.ray_features import list_images  # noqa: E402
-from pipeline.schema import (  # noqa: E402
+from pipeline.store.schema import (  # noqa: E402
     CommitRecord,
     FileEntry,
     IdSet,

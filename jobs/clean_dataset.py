@@ -21,10 +21,10 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 
 from pipeline.cli import user_errors  # noqa: E402
+from pipeline.distributed.clean import run_clean_job  # noqa: E402
+from pipeline.distributed.features import format_summary  # noqa: E402
 from pipeline.job_config import resolve_clean_job  # noqa: E402
-from pipeline.lease import EXIT_LEASE_HELD, LeaseHeld  # noqa: E402
-from pipeline.ray_clean import run_clean_job  # noqa: E402
-from pipeline.ray_features import format_summary  # noqa: E402
+from pipeline.store.lease import EXIT_LEASE_HELD, LeaseHeld  # noqa: E402
 
 
 @user_errors()

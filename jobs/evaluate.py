@@ -22,8 +22,8 @@ import json  # noqa: E402
 import logging  # noqa: E402
 
 from pipeline.cli import user_errors  # noqa: E402
+from pipeline.distributed.evaluate import run_evaluation  # noqa: E402
 from pipeline.job_config import EvaluateConfig, resolve_job  # noqa: E402
-from pipeline.ray_evaluate import run_evaluation  # noqa: E402
 
 
 @user_errors()

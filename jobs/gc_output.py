@@ -18,8 +18,8 @@ import sys
 import yaml
 
 from pipeline.cli import user_errors
-from pipeline.lease import EXIT_LEASE_HELD, LeaseHeld
-from pipeline.maintenance import gc_output
+from pipeline.store.gc import gc_output
+from pipeline.store.lease import EXIT_LEASE_HELD, LeaseHeld
 
 
 @user_errors()

@@ -24,12 +24,12 @@ import pyarrow.compute as pc  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.cli import user_errors  # noqa: E402
+from pipeline.distributed.clean import run_clean_job  # noqa: E402
+from pipeline.distributed.features import format_summary  # noqa: E402
+from pipeline.evaluation.samples import CALIBRATION_PHOTOS, sample_photo, sample_photos  # noqa: E402
+from pipeline.evaluation.visualize import feature_figure  # noqa: E402
 from pipeline.job_config import resolve_clean_job  # noqa: E402
-from pipeline.ray_clean import run_clean_job  # noqa: E402
-from pipeline.ray_features import format_summary  # noqa: E402
-from pipeline.samples import CALIBRATION_PHOTOS, sample_photo, sample_photos  # noqa: E402
-from pipeline.schema import column_to_numpy, read_features_table  # noqa: E402
-from pipeline.visualize import feature_figure  # noqa: E402
+from pipeline.store.schema import column_to_numpy, read_features_table  # noqa: E402
 
 
 @user_errors()

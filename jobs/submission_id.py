@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.submission import SLOTS, submission_id
+from pipeline.distributed.submission import SLOTS, submission_id
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ import json  # noqa: E402
 import logging  # noqa: E402
 
 from pipeline.cli import user_errors  # noqa: E402
+from pipeline.distributed.train import format_train_summary, run_train_job  # noqa: E402
 from pipeline.job_config import TrainJobConfig, resolve_job  # noqa: E402
-from pipeline.ray_train import format_train_summary, run_train_job  # noqa: E402
 
 
 @user_errors()

@@ -8,12 +8,18 @@ Public API::
 
     from pipeline import DenoisedViT, load_denoiser
     model = DenoisedViT.from_pretrained(export_uri)   # ViT + trained stage-2 denoiser
+
+Layers (``tests/test_layout.py`` holds them): ``models`` (torch/numpy, never Ray), ``store``
+(the on-disk contract and its readers), ``evaluation`` (measures, report), ``distributed``
+(the Ray layer), ``config`` / ``job_config`` / ``presets`` (configs). The flat module paths of
+earlier releases still import, with a DeprecationWarning (``pipeline._moved``).
 """
 
+from pipeline import _moved
 from pipeline.config import EngineConfig, FieldConfig, FitConfig, ViewConfig, engine_preset
-from pipeline.denoiser import DenoisedViT, Denoiser, DenoiserConfig, load_denoiser
-from pipeline.engine import CleanResult, clean_images
-from pipeline.vit import FeatureExtractor, load_extractor
+from pipeline.models.denoiser import DenoisedViT, Denoiser, DenoiserConfig, load_denoiser
+from pipeline.models.engine import CleanResult, clean_images
+from pipeline.models.vit import FeatureExtractor, load_extractor
 
 __all__ = [
     "CleanResult",
@@ -31,3 +37,5 @@ __all__ = [
     "load_extractor",
 ]
 __version__ = "0.1.0"
+
+_moved.install()

@@ -133,7 +133,7 @@ class FitConfig:
     """How strongly G is held to the dataset's artifact model: G starts at the model's pattern
     and L_prior = prior_weight * mean |G - pattern|^2 is added, in units of the data term's own
     weight on G (1: an image's correction is halved). 0: G is free, as in the method; > 0 needs
-    an artifact model (``pipeline.artifact_model``)."""
+    an artifact model (``pipeline.models.artifact_model``)."""
 
     def __post_init__(self) -> None:
         for name in ("phase1_fraction", "warmup_fraction", "coarse_fraction"):
@@ -152,7 +152,7 @@ class FitConfig:
 class ShiftConfig:
     """The shift decomposition (``method: shift``): views shifted by whole patches at the full
     view's own scale, split in closed form into content F and an artifact G near the dataset's
-    artifact model (``pipeline.tta``)."""
+    artifact model (``pipeline.models.tta``)."""
 
     views: int = 10
     """Views per image, the unshifted full view included (one ViT forward each)."""

@@ -28,9 +28,9 @@ from pipeline.config import (
     parse_override,
     preset_path,
 )
-from pipeline.denoiser import DenoiserConfig
-from pipeline.denoiser_train import TrainConfig
-from pipeline.metrics import MIN_PEV_PHOTOS
+from pipeline.evaluation.metrics import MIN_PEV_PHOTOS
+from pipeline.models.denoiser import DenoiserConfig
+from pipeline.models.denoiser_train import TrainConfig
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import FeatureExtractor, load_extractor
-from pipeline.samples import sample_photo
+from pipeline.evaluation.samples import sample_photo
 
 # Before Ray is imported by any test module:
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.artifact_model import ArtifactModel
 from pipeline.config import ConfigError, ResizeConfig, engine_preset
-from pipeline.denoiser import Denoiser, DenoiserConfig
-from pipeline.engine import clean_images, fit_batches
-from pipeline.online import denoise_images
-from pipeline.views import render_views, sample_layout, token_grid
-from pipeline.vit import FeatureExtractor
+from pipeline.models.artifact_model import ArtifactModel
+from pipeline.models.denoiser import Denoiser, DenoiserConfig
+from pipeline.models.engine import clean_images, fit_batches
+from pipeline.models.online import denoise_images
+from pipeline.models.views import render_views, sample_layout, token_grid
+from pipeline.models.vit import FeatureExtractor
 
 KEEP, SQUARE = ResizeConfig(), ResizeConfig(aspect="square")
 
@@ -99,7 +99,7 @@ def test_pattern_and_denoiser_follow_the_grid(tiny_vit: FeatureExtractor,
     wide_flat = flat.pattern_for((7, 14))
     np.testing.assert_allclose(wide_flat, wide_flat[:1].repeat(7, 0), atol=1e-5)
 
-    from pipeline.denoiser import DenoisedViT
+    from pipeline.models.denoiser import DenoisedViT
 
     den = DenoisedViT(tiny_vit, Denoiser(DenoiserConfig(channels=tiny_vit.embed_dim, grid=7)))
     image = photos["chelsea"][:150, :300]
@@ -120,7 +120,7 @@ def test_kept_aspect_tokens_are_those_of_the_image(dinov2: FeatureExtractor,
     left half, on the kept-aspect grid, are closer (mean cosine) to those of that half seen
     alone than the tokens of the squashed square grid are (each squashed token against the two
     tokens of the half it covers)."""
-    from pipeline.views import full_view_pixels
+    from pipeline.models.views import full_view_pixels
 
     size, side = 224, 16
     kept_cos, squashed_cos = [], []

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from pipeline import clean_images, load_extractor
+from pipeline.distributed.clean import run_clean_job
 from pipeline.job_config import CleanJobConfig, resolve_clean_job
-from pipeline.ray_clean import run_clean_job
-from pipeline.schema import (
+from pipeline.store.schema import (
     column_to_numpy,
     committed_ids,
     read_artifact_model,
@@ -257,7 +257,7 @@ def test_same_image_under_two_uris_is_committed_once(tmp_path: Path, photos: dic
 def test_mixed_aspects_keep_their_grids(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
     """A folder of landscape, portrait and square images: every row's grid follows its image,
     each file holds one grid, and the readers hand out each grid apart."""
-    from pipeline.schema import FeatureDataset, feature_grids, read_feature_groups
+    from pipeline.store.schema import FeatureDataset, feature_grids, read_feature_groups
 
     src = tmp_path / "in"
     src.mkdir()

@@ -65,7 +65,7 @@ def test_dashboard_on_loopback_and_no_keys() -> None:
 def test_submission_ids_repeat_within_a_slot_only() -> None:
     from datetime import UTC, datetime
 
-    from pipeline.submission import submission_id
+    from pipeline.distributed.submission import submission_id
 
     at = datetime(2026, 11, 24, 13, 5, tzinfo=UTC)
     later = datetime(2026, 11, 24, 13, 55, tzinfo=UTC)

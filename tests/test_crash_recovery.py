@@ -17,9 +17,9 @@ import psutil
 import pytest
 from PIL import Image
 
+from pipeline.distributed.clean import run_clean_job
 from pipeline.job_config import resolve_clean_job
-from pipeline.ray_clean import run_clean_job
-from pipeline.schema import RUNS_DIR, committed_ids, read_features_table
+from pipeline.store.schema import RUNS_DIR, committed_ids, read_features_table
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def test_driver_killed_at_several_points_keeps_its_work(
     """The driver is killed when about 25, 50 and 75 % of the images are committed (local
     disk; on S3 at 50 %). Every run fits only what no earlier run committed, a killed run
     loses at most the images in flight, and the union is every input exactly once."""
-    from pipeline.schema import committed_runs, filesystem
+    from pipeline.store.schema import committed_runs, filesystem
 
     out, options = storage
     src = tmp_path / "in"

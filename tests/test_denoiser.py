@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from pipeline import EngineConfig, FeatureExtractor, ViewConfig
-from pipeline.denoiser import (
+from pipeline.models.denoiser import (
     DenoisedViT,
     Denoiser,
     DenoiserConfig,
     load_denoiser,
     save_denoiser,
 )
-from pipeline.denoiser_train import (
+from pipeline.models.denoiser_train import (
     TrainConfig,
     ValidationSums,
     denoise_loss,
@@ -25,8 +25,8 @@ from pipeline.denoiser_train import (
     lr_factor,
     train_denoiser,
 )
-from pipeline.engine import extract_views
-from pipeline.online import denoise_images
+from pipeline.models.engine import extract_views
+from pipeline.models.online import denoise_images
 
 
 def _planted(count: int, grid: int, channels: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -193,9 +193,9 @@ def test_denoised_vit_refuses_other_weights(tiny_vit: FeatureExtractor, tmp_path
 
 def test_both_stages_share_one_loss_and_schedule() -> None:
     """The denoiser's loss is the fit's per-image L_dist averaged over the batch, and both
-    schedules are one function (pipeline.objectives)."""
+    schedules are one function (pipeline.models.objectives)."""
     from pipeline.config import FitConfig
-    from pipeline.objectives import feature_distance, warmup_cosine
+    from pipeline.models.objectives import feature_distance, warmup_cosine
 
     pred, target = torch.randn(2, 2, 5, 5, 8).unbind(0)
     expected = torch.nn.functional.mse_loss(pred, target) + (

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.denoiser import Denoiser, DenoiserConfig, save_denoiser
+from pipeline.distributed.clean import run_clean_job
+from pipeline.distributed.evaluate import run_evaluation
+from pipeline.evaluation.samples import sample_photos
 from pipeline.job_config import EvaluateConfig, resolve_clean_job, resolve_job
-from pipeline.ray_clean import run_clean_job
-from pipeline.ray_evaluate import run_evaluation
-from pipeline.samples import sample_photos
-from pipeline.vit import FeatureExtractor
+from pipeline.models.denoiser import Denoiser, DenoiserConfig, save_denoiser
+from pipeline.models.vit import FeatureExtractor
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 

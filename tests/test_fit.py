@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import EngineConfig, ViewConfig, engine_preset
-from pipeline.field import BatchedGridEncoding
-from pipeline.fit import FitResult, fit_batch
-from pipeline.views import sample_layout
+from pipeline.models.field import BatchedGridEncoding
+from pipeline.models.fit import FitResult, fit_batch
+from pipeline.models.views import sample_layout
 
 GRID, CHANNELS = 8, 32
 

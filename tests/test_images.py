@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import content_id, decode_image, to_rgb
+from pipeline.models.images import content_id, decode_image, to_rgb
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:

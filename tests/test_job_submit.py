@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.schema import committed_runs, read_features_table
-from pipeline.submission import submission_id
+from pipeline.distributed.submission import submission_id
+from pipeline.store.schema import committed_runs, read_features_table
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.lease import LeaseHeld, LeaseLost, OutputLease
+from pipeline.store.lease import LeaseHeld, LeaseLost, OutputLease
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.crops import CropBox, overlap_share, random_crop_box
-from pipeline.metrics import (
+from pipeline.evaluation.metrics import (
     MatchCount,
     crop_pair_matching,
     paired_difference,
@@ -15,6 +14,7 @@ from pipeline.metrics import (
     shift_consistency,
     token_distance,
 )
+from pipeline.models.crops import CropBox, overlap_share, random_crop_box
 
 
 def _crops(photos: int, per_photo: int, rng: np.random.Generator, offset_std: float = 3.0
@@ -142,7 +142,7 @@ def test_shift_consistency_known_answers() -> None:
 
 
 def test_stereo_accuracy_known_disparity() -> None:
-    from pipeline.probes import stereo_accuracy
+    from pipeline.evaluation.probes import stereo_accuracy
 
     rng = np.random.default_rng(2)
     right = rng.normal(size=(6, 20, 16))
@@ -160,7 +160,7 @@ def test_stereo_accuracy_known_disparity() -> None:
 
 
 def test_prototype_miou_and_token_labels() -> None:
-    from pipeline.probes import IGNORE, labels_to_tokens, prototype_miou
+    from pipeline.evaluation.probes import IGNORE, labels_to_tokens, prototype_miou
 
     labels = np.zeros((40, 40), dtype=np.int64)
     labels[:, 20:] = 3
@@ -176,7 +176,7 @@ def test_prototype_miou_and_token_labels() -> None:
 
 
 def test_mask_views_cut_photo_and_labels_alike() -> None:
-    from pipeline.probes import IGNORE, MaskedImage, mask_views
+    from pipeline.evaluation.probes import IGNORE, MaskedImage, mask_views
 
     labels = np.zeros((120, 160), dtype=np.int64)
     labels[30:90, 40:100] = 2
@@ -205,7 +205,7 @@ def test_mask_views_cut_photo_and_labels_alike() -> None:
 
 
 def test_paired_summary_known_answer() -> None:
-    from pipeline.probes import paired_summary
+    from pipeline.evaluation.probes import paired_summary
 
     summary = paired_summary({"raw": [0.5, 0.6, 0.7], "clean": [0.6, 0.6, 0.9]})
     assert summary["raw"] == {"mean": pytest.approx(0.6), "diff": 0.0, "diff_stderr": 0.0}

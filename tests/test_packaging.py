@@ -17,7 +17,7 @@ USE_THE_WHEEL = textwrap.dedent("""
     from pipeline import clean_images, load_extractor
     from pipeline.config import engine_preset, preset_names
     from pipeline.job_config import resolve_clean_job
-    from pipeline.samples import sample_photo
+    from pipeline.evaluation.samples import sample_photo
 
     assert pipeline.__file__.startswith({site!r}), pipeline.__file__
     engines, jobs = preset_names("engine"), preset_names("job")

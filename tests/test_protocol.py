@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.schema import (
+from pipeline.store.schema import (
     COMMITS_DIR,
     CommitRecord,
     FileEntry,
@@ -75,7 +75,7 @@ class Run:
         return name
 
     def commit(self) -> None:
-        from pipeline.schema import read_commit_records
+        from pipeline.store.schema import read_commit_records
 
         records = [r for _, r in read_commit_records(self.fs, self.path)]
         commit_run(self.fs, self.path, manifest_from_records(self.run_id, "c", {}, records,
@@ -158,7 +158,7 @@ def test_an_image_in_two_files_is_read_once(output: tuple[str, dict]) -> None:
 
 @pytest.mark.usefixtures("local_ray")
 def test_the_ray_reader_reads_each_image_once(tmp_path) -> None:
-    from pipeline.schema import read_features
+    from pipeline.store.schema import read_features
 
     uri = str(tmp_path / "out")
     a, b = image_id("a"), image_id("b")
@@ -185,8 +185,8 @@ def test_gc_seals_dead_runs_and_removes_only_orphans(tmp_path) -> None:
     import sys
     from pathlib import Path
 
-    from pipeline.lease import LeaseHeld, OutputLease
-    from pipeline.maintenance import gc_output
+    from pipeline.store.gc import gc_output
+    from pipeline.store.lease import LeaseHeld, OutputLease
 
     uri = str(tmp_path / "out")
     a, b = image_id("a"), image_id("b")

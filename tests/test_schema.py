@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.schema import (
+from pipeline.store.schema import (
     COMMITTED,
     MANIFEST,
     FeatureDataset,
@@ -87,8 +87,8 @@ def test_no_committed_run_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_a_folder_refreshed_under_another_config_is_read_once(tmp_path: Path) -> None:
     """The same images committed under two configs: readers take one config, never both."""
+    from pipeline.distributed.train import describe_corpus
     from pipeline.job_config import TrainJobConfig, resolve_job
-    from pipeline.ray_train import describe_corpus
 
     _write_run(tmp_path, "20250101T000000Z-old", ["a", "b"], commit=True, config_digest="old")
     _write_run(tmp_path, "20250102T000000Z-new", ["a", "b", "c"], commit=True,

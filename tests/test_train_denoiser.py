@@ -14,15 +14,15 @@ import torch
 from PIL import Image
 
 from pipeline.config import ResizeConfig
-from pipeline.denoiser import DenoisedViT, load_denoiser
-from pipeline.denoiser_train import ValidationSums, is_validation
+from pipeline.distributed.clean import run_clean_job
+from pipeline.distributed.denoise import run_denoise_job
+from pipeline.distributed.train import run_train_job
+from pipeline.evaluation.samples import sample_photos
 from pipeline.job_config import DenoiseJobConfig, TrainJobConfig, resolve_clean_job, resolve_job
-from pipeline.ray_clean import run_clean_job
-from pipeline.ray_denoise import run_denoise_job
-from pipeline.ray_train import run_train_job
-from pipeline.samples import sample_photos
-from pipeline.schema import FeatureDataset, column_to_numpy, read_features_table
-from pipeline.views import full_view_pixels, token_grid
+from pipeline.models.denoiser import DenoisedViT, load_denoiser
+from pipeline.models.denoiser_train import ValidationSums, is_validation
+from pipeline.models.views import full_view_pixels, token_grid
+from pipeline.store.schema import FeatureDataset, column_to_numpy, read_features_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.artifact_model import calibrate, from_artifacts
 from pipeline.config import ShiftConfig
-from pipeline.tta import (
+from pipeline.models.artifact_model import calibrate, from_artifacts
+from pipeline.models.tta import (
     ShiftView,
     decompose_shift_views,
     merge_shift_views,
@@ -16,8 +16,8 @@ from pipeline.tta import (
     shift_layout,
     tta_tokens,
 )
-from pipeline.views import full_view_pixels
-from pipeline.vit import FeatureExtractor
+from pipeline.models.views import full_view_pixels
+from pipeline.models.vit import FeatureExtractor
 
 
 def _patch_means(pixels: torch.Tensor, patch: int) -> torch.Tensor:
@@ -100,7 +100,7 @@ def test_tta_tokens_and_calibration_on_a_vit(tiny_vit: FeatureExtractor,
 def test_shift_method_in_the_engine_and_artifact_model_storage(
         tiny_vit: FeatureExtractor, photos: dict[str, np.ndarray], tmp_path) -> None:
     from pipeline import clean_images
-    from pipeline.schema import artifact_model_uri, read_artifact_model, write_artifact_model
+    from pipeline.store.schema import artifact_model_uri, read_artifact_model, write_artifact_model
 
     size = 16 * 7
     model = calibrate(tiny_vit, photos, size, crops_per_photo=2, seed=0)

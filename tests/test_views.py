@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from pipeline.config import ViewConfig
-from pipeline.views import derive_seed, render_views, sample_layout
+from pipeline.models.views import derive_seed, render_views, sample_layout
 
 
 def test_deterministic_from_seed() -> None:

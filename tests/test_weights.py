@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save
 
 from pipeline import FeatureExtractor, load_extractor
-from pipeline.weights import read_state_dict, state_dict_digest
+from pipeline.models.weights import read_state_dict, state_dict_digest
 
 
 class _Exploit:

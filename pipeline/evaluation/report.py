@@ -1,8 +1,8 @@
 """Evaluation inputs and report writing, without Ray: crops, shifted pairs, tables, markdown.
 
-``jobs/evaluate.py`` (via ``pipeline.ray_evaluate``) fits stage 1 on the inputs made here,
-computes the measures of ``pipeline.metrics`` and ``pipeline.probes``, and writes the report
-with ``write_report``.
+``jobs/evaluate.py`` (via ``pipeline.distributed.evaluate``) fits stage 1 on the inputs made
+here, computes the measures of ``pipeline.evaluation.metrics`` and
+``pipeline.evaluation.probes``, and writes the report with ``write_report``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.schema import local_atomic
-from pipeline.visualize import panel_row, shared_pca_images
+from pipeline.evaluation.visualize import panel_row, shared_pca_images
+from pipeline.store.schema import local_atomic
 
 METHODS = ("raw", "clean", "raw_minus_g", "denoised", "calib", "tta", "calib+tta",
            "raw_minus_mean_g")
@@ -59,7 +59,7 @@ DEFINITIONS = {
     "raw_minus_g": "raw - G: the raw tokens minus stage 1's estimated artifact G, that is F "
                    "plus the image's own residual: the positional pattern removed, fine "
                    "detail that the field smooths kept (from the stored columns; "
-                   "`pipeline.schema.raw_minus_artifact`).",
+                   "`pipeline.store.schema.raw_minus_artifact`).",
     "fit": "Fit diagnostics of stage 1 over the committed rows: reconstruction R^2, |G|/|y|, "
            "final loss and seconds per image.",
 }

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from pipeline.config import EngineConfig, ResizeConfig
-from pipeline.denoiser import DenoisedViT
-from pipeline.engine import CleanResult, clean_images
-from pipeline.images import decode_image
-from pipeline.online import denoise_images
-from pipeline.schema import IdSet, committed_ids, read_artifact_model
-from pipeline.vit import load_extractor
+from pipeline.models.denoiser import DenoisedViT
+from pipeline.models.engine import CleanResult, clean_images
+from pipeline.models.images import decode_image
+from pipeline.models.online import denoise_images
+from pipeline.models.vit import load_extractor
+from pipeline.store.schema import IdSet, committed_ids, read_artifact_model
 
 logger = logging.getLogger(__name__)
 

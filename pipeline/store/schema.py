@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:  # the model code imports torch; readers of Parquet need not
-    from pipeline.artifact_model import ArtifactModel
+    from pipeline.models.artifact_model import ArtifactModel
 
 SCHEMA_VERSION = 3
 """3: images keep their aspect, so a run's files may hold different token grids (one grid per
@@ -202,7 +202,7 @@ def read_artifact_model(uri: str, storage_options: dict[str, Any] | None = None
     """An artifact model written by ``write_artifact_model`` and the sha256 of its bytes."""
     from safetensors.numpy import load
 
-    from pipeline.artifact_model import ArtifactModel
+    from pipeline.models.artifact_model import ArtifactModel
 
     fs, path = filesystem(uri, storage_options)
     with fs.open(path, "rb") as fh:

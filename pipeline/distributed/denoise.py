@@ -1,8 +1,8 @@
 """The Ray layer of denoise_dataset: the clean_dataset graph with the denoiser as its stage.
 
 Reading, quarantine, incremental refresh, the committing sink and the summary are those of
-clean_dataset (``pipeline.ray_features.run_feature_job``); only the feature stage differs: the ViT
-plus a trained denoiser (``DenoiseImages``), no per-image fit. Rows carry
+clean_dataset (``pipeline.distributed.features.run_feature_job``); only the feature stage
+differs: the ViT plus a trained denoiser (``DenoiseImages``), no per-image fit. Rows carry
 ``method = "denoiser"``, and the denoiser's weight digest is part of the config digest, so a new
 denoiser re-processes every image while a refresh with the same one skips committed images.
 """
@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import ConfigError, config_to_dict
-from pipeline.denoiser import DenoisedViT, denoiser_digest, require_export
+from pipeline.distributed.features import FeatureMethod, require_io, run_feature_job
+from pipeline.distributed.stages import DenoiseImages
 from pipeline.job_config import DenoiseJobConfig
-from pipeline.online import online_image_size
-from pipeline.ray_features import FeatureMethod, require_io, run_feature_job
-from pipeline.stages import DenoiseImages
+from pipeline.models.denoiser import DenoisedViT, denoiser_digest, require_export
+from pipeline.models.online import online_image_size
 
 
 def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:

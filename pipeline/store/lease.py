@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.schema import filesystem
+from pipeline.store.schema import filesystem
 
 logger = logging.getLogger(__name__)
 

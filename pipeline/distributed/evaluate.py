@@ -20,22 +20,10 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 
-from pipeline.artifact_model import ArtifactModel, calibrate, from_artifacts
-from pipeline.baselines import baseline_outputs
 from pipeline.config import ConfigError, MissingInput, apply_overrides, drop_redacted, from_dict
-from pipeline.crops import CropBox, overlap_share, random_crop_box
-from pipeline.denoiser import Denoiser, load_denoiser, require_export
-from pipeline.engine import resolve_image_size
-from pipeline.evaluation import (
-    METHODS,
-    artifact_grid,
-    fit_diagnostics,
-    shifted_pair,
-    write_report,
-)
-from pipeline.images import decode_image
-from pipeline.job_config import CleanJobConfig, EvaluateConfig, InputConfig
-from pipeline.metrics import (
+from pipeline.distributed.clean import run_clean_job
+from pipeline.distributed.features import list_images
+from pipeline.evaluation.metrics import (
     MatchCount,
     crop_pair_matching,
     g_agreement,
@@ -43,7 +31,7 @@ from pipeline.metrics import (
     position_explained_variance,
     shift_consistency,
 )
-from pipeline.probes import (
+from pipeline.evaluation.probes import (
     MaskedImage,
     disparity_to_tokens,
     labels_to_tokens,
@@ -55,10 +43,24 @@ from pipeline.probes import (
     stereo_accuracy,
     voc_sample,
 )
-from pipeline.ray_clean import run_clean_job
-from pipeline.ray_features import list_images
-from pipeline.samples import CALIBRATION_PHOTOS, sample_photo, sample_photos
-from pipeline.schema import (
+from pipeline.evaluation.report import (
+    METHODS,
+    artifact_grid,
+    fit_diagnostics,
+    shifted_pair,
+    write_report,
+)
+from pipeline.evaluation.samples import CALIBRATION_PHOTOS, sample_photo, sample_photos
+from pipeline.evaluation.visualize import feature_figure
+from pipeline.job_config import CleanJobConfig, EvaluateConfig, InputConfig
+from pipeline.models.artifact_model import ArtifactModel, calibrate, from_artifacts
+from pipeline.models.baselines import baseline_outputs
+from pipeline.models.crops import CropBox, overlap_share, random_crop_box
+from pipeline.models.denoiser import Denoiser, load_denoiser, require_export
+from pipeline.models.engine import resolve_image_size
+from pipeline.models.images import decode_image
+from pipeline.models.vit import FeatureExtractor, load_extractor
+from pipeline.store.schema import (
     column_to_numpy,
     filesystem,
     raw_minus_artifact,
@@ -68,8 +70,6 @@ from pipeline.schema import (
     select_runs,
     spread_indices,
 )
-from pipeline.visualize import feature_figure
-from pipeline.vit import FeatureExtractor, load_extractor
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def _denoise(denoiser: Denoiser | None, raw: np.ndarray) -> np.ndarray | None:
 def _shift(photos: dict[str, np.ndarray], extractor: FeatureExtractor, denoiser: Denoiser | None,
            size: int, shift: int) -> dict[str, float]:
     """Shift consistency of raw and denoised tokens, averaged over photos."""
-    from pipeline.views import full_view_pixels
+    from pipeline.models.views import full_view_pixels
 
     scores: dict[str, list[float]] = {"raw": [], "denoised": []}
     for photo in photos.values():

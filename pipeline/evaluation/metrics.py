@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.crops import CropBox
+from pipeline.models.crops import CropBox
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 The id is ``dvt-<job>-<slot>-<hash of job, input, output and overrides>``: a scheduler that
 fires twice in the same slot (or a person re-running the same command) gets the same id, and
 ``ray job submit --submission-id`` refuses an id that already exists. Overlapping runs in
-different slots are made safe by the output's lease (``pipeline.lease``) instead.
+different slots are made safe by the output's lease (``pipeline.store.lease``) instead.
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from pipeline.config import ResizeConfig
-from pipeline.denoiser import DenoisedViT
-from pipeline.engine import CleanResult, fit_batches
-from pipeline.images import ImageLike, content_id, to_rgb
-from pipeline.views import full_view_pixels, token_grid
+from pipeline.models.denoiser import DenoisedViT
+from pipeline.models.engine import CleanResult, fit_batches
+from pipeline.models.images import ImageLike, content_id, to_rgb
+from pipeline.models.views import full_view_pixels, token_grid
 
 
 def online_image_size(model: DenoisedViT, image_size: int | None = None) -> int:

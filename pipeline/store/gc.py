@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import MissingInput
-from pipeline.lease import OutputLease
-from pipeline.schema import filesystem, orphaned_files, remove_files, seal_dead_runs
+from pipeline.store.lease import OutputLease
+from pipeline.store.schema import filesystem, orphaned_files, remove_files, seal_dead_runs
 
 logger = logging.getLogger(__name__)
 

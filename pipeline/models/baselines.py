@@ -2,7 +2,7 @@
 evaluation job and the benches use (model code: torch, no Ray).
 
 - ``calib``: raw minus the artifact model's pattern (no training);
-- ``tta``: the mean over shifted and flipped views (``pipeline.tta``);
+- ``tta``: the mean over shifted and flipped views (``pipeline.models.tta``);
 - ``calib+tta``: the same with the pattern subtracted from every view;
 - ``raw - mean G``: raw minus the mean of stage-1 G's (``artifact_model.from_artifacts``).
 """
@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pipeline.artifact_model import ArtifactModel
 from pipeline.config import ShiftConfig
-from pipeline.tta import tta_tokens
-from pipeline.views import full_view_pixels
-from pipeline.vit import FeatureExtractor
+from pipeline.models.artifact_model import ArtifactModel
+from pipeline.models.tta import tta_tokens
+from pipeline.models.views import full_view_pixels
+from pipeline.models.vit import FeatureExtractor
 
 BASELINE_TTA = ShiftConfig(views=10, pad=2, flip_prob=0.5)
 """The shift averaging a user would pick: 10 views, offsets of 0-4 patches, half flipped."""

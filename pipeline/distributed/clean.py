@@ -1,6 +1,6 @@
 """The Ray layer of clean_dataset: the stage-1 feature method (``CleanImages``), the artifact
 model it needs, and the summary; the graph and the commit protocol are
-``pipeline.ray_features``'.
+``pipeline.distributed.features``'.
 """
 
 from __future__ import annotations
@@ -10,21 +10,21 @@ from typing import Any
 
 import fsspec
 
-from pipeline.artifact_model import calibrate
 from pipeline.config import ConfigError, config_digest, config_to_dict
-from pipeline.engine import resolve_image_size
-from pipeline.images import decode_image
+from pipeline.distributed.features import FeatureMethod, list_images, require_io, run_feature_job
+from pipeline.distributed.stages import CleanImages
 from pipeline.job_config import CleanJobConfig, InputConfig
-from pipeline.ray_features import FeatureMethod, list_images, require_io, run_feature_job
-from pipeline.schema import (
+from pipeline.models.artifact_model import calibrate
+from pipeline.models.engine import resolve_image_size
+from pipeline.models.images import decode_image
+from pipeline.models.vit import FeatureExtractor, load_extractor
+from pipeline.store.schema import (
     artifact_model_uri,
     filesystem,
     read_artifact_model,
     spread_indices,
     write_artifact_model,
 )
-from pipeline.stages import CleanImages
-from pipeline.vit import FeatureExtractor, load_extractor
 
 logger = logging.getLogger(__name__)
 

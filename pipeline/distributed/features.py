@@ -5,7 +5,7 @@ Graph: file list (driver) -> ReadImages (actor pool) -> the job's feature stage 
 GPUs from config) -> FeatureSink. Each write task writes content-named Parquet files into the
 run folder and then its commit record, so its images are committed as soon as it ends; when
 every task is done, the driver closes the run (manifest, summary, ``_COMMITTED``).
-``pipeline.schema`` owns every name and format on disk.
+``pipeline.store.schema`` owns every name and format on disk.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ from ray.data.block import BlockAccessor
 
 from pipeline import __version__
 from pipeline.config import ConfigError, MissingInput, output_digest, redact
+from pipeline.distributed.stages import ReadImages
 from pipeline.job_config import ComputeConfig, InputConfig, OutputConfig
-from pipeline.lease import OutputLease
-from pipeline.schema import (
+from pipeline.models.vit import FeatureExtractor
+from pipeline.store.lease import OutputLease
+from pipeline.store.schema import (
     METRIC_FIELDS,
     QUARANTINE_SCHEMA,
     CommitRecord,
@@ -52,8 +54,6 @@ from pipeline.schema import (
     write_commit_record,
     write_run_config,
 )
-from pipeline.stages import ReadImages
-from pipeline.vit import FeatureExtractor
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class FeatureMethod:
     """What the feature stage of a job runs (the stage-1 fit or a trained denoiser)."""
 
     stage: type
-    """A stage class of ``pipeline.stages`` (``CleanImages`` or ``DenoiseImages``)."""
+    """A stage class of ``pipeline.distributed.stages`` (``CleanImages`` or ``DenoiseImages``)."""
     stage_kwargs: dict[str, Any]
     """Its constructor arguments (the model loads once per actor)."""
     batch_size: int

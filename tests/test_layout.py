@@ -1,0 +1,93 @@
+"""The package tree shows the layers, and the layers hold: model code, the on-disk contract,
+the evaluation and the configs never import Ray or the Ray layer; old flat paths still import."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
+RAY_FREE = ("models", "store", "evaluation")
+"""Subpackages that import neither Ray nor ``pipeline.distributed``."""
+RAY_FREE_TOP = ("config.py", "job_config.py", "cli.py", "_moved.py", "__init__.py")
+LAZY_RAY = {("store/schema.py", "read_features")}
+"""(file, function) pairs allowed to import Ray inside the function: readers that hand back a
+Ray Dataset import it only when called."""
+
+
+def ray_free_files() -> list[Path]:
+    files = [path for sub in RAY_FREE for path in sorted((PACKAGE / sub).glob("*.py"))]
+    return files + [PACKAGE / name for name in RAY_FREE_TOP]
+
+
+def imported_modules(tree: ast.Module) -> list[tuple[str, str | None]]:
+    """(module imported, enclosing function or None) for every import in a module."""
+    found: list[tuple[str, str | None]] = []
+
+    def visit(node: ast.AST, function: str | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) \
+                else function
+            if isinstance(child, ast.Import):
+                found.extend((alias.name, function) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and not child.level:
+                found.append((child.module, function))
+            visit(child, inner)
+
+    visit(tree, None)
+    return found
+
+
+def test_layers_are_folders() -> None:
+    """Every module sits in its layer's folder: the top level holds only configs and the API."""
+    top = sorted(path.name for path in PACKAGE.glob("*.py"))
+    assert top == sorted(RAY_FREE_TOP), top
+    for sub in (*RAY_FREE, "distributed"):
+        assert (PACKAGE / sub / "__init__.py").is_file(), sub
+
+
+@pytest.mark.parametrize("path", ray_free_files(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_lower_layers_never_import_ray(path: Path) -> None:
+    name = str(path.relative_to(PACKAGE))
+    for module, function in imported_modules(ast.parse(path.read_text())):
+        assert not module.startswith("pipeline.distributed"), f"{name} imports {module}"
+        if module == "ray" or module.startswith("ray."):
+            assert (name, function) in LAZY_RAY, f"{name} imports {module} in {function}"
+        if name.startswith("models/"):
+            assert not module.startswith("pipeline.evaluation"), f"{name} imports {module}"
+
+
+def test_importing_every_lower_module_loads_no_ray() -> None:
+    """A training script that imports the library, its readers and its measures never pays
+    for (or depends on) Ray."""
+    modules = [".".join(("pipeline", *path.relative_to(PACKAGE).with_suffix("").parts))
+               for path in ray_free_files()]
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}: importlib.import_module(name.removesuffix('.__init__'))\n"
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=300)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_old_flat_paths_forward_with_a_warning() -> None:
+    import pipeline.store.schema as schema
+    from pipeline._moved import MOVED
+
+    with pytest.warns(DeprecationWarning, match="pipeline.store.schema"):
+        from pipeline.schema import read_features_table  # type: ignore[import-not-found]
+    assert read_features_table is schema.read_features_table
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import pipeline.ray_clean  # type: ignore[import-not-found]  # noqa: F401
+    assert sys.modules["pipeline.ray_clean"].run_clean_job.__module__ == \
+        "pipeline.distributed.clean"
+    for old, new in MOVED.items():  # every new home exists
+        relative = new.removeprefix("pipeline.").replace(".", "/") + ".py"
+        assert (PACKAGE / relative).is_file(), (old, new)
+        assert not (PACKAGE / (old.removeprefix("pipeline.") + ".py")).exists(), old
