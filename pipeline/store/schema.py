@@ -38,6 +38,7 @@ import posixpath
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -420,8 +421,23 @@ def read_commit_records(fs: fsspec.AbstractFileSystem, run_path: str,
             return []
         names = [posixpath.basename(p) for p in fs.ls(folder, detail=False)
                  if p.endswith(".json")]
-    return [(n, CommitRecord.from_bytes(_read_bytes(fs, posixpath.join(folder, n))))
-            for n in sorted(names)]
+    names = sorted(names)
+    blobs = _read_many(fs, [posixpath.join(folder, n) for n in names])
+    return [(n, CommitRecord.from_bytes(blob)) for n, blob in zip(names, blobs, strict=True)]
+
+
+READ_THREADS = 16
+"""Small objects (commit records) read at once from an object store, where each read is a
+round trip: 10,000 records take about 1/16 of the sequential time."""
+
+
+def _read_many(fs: fsspec.AbstractFileSystem, paths: Sequence[str]) -> list[bytes]:
+    """The bytes of each path, in order: on an object store by up to ``READ_THREADS`` threads,
+    on a local disk one after another (threads only slow small local reads down)."""
+    if len(paths) <= 1 or is_local(fs):
+        return [_read_bytes(fs, path) for path in paths]
+    with ThreadPoolExecutor(min(READ_THREADS, len(paths))) as pool:
+        return list(pool.map(lambda path: _read_bytes(fs, path), paths))
 
 
 def manifest_from_records(run_id: str, config_digest: str, meta: dict[str, Any],
