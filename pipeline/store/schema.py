@@ -797,6 +797,23 @@ def read_quarantine_table(uri: str, storage_options: dict[str, Any] | None = Non
     return _concat(list(_read_tables(fs, files, None))) or QUARANTINE_SCHEMA.empty_table()
 
 
+class CommittedFileReader:
+    """Reads committed feature files inside Ray Data tasks: a batch of ``{"path",
+    "leave_out"}`` rows (one per file) -> the files' rows, without the ids each is to leave
+    out (the same code as every other reader). Plain Python: the store imports no Ray."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None,
+                 columns: Sequence[str] | None) -> None:
+        self.uri, self.storage_options = uri, storage_options
+        self.columns = list(columns) if columns else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        fs, _ = filesystem(self.uri, self.storage_options)
+        files = [OwnedFile(path, frozenset(leave_out), None) for path, leave_out in
+                 zip(batch["path"].to_pylist(), batch["leave_out"].to_pylist(), strict=True)]
+        return pa.concat_tables(list(_read_tables(fs, files, self.columns)))
+
+
 def read_features(uri: str, columns: Sequence[str] | None = None,
                   storage_options: dict[str, Any] | None = None, *,
                   method: str | None = None, config_digest: str | None = None,
@@ -806,6 +823,10 @@ def read_features(uri: str, columns: Sequence[str] | None = None,
     ``method`` ("dvt-fit", or a denoiser's method name) and ``config_digest`` keep only the
     runs that produced their rows that way; ``grid`` = (h, w) only the rows of that token grid
     (needed for tensors of a folder of several grids: ``feature_grids`` lists them).
+
+    The manifests already name every file, so one task a file reads it (``ray.data.from_items``
+    and ``CommittedFileReader``) instead of ``ray.data.read_parquet``, which in Ray 2.60 lists
+    again and starts 32 footer-reading actors for every call.
     """
     import ray.data  # Ray stays out of the import path of non-Ray users
 
@@ -815,25 +836,10 @@ def read_features(uri: str, columns: Sequence[str] | None = None,
     if not files:
         raise FileNotFoundError(f"no committed feature runs under {uri} (method={method}, "
                                 f"config_digest={config_digest}, grid={grid})")
-    paths = [owned.path for owned in files]
-    leave_out = {owned.path: owned.leave_out for owned in files if owned.leave_out}
-    if not leave_out:
-        return ray.data.read_parquet(paths, filesystem=fs,
-                                     columns=list(columns) if columns else None)
-    wanted = list(columns) if columns else None
-    if wanted is not None and "image_id" not in wanted:
-        wanted.append("image_id")
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=wanted, include_paths=True)
-    by_name = {posixpath.basename(path): ids for path, ids in leave_out.items()}
-
-    def first_copies(batch: pa.Table) -> pa.Table:
-        keep = [image_id not in by_name.get(posixpath.basename(path), ())
-                for path, image_id in zip(batch["path"].to_pylist(),
-                                          batch["image_id"].to_pylist(), strict=True)]
-        out = batch.filter(pa.array(keep, type=pa.bool_())).drop_columns(["path"])
-        return out.drop_columns(["image_id"]) if columns and "image_id" not in columns else out
-
-    return ds.map_batches(first_copies, batch_format="pyarrow")
+    items = [{"path": owned.path, "leave_out": sorted(owned.leave_out)} for owned in files]
+    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        CommittedFileReader(uri, storage_options, columns), batch_size=1,
+        batch_format="pyarrow")
 
 
 def feature_grids(uri: str, storage_options: dict[str, Any] | None = None, *,
