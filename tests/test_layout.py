@@ -91,3 +91,27 @@ def test_old_flat_paths_forward_with_a_warning() -> None:
         relative = new.removeprefix("pipeline.").replace(".", "/") + ".py"
         assert (PACKAGE / relative).is_file(), (old, new)
         assert not (PACKAGE / (old.removeprefix("pipeline.") + ".py")).exists(), old
+
+
+def test_reader_and_writer_tasks_never_import_torch() -> None:
+    """What Ray's reader actors and write tasks import (the read stage, the sink, the store,
+    the package itself) leaves torch and timm out: they start in a fraction of a second and
+    stay small on CPU nodes. The public names still load on first use."""
+    code = ("import sys\n"
+            "import pipeline, pipeline.distributed.read_stage, pipeline.distributed.sink\n"
+            "heavy = sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules)\n"
+            "from pipeline import clean_images, load_extractor\n"
+            "print(heavy, 'torch' in sys.modules, callable(clean_images))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=300)
+    assert out.stdout.strip() == "[] True True", out.stdout + out.stderr
+
+
+def test_public_names_are_the_documented_ones() -> None:
+    import pipeline
+
+    assert sorted(pipeline.__all__) == sorted(pipeline._PUBLIC)
+    for name in pipeline.__all__:
+        assert getattr(pipeline, name).__name__ == name
+    with pytest.raises(AttributeError):
+        _ = pipeline.no_such_name
