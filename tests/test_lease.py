@@ -56,3 +56,20 @@ def test_stale_lease_is_taken_over_and_the_old_holder_cannot_commit(
         assert taker.generation == 2
         with pytest.raises(LeaseLost):
             crashed.check()
+
+
+def test_checks_while_the_lease_is_renewed(location: tuple[str, dict]) -> None:
+    """The holder checks its lease (as the commit does) while its renewer rewrites the file
+    every 50 ms: a check never reads a half-written file or a stale listing's version."""
+    uri, options = location
+    with OutputLease(uri, "run-a", 0.15, options) as lease:
+        renewed_at = lease._latest()
+        deadline = time.time() + 3
+        checks = 0
+        while time.time() < deadline:
+            lease.check()
+            checks += 1
+        latest = lease._latest()
+        assert latest is not None and renewed_at is not None
+        assert latest.expires > renewed_at.expires  # the renewer ran meanwhile
+    assert checks > 10

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.store.schema import filesystem
+from pipeline.store.schema import filesystem, put_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -74,15 +74,22 @@ class OutputLease:
                              if (m := _NAME.search(p)))
         if not generations:
             return None
-        with self.fs.open(self._path(generations[-1]), "rb") as fh:
-            doc = json.load(fh)
+        # one GET, no cached ETag: the holder may have renewed the file since it was listed
+        # (an open() with the listing's details then fails its If-Match)
+        doc = json.loads(self.fs.cat_file(self._path(generations[-1])))
         return LeaseRecord(generations[-1], doc["owner"], doc["expires"], doc["released"])
 
     def _write(self, mode: str, released: bool = False) -> None:
+        """Create the generation's file (``xb``: exclusive) or renew it (``wb``: replaced whole,
+        so a reader never sees it truncated)."""
         doc = {"owner": self.owner, "acquired": time.time(), "expires": time.time() + self.ttl,
                "released": released}
+        data = json.dumps(doc).encode()
+        if mode == "wb":
+            put_atomic(self.fs, self._path(self.generation), data)
+            return
         with self.fs.open(self._path(self.generation), mode) as fh:
-            fh.write(json.dumps(doc).encode())
+            fh.write(data)
 
     def acquire(self) -> None:
         """Take the next generation, or raise ``LeaseHeld`` while a live lease exists."""
