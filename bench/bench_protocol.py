@@ -70,15 +70,16 @@ BENCH_FAST_SECONDS = 75.0
 """Seconds of one `fast` fit at 224 px on this 2-core CPU (README, "Choosing the default")."""
 
 
-def measured(fn: Callable[[], Any]) -> tuple[Any, float, int]:
-    """fn's result, its seconds and its peak Python allocation (bytes, numpy included)."""
+def measured(fn: Callable[[], Any]) -> tuple[Any, float, int, int]:
+    """fn's result, its seconds, its peak Python allocation and what it left allocated when it
+    returned (bytes, numpy included; the result and any cache it filled)."""
     tracemalloc.start()
     start = time.perf_counter()
     result = fn()
     seconds = time.perf_counter() - start
-    peak = tracemalloc.get_traced_memory()[1]
+    retained, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return result, seconds, peak
+    return result, seconds, peak, retained
 
 
 def make_objects(uri: str, options: dict[str, Any], count: int) -> None:
@@ -121,19 +122,19 @@ def make_output(uri: str, options: dict[str, Any], count: int) -> None:
 def listing_figures(uri_in: str, options: dict[str, Any], count: int) -> dict[str, Any]:
     """Seconds and peak memory of listing ``count`` input objects on the driver."""
     make_objects(uri_in, options, count)
-    listed, list_s, list_peak = measured(
+    listed, list_s, list_peak, list_kept = measured(
         lambda: list_images(InputConfig(uri=uri_in, storage_options=options)))
     assert len(listed) == count
     return {"objects": count, "list_seconds": list_s, "list_peak_mb": list_peak / 2**20,
-            "list_seconds_at_1m": list_s * 1e6 / count}
+            "list_retained_mb": list_kept / 2**20, "list_seconds_at_1m": list_s * 1e6 / count}
 
 
 def id_figures(uri_out: str, options: dict[str, Any], count: int) -> dict[str, Any]:
     """Seconds and peak memory of the skip logic over ``count`` committed ids, and the memory
     of the id set a reader actor keeps."""
     make_output(uri_out, options, count)
-    ids, ids_s, ids_peak = measured(lambda: committed_ids(uri_out, "c", options))
-    held, set_s, set_peak = measured(lambda: IdSet(ids))
+    ids, ids_s, ids_peak, _ = measured(lambda: committed_ids(uri_out, "c", options))
+    held, set_s, set_peak, _ = measured(lambda: IdSet(ids))
     # a plain set of the hex strings, strings included (tracemalloc would count only the
     # table: the strings are shared with ``ids``)
     plain = sys.getsizeof(ids) + sum(sys.getsizeof(i) for i in ids)
