@@ -92,7 +92,8 @@ class OutputConfig:
     with_artifact: bool = True
     """Also store the estimated artifact map G per image."""
     target_file_mb: int = 256
-    """Approximate size of one Parquet file."""
+    """Upper bound on one Parquet file's size (before compression): a write task gathers as
+    many rows as fit when every row has the most tokens any aspect can get."""
     lease_ttl_s: float = 900.0
     """A run holds a lease on the output while it runs (renewed every third of this); a
     crashed run's lease goes stale after this many seconds and the next refresh takes over."""

@@ -139,3 +139,23 @@ def test_kept_aspect_tokens_are_those_of_the_image(dinov2: FeatureExtractor,
     kept_cos, squashed_cos = np.asarray(kept_cos), np.asarray(squashed_cos)
     assert (kept_cos > squashed_cos).all(), (kept_cos, squashed_cos)
     assert kept_cos.mean() - squashed_cos.mean() > 0.05
+
+
+def test_files_are_sized_for_the_largest_grid(tiny_vit: FeatureExtractor) -> None:
+    """The sink sizes its files by the largest row any aspect can give (the token cap), so
+    kept-aspect rows never push a file past ``output.target_file_mb``."""
+    import dataclasses
+
+    from pipeline.distributed.features import FeatureMethod
+
+    method = FeatureMethod(stage=object, stage_kwargs={}, batch_size=1, extractor=tiny_vit,
+                           image_size=112, settings={}, resize=KEEP)
+    bound = method.max_row_bytes("float16", with_artifact=True)
+    per_token = 3 * tiny_vit.embed_dim * 2  # raw, clean, artifact in float16
+    tokens = [h * w for h, w in (token_grid(KEEP, (100, width), 112, tiny_vit.patch_size)
+                                 for width in range(20, 2000, 7))]
+    assert max(tokens) * per_token <= bound  # no aspect exceeds it
+    assert max(tokens) * per_token >= 0.9 * bound  # and it is not loose
+    assert method.max_row_bytes("float16", with_artifact=False) == bound * 2 // 3
+    square = dataclasses.replace(method, resize=SQUARE)
+    assert square.max_row_bytes("float32", with_artifact=True) == 7 * 7 * per_token * 2

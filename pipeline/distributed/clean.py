@@ -92,5 +92,6 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
         meta |= {"artifact_model": uri, "artifact_model_sha256": sha}
     method = FeatureMethod(
         stage=CleanImages, stage_kwargs=stage_kwargs, batch_size=cfg.engine.images_per_fit,
-        extractor=extractor, image_size=image_size, settings=settings, meta=meta)
+        extractor=extractor, image_size=image_size, settings=settings,
+        resize=cfg.engine.resize, meta=meta)
     return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method)

@@ -40,6 +40,7 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
         batch_size=cfg.batch_size, extractor=model.extractor, image_size=image_size,
         settings={"method": "denoiser", "denoiser_digest": digest, "image_size": image_size,
                   **cfg.resize.output_settings()},
+        resize=cfg.resize,
         meta={"denoiser_digest": digest, "denoiser_uri": cfg.denoiser.uri,
               "aspect": cfg.resize.aspect})
     return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method)

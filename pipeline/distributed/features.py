@@ -26,7 +26,7 @@ import ray
 import ray.data
 
 from pipeline import __version__
-from pipeline.config import ConfigError, MissingInput, output_digest, redact
+from pipeline.config import ConfigError, MissingInput, ResizeConfig, output_digest, redact
 from pipeline.distributed.read_stage import ReadImages
 from pipeline.distributed.sink import FeatureSink, empty_result
 from pipeline.job_config import ComputeConfig, InputConfig, OutputConfig
@@ -98,8 +98,20 @@ class FeatureMethod:
     settings: dict[str, Any]
     """Everything besides model and weights that decides the features (hashed into the
     config digest)."""
+    resize: ResizeConfig
+    """How inputs are resized: with ``keep``, a row holds up to ``max_tokens_ratio`` times the
+    square grid's tokens (what sizes the files)."""
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Extra facts recorded with the run (e.g. the denoiser's digest)."""
+
+    def max_row_bytes(self, dtype: str, with_artifact: bool) -> int:
+        """The largest a stored row's tensors can be: 2 or 3 (h, w, C) columns at the most
+        tokens an image of any aspect gets."""
+        side = self.image_size // self.extractor.patch_size
+        tokens = side * side * (self.resize.max_tokens_ratio if self.resize.aspect == "keep"
+                                else 1.0)
+        columns = 3 if with_artifact else 2
+        return int(columns * tokens * self.extractor.embed_dim * np.dtype(dtype).itemsize)
 
 
 def require_io(inputs: InputConfig, output: OutputConfig) -> None:
@@ -149,7 +161,6 @@ def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
                 meta: dict[str, Any], lease: OutputLease, start: float) -> dict[str, Any]:
     """The body of ``run_feature_job`` while this run holds the output's lease."""
     extractor = method.extractor
-    grid = meta["grid"]
     uris = list_images(inputs)
     out_fs, out_root = filesystem(output.uri, output.storage_options)
     run_path = run_folder(out_root, run_id)
@@ -158,7 +169,8 @@ def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
     logger.info("run %s: %d input files, config %s", run_id, len(uris), digest)
 
     init_ray(compute.ray_address, compute.local_num_cpus)
-    row_bytes = 3 * extractor.embed_dim * grid * grid * np.dtype(output.dtype).itemsize
+    # every file stays under the target, whatever the aspects of its rows
+    row_bytes = method.max_row_bytes(output.dtype, output.with_artifact)
     rows_per_file = max(1, output.target_file_mb * 2**20 // row_bytes)
     sink = FeatureSink(run_folder(output.uri.rstrip("/"), run_id),
                        output.storage_options, meta, output.dtype, output.with_artifact,
