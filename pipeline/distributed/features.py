@@ -1,5 +1,5 @@
 """The Ray layer shared by every feature job (clean_dataset, denoise_dataset): listing, the
-dataset graph, the committing datasink, local Ray, the summary.
+dataset graph, local Ray, closing the run, the summary (the datasink is ``sink.FeatureSink``).
 
 Graph: file list (driver) -> ReadImages (actor pool) -> the job's feature stage (actor pool,
 GPUs from config) -> FeatureSink. Each write task writes content-named Parquet files into the
