@@ -62,6 +62,8 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     """A public name, imported from its module on first use."""
+    if f"pipeline.{name}" in _moved.MOVED:  # a flat module of earlier releases (warns)
+        return importlib.import_module(f"pipeline.{name}")
     if name not in _PUBLIC:
         raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
     value = getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -35,8 +35,11 @@ def imported_modules(tree: ast.Module) -> list[tuple[str, str | None]]:
                 else function
             if isinstance(child, ast.Import):
                 found.extend((alias.name, function) for alias in child.names)
-            elif isinstance(child, ast.ImportFrom) and child.module and not child.level:
-                found.append((child.module, function))
+            elif isinstance(child, ast.ImportFrom):
+                assert not child.level, "relative imports hide the layer: write pipeline.x.y"
+                found.append((child.module or "", function))
+                if child.module == "pipeline":  # from pipeline import distributed
+                    found.extend((f"pipeline.{alias.name}", function) for alias in child.names)
             visit(child, inner)
 
     visit(tree, None)
@@ -75,22 +78,31 @@ def test_importing_every_lower_module_loads_no_ray() -> None:
     assert out.stdout.strip() == "[]", out.stdout
 
 
-def test_old_flat_paths_forward_with_a_warning() -> None:
+def test_old_flat_paths_forward_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.store.schema as schema
     from pipeline._moved import MOVED
 
+    monkeypatch.delitem(sys.modules, "pipeline.schema", raising=False)  # warns on first import
     with pytest.warns(DeprecationWarning, match="pipeline.store.schema"):
-        from pipeline.schema import read_features_table  # type: ignore[import-not-found]
-    assert read_features_table is schema.read_features_table
+        import pipeline.schema as old  # type: ignore[import-not-found]
+    assert old is schema and schema.__spec__.name == "pipeline.store.schema"
+    monkeypatch.setattr("pipeline.schema.READ_THREADS", 3)  # patching the old path patches it
+    assert schema.READ_THREADS == 3
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        import pipeline.ray_clean  # type: ignore[import-not-found]  # noqa: F401
-    assert sys.modules["pipeline.ray_clean"].run_clean_job.__module__ == \
-        "pipeline.distributed.clean"
-    for old, new in MOVED.items():  # every new home exists
-        relative = new.removeprefix("pipeline.").replace(".", "/") + ".py"
-        assert (PACKAGE / relative).is_file(), (old, new)
-        assert not (PACKAGE / (old.removeprefix("pipeline.") + ".py")).exists(), old
+        from pipeline.ray_features import FeatureSink  # type: ignore[import-not-found]
+        from pipeline.stages import CleanImages, ReadImages  # type: ignore[import-not-found]
+
+        import pipeline
+        assert pipeline.engine.clean_images is pipeline.clean_images
+    assert (ReadImages.__module__, CleanImages.__module__, FeatureSink.__module__) == (
+        "pipeline.distributed.read_stage", "pipeline.distributed.stages",
+        "pipeline.distributed.sink")
+    for old_name, homes in MOVED.items():  # every new home exists, no old file is left
+        for home in homes:
+            relative = home.removeprefix("pipeline.").replace(".", "/") + ".py"
+            assert (PACKAGE / relative).is_file(), (old_name, home)
+        assert not (PACKAGE / (old_name.removeprefix("pipeline.") + ".py")).exists(), old_name
 
 
 def test_reader_and_writer_tasks_never_import_torch() -> None:

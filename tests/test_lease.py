@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import time
 from pathlib import Path
 
@@ -72,4 +73,8 @@ def test_checks_while_the_lease_is_renewed(location: tuple[str, dict]) -> None:
         latest = lease._latest()
         assert latest is not None and renewed_at is not None
         assert latest.expires > renewed_at.expires  # the renewer ran meanwhile
+        lease.fs.pipe_file(lease._path(lease.generation) + ".tmp-0badc0de", b"{")  # a crash's
     assert checks > 10
+    lease.fs.invalidate_cache(lease.folder)
+    left = [posixpath.basename(p) for p in lease.fs.ls(lease.folder, detail=False)]
+    assert left == [f"lease-{lease.generation:08d}.json"]  # release leaves no temp file

@@ -141,6 +141,10 @@ class OutputLease:
                 old = self._path(generation)  # only the latest generations matter
                 if self.fs.exists(old):
                     self.fs.rm(old)
+            self.fs.invalidate_cache(self.folder)
+            for path in self.fs.ls(self.folder, detail=False):  # renewals cut short by a crash
+                if ".tmp-" in posixpath.basename(path):  # (only the holder writes them)
+                    self.fs.rm(path)
 
     def __enter__(self) -> OutputLease:
         self.acquire()

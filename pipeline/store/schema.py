@@ -797,21 +797,15 @@ def read_quarantine_table(uri: str, storage_options: dict[str, Any] | None = Non
     return _concat(list(_read_tables(fs, files, None))) or QUARANTINE_SCHEMA.empty_table()
 
 
-class CommittedFileReader:
-    """Reads committed feature files inside Ray Data tasks: a batch of ``{"path",
-    "leave_out"}`` rows (one per file) -> the files' rows, without the ids each is to leave
-    out (the same code as every other reader). Plain Python: the store imports no Ray."""
-
-    def __init__(self, uri: str, storage_options: dict[str, Any] | None,
-                 columns: Sequence[str] | None) -> None:
-        self.uri, self.storage_options = uri, storage_options
-        self.columns = list(columns) if columns else None
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        fs, _ = filesystem(self.uri, self.storage_options)
-        files = [OwnedFile(path, frozenset(leave_out), None) for path, leave_out in
-                 zip(batch["path"].to_pylist(), batch["leave_out"].to_pylist(), strict=True)]
-        return pa.concat_tables(list(_read_tables(fs, files, self.columns)))
+def read_committed_files(batch: pa.Table, uri: str, storage_options: dict[str, Any] | None,
+                         columns: Sequence[str] | None) -> pa.Table:
+    """Ray Data's read of committed feature files: a batch of ``{"path", "leave_out"}`` rows
+    (one per file) -> the files' rows without the ids each is to leave out (the same code as
+    every other reader). Plain Python: the store imports no Ray."""
+    fs, _ = filesystem(uri, storage_options)
+    files = [OwnedFile(path, frozenset(leave_out), None) for path, leave_out in
+             zip(batch["path"].to_pylist(), batch["leave_out"].to_pylist(), strict=True)]
+    return pa.concat_tables(list(_read_tables(fs, files, list(columns) if columns else None)))
 
 
 def read_features(uri: str, columns: Sequence[str] | None = None,
@@ -825,7 +819,7 @@ def read_features(uri: str, columns: Sequence[str] | None = None,
     (needed for tensors of a folder of several grids: ``feature_grids`` lists them).
 
     The manifests already name every file, so one task a file reads it (``ray.data.from_items``
-    and ``CommittedFileReader``) instead of ``ray.data.read_parquet``, which in Ray 2.60 lists
+    and ``read_committed_files``) instead of ``ray.data.read_parquet``, which in Ray 2.60 lists
     again and starts 32 footer-reading actors for every call.
     """
     import ray.data  # Ray stays out of the import path of non-Ray users
@@ -838,8 +832,9 @@ def read_features(uri: str, columns: Sequence[str] | None = None,
                                 f"config_digest={config_digest}, grid={grid})")
     items = [{"path": owned.path, "leave_out": sorted(owned.leave_out)} for owned in files]
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        CommittedFileReader(uri, storage_options, columns), batch_size=1,
-        batch_format="pyarrow")
+        read_committed_files, batch_size=1, batch_format="pyarrow",
+        fn_kwargs={"uri": uri, "storage_options": storage_options,
+                   "columns": list(columns) if columns else None})
 
 
 def feature_grids(uri: str, storage_options: dict[str, Any] | None = None, *,
