@@ -199,6 +199,11 @@ class ResizeConfig:
             return {}
         return {"resize": {"aspect": self.aspect, "max_tokens_ratio": self.max_tokens_ratio}}
 
+    def max_tokens(self, side: int) -> float:
+        """The most tokens an image's grid may hold when the square grid is ``side`` x ``side``
+        (``keep``: the cap; ``square``: the square itself)."""
+        return side * side * (self.max_tokens_ratio if self.aspect == "keep" else 1.0)
+
     def __post_init__(self) -> None:
         if self.aspect not in ASPECTS:
             raise ValueError(f"resize.aspect must be one of {list(ASPECTS)}, got {self.aspect!r}")

@@ -104,12 +104,15 @@ class FeatureMethod:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Extra facts recorded with the run (e.g. the denoiser's digest)."""
 
+    @property
+    def square_grid(self) -> int:
+        """Tokens per side of a square input."""
+        return self.image_size // self.extractor.patch_size
+
     def max_row_bytes(self, dtype: str, with_artifact: bool) -> int:
         """The largest a stored row's tensors can be: 2 or 3 (h, w, C) columns at the most
         tokens an image of any aspect gets."""
-        side = self.image_size // self.extractor.patch_size
-        tokens = side * side * (self.resize.max_tokens_ratio if self.resize.aspect == "keep"
-                                else 1.0)
+        tokens = self.resize.max_tokens(self.square_grid)
         columns = 3 if with_artifact else 2
         return int(columns * tokens * self.extractor.embed_dim * np.dtype(dtype).itemsize)
 
@@ -136,12 +139,12 @@ def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConf
     extractor = method.extractor
     digest = output_digest(extractor.model_name, extractor.weights_digest, method.settings,
                            output.dtype, output.with_artifact)
-    grid = method.image_size // extractor.patch_size
     meta = {"model": extractor.model_name, "weights": extractor.weights,
             "weights_digest": extractor.weights_digest, "layer": extractor.layer,
             "config_digest": digest, "channels": extractor.embed_dim,
             "method": method.stage.method, "patch_size": extractor.patch_size,
-            "grid": grid, **method.meta}  # a square input's; rows hold their own grid_h, grid_w
+            # a square input's grid; rows hold their own grid_h, grid_w
+            "grid": method.square_grid, **method.meta}
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:8]}-{uuid.uuid4().hex[:6]}"
     lease = OutputLease(output.uri, run_id, output.lease_ttl_s, output.storage_options)
     lease.acquire()  # before anything is listed: a concurrent refresh stops here

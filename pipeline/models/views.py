@@ -80,7 +80,7 @@ def token_grid(cfg: ResizeConfig, image_hw: Sequence[int], size: int, patch: int
     if cfg.aspect == "square" or height == width:
         return side, side
     short, long = (height, width) if height < width else (width, height)
-    budget = cfg.max_tokens_ratio * side * side
+    budget = cfg.max_tokens(side)
     short_tokens = side
     long_tokens = max(side, math.floor(side * long / short + 0.5))  # halves round up
     if short_tokens * long_tokens > budget:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.store.schema import filesystem, put_atomic
+from pipeline.store.schema import filesystem, put_atomic, read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +74,8 @@ class OutputLease:
                              if (m := _NAME.search(p)))
         if not generations:
             return None
-        # one GET, no cached ETag: the holder may have renewed the file since it was listed
-        # (an open() with the listing's details then fails its If-Match)
-        doc = json.loads(self.fs.cat_file(self._path(generations[-1])))
+        # the holder may have renewed the file since it was listed
+        doc = json.loads(read_bytes(self.fs, self._path(generations[-1])))
         return LeaseRecord(generations[-1], doc["owner"], doc["expires"], doc["released"])
 
     def _write(self, mode: str, released: bool = False) -> None:

@@ -382,9 +382,10 @@ def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return f"{protocol}://{path}"
 
 
-def _read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
-    with fs.open(path, "rb") as fh:
-        return fh.read()
+def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """A small file's bytes in one GET, with no ETag cached by an earlier listing (a file
+    rewritten since, like the lease, would fail that ETag's If-Match on S3)."""
+    return fs.cat_file(path)
 
 
 def run_folder(output_root: str, run_id: str) -> str:
@@ -401,7 +402,7 @@ def write_run_config(fs: fsspec.AbstractFileSystem, run_path: str, resolved: dic
 
 def read_run_config(fs: fsspec.AbstractFileSystem, run_path: str) -> dict[str, Any]:
     """A run's ``config.json``."""
-    return json.loads(_read_bytes(fs, posixpath.join(run_path, CONFIG_FILE)))
+    return json.loads(read_bytes(fs, posixpath.join(run_path, CONFIG_FILE)))
 
 
 def write_commit_record(fs: fsspec.AbstractFileSystem, run_path: str, record: CommitRecord
@@ -435,9 +436,9 @@ def _read_many(fs: fsspec.AbstractFileSystem, paths: Sequence[str]) -> list[byte
     """The bytes of each path, in order: on an object store by up to ``READ_THREADS`` threads,
     on a local disk one after another (threads only slow small local reads down)."""
     if len(paths) <= 1 or is_local(fs):
-        return [_read_bytes(fs, path) for path in paths]
+        return [read_bytes(fs, path) for path in paths]
     with ThreadPoolExecutor(min(READ_THREADS, len(paths))) as pool:
-        return list(pool.map(lambda path: _read_bytes(fs, path), paths))
+        return list(pool.map(lambda path: read_bytes(fs, path), paths))
 
 
 def manifest_from_records(run_id: str, config_digest: str, meta: dict[str, Any],
@@ -514,10 +515,10 @@ def _runs(fs: fsspec.AbstractFileSystem, root: str) -> list[CommittedRun]:
         path = run_folder(root, run_id)
         if fs.exists(posixpath.join(path, COMMITTED)):
             runs.append(CommittedRun(path, Manifest.from_bytes(
-                _read_bytes(fs, posixpath.join(path, MANIFEST))), "committed"))
+                read_bytes(fs, posixpath.join(path, MANIFEST))), "committed"))
         elif fs.exists(posixpath.join(path, SEALED)):
             runs.append(CommittedRun(path, Manifest.from_bytes(
-                _read_bytes(fs, posixpath.join(path, SEALED))), "sealed"))
+                read_bytes(fs, posixpath.join(path, SEALED))), "sealed"))
         elif (manifest := _open_manifest(fs, path)) is not None:
             runs.append(CommittedRun(path, manifest, "open"))
     return runs
@@ -805,7 +806,7 @@ def read_committed_files(batch: pa.Table, uri: str, storage_options: dict[str, A
     fs, _ = filesystem(uri, storage_options)
     files = [OwnedFile(path, frozenset(leave_out), None) for path, leave_out in
              zip(batch["path"].to_pylist(), batch["leave_out"].to_pylist(), strict=True)]
-    return pa.concat_tables(list(_read_tables(fs, files, list(columns) if columns else None)))
+    return pa.concat_tables(list(_read_tables(fs, files, columns)))
 
 
 def read_features(uri: str, columns: Sequence[str] | None = None,
