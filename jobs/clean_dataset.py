@@ -18,13 +18,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import sys  # noqa: E402
 
 from pipeline.cli import user_errors  # noqa: E402
 from pipeline.distributed.clean import run_clean_job  # noqa: E402
 from pipeline.distributed.features import format_summary  # noqa: E402
 from pipeline.job_config import resolve_clean_job  # noqa: E402
-from pipeline.store.lease import EXIT_LEASE_HELD, LeaseHeld  # noqa: E402
 
 
 @user_errors()
@@ -42,11 +40,7 @@ def main() -> None:
     if args.output:
         overrides.append(f"output.uri={args.output}")
     cfg = resolve_clean_job(args.job, overrides)
-    try:
-        summary = run_clean_job(cfg)
-    except LeaseHeld as err:  # an overlapping refresh: this one does nothing
-        logging.warning("%s", err)
-        sys.exit(EXIT_LEASE_HELD)
+    summary = run_clean_job(cfg)
     print(format_summary(summary))
     print(json.dumps(summary))
 

@@ -18,13 +18,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import sys  # noqa: E402
 
 from pipeline.cli import user_errors  # noqa: E402
 from pipeline.distributed.denoise import run_denoise_job  # noqa: E402
 from pipeline.distributed.features import format_summary  # noqa: E402
 from pipeline.job_config import DenoiseJobConfig, resolve_job  # noqa: E402
-from pipeline.store.lease import EXIT_LEASE_HELD, LeaseHeld  # noqa: E402
 
 
 @user_errors()
@@ -42,11 +40,7 @@ def main() -> None:
                        ("denoiser.uri", args.denoiser)):
         if value:
             overrides.append(f"{key}={value}")
-    try:
-        summary = run_denoise_job(resolve_job(DenoiseJobConfig, args.job, overrides))
-    except LeaseHeld as err:  # an overlapping refresh: this one does nothing
-        logging.warning("%s", err)
-        sys.exit(EXIT_LEASE_HELD)
+    summary = run_denoise_job(resolve_job(DenoiseJobConfig, args.job, overrides))
     print(format_summary(summary))
     print(json.dumps(summary))
 

@@ -13,13 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
-
-import yaml
 
 from pipeline.cli import user_errors
+from pipeline.config import parse_value
 from pipeline.store.gc import gc_output
-from pipeline.store.lease import EXIT_LEASE_HELD, LeaseHeld
 
 
 @user_errors()
@@ -30,12 +27,7 @@ def main() -> None:
     parser.add_argument("--storage-options", default="{}", help="fsspec options, YAML")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        report = gc_output(args.output, yaml.safe_load(args.storage_options) or {},
-                           delete=args.delete)
-    except LeaseHeld as err:
-        logging.warning("%s", err)
-        sys.exit(EXIT_LEASE_HELD)
+    report = gc_output(args.output, parse_value(args.storage_options) or {}, delete=args.delete)
     for path in report.orphans:
         print(path)
     print(json.dumps({"sealed": report.sealed, "orphans": len(report.orphans),

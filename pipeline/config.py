@@ -293,7 +293,14 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
         return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
-    if origin in (list, dict) or tp is Any:
+    if origin is list:
+        if isinstance(value, str):  # one item given where a list is expected (include=*.jpg)
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(item, v, where) for v in value]
+    if origin is dict or tp is Any:
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
@@ -428,8 +435,36 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError(f"override {text!r} has an empty key")
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    return path, value
+    return path, parse_value(raw, text)
+
+
+def parse_value(raw: str, where: str = "") -> Any:
+    """A value typed on a command line, read as YAML (``3``, ``true``, ``{a: 1}``, ``[x, y]``).
+
+    Glob patterns are not YAML (``*`` starts an alias), so ``[*.jpg,*.png]`` and ``*.jpg`` read
+    as a list of strings and a string; any other unreadable value is a ``ConfigError``.
+    """
+    text = raw.strip()
+    if not text:
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        if text.startswith("[") and text.endswith("]"):
+            items = (item.strip() for item in text[1:-1].split(","))
+            return [_unquote(item) for item in items if item]
+        if "," not in text and not text.startswith(("{", "[", "'", '"')):
+            return text  # a bare pattern such as *.jpg
+        problem = str(err).splitlines()[0]
+        raise ConfigError(f"override {where or raw!r}: the value is not valid YAML ({problem}); "
+                          "quote it, e.g. key='[a, b]'") from None
+
+
+def _unquote(text: str) -> str:
+    """``'a'`` or ``"a"`` -> ``a``; anything else as it is."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
 
 
 def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:

@@ -39,7 +39,8 @@ IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.bmp", "*.tif", "*.tif
 
 @dataclass(frozen=True)
 class InputConfig:
-    """Where images come from."""
+    """Where images come from, and the caps that keep one bad file from costing more than
+    itself."""
 
     uri: str = ""
     """Folder or prefix: a local path, file://, s3://, or any URI fsspec knows."""
@@ -49,8 +50,19 @@ class InputConfig:
     """Glob patterns (on the path relative to ``uri``) of files to leave out."""
     max_pixels: int = 100_000_000
     """Images with more pixels (read from the header) are quarantined, never decoded."""
+    max_bytes: int = 256 * 2**20
+    """Files larger than this (checked before reading) are quarantined, never read."""
+    decode_timeout_s: float = 300.0
+    """Decoding one image may take this long; a decoder that overruns it (a file that makes
+    the codec spin) is killed, and the image quarantined if it does so twice. 0: no limit."""
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """fsspec options such as ``{"endpoint_url": ...}``; credentials come from the environment."""
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "input.", {"decode_timeout_s": 0},
+                       above={"max_pixels": 0, "max_bytes": 0})
+        if not self.include:
+            raise ConfigError("input.include is empty: no file could ever match")
 
 
 @dataclass(frozen=True)
@@ -142,11 +154,17 @@ class ComputeConfig:
     """Ray cluster to join; None: $RAY_ADDRESS if set, else a local Ray started by the job."""
     local_num_cpus: int = 8
     """Logical CPUs of the local Ray (more than cores so stages never starve each other)."""
+    max_restarts: int = 3
+    """Times Ray restarts a reader or cleaning actor that died (Ray Data's default is
+    forever: a worker killed by the same batch every time would stall the run)."""
+    max_task_retries: int = 3
+    """Times a batch is retried on a restarted actor before the run fails with the error."""
 
     def __post_init__(self) -> None:
         check_at_least(self, "compute.", {"actors": 1, "readers": 1, "read_batch_size": 1,
                                           "local_num_cpus": 1, "num_gpus": 0, "memory_gb": 0,
-                                          "torch_threads": 0},
+                                          "torch_threads": 0, "max_restarts": 0,
+                                          "max_task_retries": 0},
                        above={"num_cpus": 0, "reader_num_cpus": 0})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import zlib
@@ -168,6 +169,8 @@ def test_poison_set_is_quarantined_and_the_rest_commits(tmp_path: Path,
         "p.png": _png(Image.fromarray(base).convert("P")),
         "rotated.jpg": _jpeg(base, exif=exif.tobytes()),
         "good.jpg": good_jpeg,
+        "a::b.png": _png(Image.fromarray(base[:100, :90])),  # never re-parsed as a URL chain
+        "a": _jpeg(base[::-1].copy()),  # its sibling, not an input (no image suffix)
     }
     buf = io.BytesIO()
     Image.fromarray(base).convert("CMYK").save(buf, format="JPEG")
@@ -185,12 +188,15 @@ def test_poison_set_is_quarantined_and_the_rest_commits(tmp_path: Path,
     assert "bomb" in bad["bomb.png"]["reason"]
     assert "smaller than one" in bad["tiny.png"]["reason"]
     assert all(r["stage"] == "decode" and r["error_class"] for r in quarantined)
-    committed = read_features_table(out, ["source_uri", "width", "height"]).to_pylist()
+    committed = read_features_table(out, ["source_uri", "width", "height",
+                                          "image_id"]).to_pylist()
     names = {Path(r["source_uri"]).name: r for r in committed}
     assert set(names) == {"cmyk.jpg", "sixteen.png", "la.png", "p.png", "rotated.jpg",
-                          "good.jpg"}
+                          "good.jpg", "a::b.png"}
     assert (names["rotated.jpg"]["width"], names["rotated.jpg"]["height"]) == (120, 160)
-    assert summary["inputs"] == len(files) == summary["done"] + summary["quarantined"]
+    assert names["a::b.png"]["image_id"] == hashlib.sha256(files["a::b.png"]).hexdigest()
+    assert (names["a::b.png"]["width"], names["a::b.png"]["height"]) == (90, 100)
+    assert summary["inputs"] == len(files) - 1 == summary["done"] + summary["quarantined"]
 
 
 def test_s3_in_and_out(s3_endpoint: str, photos: dict[str, np.ndarray]) -> None:

@@ -44,9 +44,24 @@ def test_overrides_apply_and_coerce() -> None:
     assert engine_preset("fast", ["image_size=224"]).image_size == 224
 
 
+@pytest.mark.parametrize(("override", "patterns"), [
+    ("input.include=[*.jpg]", ["*.jpg"]),  # the README's own example: `*` is no YAML alias
+    ("input.include=[*.jpg,*.png]", ["*.jpg", "*.png"]),
+    ("input.include=[ '*.jpg', \"*.PNG\" ]", ["*.jpg", "*.PNG"]),
+    ("input.include=*.jpg", ["*.jpg"]),  # one pattern where a list is expected
+    ("input.exclude=[raw/*, tmp/**]", ["raw/*", "tmp/**"]),
+])
+def test_glob_lists_parse_as_lists(override: str, patterns: list[str]) -> None:
+    from pipeline.job_config import resolve_clean_job
+
+    cfg = resolve_clean_job("smoke", [override])
+    assert (cfg.input.include if "include" in override else cfg.input.exclude) == patterns
+
+
 @pytest.mark.parametrize(
     "override",
-    ["fit.stepz=3", "fit.steps=many", "fit.steps", "views.scale=[1]", "nosuch.key=1"],
+    ["fit.stepz=3", "fit.steps=many", "fit.steps", "views.scale=[1]", "nosuch.key=1",
+     "views.scale={a: [}", "fit.steps=[1, 2]"],
 )
 def test_bad_overrides_raise(override: str) -> None:
     with pytest.raises(ValueError):

@@ -15,6 +15,7 @@ import pytest
 from pipeline.store.schema import (
     COMMITS_DIR,
     CommitRecord,
+    DamagedFile,
     FileEntry,
     IdSet,
     column_to_numpy,
@@ -58,12 +59,12 @@ def _part(ids: list[str], value: float) -> pa.Table:
 class Run:
     """A run as the Ray layer drives it: config first, then parts and records task by task."""
 
-    def __init__(self, uri: str, options: dict, run_id: str) -> None:
-        self.uri, self.options, self.run_id = uri, options, run_id
+    def __init__(self, uri: str, options: dict, run_id: str, digest: str = "c") -> None:
+        self.uri, self.options, self.run_id, self.digest = uri, options, run_id, digest
         self.fs, root = filesystem(uri, options)
         self.path = run_folder(root, run_id)
         write_run_config(self.fs, self.path, {"run_id": run_id, "meta": {
-            "config_digest": "c", "method": "dvt-fit", "model": "m"}})
+            "config_digest": digest, "method": "dvt-fit", "model": "m"}})
 
     def part(self, task: int, ids: list[str], value: float = 0.0, record: bool = True) -> str:
         data, digest = table_bytes(_part(ids, value))
@@ -78,8 +79,8 @@ class Run:
         from pipeline.store.schema import read_commit_records
 
         records = [r for _, r in read_commit_records(self.fs, self.path)]
-        commit_run(self.fs, self.path, manifest_from_records(self.run_id, "c", {}, records,
-                                                             {"done": 0}))
+        commit_run(self.fs, self.path, manifest_from_records(self.run_id, self.digest, {},
+                                                             records, {"done": 0}))
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -206,3 +207,71 @@ def test_gc_seals_dead_runs_and_removes_only_orphans(tmp_path) -> None:
     assert done.stdout.splitlines()[0].endswith(stray) and '"removed": true' in done.stdout
     assert not (Path(dead.path) / stray).exists()
     assert sorted(_ids(uri, {})) == sorted([a, b]) and gc_output(uri).orphans == []
+
+
+def test_damaged_files_are_named_and_other_runs_stay_readable(
+        output: tuple[str, dict], caplog: pytest.LogCaptureFixture) -> None:
+    """A zero-byte commit record or manifest (what a power loss can leave), a part cut short
+    or rewritten by someone else, and a stray file under runs/: every error names the file,
+    and the runs they do not touch read as before (before: JSONDecodeError naming no file,
+    silent reads of rewritten parts, every reader broken by a .DS_Store)."""
+    uri, options = output
+    a, b, c, d, e = (image_id(n) for n in "abcde")
+    committed = Run(uri, options, "20260101T000000Z-c-000001")
+    committed.part(0, [a])
+    committed.part(1, [b])
+    committed.commit()
+    other = Run(uri, options, "20260102T000000Z-x-000002", digest="x")
+    damaged_part = other.part(0, [c])
+    other.commit()
+    going = Run(uri, options, "20260103T000000Z-c-000003")
+    going.part(0, [d])
+    going.part(1, [e])
+    fs = committed.fs
+    fs.pipe_file(posixpath.join(posixpath.dirname(committed.path), ".DS_Store"), b"\0\0")
+    record = sorted(fs.ls(posixpath.join(going.path, COMMITS_DIR), detail=False))[1]
+    fs.pipe_file(record, b"")  # task 1's record of the open run, zeroed
+    manifest = posixpath.join(committed.path, "_manifest.json")
+    fs.pipe_file(manifest, b"")  # the committed run's manifest, zeroed
+
+    with caplog.at_level("WARNING"):
+        ids = sorted(read_features_table(uri, ["image_id"], options,
+                                         config_digest="c")["image_id"].to_pylist())
+    assert ids == sorted([a, b, d])  # the manifest rebuilt from its records; e's record lost
+    assert posixpath.basename(record) in caplog.text and "_manifest.json" in caplog.text
+    assert [r.damaged for r in committed_runs(uri, options)][0].endswith("_manifest.json")
+
+    part = posixpath.join(other.path, damaged_part)
+    data = fs.cat_file(part)
+    fs.pipe_file(part, data[: len(data) // 2])  # cut short
+    with pytest.raises(DamagedFile, match=damaged_part):
+        read_features_table(uri, ["image_id"], options, config_digest="x")
+    fs.pipe_file(part, table_bytes(_part([c, c], 1.0))[0])  # rewritten: changed values, id twice
+    with pytest.raises(DamagedFile, match=damaged_part):
+        read_features_table(uri, None, options, config_digest="x")
+    assert sorted(_ids_of(uri, options, "c")) == sorted([a, b, d])  # the other runs still read
+
+    with caplog.at_level("WARNING"):  # gc neither crashes nor touches the damaged run
+        orphans = orphaned_files(uri, options)
+    assert not any(p.startswith(committed.path) for p in orphans)
+    assert "gc leaves run" in caplog.text
+
+
+def _ids_of(uri: str, options: dict, digest: str) -> list[str]:
+    return read_features_table(uri, ["image_id"], options,
+                               config_digest=digest)["image_id"].to_pylist()
+
+
+def test_local_writes_are_flushed_to_disk_before_they_count(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """put_atomic flushes the temp file before the rename and the folder after it, so a power
+    loss leaves the old file or the new one whole, never a zero-byte record."""
+    import os
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    fs, root = filesystem(str(tmp_path / "out"))
+    put_atomic(fs, posixpath.join(root, "runs", "r", "_commits", "00000-x.json"), b"{}")
+    assert len(synced) == 2  # the file's bytes, then the folder's entry
+    assert (tmp_path / "out" / "runs" / "r" / "_commits" / "00000-x.json").read_bytes() == b"{}"

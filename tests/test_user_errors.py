@@ -26,8 +26,8 @@ CASES = [
      "train.init must be one of"),
     ("denoise_dataset", ["--input", NOWHERE, "--output", "{tmp}/out", "--denoiser", "{tmp}",
                          "--job", "denoise_smoke"], "does not exist"),
-    ("denoise_dataset", ["--input", "{tmp}", "--output", "{tmp}/out", "--denoiser", "{tmp}",
-                         "--job", "denoise_smoke"], "no exported denoiser"),
+    ("denoise_dataset", ["--input", "{tmp}/in", "--output", "{tmp}/out", "--denoiser",
+                         "{tmp}", "--job", "denoise_smoke"], "no exported denoiser"),
     ("denoise_dataset", ["--input", "{tmp}", "--output", "{tmp}/out", "--denoiser", "{tmp}",
                          "--job", "denoise_smoke", "batch_size=0"], "batch_size must be >= 1"),
     ("evaluate", ["--features", NOWHERE, "--out", "{tmp}/r"], "no committed stage-1 runs"),
@@ -38,6 +38,12 @@ CASES = [
     ("gc_output", ["--output", NOWHERE], "does not exist"),
     ("clean_dataset", ["--input", "{tmp}", "--output", "{tmp}/out", "--job", "nope"],
      "no job preset 'nope'"),
+    ("clean_dataset", ["--input", "{tmp}/in", "--output", "{tmp}/out", "--job", "smoke",
+                       "input.exclude=[raw/*]"], "no input file under"),
+    ("clean_dataset", ["--input", "{tmp}/in", "--output", "{tmp}/out", "--job", "smoke",
+                       "input.include=[*.png,*.webp]"], "matches input.include=['*.png'"),
+    ("clean_dataset", ["--input", "{tmp}/in", "--output", "{tmp}/out", "--job", "smoke",
+                       "input.storage_options={{a: [}}"], "not valid YAML"),
 ]
 
 
@@ -49,6 +55,8 @@ def test_a_user_error_is_one_line_and_exit_2(job: str, argv: list[str], message:
     import ray
 
     ray_before = ray.is_initialized()  # the suite's own Ray may be up already
+    (tmp_path / "in" / "raw").mkdir(parents=True)
+    (tmp_path / "in" / "raw" / "a.jpg").write_bytes(b"patterns decide, not contents")
     args = [a.format(tmp=tmp_path) for a in argv]
     monkeypatch.setattr("sys.argv", [f"jobs/{job}.py", *args])
     start = time.perf_counter()

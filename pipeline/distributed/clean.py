@@ -8,15 +8,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import fsspec
+import numpy as np
 
 from pipeline.config import ConfigError, config_digest, config_to_dict
 from pipeline.distributed.features import FeatureMethod, list_images, require_io, run_feature_job
+from pipeline.distributed.read_stage import read_input
 from pipeline.distributed.stages import CleanImages
 from pipeline.job_config import CleanJobConfig, InputConfig
 from pipeline.models.artifact_model import calibrate
+from pipeline.models.decoder_process import DecoderProcess
 from pipeline.models.engine import resolve_image_size
-from pipeline.models.images import decode_image
 from pipeline.models.vit import FeatureExtractor, load_extractor
 from pipeline.store.schema import (
     artifact_model_uri,
@@ -29,11 +30,12 @@ from pipeline.store.schema import (
 logger = logging.getLogger(__name__)
 
 
-def ensure_artifact_model(cfg: CleanJobConfig, extractor: FeatureExtractor, image_size: int
-                          ) -> tuple[str, str]:
+def ensure_artifact_model(cfg: CleanJobConfig, extractor: FeatureExtractor, image_size: int,
+                          inputs: list[str]) -> tuple[str, str]:
     """URI and sha256 of the output's artifact model for this job's model, weights and size:
     the stored one when an earlier run made it with the same calibration settings, else one
-    calibrated now on the driver (``cfg.calibration``) and written atomically."""
+    calibrated now on the driver (``cfg.calibration``, or the job's ``inputs``) and written
+    atomically."""
     calib = cfg.calibration
     if calib.model_uri:
         model, sha = read_artifact_model(calib.model_uri, calib.storage_options)
@@ -51,17 +53,28 @@ def ensure_artifact_model(cfg: CleanJobConfig, extractor: FeatureExtractor, imag
         return uri, sha
     source = InputConfig(uri=calib.uri or cfg.input.uri, include=cfg.input.include,
                          exclude=cfg.input.exclude, max_pixels=cfg.input.max_pixels,
+                         max_bytes=cfg.input.max_bytes,
+                         decode_timeout_s=cfg.input.decode_timeout_s,
                          storage_options=calib.storage_options if calib.uri
                          else cfg.input.storage_options)
-    listed = list_images(source)
-    photos = []
-    for i in spread_indices(len(listed), calib.images):
+    listed = list_images(source) if calib.uri else inputs
+    fs, _ = filesystem(source.uri, source.storage_options)
+    chosen = [listed[i] for i in spread_indices(len(listed), calib.images)]
+    encoded = []
+    for uri in chosen:
         try:
-            with fsspec.open(listed[i], "rb", **source.storage_options) as fh:
-                photos.append(decode_image(fh.read(), max_pixels=source.max_pixels,
-                                           min_side=extractor.patch_size))
+            encoded.append(read_input(fs, uri, source.max_bytes))
         except Exception as err:  # a bad input is quarantined by the run, not fatal here
-            logger.warning("calibration skips %s: %s", listed[i], err)
+            logger.warning("calibration skips %s: %s", uri, err)
+    decoder = DecoderProcess(source.max_pixels, extractor.patch_size, source.decode_timeout_s)
+    photos = []
+    for decoded in decoder.decode(encoded):
+        if decoded.ok:
+            photos.append(np.frombuffer(decoded.pixels, np.uint8).reshape(
+                decoded.height, decoded.width, 3))
+        else:
+            logger.warning("calibration skips an image: %s", decoded.reason)
+    decoder.close()
     if not photos:
         raise ConfigError(f"no readable calibration image under {source.uri}: preset "
                          f"{cfg.engine.name!r} needs an artifact model, calibrated on photos "
@@ -75,7 +88,7 @@ def ensure_artifact_model(cfg: CleanJobConfig, extractor: FeatureExtractor, imag
 
 def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
     """Stage 1 over ``cfg.input.uri`` into a new committed run; return the summary."""
-    require_io(cfg.input, cfg.output)
+    uris = require_io(cfg.input, cfg.output)
     extractor = load_extractor(cfg.model.name, cfg.model.weights, device="cpu")
     image_size = resolve_image_size(cfg.engine, extractor)
     settings: dict[str, Any] = {"engine": cfg.engine.output_settings()}
@@ -85,7 +98,7 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
                     "torch_threads": cfg.compute.torch_threads}
     meta: dict[str, Any] = {"aspect": cfg.engine.resize.aspect}
     if cfg.engine.needs_artifact_model:
-        uri, sha = ensure_artifact_model(cfg, extractor, image_size)
+        uri, sha = ensure_artifact_model(cfg, extractor, image_size, uris)
         settings["artifact_model"] = sha  # another pattern, other features
         stage_kwargs |= {"artifact_model_uri": uri,
                          "artifact_storage_options": cfg.output.storage_options}
@@ -94,4 +107,5 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
         stage=CleanImages, stage_kwargs=stage_kwargs, batch_size=cfg.engine.images_per_fit,
         extractor=extractor, image_size=image_size, settings=settings,
         resize=cfg.engine.resize, meta=meta)
-    return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method)
+    return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method,
+                           uris)

@@ -23,7 +23,7 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
     """The online denoiser over ``cfg.input.uri`` into a new committed run; the summary."""
     if not cfg.denoiser.uri:
         raise ConfigError("denoiser.uri (--denoiser) is required: the export of train_denoiser")
-    require_io(cfg.input, cfg.output)
+    uris = require_io(cfg.input, cfg.output)
     require_export(cfg.denoiser.uri, cfg.denoiser.storage_options)
     model = DenoisedViT.from_pretrained(cfg.denoiser.uri, cfg.weights, device="cpu",
                                         storage_options=cfg.denoiser.storage_options)
@@ -43,4 +43,5 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
         resize=cfg.resize,
         meta={"denoiser_digest": digest, "denoiser_uri": cfg.denoiser.uri,
               "aspect": cfg.resize.aspect})
-    return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method)
+    return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method,
+                           uris)

@@ -15,6 +15,7 @@ import fnmatch
 import logging
 import os
 import posixpath
+import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,10 +29,10 @@ import ray.data
 from pipeline import __version__
 from pipeline.config import ConfigError, MissingInput, ResizeConfig, output_digest, redact
 from pipeline.distributed.read_stage import ReadImages
-from pipeline.distributed.sink import FeatureSink, empty_result
+from pipeline.distributed.sink import FeatureSink, empty_result, merge_results, uri_keys
 from pipeline.job_config import ComputeConfig, InputConfig, OutputConfig
 from pipeline.models.vit import FeatureExtractor
-from pipeline.store.lease import OutputLease
+from pipeline.store.lease import LeaseLost, OutputLease
 from pipeline.store.schema import (
     commit_run,
     filesystem,
@@ -47,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 
 def list_images(inputs: InputConfig) -> list[str]:
-    """Sorted full URIs of the input files matching include and not exclude patterns."""
+    """Sorted full URIs of the input files matching include and not exclude patterns;
+    ``MissingInput`` (a user error) when the input does not exist or nothing matches."""
     fs, root = filesystem(inputs.uri, inputs.storage_options)
     if not fs.exists(root):
         raise MissingInput(f"input {inputs.uri} does not exist: check --input (input.uri) and "
@@ -66,6 +68,10 @@ def list_images(inputs: InputConfig) -> list[str]:
         if any(fnmatch.fnmatch(rel, pat) for pat in inputs.exclude):
             continue
         uris.append(full_uri(fs, path))
+    if not uris:
+        raise MissingInput(f"no input file under {inputs.uri} matches input.include="
+                           f"{inputs.include} and input.exclude={inputs.exclude} "
+                           f"({len(paths)} files listed): check the patterns")
     return uris
 
 
@@ -117,24 +123,32 @@ class FeatureMethod:
         return int(columns * tokens * self.extractor.embed_dim * np.dtype(dtype).itemsize)
 
 
-def require_io(inputs: InputConfig, output: OutputConfig) -> None:
-    """Refuse a job without an input or an output, or whose input does not exist, before
+def require_io(inputs: InputConfig, output: OutputConfig) -> list[str]:
+    """The input files of a job (``list_images``), or a user error for a job without an
+    input or an output, an input that does not exist or patterns that select nothing, before
     anything loads."""
     if not inputs.uri or not output.uri:
         raise ConfigError("both input.uri (--input) and output.uri (--output) are required")
-    fs, root = filesystem(inputs.uri, inputs.storage_options)
-    if not fs.exists(root):
-        raise MissingInput(f"input {inputs.uri} does not exist: check --input (input.uri) and "
-                           "input.storage_options")
+    return list_images(inputs)
+
+
+def _stop_main_thread(reason: str) -> None:
+    """The lease was lost: interrupt the driver's main thread, which waits on the graph, so
+    the graph stops at once (Ray Data shuts its operators down on an interrupt)."""
+    logger.error("stopping the run: %s", reason)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
-                    compute: ComputeConfig, method: FeatureMethod) -> dict[str, Any]:
-    """Run one pass over ``inputs.uri`` into a new committed run under ``output.uri``.
+                    compute: ComputeConfig, method: FeatureMethod, uris: list[str]
+                    ) -> dict[str, Any]:
+    """Run one pass over ``uris`` (``require_io``'s listing of ``inputs``) into a new committed
+    run under ``output.uri``.
 
-    ``job`` is the resolved job config, saved with the run. Returns the summary.
+    ``job`` is the resolved job config, saved with the run. Returns the summary. Raises
+    ``LeaseHeld`` when another run holds the output, ``LeaseLost`` when this run lost its lease
+    while running (its graph is stopped at once; the work its records hold counts).
     """
-    require_io(inputs, output)
     start = time.perf_counter()
     extractor = method.extractor
     digest = output_digest(extractor.model_name, extractor.weights_digest, method.settings,
@@ -146,25 +160,31 @@ def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConf
             # a square input's grid; rows hold their own grid_h, grid_w
             "grid": method.square_grid, **method.meta}
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:8]}-{uuid.uuid4().hex[:6]}"
-    lease = OutputLease(output.uri, run_id, output.lease_ttl_s, output.storage_options)
-    lease.acquire()  # before anything is listed: a concurrent refresh stops here
+    lease = OutputLease(output.uri, run_id, output.lease_ttl_s, output.storage_options,
+                        on_lost=_stop_main_thread)
+    lease.acquire()  # before the output is read: a concurrent refresh stops here
     try:
         sealed = seal_dead_runs(output.uri, output.storage_options, run_id)
         if sealed:
             logger.warning("sealed %d dead run(s) (their committed work counts): %s",
                            len(sealed), ", ".join(sealed))
-        return _run_leased(job, inputs, output, compute, method, run_id, digest, meta, lease,
-                           start)
+        return _run_leased(job, inputs, output, compute, method, uris, run_id, digest, meta,
+                           lease, start)
+    except KeyboardInterrupt:
+        if lease.lost:
+            raise LeaseLost(f"{lease.lost}. The graph was stopped; what this run committed "
+                            "before counts, and the run that takes the output over goes on "
+                            "from there") from None
+        raise
     finally:
         lease.release()
 
 
 def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
-                compute: ComputeConfig, method: FeatureMethod, run_id: str, digest: str,
-                meta: dict[str, Any], lease: OutputLease, start: float) -> dict[str, Any]:
+                compute: ComputeConfig, method: FeatureMethod, uris: list[str], run_id: str,
+                digest: str, meta: dict[str, Any], lease: OutputLease, start: float
+                ) -> dict[str, Any]:
     """The body of ``run_feature_job`` while this run holds the output's lease."""
-    extractor = method.extractor
-    uris = list_images(inputs)
     out_fs, out_root = filesystem(output.uri, output.storage_options)
     run_path = run_folder(out_root, run_id)
     write_run_config(out_fs, run_path, {"job": redact(job), "meta": meta, "run_id": run_id,
@@ -178,32 +198,23 @@ def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
     sink = FeatureSink(run_folder(output.uri.rstrip("/"), run_id),
                        output.storage_options, meta, output.dtype, output.with_artifact,
                        rows_per_file)
-    if uris:
-        ds = ray.data.from_items([{"source_uri": u} for u in uris],
-                                 override_num_blocks=max(1, min(len(uris), 64)))
-        ds = ds.map_batches(
-            ReadImages, batch_size=compute.read_batch_size,
-            fn_constructor_kwargs={
-                "storage_options": inputs.storage_options,
-                "max_pixels": inputs.max_pixels, "min_side": extractor.patch_size,
-                "output_uri": output.uri,
-                "output_storage_options": output.storage_options, "config_digest": digest},
-            compute=ray.data.ActorPoolStrategy(size=compute.readers),
-            num_cpus=compute.reader_num_cpus)
-        # One call at a time per actor, run on the actor's own thread: by default Ray Data
-        # hands the UDF to a helper thread, where torch's CPU kernels kept ~1.6 of 2 cores
-        # busy instead of 2 (the fit ran 15-25 % slower than in a plain process).
-        ds = ds.map_batches(
-            method.stage, batch_size=method.batch_size,
-            fn_constructor_kwargs=method.stage_kwargs,
-            compute=ray.data.ActorPoolStrategy(size=compute.actors,
-                                               enable_true_multi_threading=True,
-                                               max_concurrent_calls_per_actor=1),
-            num_cpus=compute.num_cpus,
-            num_gpus=compute.num_gpus or None,
-            **({"memory": int(compute.memory_gb * 2**30)} if compute.memory_gb else {}))
-        ds.write_datasink(sink)
-    result = sink.result or empty_result()
+    graph = Graph(inputs, output, compute, method, digest, sink)
+    results = [graph.run(uris, compute.read_batch_size, method.batch_size)]
+    missing = _unaccounted(uris, results)
+    retried_alone = len(missing)
+    if missing:  # workers died on every retry: each input once more, alone
+        logger.warning("%d input(s) lost with workers that died on every retry; trying them "
+                       "one at a time", len(missing))
+        results.append(graph.run(missing, 1, 1, alone=True))
+        missing = _unaccounted(missing, results[-1:])
+    if missing:  # whatever still kills its worker is set aside; the run finishes
+        logger.error("quarantined %d input(s) that killed a worker on every attempt: %s",
+                     len(missing), ", ".join(missing[:5]))
+        results.append(sink.commit_failures(
+            missing, "worker", f"{CRASHED_WORKER} (the reader or the {method.stage.stage} "
+            f"actor died on it {compute.max_task_retries + 1} times, alone)", "WorkerCrashed",
+            task=LOST_TASK))
+    result = merge_results(results)
     records = [r for _, r in read_commit_records(out_fs, run_path)]
     manifest = manifest_from_records(run_id, digest, meta, records)
     unique = len(set(manifest.image_ids))
@@ -218,10 +229,87 @@ def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
         "images_per_second": unique / wall if wall else 0.0,
         "seconds_per_image": result["fit_seconds"] / max(1, result["done"]),
         "config_digest": digest, "commit_records": len(records),
+        "retried_alone": retried_alone,
     }
     lease.check()  # a run whose lease went stale never commits
     commit_run(out_fs, run_path, dataclasses.replace(manifest, summary=summary))
     return summary
+
+
+CRASHED_WORKER = "crashed a worker on every attempt"
+LOST_TASK = 99_999
+"""Task number of the driver's own commit record, for inputs no write task accounted for."""
+
+
+def _unaccounted(uris: list[str], results: list[dict[str, Any]]) -> list[str]:
+    """The inputs no write task reported (done, skipped or quarantined) in ``results``."""
+    handled = np.concatenate([r["handled"] for r in results])
+    return [u for u, seen in zip(uris, np.isin(uri_keys(uris), handled), strict=True)
+            if not seen]
+
+
+class Graph:
+    """The Ray Data graph of a feature job: file list -> ReadImages (actor pool) -> the job's
+    stage (actor pool, GPUs from config) -> the committing sink; ``run`` passes it over some
+    inputs and returns the write tasks' merged counters."""
+
+    def __init__(self, inputs: InputConfig, output: OutputConfig, compute: ComputeConfig,
+                 method: FeatureMethod, digest: str, sink: FeatureSink) -> None:
+        self.inputs, self.output, self.compute, self.method = inputs, output, compute, method
+        self.digest, self.sink = digest, sink
+
+    def run(self, uris: list[str], read_batch_size: int, stage_batch_size: int,
+            alone: bool = False) -> dict[str, Any]:
+        """Pass the graph over ``uris``; ``alone``: one task in flight per actor, so that an
+        actor killed by one batch takes no other batch down with it."""
+        context = ray.data.DataContext.get_current()  # a dataset keeps the context it was
+        errored_before = context.max_errored_blocks   # made in: set it before, restore after
+        context.max_errored_blocks = -1
+        self.sink.result = {}
+        try:
+            self._dataset(uris, read_batch_size, stage_batch_size, alone).write_datasink(
+                self.sink)
+        finally:
+            context.max_errored_blocks = errored_before
+        return self.sink.result or empty_result()
+
+    def _dataset(self, uris: list[str], read_batch_size: int, stage_batch_size: int,
+                 alone: bool) -> ray.data.Dataset:
+        inputs, output, compute, method = self.inputs, self.output, self.compute, self.method
+        in_flight = {"max_tasks_in_flight_per_actor": 1} if alone else {}
+        # finite restarts and retries (Ray Data's default is forever, which would stall the
+        # run while its lease is renewed); a block whose worker died on every retry is
+        # dropped (max_errored_blocks) and its inputs found missing by the driver
+        retries = {"max_restarts": compute.max_restarts,
+                   "max_task_retries": compute.max_task_retries}
+        ds = ray.data.from_items([{"source_uri": u} for u in uris],
+                                 override_num_blocks=max(1, min(len(uris), 64)))
+        ds = ds.map_batches(
+            ReadImages, batch_size=read_batch_size,
+            fn_constructor_kwargs={
+                "input_uri": inputs.uri, "storage_options": inputs.storage_options,
+                "max_bytes": inputs.max_bytes, "max_pixels": inputs.max_pixels,
+                "min_side": method.extractor.patch_size,
+                "decode_timeout_s": inputs.decode_timeout_s, "output_uri": output.uri,
+                "output_storage_options": output.storage_options,
+                "config_digest": self.digest},
+            compute=ray.data.ActorPoolStrategy(size=compute.readers, **in_flight),
+            num_cpus=compute.reader_num_cpus, **retries)
+        # One call at a time per actor, run on the actor's own thread: by default Ray Data
+        # hands the UDF to a helper thread, where torch's CPU kernels kept ~1.6 of 2 cores
+        # busy instead of 2 (the fit ran 15-25 % slower than in a plain process).
+        ds = ds.map_batches(
+            method.stage, batch_size=stage_batch_size,
+            fn_constructor_kwargs=method.stage_kwargs,
+            compute=ray.data.ActorPoolStrategy(size=compute.actors,
+                                               enable_true_multi_threading=True,
+                                               max_concurrent_calls_per_actor=1,
+                                               **in_flight),
+            num_cpus=compute.num_cpus,
+            num_gpus=compute.num_gpus or None,
+            **({"memory": int(compute.memory_gb * 2**30)} if compute.memory_gb else {}),
+            **retries)
+        return ds
 
 
 def format_summary(summary: dict[str, Any]) -> str:

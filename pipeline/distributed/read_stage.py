@@ -10,13 +10,16 @@ column is a scalar or binary.
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 import fsspec
 import numpy as np
 
-from pipeline.models.images import decode_image
-from pipeline.store.schema import IdSet, committed_ids
+from pipeline.models.decoder_process import DecoderProcess
+from pipeline.store.schema import IdSet, committed_ids, filesystem
+
+logger = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
 PASSTHROUGH = ("source_uri", "image_id", "status", "stage", "reason", "error_class",
@@ -30,41 +33,95 @@ def object_column(values: list[Any]) -> np.ndarray:
     return out
 
 
-class ReadImages:
-    """source_uri -> bytes -> sha256 id -> decoded RGB (or skipped / error), one row each."""
+def failed_rows(uris: np.ndarray, stage: str, err: Exception, empty: dict[str, Any]) -> Batch:
+    """Every row of a batch as an error of ``stage`` (a stage never lets an exception out:
+    Ray Data would retry the batch, and a block that still fails is taken for a worker that
+    died), with ``empty`` values for the stage's other columns."""
+    n = len(uris)
+    rows: dict[str, Any] = {"source_uri": list(uris), "image_id": [""] * n,
+                            "status": ["error"] * n, "stage": [stage] * n,
+                            "reason": [f"{type(err).__name__}: {err}"[:500]] * n,
+                            "error_class": [type(err).__name__] * n}
+    rows |= {key: [value] * n for key, value in empty.items()}
+    out = {key: object_column(values) for key, values in rows.items()}
+    for key, value in empty.items():
+        if isinstance(value, int):
+            out[key] = np.asarray(rows[key], dtype=np.int32)
+    return out
 
-    def __init__(self, storage_options: dict[str, Any], max_pixels: int, min_side: int,
-                 output_uri: str, output_storage_options: dict[str, Any],
-                 config_digest: str) -> None:
-        self.storage_options = storage_options
-        self.max_pixels = max_pixels
-        self.min_side = min_side
+
+class InputTooLarge(ValueError):
+    """An input file over the byte cap (``input.max_bytes``): never read."""
+
+
+def read_input(fs: fsspec.AbstractFileSystem, uri: str, max_bytes: int) -> bytes:
+    """The bytes of a listed input, opened as a plain path of ``fs`` (a name such as
+    ``a::b.png`` is never re-parsed as a chained URL); ``InputTooLarge`` over ``max_bytes``,
+    checked before reading (and while reading, should the file grow meanwhile)."""
+    with fs.open(fs._strip_protocol(uri), "rb") as fh:
+        size = getattr(fh, "size", None)
+        if size is None:
+            size = fs.size(fs._strip_protocol(uri))
+        if size > max_bytes:
+            raise InputTooLarge(f"{size} bytes, over the cap input.max_bytes={max_bytes}")
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InputTooLarge(f"over {max_bytes} bytes (input.max_bytes) when read")
+    return data
+
+
+class ReadImages:
+    """source_uri -> bytes -> sha256 id -> decoded RGB (or skipped / error), one row each.
+
+    Decoding runs in a child process (``DecoderProcess``): an input that crashes or hangs the
+    decoder on every attempt is quarantined (``crashed the reader``), the rest of its batch
+    decodes, and this actor lives on.
+    """
+
+    def __init__(self, input_uri: str, storage_options: dict[str, Any], max_bytes: int,
+                 max_pixels: int, min_side: int, decode_timeout_s: float, output_uri: str,
+                 output_storage_options: dict[str, Any], config_digest: str) -> None:
+        self.fs, _ = filesystem(input_uri, storage_options)
+        self.max_bytes = max_bytes
+        self.decoder = DecoderProcess(max_pixels, min_side, decode_timeout_s)
         # 32 bytes an id (a 1 M-image output: ~31 MB per reader actor)
         self.done_ids = IdSet(committed_ids(output_uri, config_digest, output_storage_options))
 
-    def _row(self, uri: str) -> dict[str, Any]:
+    def _read(self, uri: str) -> tuple[dict[str, Any], bytes]:
+        """The row of one input before decoding, and its bytes when they are to be decoded."""
         row: dict[str, Any] = {"source_uri": uri, "image_id": "", "status": "error", "stage": "",
                                "reason": "", "error_class": "", "width": 0, "height": 0,
                                "pixels": b""}
         try:
-            with fsspec.open(uri, "rb", **self.storage_options) as fh:
-                data = fh.read()
+            data = read_input(self.fs, uri, self.max_bytes)
         except Exception as err:  # any storage failure is this input's, not the job's
             return row | {"stage": "read", "reason": str(err)[:500],
-                          "error_class": type(err).__name__}
+                          "error_class": type(err).__name__}, b""
         row["image_id"] = hashlib.sha256(data).hexdigest()
         if row["image_id"] in self.done_ids:
-            return row | {"status": "skipped"}
-        try:
-            rgb = decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side)
-        except Exception as err:
-            return row | {"stage": "decode", "reason": str(err)[:500],
-                          "error_class": type(err).__name__}
-        height, width = rgb.shape[:2]
-        return row | {"status": "ok", "width": width, "height": height, "pixels": rgb.tobytes()}
+            return row | {"status": "skipped"}, b""
+        return row | {"status": "read"}, data
 
     def __call__(self, batch: Batch) -> Batch:
-        rows = [self._row(str(uri)) for uri in batch["source_uri"]]
+        try:
+            return self._rows(batch)
+        except Exception as err:  # a bug of this stage: every row says so
+            logger.exception("the read stage failed on a batch of %d", len(batch["source_uri"]))
+            return failed_rows(batch["source_uri"], "read", err,
+                               {"width": 0, "height": 0, "pixels": b""})
+
+    def _rows(self, batch: Batch) -> Batch:
+        read = [self._read(str(uri)) for uri in batch["source_uri"]]
+        rows = [row for row, _ in read]
+        todo = [i for i, row in enumerate(rows) if row["status"] == "read"]
+        for i, decoded in zip(todo, self.decoder.decode([read[i][1] for i in todo]),
+                              strict=True):
+            if decoded.ok:
+                rows[i] |= {"status": "ok", "width": decoded.width, "height": decoded.height,
+                            "pixels": decoded.pixels}
+            else:
+                rows[i] |= {"status": "error", "stage": "decode", "reason": decoded.reason,
+                            "error_class": decoded.error_class}
         out = {key: object_column([r[key] for r in rows]) for key in rows[0]} if rows else {}
         for key in ("width", "height"):
             out[key] = np.asarray([r[key] for r in rows], dtype=np.int32)

@@ -5,8 +5,10 @@ that makes them visible. Plain pyarrow and the store: a write task never imports
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,10 +30,21 @@ from pipeline.store.schema import (
     write_commit_record,
 )
 
+COUNTERS = ("done", "skipped", "errors", "duplicates", "fit_seconds")
+
 
 def empty_result() -> dict[str, Any]:
-    """What a write task (or a whole run) reports when it wrote nothing."""
-    return {"done": 0, "skipped": 0, "errors": 0, "duplicates": 0, "fit_seconds": 0.0}
+    """What a write task (or a whole run) reports when it wrote nothing; ``handled`` holds
+    ``uri_keys`` of every input it accounted for (done, skipped or quarantined)."""
+    return {"done": 0, "skipped": 0, "errors": 0, "duplicates": 0, "fit_seconds": 0.0,
+            "handled": np.empty(0, np.uint64)}
+
+
+def uri_keys(uris: Iterable[str]) -> np.ndarray:
+    """8-byte keys of input URIs (uint64): what the driver keeps to find inputs that no write
+    task accounted for (8 MB for 1 M inputs)."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(),
+                                       "little") for u in uris), dtype=np.uint64)
 
 
 class FeatureSink(Datasink):
@@ -86,10 +99,25 @@ class FeatureSink(Datasink):
         makes them visible."""
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         tables = [t for t in tables if len(t)]
-        out = empty_result()
         if not tables:
-            return out
-        rows = pa.concat_tables(tables, promote_options="permissive")
+            return empty_result()
+        return self.commit_rows(pa.concat_tables(tables, promote_options="permissive"),
+                                ctx.task_idx)
+
+    def commit_failures(self, uris: Sequence[str], stage: str, reason: str,
+                        error_class: str, task: int) -> dict[str, Any]:
+        """Quarantine inputs the driver found no row for (their workers died on every
+        attempt), with the same files and commit record as a write task's."""
+        n = len(uris)
+        return self.commit_rows(pa.table({
+            "source_uri": list(uris), "image_id": [""] * n, "status": ["error"] * n,
+            "stage": [stage] * n, "reason": [reason] * n, "error_class": [error_class] * n}),
+            task)
+
+    def commit_rows(self, rows: pa.Table, task: int) -> dict[str, Any]:
+        """Rows of the stages (``status`` done / skipped / error) -> feature files, a
+        quarantine file and the commit record, named by ``task``; the task's counters."""
+        out = empty_result()
         status = np.asarray(rows["status"].to_pylist(), dtype=object)
         fs, run_path = filesystem(self.run_uri, self.storage_options)
         done = rows.filter(pa.array(status == "done"))
@@ -98,7 +126,7 @@ class FeatureSink(Datasink):
         for group in _by_grid(done):
             table = self._features(group)
             data, digest = table_bytes(table)
-            name = f"part-{ctx.task_idx:05d}-{digest[:16]}.parquet"
+            name = f"part-{task:05d}-{digest[:16]}.parquet"
             put_atomic(fs, posixpath.join(run_path, name), data)
             files.append(FileEntry(name, len(group), digest,
                                    tuple(group["image_id"].to_pylist()), len(data),
@@ -115,28 +143,37 @@ class FeatureSink(Datasink):
                 "config_digest": [self.meta["config_digest"]] * len(failed),
             }, schema=QUARANTINE_SCHEMA)
             data, digest = table_bytes(quarantine)
-            name = f"quarantine-{ctx.task_idx:05d}-{digest[:16]}.parquet"
+            name = f"quarantine-{task:05d}-{digest[:16]}.parquet"
             put_atomic(fs, posixpath.join(run_path, name), data)
             quarantined.append(QuarantineEntry(name, len(failed), digest,
                                                tuple(failed["source_uri"].to_pylist())))
         if files or quarantined:
-            write_commit_record(fs, run_path, CommitRecord(ctx.task_idx, tuple(files),
+            write_commit_record(fs, run_path, CommitRecord(task, tuple(files),
                                                            tuple(quarantined)))
         out["done"], out["errors"] = len(done), len(failed)  # duplicates set above
         out["skipped"] = int((status == "skipped").sum())
+        out["handled"] = uri_keys(rows["source_uri"].to_pylist())
         return out
 
     def on_write_complete(self, write_result: Any) -> None:
         """Driver side, after every write task: the counters of all tasks."""
-        merged = empty_result()
-        for r in (r for r in write_result.write_returns if r):
-            for key in ("done", "skipped", "errors", "duplicates", "fit_seconds"):
-                merged[key] += r[key]
-        self.result = merged
+        self.result = merge_results([r for r in write_result.write_returns if r])
+
+
+def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The counters of several write tasks (or passes) added up, their handled keys joined."""
+    merged = empty_result()
+    for result in results:
+        for key in COUNTERS:
+            merged[key] += result[key]
+    merged["handled"] = np.concatenate([merged["handled"], *(r["handled"] for r in results)])
+    return merged
 
 
 def _by_grid(rows: pa.Table) -> list[pa.Table]:
     """Rows split by token grid (grid_h, grid_w), grids in order of first appearance."""
+    if not len(rows):
+        return []
     grids = list(zip(rows["grid_h"].to_pylist(), rows["grid_w"].to_pylist(), strict=True))
     order = list(dict.fromkeys(grids))
     return [rows.filter(pa.array([g == grid for g in grids], type=pa.bool_())) for grid in order]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.config import EngineConfig, ResizeConfig
-from pipeline.distributed.read_stage import PASSTHROUGH, Batch, object_column
+from pipeline.distributed.read_stage import PASSTHROUGH, Batch, failed_rows, object_column
 from pipeline.models.denoiser import DenoisedViT
 from pipeline.models.engine import CleanResult, clean_images
 from pipeline.models.online import denoise_images
@@ -51,6 +51,15 @@ class CleanImages:
                             artifact_model=self.artifact_model)
 
     def __call__(self, batch: Batch) -> Batch:
+        try:
+            return self._rows(batch)
+        except Exception as err:  # a bug of this stage: every row says so
+            logger.exception("%s failed on a batch of %d", self.method, len(batch["source_uri"]))
+            return failed_rows(batch["source_uri"], self.stage, err, {
+                "width": 0, "height": 0, "raw": b"", "clean": b"", "artifact": b"",
+                "metrics": "", "grid_h": 0, "grid_w": 0})
+
+    def _rows(self, batch: Batch) -> Batch:
         n = len(batch["source_uri"])
         out: dict[str, list[Any]] = {key: list(batch[key]) for key in PASSTHROUGH}
         for key in ("raw", "clean", "artifact", "metrics"):

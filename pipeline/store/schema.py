@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import posixpath
 import tempfile
@@ -51,6 +52,8 @@ import pyarrow.parquet as pq
 
 if TYPE_CHECKING:  # the model code imports torch; readers of Parquet need not
     from pipeline.models.artifact_model import ArtifactModel
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 """3: images keep their aspect, so a run's files may hold different token grids (one grid per
@@ -136,10 +139,42 @@ def raw_minus_artifact(table: pa.Table) -> np.ndarray | None:
     return raw - column_to_numpy(table["artifact"]).astype(np.float32)
 
 
+def _fsync_folder(folder: str | Path) -> None:
+    """Make a rename or link in ``folder`` durable (a power loss cannot undo it)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str | Path) -> None:
+    """Flush a local file's bytes to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    """Write a new local file and flush it to the disk before returning."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _temp_name(path: str) -> str:
+    """A temp file beside ``path`` (gc lists leftovers of interrupted writes by ``.tmp-``)."""
+    return f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+
+
 @contextlib.contextmanager
 def local_atomic(target: Path) -> Iterator[Path]:
     """A temp path beside a local ``target``, moved onto it when the block ends cleanly (and
-    removed when it fails): a crash never leaves a truncated file under the final name."""
+    removed when it fails): a crash or a power loss never leaves a truncated file under the
+    final name (the temp file is flushed to disk before the rename, the folder after it)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
@@ -147,23 +182,60 @@ def local_atomic(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches and reports may be shared
+        _fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_folder(target.parent)
 
 
 def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write bytes so that a crash never leaves a truncated file under the final name."""
+    """Write bytes so that a crash never leaves a truncated file under the final name: on a
+    local disk a temp file flushed to disk, renamed, and the folder flushed (so a power loss
+    leaves the old file or the new one, whole); on object stores one PUT."""
     if is_local(fs):
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with fs.open(tmp, "wb") as fh:
-            fh.write(data)
-        fs.mv(tmp, path)
+        folder = posixpath.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = _temp_name(path)
+        try:
+            _write_synced(tmp, data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_folder(folder)
     else:  # object stores make a single PUT visible whole or not at all
         with fs.open(path, "wb") as fh:
             fh.write(data)
+
+
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Create ``path`` holding ``data`` only if it does not exist yet (``FileExistsError``
+    otherwise), and never visible empty or half-written: on a local disk a flushed temp file
+    hard-linked to the name (the link fails if the name exists), on object stores one
+    conditional PUT (``If-None-Match: *``)."""
+    if not is_local(fs):
+        with fs.open(path, "xb") as fh:
+            fh.write(data)
+        return
+    folder = posixpath.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = _temp_name(path)
+    _write_synced(tmp, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links: an exclusive create, then the bytes
+        with open(path, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        os.unlink(tmp)
+    _fsync_folder(folder)
 
 
 # --------------------------------------------------------------------------- artifact models
@@ -314,8 +386,7 @@ class Manifest:
                            "summary": self.summary}).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Manifest:
-        doc = json.loads(data)
+    def from_doc(cls, doc: dict[str, Any]) -> Manifest:
         return cls(doc.get("run_id", ""), doc["config_digest"], doc.get("meta") or {},
                    tuple(FileEntry.from_dict(f) for f in doc.get("files", [])),
                    tuple(QuarantineEntry.from_dict(q) for q in doc.get("quarantine", [])),
@@ -338,6 +409,9 @@ class CommittedRun:
     path: str
     manifest: Manifest
     state: str = "committed"
+    damaged: str = ""
+    """A control file of the run (manifest or seal) found damaged: the run was read from its
+    commit records instead, and gc leaves the run alone."""
 
     @property
     def feature_files(self) -> list[str]:
@@ -388,6 +462,28 @@ def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
     return fs.cat_file(path)
 
 
+class DamagedFile(OSError):
+    """A file of an output is not what its run recorded (missing, cut short, rewritten, or
+    unparsable): the message names the file and how to mend the output."""
+
+
+def _damaged(path: str, what: str) -> DamagedFile:
+    return DamagedFile(f"{path}: {what}. The output was changed or damaged after this file "
+                       "was committed (a power loss, a copy cut short, another writer): "
+                       "restore the file, or move its run folder away and run the job again, "
+                       "which fits that run's images anew")
+
+
+def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+    """A control file's JSON, or ``DamagedFile`` naming it when it is empty or unparsable
+    (``FileNotFoundError`` when it does not exist)."""
+    data = read_bytes(fs, path)
+    try:
+        return json.loads(data)
+    except ValueError as err:
+        raise _damaged(path, f"{len(data)} bytes that are not JSON ({err})") from None
+
+
 def run_folder(output_root: str, run_id: str) -> str:
     """The folder of run ``run_id`` under an output's bare path."""
     return posixpath.join(output_root, RUNS_DIR, run_id)
@@ -401,8 +497,8 @@ def write_run_config(fs: fsspec.AbstractFileSystem, run_path: str, resolved: dic
 
 
 def read_run_config(fs: fsspec.AbstractFileSystem, run_path: str) -> dict[str, Any]:
-    """A run's ``config.json``."""
-    return json.loads(read_bytes(fs, posixpath.join(run_path, CONFIG_FILE)))
+    """A run's ``config.json`` (``DamagedFile`` when unparsable)."""
+    return read_json(fs, posixpath.join(run_path, CONFIG_FILE))
 
 
 def write_commit_record(fs: fsspec.AbstractFileSystem, run_path: str, record: CommitRecord
@@ -424,7 +520,15 @@ def read_commit_records(fs: fsspec.AbstractFileSystem, run_path: str,
                  if p.endswith(".json")]
     names = sorted(names)
     blobs = _read_many(fs, [posixpath.join(folder, n) for n in names])
-    return [(n, CommitRecord.from_bytes(blob)) for n, blob in zip(names, blobs, strict=True)]
+    records = []
+    for name, blob in zip(names, blobs, strict=True):
+        try:
+            records.append((name, CommitRecord.from_bytes(blob)))
+        except (ValueError, KeyError, TypeError) as err:  # its task's files stay unread
+            logger.warning("%s", _damaged(posixpath.join(folder, name),
+                                          f"a commit record of {len(blob)} bytes that cannot "
+                                          f"be parsed ({err}); its files are left out"))
+    return records
 
 
 READ_THREADS = 16
@@ -470,7 +574,9 @@ def _run_ids(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
     fs.invalidate_cache(runs_root)
     if not fs.exists(runs_root):
         return []
-    ids = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(runs_root, detail=False))
+    ids = sorted(name for entry in fs.ls(runs_root, detail=True)
+                 if entry["type"] == "directory"  # stray files (.DS_Store ...) are no runs
+                 and not (name := posixpath.basename(entry["name"].rstrip("/"))).startswith("."))
     for run_id in ids:
         fs.invalidate_cache(run_folder(root, run_id))
     return ids
@@ -481,6 +587,9 @@ def _open_manifest(fs: fsspec.AbstractFileSystem, run_path: str) -> Manifest | N
     try:
         resolved = read_run_config(fs, run_path)
     except FileNotFoundError:
+        return None
+    except DamagedFile as err:  # no config digest: the run's rows cannot be told apart
+        logger.warning("run left out: %s", err)
         return None
     meta = resolved.get("meta") or {}
     records = [r for _, r in read_commit_records(fs, run_path)]
@@ -501,7 +610,12 @@ def seal_dead_runs(uri: str, storage_options: dict[str, Any] | None, current_run
         if run_id == current_run_id or fs.exists(posixpath.join(path, COMMITTED)) or \
                 fs.exists(posixpath.join(path, SEALED)):
             continue
-        manifest = _open_manifest(fs, path) or Manifest(run_id, "", {})
+        if fs.exists(posixpath.join(path, CONFIG_FILE)):
+            manifest = _open_manifest(fs, path)
+            if manifest is None:  # a damaged config: left as it is, and warned about
+                continue
+        else:  # died before its config: it committed nothing
+            manifest = Manifest(run_id, "", {})
         put_atomic(fs, posixpath.join(path, SEALED), manifest.to_bytes())
         sealed.append(run_id)
     return sealed
@@ -513,14 +627,25 @@ def _runs(fs: fsspec.AbstractFileSystem, root: str) -> list[CommittedRun]:
     runs = []
     for run_id in _run_ids(fs, root):
         path = run_folder(root, run_id)
-        if fs.exists(posixpath.join(path, COMMITTED)):
-            runs.append(CommittedRun(path, Manifest.from_bytes(
-                read_bytes(fs, posixpath.join(path, MANIFEST))), "committed"))
-        elif fs.exists(posixpath.join(path, SEALED)):
-            runs.append(CommittedRun(path, Manifest.from_bytes(
-                read_bytes(fs, posixpath.join(path, SEALED))), "sealed"))
-        elif (manifest := _open_manifest(fs, path)) is not None:
-            runs.append(CommittedRun(path, manifest, "open"))
+        for marker, listing, state in ((COMMITTED, MANIFEST, "committed"),
+                                       (SEALED, SEALED, "sealed")):
+            if fs.exists(posixpath.join(path, marker)):
+                control = posixpath.join(path, listing)
+                try:
+                    runs.append(CommittedRun(path, Manifest.from_doc(read_json(fs, control)),
+                                             state))
+                except (DamagedFile, FileNotFoundError, KeyError, TypeError) as err:
+                    # the commit records the manifest (or seal) was made from still count
+                    logger.warning("%s; the run is read from its commit records instead",
+                                   err if isinstance(err, DamagedFile)
+                                   else _damaged(control, f"unreadable ({err!r})"))
+                    manifest = _open_manifest(fs, path)
+                    if manifest is not None:
+                        runs.append(CommittedRun(path, manifest, state, damaged=control))
+                break
+        else:
+            if (manifest := _open_manifest(fs, path)) is not None:
+                runs.append(CommittedRun(path, manifest, "open"))
     return runs
 
 
@@ -551,6 +676,10 @@ def orphaned_files(uri: str, storage_options: dict[str, Any] | None = None) -> l
     orphans = []
     for run in _runs(fs, root):
         if run.state == "open":
+            continue
+        if run.damaged:
+            logger.warning("gc leaves run %s alone: its control file %s is damaged",
+                           posixpath.basename(run.path), run.damaged)
             continue
         keep = {posixpath.join(run.path, n) for n in (CONFIG_FILE, SUMMARY_FILE, MANIFEST,
                                                      COMMITTED, SEALED)}
@@ -625,6 +754,10 @@ class OwnedFile:
     leave_out: frozenset[str]
     grid: tuple[int, int] | None
     rows: int = 0
+    size: int = 0
+    """The file's size in bytes as its record has it (0: not recorded, not checked)."""
+    ids: tuple[str, ...] | None = None
+    """The image ids its record lists, in order (None: not checked)."""
 
 
 def _owned_files(runs: Sequence[CommittedRun]) -> list[OwnedFile]:
@@ -640,7 +773,8 @@ def _owned_files(runs: Sequence[CommittedRun]) -> list[OwnedFile]:
             done.update(entry.image_ids)
             if len(repeated) < len(entry.image_ids):
                 out.append(OwnedFile(posixpath.join(run.path, entry.path), frozenset(repeated),
-                                     entry.grid, entry.rows - len(repeated)))
+                                     entry.grid, entry.rows - len(repeated), entry.bytes,
+                                     entry.image_ids))
     return out
 
 
@@ -681,20 +815,41 @@ def _one_grid(fs: fsspec.AbstractFileSystem, uri: str, files: Sequence[OwnedFile
 
 def _read_tables(fs: fsspec.AbstractFileSystem, files: Sequence[OwnedFile],
                  columns: Sequence[str] | None) -> Iterator[pa.Table]:
-    """Each file's table, without the rows of the ids it is to leave out."""
+    """Each file's table, without the rows of the ids it is to leave out, checked against its
+    record (size, rows, image ids); ``DamagedFile`` naming the file when it differs."""
     for owned in files:
-        path, leave_out = owned.path, owned.leave_out
-        wanted = list(columns) if columns else None
-        if leave_out and wanted is not None and "image_id" not in wanted:
-            wanted.append("image_id")
+        yield _read_owned(fs, owned, columns)
+
+
+def _read_owned(fs: fsspec.AbstractFileSystem, owned: OwnedFile,
+                columns: Sequence[str] | None) -> pa.Table:
+    path, leave_out = owned.path, owned.leave_out
+    wanted = list(columns) if columns else None
+    check_ids = owned.ids is not None or bool(leave_out)
+    if check_ids and wanted is not None and "image_id" not in wanted:
+        wanted.append("image_id")
+    try:
         with fs.open(path, "rb") as fh:
+            size = getattr(fh, "size", None)
+            size = fs.size(path) if size is None else size
+            if owned.size and size != owned.size:
+                raise _damaged(path, f"{size} bytes where its record says {owned.size}")
             table = pq.read_table(fh, columns=wanted)
-        if leave_out:
-            keep = pc.invert(pc.is_in(table["image_id"], pa.array(sorted(leave_out))))
-            table = table.filter(keep)
-            if columns and "image_id" not in columns:
-                table = table.drop_columns(["image_id"])
-        yield table
+    except FileNotFoundError:
+        raise _damaged(path, "missing, though a commit record lists it") from None
+    except (OSError, pa.ArrowException) as err:
+        if isinstance(err, DamagedFile):
+            raise
+        raise _damaged(path, f"cannot be read as Parquet ({err})") from None
+    if owned.ids is not None and tuple(table["image_id"].to_pylist()) != owned.ids:
+        raise _damaged(path, f"{table.num_rows} rows whose image ids differ from the "
+                             f"{len(owned.ids)} its record lists")
+    if leave_out:
+        keep = pc.invert(pc.is_in(table["image_id"], pa.array(sorted(leave_out))))
+        table = table.filter(keep)
+    if check_ids and columns and "image_id" not in columns:
+        table = table.drop_columns(["image_id"])
+    return table
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table | None:
@@ -793,19 +948,22 @@ def spread_indices(length: int, count: int) -> np.ndarray:
 def read_quarantine_table(uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
     """Every quarantined input (uri, stage, reason, error class) of the committed runs."""
     fs, _ = filesystem(uri, storage_options)
-    files = [OwnedFile(f, frozenset(), None) for run in committed_runs(uri, storage_options)
-             for f in run.quarantine_files]
+    files = [OwnedFile(posixpath.join(run.path, q.path), frozenset(), None, q.rows, 0)
+             for run in committed_runs(uri, storage_options) for q in run.manifest.quarantine]
     return _concat(list(_read_tables(fs, files, None))) or QUARANTINE_SCHEMA.empty_table()
 
 
 def read_committed_files(batch: pa.Table, uri: str, storage_options: dict[str, Any] | None,
                          columns: Sequence[str] | None) -> pa.Table:
-    """Ray Data's read of committed feature files: a batch of ``{"path", "leave_out"}`` rows
-    (one per file) -> the files' rows without the ids each is to leave out (the same code as
-    every other reader). Plain Python: the store imports no Ray."""
+    """Ray Data's read of committed feature files: a batch of ``{"path", "leave_out", "size",
+    "ids"}`` rows (one per file) -> the files' rows without the ids each is to leave out,
+    checked against their records (the same code as every other reader). Plain Python: the
+    store imports no Ray."""
     fs, _ = filesystem(uri, storage_options)
-    files = [OwnedFile(path, frozenset(leave_out), None) for path, leave_out in
-             zip(batch["path"].to_pylist(), batch["leave_out"].to_pylist(), strict=True)]
+    files = [OwnedFile(path, frozenset(leave_out), None, 0, size, tuple(ids))
+             for path, leave_out, size, ids in zip(
+                 batch["path"].to_pylist(), batch["leave_out"].to_pylist(),
+                 batch["size"].to_pylist(), batch["ids"].to_pylist(), strict=True)]
     return pa.concat_tables(list(_read_tables(fs, files, columns)))
 
 
@@ -831,7 +989,8 @@ def read_features(uri: str, columns: Sequence[str] | None = None,
     if not files:
         raise FileNotFoundError(f"no committed feature runs under {uri} (method={method}, "
                                 f"config_digest={config_digest}, grid={grid})")
-    items = [{"path": owned.path, "leave_out": sorted(owned.leave_out)} for owned in files]
+    items = [{"path": owned.path, "leave_out": sorted(owned.leave_out), "size": owned.size,
+              "ids": list(owned.ids or ())} for owned in files]
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         read_committed_files, batch_size=1, batch_format="pyarrow",
         fn_kwargs={"uri": uri, "storage_options": storage_options,
