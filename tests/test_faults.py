@@ -13,6 +13,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -116,3 +117,116 @@ def _png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_a_run_that_loses_its_lease_stops_at_once(tmp_path: Path,
+                                                  photos: dict[str, np.ndarray]) -> None:
+    """Another run takes the output over while a run is going (its lease was taken as stale,
+    or by hand): the run stops its graph within a renewal period, commits nothing more, and
+    exits 75 with one line that says so (before: it computed on until its commit check)."""
+    from pipeline.store.lease import EXIT_LEASE_HELD, OutputLease
+    from pipeline.store.schema import committed_runs, create_exclusive
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    base = list(photos.values())
+    for i in range(24):
+        crop = np.ascontiguousarray(base[i % 3][4 * i:, 4 * i:])
+        (src / f"img{i:02d}.jpg").write_bytes(_jpeg(np.asarray(
+            Image.fromarray(crop).resize((96, 80)))))
+    job = subprocess.Popen(
+        [sys.executable, "jobs/clean_dataset.py", "--job", "smoke", "--input", str(src),
+         "--output", str(out), "engine.fit.steps=400", "output.lease_ttl_s=6",
+         "output.target_file_mb=0"],  # a commit record for every few images
+        cwd=ROOT, env=dict(os.environ, DVT_RAY_TMP=f"/tmp/dvt-lost-{os.getpid()}"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(run.manifest.files for run in committed_runs(str(out))):
+            assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+            time.sleep(0.5)  # the run is going: its first images are committed
+        probe = OutputLease(str(out), "intruder", 60)
+        latest = probe._latest()
+        create_exclusive(probe.fs, probe._path(latest.generation + 1),
+                         json.dumps({"owner": "intruder", "ttl_s": 60}).encode())
+        taken = time.monotonic()
+        code = job.wait(timeout=120)
+        stopped_after = time.monotonic() - taken
+    finally:
+        if job.poll() is None:
+            job.kill()
+    stdout, stderr = job.communicate()
+    assert code == EXIT_LEASE_HELD, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: lease lost:") and "intruder" in last, last
+    assert "Traceback" not in stderr.split("lease lost")[-1]
+    print(f"stopped {stopped_after:.1f} s after the takeover: {last}")
+    assert stopped_after < 60, stopped_after  # a renewal period, then Ray's shutdown
+    (run,) = committed_runs(str(out))
+    assert run.state == "open" and len(run.image_ids) < 24  # stopped, and never committed
+
+
+def _test_vit_weights(path: Path, shift: float) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    model = timm.create_model("test_vit", pretrained=False, num_classes=0)
+    save_file({k: (v + shift).contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+@pytest.mark.slow
+def test_weights_replaced_during_a_run_stop_it_with_a_clear_error(tmp_path: Path) -> None:
+    """The weights file is replaced after the driver computed the run's config digest from it:
+    the actors refuse the other bytes, and the job ends with one line naming the file, exit
+    code 2, and no committed run (before: the actors used the new file under the old
+    digest)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 80, 3), np.uint8)).save(
+            src / f"{i}.jpg")
+    weights, other = tmp_path / "vit.safetensors", tmp_path / "other.safetensors"
+    _test_vit_weights(weights, 0.0)
+    _test_vit_weights(other, 0.01)
+    job = subprocess.Popen(
+        [sys.executable, "jobs/clean_dataset.py", "--job", "smoke", "--input", str(src),
+         "--output", str(tmp_path / "out"), f"model.weights={weights}", "engine.fit.steps=10"],
+        cwd=ROOT, env=dict(os.environ, DVT_RAY_TMP=f"/tmp/dvt-digest-{os.getpid()}"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert job.stderr is not None
+    seen = []
+    for line in job.stderr:  # the driver logs the digest of what it loaded
+        seen.append(line)
+        if "loaded test_vit" in line:
+            os.replace(other, weights)
+            break
+    _, rest = job.communicate(timeout=300)
+    assert job.returncode == 2, "".join(seen) + rest[-3000:]
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith("error: the ViT weights at") and str(weights) in last, last
+    from pipeline.store.schema import committed_runs
+
+    assert not [r for r in committed_runs(str(tmp_path / "out")) if r.state == "committed"]
+
+
+def test_a_stage_refuses_an_artifact_model_that_changed(tmp_path: Path) -> None:
+    from pipeline.config import engine_preset
+    from pipeline.distributed.stages import CleanImages, LoadedOtherBytes
+    from pipeline.models.artifact_model import ArtifactModel
+    from pipeline.models.vit import load_extractor
+    from pipeline.store.schema import write_artifact_model
+
+    vit = load_extractor("test_vit", weights="random", device="cpu")
+    uri = str(tmp_path / "pattern.safetensors")
+    pattern = np.zeros((7, 7, vit.embed_dim), np.float32)
+    sha = write_artifact_model(uri, ArtifactModel("test_vit", vit.weights_digest, 112, pattern,
+                                                  8, "test"))
+    kwargs = {"model_name": "test_vit", "weights": "random", "engine": engine_preset(
+        "shift_smoke"), "dtype": "float16", "with_artifact": True, "artifact_model_uri": uri,
+        "weights_digest": vit.weights_digest}
+    CleanImages(**kwargs, artifact_model_sha256=sha)  # the recorded bytes: accepted
+    write_artifact_model(uri, ArtifactModel("test_vit", vit.weights_digest, 112, pattern + 1,
+                                            8, "test"))
+    with pytest.raises(LoadedOtherBytes, match="artifact model at .*pattern.safetensors"):
+        CleanImages(**kwargs, artifact_model_sha256=sha)

@@ -95,12 +95,13 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
     stage_kwargs = {"model_name": cfg.model.name, "weights": cfg.model.weights,
                     "engine": cfg.engine, "dtype": cfg.output.dtype,
                     "with_artifact": cfg.output.with_artifact,
-                    "torch_threads": cfg.compute.torch_threads}
+                    "torch_threads": cfg.compute.torch_threads,
+                    "weights_digest": extractor.weights_digest}
     meta: dict[str, Any] = {"aspect": cfg.engine.resize.aspect}
     if cfg.engine.needs_artifact_model:
         uri, sha = ensure_artifact_model(cfg, extractor, image_size, uris)
         settings["artifact_model"] = sha  # another pattern, other features
-        stage_kwargs |= {"artifact_model_uri": uri,
+        stage_kwargs |= {"artifact_model_uri": uri, "artifact_model_sha256": sha,
                          "artifact_storage_options": cfg.output.storage_options}
         meta |= {"artifact_model": uri, "artifact_model_sha256": sha}
     method = FeatureMethod(

@@ -15,6 +15,7 @@ import fnmatch
 import logging
 import os
 import posixpath
+import re
 import signal
 import time
 import uuid
@@ -30,6 +31,7 @@ from pipeline import __version__
 from pipeline.config import ConfigError, MissingInput, ResizeConfig, output_digest, redact
 from pipeline.distributed.read_stage import ReadImages
 from pipeline.distributed.sink import FeatureSink, empty_result, merge_results, uri_keys
+from pipeline.distributed.stages import LoadedOtherBytes
 from pipeline.job_config import ComputeConfig, InputConfig, OutputConfig
 from pipeline.models.vit import FeatureExtractor
 from pipeline.store.lease import LeaseLost, OutputLease
@@ -269,6 +271,11 @@ class Graph:
         try:
             self._dataset(uris, read_batch_size, stage_batch_size, alone).write_datasink(
                 self.sink)
+        except ray.exceptions.RayError as err:  # a worker refused a file that changed
+            changed = re.search(rf"{LoadedOtherBytes.__name__}: (.+)", str(err))
+            if changed:
+                raise LoadedOtherBytes(changed.group(1)) from None
+            raise
         finally:
             context.max_errored_blocks = errored_before
         return self.sink.result or empty_result()

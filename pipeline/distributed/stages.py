@@ -17,15 +17,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import EngineConfig, ResizeConfig
+from pipeline.config import ConfigError, EngineConfig, ResizeConfig
 from pipeline.distributed.read_stage import PASSTHROUGH, Batch, failed_rows, object_column
 from pipeline.models.denoiser import DenoisedViT
+from pipeline.models.denoiser import denoiser_digest as digest_of
 from pipeline.models.engine import CleanResult, clean_images
 from pipeline.models.online import denoise_images
 from pipeline.models.vit import load_extractor
 from pipeline.store.schema import read_artifact_model
 
 logger = logging.getLogger(__name__)
+
+
+class LoadedOtherBytes(ConfigError):
+    """A worker loaded weights, an artifact model or a denoiser whose digest differs from the
+    one the driver recorded for the run (the file was replaced while the run went on). The
+    job ends with the message (``Graph.run`` finds it in the worker's error), exit code 2."""
+
+
+def require_digest(what: str, uri: str, expected: str, loaded: str) -> None:
+    """Refuse to work with a file whose content is not the one the run's config digest was
+    computed from: its outputs would be labelled with a digest they do not have."""
+    if expected and loaded != expected:
+        raise LoadedOtherBytes(
+            f"{what} at {uri} changed while the run went on: the driver recorded digest "
+            f"{expected[:16]}, this worker loaded {loaded[:16]}. Nothing it would compute "
+            "matches the run's config digest; put the file back, or start a new run with the "
+            "new file")
 
 
 class CleanImages:
@@ -36,14 +54,19 @@ class CleanImages:
 
     def __init__(self, model_name: str, weights: str, engine: EngineConfig, dtype: str,
                  with_artifact: bool, torch_threads: int = 0, artifact_model_uri: str = "",
-                 artifact_storage_options: dict[str, Any] | None = None) -> None:
+                 artifact_storage_options: dict[str, Any] | None = None,
+                 weights_digest: str = "", artifact_model_sha256: str = "") -> None:
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.extractor = load_extractor(model_name, weights=weights)
+        require_digest("the ViT weights", weights, weights_digest, self.extractor.weights_digest)
         self.engine = engine
         self.dtype = np.dtype(dtype)
         self.with_artifact = with_artifact
-        self.artifact_model = read_artifact_model(
-            artifact_model_uri, artifact_storage_options)[0] if artifact_model_uri else None
+        self.artifact_model = None
+        if artifact_model_uri:
+            self.artifact_model, sha = read_artifact_model(artifact_model_uri,
+                                                           artifact_storage_options)
+            require_digest("the artifact model", artifact_model_uri, artifact_model_sha256, sha)
 
     def features(self, images: list[np.ndarray], ids: list[str]) -> list[CleanResult]:
         """One result per image, in order (the work of this stage)."""
@@ -107,10 +130,15 @@ class DenoiseImages(CleanImages):
     def __init__(self, denoiser_uri: str, weights: str, image_size: int, batch_size: int,
                  dtype: str, with_artifact: bool, torch_threads: int = 0,
                  storage_options: dict[str, Any] | None = None,
-                 resize: ResizeConfig | None = None) -> None:
+                 resize: ResizeConfig | None = None, weights_digest: str = "",
+                 denoiser_digest: str = "") -> None:
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.model = DenoisedViT.from_pretrained(denoiser_uri, weights=weights,
                                                  storage_options=storage_options)
+        require_digest("the ViT weights", weights, weights_digest,
+                       self.model.extractor.weights_digest)
+        require_digest("the denoiser", denoiser_uri, denoiser_digest,
+                       digest_of(self.model.denoiser))
         self.image_size = image_size
         self.resize = resize or ResizeConfig()
         self.batch_size = batch_size
