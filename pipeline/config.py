@@ -353,13 +353,33 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(data))
 
 
-SECRET_KEY = re.compile(r"(^|_)(key|secret|token|password|passwd|credentials?|auth)(_|$)",
-                        re.IGNORECASE)
+SECRET_KEY = re.compile(
+    r"(^|[_\-.])(key|secret|token|password|passwd|pwd|credentials?|auth|authorization|"
+    r"connection_?string|conn_?str|signature|sig|cookie)([_\-.]|$)", re.IGNORECASE)
+"""Keys whose values are credentials: ``aws_secret_access_key``, ``sas_token``,
+``Authorization`` (a header), ``connection_string``, ``X-Api-Key`` ..."""
+URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@:]+:[^/\s@]*@"
+                          r"|\b(https?://|ftps?://)[^/\s@:]+@")
+"""``scheme://user:password@host`` and ``https://token@host`` inside any string (not
+``abfs://container@account...``, whose user part names a container)."""
+SECRET_FIELD = re.compile(
+    r"(?i)\b(AccountKey|SharedAccessKey|SharedAccessSignature|Password|Pwd|sig|"
+    r"X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|access_token|token)=([^;&\s]+)")
+"""Secrets inside connection strings (Azure ``AccountKey=...;``) and signed URLs' queries."""
 REDACTED = "***"
 
 
+def redact_text(text: str) -> str:
+    """``text`` with the credentials it may carry replaced: the user info of URLs and the
+    secret fields of connection strings and query strings."""
+    text = URL_USERINFO.sub(lambda m: f"{m.group(1) or m.group(2)}{REDACTED}@", text)
+    return SECRET_FIELD.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+
+
 def redact(data: Any) -> Any:
-    """A copy of JSON-able ``data`` with every value under a secret-looking key replaced.
+    """A copy of JSON-able ``data`` with every value under a secret-looking key replaced, and
+    credentials inside strings (URLs with a user and password, connection strings, signed
+    query strings) masked.
 
     Configs are saved with each output and may carry fsspec ``storage_options``; credentials
     belong in the environment, but if a user passes them anyway they are never written out.
@@ -369,6 +389,8 @@ def redact(data: Any) -> Any:
                 else redact(v) for k, v in data.items()}
     if isinstance(data, list):
         return [redact(v) for v in data]
+    if isinstance(data, str):
+        return redact_text(data)
     return data
 
 

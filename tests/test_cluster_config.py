@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -57,9 +58,89 @@ def test_dashboard_on_loopback_and_no_keys() -> None:
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
     text = (ROOT / "ray_cluster.yaml").read_text()
     assert "aws_secret_access_key" not in text.lower() and "AKIA" not in text
-    for name, node in cluster["available_node_types"].items():
-        if name != cluster["head_node_type"]:
-            assert "IamInstanceProfile" in node["node_config"], name
+
+
+def test_every_node_type_has_its_own_profile_and_the_closed_security_group() -> None:
+    """The head too: without a profile Ray attaches its default one (full EC2 and S3), and
+    without SecurityGroupIds it creates a group with SSH open to the world."""
+    cluster = _cluster()
+    nodes = cluster["available_node_types"]
+    head = cluster["head_node_type"]
+    groups = {tuple(node["node_config"]["SecurityGroupIds"]) for node in nodes.values()}
+    assert len(groups) == 1 and all(g.startswith("sg-") for g in next(iter(groups)))
+    arns = {name: node["node_config"]["IamInstanceProfile"]["Arn"]
+            for name, node in nodes.items()}
+    assert arns[head].endswith("/dvt-pipeline-head")
+    assert all(arn.endswith("/dvt-pipeline-worker") for name, arn in arns.items()
+               if name != head)
+    assert "IpPermissions" not in cluster["provider"].get("security_group", {})
+
+
+def test_ray_runs_with_token_auth_on_every_node() -> None:
+    cluster = _cluster()
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = " ".join(cluster[key])
+        assert "RAY_AUTH_MODE=token" in start
+        assert "RAY_AUTH_TOKEN_PATH=$HOME/ray_auth_token" in start
+    assert cluster["file_mounts"] == {"~/ray_auth_token": "~/.ray/auth_token"}
+    assert "--env RAY_AUTH_MODE=token" in cluster["docker"]["run_options"]
+
+
+class _CloudFormation(yaml.SafeLoader):
+    """YAML with CloudFormation's short tags (!Ref, !Sub, !GetAtt) read as plain values."""
+
+
+for _tag in ("!Ref", "!Sub", "!GetAtt"):
+    _CloudFormation.add_constructor(_tag, lambda loader, node, tag=_tag: (
+        tag, loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode)
+        else loader.construct_sequence(node)))
+
+
+def _statements(resource: dict) -> list[dict]:
+    props = resource["Properties"]
+    docs = [props["PolicyDocument"]] if "PolicyDocument" in props else [
+        p["PolicyDocument"] for p in props.get("Policies", [])]
+    return [st for doc in docs for st in doc["Statement"]]
+
+
+def test_the_access_template_is_valid_and_least_privilege() -> None:
+    """conf/aws/cluster-access.yaml passes cfn-lint (CloudFormation's own resource schemas),
+    opens SSH to the SshCidr parameter only, passes the workers' role alone, and grants S3 on
+    the two named buckets only."""
+    path = ROOT / "conf" / "aws" / "cluster-access.yaml"
+    lint = subprocess.run([str(Path(sys.executable).with_name("cfn-lint")), str(path)],
+                          capture_output=True,
+                          text=True, timeout=300)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    template = yaml.load(path.read_text(), Loader=_CloudFormation)  # noqa: S506 (SafeLoader)
+    resources = template["Resources"]
+    (group,) = [r for r in resources.values() if r["Type"] == "AWS::EC2::SecurityGroup"]
+    ssh = group["Properties"]["SecurityGroupIngress"]
+    assert ssh == [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+                    "CidrIp": ("!Ref", "SshCidr"),
+                    "Description": "SSH from the operators' addresses only"}]
+    assert "0.0.0.0/0" not in path.read_text()
+    internal = [r["Properties"] for r in resources.values()
+                if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
+    assert all(p["SourceSecurityGroupId"] == ("!Ref", "ClusterSecurityGroup")
+               for p in internal)
+    statements = [st for r in resources.values() if r["Type"] in (
+        "AWS::IAM::Role", "AWS::IAM::ManagedPolicy") for st in _statements(r)]
+    actions = [a for st in statements for a in (
+        st["Action"] if isinstance(st["Action"], list) else [st["Action"]])]
+    assert not [a for a in actions if a.endswith(":*") or a == "*"]
+    for st in statements:
+        acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        res = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+        if any(a.startswith("s3:") for a in acts):
+            assert all(r[0] == "!Sub" and ("${InputBucket}" in r[1] or "${OutputBucket}" in r[1])
+                       for r in res), st
+        if "iam:PassRole" in acts:
+            assert acts == ["iam:PassRole"] and res == [("!GetAtt", "WorkerRole.Arn")]
+        if any(a in ("ec2:TerminateInstances", "ec2:StopInstances") for a in acts):
+            assert "aws:ResourceTag/ray-cluster-name" in st["Condition"]["StringEquals"]
+    worker = resources["WorkerRole"]["Properties"]
+    assert worker["ManagedPolicyArns"] == [("!Ref", "DataAccess")] and "Policies" not in worker
 
 
 def test_submission_ids_repeat_within_a_slot_only() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -137,3 +138,33 @@ def test_a_bumped_method_version_changes_the_digest(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setitem(config.METHOD_VERSIONS, "field", 2)
     assert _fast_digest(_fast()) != FAST_OUTPUT_DIGEST
+
+
+def test_saved_configs_carry_no_credentials() -> None:
+    """Keys named like secrets, URLs with a user and password (or a token), connection
+    strings, signed query strings and Authorization headers are masked; everything else is
+    kept as it is."""
+    from pipeline.config import REDACTED, redact
+
+    job = {"input": {
+        "uri": "https://user:pa55w0rd@images.example.com/photos",
+        "storage_options": {"connection_string": "DefaultEndpointsProtocol=https;"
+                                                 "AccountName=acct;AccountKey=SECRETKEY==;",
+                            "account_name": "acct",
+                            "client_kwargs": {"headers": {"Authorization": "Bearer SECRET",
+                                                          "X-Api-Key": "SECRET",
+                                                          "Accept": "image/*"}},
+                            "anon": False, "key": ""}},
+        "output": {"uri": "s3://AKIAEXAMPLE:SECRET@bucket/features"},
+        "calibration": {"uri": "https://acct.blob.core.windows.net/c?sv=2020&sig=SECRET&se=1"},
+        "denoiser": {"uri": "abfs://container@acct.dfs.core.windows.net/export"}}
+    saved = json.dumps(redact(job))
+    assert "SECRET" not in saved and "pa55w0rd" not in saved and "AKIA" not in saved
+    out = redact(job)
+    headers = out["input"]["storage_options"]["client_kwargs"]["headers"]
+    assert headers == {"Authorization": REDACTED, "X-Api-Key": REDACTED, "Accept": "image/*"}
+    assert out["input"]["uri"] == "https://***@images.example.com/photos"
+    assert out["input"]["storage_options"]["account_name"] == "acct"
+    assert out["input"]["storage_options"]["key"] == ""  # nothing to hide
+    assert out["calibration"]["uri"].endswith("sv=2020&sig=***&se=1")
+    assert out["denoiser"] == job["denoiser"]  # a container name is no credential
