@@ -30,8 +30,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _readme_submit_command() -> str:
+    """The README's ``ray job submit`` of clean_dataset against a local head, joined."""
+    from test_readme import readme_commands
+
+    (command,) = [c for c in readme_commands() if c.startswith("ray job submit --runtime-env")
+                  and "jobs/clean_dataset.py" in c and "$PWD" in c]
+    return command
+
+
 def test_ray_job_submit_quickstart(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
-    src, out = tmp_path / "in", tmp_path / "out"
+    """The README's command as written (run by bash in a checkout-like folder, with
+    RAY_ADDRESS exported as the README says), shortened by ``--job smoke``; then the same run
+    under a submission id, and Ray refusing that id a second time."""
+    for name in ("jobs", "conf", "pipeline", "pyproject.toml"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    src, out = tmp_path / "photos", tmp_path / "features"
     src.mkdir()
     for name, photo in photos.items():
         buf = io.BytesIO()
@@ -64,23 +78,27 @@ def test_ray_job_submit_quickstart(tmp_path: Path, photos: dict[str, np.ndarray]
                 assert head.poll() is None, "ray start --head exited"
                 assert time.time() < deadline, "the dashboard did not come up"
                 time.sleep(1)
-        job_args = ["--job", "smoke", "--input", str(src), "--output", str(out),
-                    "engine.fit.steps=20"]
-        sub_id = submission_id("clean_dataset", str(src), str(out), job_args, "hourly")
-        command = [ray_bin, "job", "submit", f"--address={address}",
-                   "--runtime-env", "conf/runtime_env.yaml", f"--submission-id={sub_id}",
-                   "--", "python", "jobs/clean_dataset.py", *job_args]
+        env["RAY_ADDRESS"] = address
+        readme = f"{_readme_submit_command()} --job smoke"
         for _attempt in range(30):  # the job agent can come up after the dashboard
-            submit = subprocess.run(command, env=env, capture_output=True, text=True,
-                                    timeout=600, cwd=ROOT)
+            submit = subprocess.run(["bash", "-c", readme], env=env, capture_output=True,
+                                    text=True, timeout=600, cwd=tmp_path)
             if "No available agent" not in submit.stdout + submit.stderr:
                 break
             time.sleep(2)
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "succeeded" in submit.stdout, submit.stdout[-3000:]
+        job_args = ["--job", "smoke", "--input", str(src), "--output", str(out)]
+        sub_id = submission_id("clean_dataset", str(src), str(out), job_args, "hourly")
+        command = [ray_bin, "job", "submit", "--runtime-env", "conf/runtime_env.yaml",
+                   f"--submission-id={sub_id}", "--", "python", "jobs/clean_dataset.py",
+                   *job_args]
+        first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
+                               cwd=tmp_path)
+        assert first.returncode == 0 and "succeeded" in first.stdout, first.stdout[-3000:]
         # the same run in the same slot again: Ray refuses the duplicate submission id
         again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
-                               cwd=ROOT)
+                               cwd=tmp_path)
         assert again.returncode != 0 and "already exists" in again.stdout + again.stderr, (
             again.stdout[-2000:] + again.stderr[-2000:])
     finally:
@@ -91,6 +109,7 @@ def test_ray_job_submit_quickstart(tmp_path: Path, photos: dict[str, np.ndarray]
             head.kill()
             head.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
-    (run,) = committed_runs(str(out))
-    assert run.manifest.summary["done"] == 3
+    first_run, refresh = committed_runs(str(out))
+    assert first_run.manifest.summary["done"] == 3
+    assert refresh.manifest.summary["skipped_committed"] == 3  # the submitted refresh
     assert read_features_table(str(out)).num_rows == 3

@@ -58,23 +58,22 @@ def ensure_artifact_model(cfg: CleanJobConfig, extractor: FeatureExtractor, imag
                          storage_options=calib.storage_options if calib.uri
                          else cfg.input.storage_options)
     listed = list_images(source) if calib.uri else inputs
-    fs, _ = filesystem(source.uri, source.storage_options)
-    chosen = [listed[i] for i in spread_indices(len(listed), calib.images)]
+    source_fs, _ = filesystem(source.uri, source.storage_options)
     encoded = []
-    for uri in chosen:
+    for photo_uri in (listed[i] for i in spread_indices(len(listed), calib.images)):
         try:
-            encoded.append(read_input(fs, uri, source.max_bytes))
+            encoded.append(read_input(source_fs, photo_uri, source.max_bytes))
         except Exception as err:  # a bad input is quarantined by the run, not fatal here
-            logger.warning("calibration skips %s: %s", uri, err)
+            logger.warning("calibration skips %s: %s", photo_uri, err)
     decoder = DecoderProcess(source.max_pixels, extractor.patch_size, source.decode_timeout_s)
-    photos = []
-    for decoded in decoder.decode(encoded):
-        if decoded.ok:
-            photos.append(np.frombuffer(decoded.pixels, np.uint8).reshape(
-                decoded.height, decoded.width, 3))
-        else:
-            logger.warning("calibration skips an image: %s", decoded.reason)
-    decoder.close()
+    try:  # in a child process, as the readers decode: a poison photo costs only itself
+        decoded = decoder.decode(encoded)
+    finally:
+        decoder.close()
+    photos = [np.frombuffer(d.pixels, np.uint8).reshape(d.height, d.width, 3)
+              for d in decoded if d.ok]
+    for failure in (d for d in decoded if not d.ok):
+        logger.warning("calibration skips an image: %s", failure.reason)
     if not photos:
         raise ConfigError(f"no readable calibration image under {source.uri}: preset "
                          f"{cfg.engine.name!r} needs an artifact model, calibrated on photos "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import logging
 import os
 import posixpath
@@ -287,8 +288,8 @@ class Graph:
         # finite restarts and retries (Ray Data's default is forever, which would stall the
         # run while its lease is renewed); a block whose worker died on every retry is
         # dropped (max_errored_blocks) and its inputs found missing by the driver
-        retries = {"max_restarts": compute.max_restarts,
-                   "max_task_retries": compute.max_task_retries}
+        retries = {"ray_remote_args_fn": functools.partial(
+            dict, max_restarts=compute.max_restarts, max_task_retries=compute.max_task_retries)}
         ds = ray.data.from_items([{"source_uri": u} for u in uris],
                                  override_num_blocks=max(1, min(len(uris), 64)))
         ds = ds.map_batches(

@@ -1,0 +1,177 @@
+"""The README's commands are the product's front door: CI runs its first two as written
+(``.ci/run``), and this test runs every other local command of it as written, in README
+order, in a scratch folder, shortened only by the smoke presets the README names.
+
+A command edited in the README is the command tested: nothing here keeps a copy of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.evaluation.samples import sample_photos
+from pipeline.store.schema import read_feature_groups, read_features_table
+
+pytestmark = [pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+SHORTENED = {
+    "quickstart": "preset=smoke model.weights={weights}",
+    "clean_dataset": "--job smoke",
+    "train_denoiser": "--job train_smoke",
+    "denoise_dataset": "--job denoise_smoke",
+    "evaluate": "--job evaluate_smoke",
+    "gc_output": "",
+    "submission_id": "",
+}
+"""What each job's README command gets appended: the README says so, word for word."""
+
+
+def readme_commands() -> list[str]:
+    """Every command of the README's bash blocks, in order: continuation lines joined,
+    comments dropped, ``a && b`` chains split."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                commands += [part.strip() for part in line.split("&&")]
+    return commands
+
+
+def local_job_commands() -> list[tuple[str, str]]:
+    """(job, command) of every README command that runs a job on this machine: a job script
+    under the venv's python, no shell variable of a benchmark's cache."""
+    out = []
+    for command in readme_commands():
+        match = re.match(r"\.venv/bin/python jobs/(\w+)\.py\b", command)
+        if match and "$" not in command:
+            out.append((match.group(1), command))
+    return out
+
+
+def test_ci_runs_the_first_two_commands_as_written() -> None:
+    quickstart, tests = re.findall(r"```bash\n(.*?)\n```", README, flags=re.S)[:2]
+    assert quickstart.endswith("&& .venv/bin/python jobs/quickstart.py")
+    assert tests.endswith("&& .venv/bin/python -m pytest")
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert tests in ci and quickstart in ci  # whole lines, verbatim
+    assert ci.index(tests) < ci.index(quickstart)  # the suite first, then the front door
+    assert any("outputs/quickstart/figures" in line for line in ci)  # pictures checked
+
+
+def test_every_job_has_a_local_command_and_its_shortening_is_documented() -> None:
+    jobs = {job for job, _ in local_job_commands()}
+    assert jobs == set(SHORTENED), jobs
+    for job, extra in SHORTENED.items():
+        assert extra.replace("{weights}", "PATH") in README or not extra, job
+
+
+def _scratch(tmp_path: Path) -> Path:
+    """A folder laid out as a checkout's root for the commands: the venv, the jobs and conf
+    (links), and ``./photos`` (8 bundled photos, mixed aspects) and ``./new_photos``."""
+    for name in ("jobs", "conf"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    photos = sample_photos(10)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "new_photos").mkdir()
+    for i, (name, photo) in enumerate(photos.items()):
+        small = Image.fromarray(photo)
+        small.thumbnail((160, 160))
+        folder = "photos" if i < 8 else "new_photos"
+        small.save(tmp_path / folder / f"{name}.png")
+    return tmp_path
+
+
+def test_the_readme_commands_run_as_written(tmp_path: Path, dinov2_weights: Path) -> None:
+    """Quickstart, clean, train, denoise, evaluate, gc and submission ids, one after another
+    as a new user would type them, each with its smoke shortening appended."""
+    scratch = _scratch(tmp_path)
+    env = dict(os.environ, DVT_RAY_TMP=f"/tmp/dvt-readme-{os.getpid()}")
+    outputs: dict[str, str] = {}
+    for job, command in local_job_commands():
+        extra = SHORTENED[job].format(weights=shlex.quote(str(dinov2_weights)))
+        done = subprocess.run(["bash", "-c", f"{command} {extra}"], cwd=scratch, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{command} {extra}\n{done.stderr[-4000:]}"
+        outputs[job] = outputs.get(job, "") + done.stdout
+        _check(job, command, scratch, done.stdout)
+        if job == "evaluate":  # again: the fitted evaluation inputs are reused, same figures
+            first = json.loads((scratch / "outputs/report/metrics.json").read_text())
+            again = subprocess.run(["bash", "-c", f"{command} {extra}"], cwd=scratch, env=env,
+                                   capture_output=True, text=True, timeout=900)
+            assert again.returncode == 0, again.stderr[-3000:]
+            second = json.loads((scratch / "outputs/report/metrics.json").read_text())
+            assert second["pev"] == pytest.approx(first["pev"])
+    assert set(outputs) == set(SHORTENED)
+
+
+def _check(job: str, command: str, scratch: Path, stdout: str) -> None:
+    """What each command must have made."""
+    if job == "quickstart":  # two photos of different aspects, a picture of each
+        photos = sorted(p.stem for p in (scratch / "outputs/quickstart/photos").glob("*.png"))
+        figures = sorted(p.stem for p in (scratch / "outputs/quickstart/figures").glob("*.png"))
+        assert len(photos) == 2 and figures == photos
+        grids = read_feature_groups(str(scratch / "outputs/quickstart/features"), ["image_id"])
+        assert len(grids) == 2  # the two aspects give two token grids
+    elif job == "clean_dataset":
+        table = read_features_table(str(scratch / "features"), ["source_uri"])
+        assert table.num_rows == 8
+    elif job == "train_denoiser":
+        export = scratch / "features/training/denoiser/export"
+        assert (export / "denoiser.safetensors").is_file()
+        assert json.loads((export / "denoiser.json").read_text())["model"] == "test_vit"
+    elif job == "denoise_dataset":
+        table = read_features_table(str(scratch / "denoised"), ["method"])
+        assert table["method"].to_pylist() == ["denoiser", "denoiser"]
+    elif job == "evaluate":
+        _check_report(scratch / "outputs" / "report")
+    elif job == "gc_output":
+        assert json.loads(stdout.strip().splitlines()[-1])["removed"] == ("--delete" in command)
+    elif job == "submission_id":
+        assert re.fullmatch(r"dvt-clean-dataset-\d{8}t\d{2}-[0-9a-f]{16}", stdout.strip())
+
+
+def _check_report(out: Path) -> None:
+    """Every file of the report and every measure, beside every baseline."""
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["methods"] == ["raw", "clean", "raw_minus_g", "denoised", "calib", "tta",
+                                "calib+tta", "raw_minus_mean_g"]
+    assert saved["pev_crops"] == 16 and saved["pev_photos"] == 8
+    for key in ("pev", "pev_stderr", "matching", "stereo", "seconds_per_image"):
+        assert set(saved[key]) == set(saved["methods"]), key
+    assert set(saved["shift"]) >= {"raw", "denoised"}
+    assert all(e > 0 for e in saved["pev_stderr"].values())
+    assert all(0.0 <= s["value"] <= 1.0 for s in saved["matching"].values())
+    assert saved["calibration"]["crops"] == 8 * 2
+    assert set(saved["masks"]) == {"voc", "quokka", "all"}
+    assert saved["mask_views"] == {"voc": 2, "quokka": 2, "all": 4}
+    paired = saved["masks_paired"]["all"]
+    assert paired["raw"]["diff"] == 0.0 and set(paired) == set(saved["methods"])
+    for name in ("voc", "quokka", "all"):
+        assert all(0.0 <= v <= 1.0 for v in saved["masks"][name].values())
+    assert all(0.0 <= v <= 1.0 for v in saved["stereo"].values())
+    assert np.isfinite(saved["g_agreement"])  # over the photos of the corpus's largest grid
+    assert 2 <= saved["g_agreement_images"] <= 8
+    assert saved["fit"]["images"] == 8
+    report = (out / "report.md").read_text()
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert len(figures) == 3 and "artifact_grid.png" in figures
+    for name in figures:
+        assert f"(figures/{name})" in report
+    for word in ("Position-explained variance", "Shift consistency", "Stereo probe",
+                 "Mask probe", "G agreement", "raw - G", "minus raw's on the same views",
+                 "Crop-pair matching", "calib+tta", "raw - mean G", "seconds per image"):
+        assert word in report
