@@ -164,5 +164,6 @@ def resize_pixels(pixels: torch.Tensor, size: int | tuple[int, int]) -> torch.Te
 def full_view_pixels(rgb: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, h, w) float in [0, 1], (h, w) = ``size`` in pixels (an int:
     square): the engine's view 0 of the image."""
-    pixels = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1).float() / 255.0
+    rgb = np.require(rgb, requirements=["C", "W"])  # decoded bytes arrive read-only
+    pixels = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
     return resize_pixels(pixels[None], size)[0]
