@@ -139,17 +139,9 @@ def raw_minus_artifact(table: pa.Table) -> np.ndarray | None:
     return raw - column_to_numpy(table["artifact"]).astype(np.float32)
 
 
-def _fsync_folder(folder: str | Path) -> None:
-    """Make a rename or link in ``folder`` durable (a power loss cannot undo it)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: str | Path) -> None:
-    """Flush a local file's bytes to the disk."""
+def _fsync(path: str | Path) -> None:
+    """Flush a local file's bytes, or a folder's entries (a rename or link in it), to the
+    disk: a power loss cannot undo what came before."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -182,12 +174,12 @@ def local_atomic(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; caches and reports may be shared
-        _fsync_file(tmp)
+        _fsync(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_folder(target.parent)
+    _fsync(target.parent)
 
 
 def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
@@ -205,7 +197,7 @@ def put_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        _fsync_folder(folder)
+        _fsync(folder)
     else:  # object stores make a single PUT visible whole or not at all
         with fs.open(path, "wb") as fh:
             fh.write(data)
@@ -235,7 +227,7 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> N
             os.fsync(fh.fileno())
     finally:
         os.unlink(tmp)
-    _fsync_folder(folder)
+    _fsync(folder)
 
 
 # --------------------------------------------------------------------------- artifact models
