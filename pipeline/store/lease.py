@@ -184,7 +184,7 @@ class OutputLease:
     def _lose(self, reason: str) -> None:
         self.lost = reason
         logger.error("%s", reason)
-        if self.on_lost is not None:
+        if self.on_lost is not None and not self._stop.is_set():  # not while releasing
             self.on_lost(reason)
 
     def check(self) -> None:
