@@ -173,6 +173,32 @@ class ShiftConfig:
             raise ValueError("shift.prior_weight must be >= 0 and shift.iterations >= 1")
 
 
+@dataclass(frozen=True)
+class HighResConfig:
+    """How ``clean_hr`` is estimated when ``upsample`` > 1 (``pipeline.models.subpatch``):
+    the shift views plus views shifted by fractions of a patch, one guided least-squares solve
+    for content at s x s cells per token, G held to the image's shift decomposition."""
+
+    views: int = 12
+    """Extra views at the sub-patch phases (besides the shift views, which are phase 0)."""
+    smooth: float = 1.0
+    """Weight of the image-guided smoothness between neighbouring cells, in units of one
+    view's evidence on a cell: it fills in what the box averages leave open (the finest
+    checkerboard) the way the image's colours say."""
+    sigma: float = 0.1
+    """Colour distance (RGB in [0, 1]) at which a neighbour's pull falls to exp(-1/2)."""
+    iterations: int = 200
+    """Most conjugate-gradient steps of the solve."""
+    tolerance: float = 1e-4
+    """The solve stops when every channel's residual is below this share of its data."""
+
+    def __post_init__(self) -> None:
+        if self.views < 0 or self.iterations < 1 or self.smooth < 0 or self.sigma <= 0:
+            raise ValueError(f"hr needs views >= 0, iterations >= 1, smooth >= 0, sigma > 0: "
+                             f"{self}")
+
+
+UPSAMPLES = (1, 2, 4)
 METHODS = ("field", "shift")
 ASPECTS = ("keep", "square")
 """How the full view of an image is sized: its aspect kept, or squashed to a square."""
@@ -240,10 +266,20 @@ class EngineConfig:
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     fit: FitConfig = dataclasses.field(default_factory=FitConfig)
     shift: ShiftConfig = dataclasses.field(default_factory=ShiftConfig)
+    upsample: int = dataclasses.field(default=1, metadata=NEUTRAL)
+    """Cells per token side of ``clean_hr``, the artifact-free content finer than a patch
+    (1: none, 2 or 4: an (s*h, s*w, C) map beside ``clean``); needs ``method: shift``."""
+    hr: HighResConfig = dataclasses.field(default_factory=HighResConfig, metadata=NEUTRAL)
+    """How ``clean_hr`` is estimated."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {list(UPSAMPLES)}, got {self.upsample}")
+        if self.upsample > 1 and self.method != "shift":
+            raise ValueError("upsample > 1 needs method: shift (the sub-patch views are shifted "
+                             "views of the full image); use preset=shift")
 
     def output_settings(self) -> dict[str, Any]:
         """What decides the output values, for digests: the method, its version (when bumped
@@ -253,6 +289,8 @@ class EngineConfig:
         data = digest_data(self)
         keep = {k: data[k] for k in ("method", "image_size", "seed", *sections) if k in data}
         keep |= self.resize.output_settings()
+        if self.upsample > 1:  # clean_hr is part of the output, and how it is made
+            keep |= {"upsample": self.upsample, "hr": config_to_dict(self.hr)}
         if METHOD_VERSIONS[self.method] != 1:
             keep["method_version"] = METHOD_VERSIONS[self.method]
         return keep

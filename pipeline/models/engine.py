@@ -15,12 +15,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline.config import EngineConfig, engine_preset
 from pipeline.models.artifact_model import ArtifactModel
 from pipeline.models.fit import fit_batch
 from pipeline.models.images import ImageLike, content_id, to_rgb
-from pipeline.models.tta import decompose_shift_views, shift_view_tokens
+from pipeline.models.subpatch import (
+    cell_index,
+    from_shift_views,
+    guide_weights,
+    phase_views,
+    render_subpatch_views,
+    solve_fine_content,
+)
+from pipeline.models.tta import ShiftView, decompose_shift_views, shift_view_tokens
 from pipeline.models.views import derive_seed, render_views, sample_layout, token_grid
 from pipeline.models.vit import FeatureExtractor
 
@@ -36,6 +45,8 @@ class CleanResult:
     artifact: (h, w, C) float32 the estimated artifact map G.
     metrics: final_loss, r2, artifact_ratio (|G|/|y|), extract_seconds, fit_seconds, seconds.
     ok: False where the fit diverged; then ``error`` says why and ``clean`` is not usable.
+    clean_hr: (s*h, s*w, C) float32 artifact-free content at s x s cells per token, with
+        ``upsample`` = s > 1 (``pipeline.models.subpatch``); None otherwise.
     """
 
     image_id: str
@@ -45,6 +56,7 @@ class CleanResult:
     metrics: dict[str, float] = field(default_factory=dict)
     ok: bool = True
     error: str | None = None
+    clean_hr: np.ndarray | None = None
 
 
 def resolve_image_size(cfg: EngineConfig, extractor: FeatureExtractor) -> int:
@@ -137,6 +149,10 @@ def _shift_one(extractor: FeatureExtractor, rgb: np.ndarray, image_id: str, cfg:
     pattern = torch.from_numpy(prior.pattern_for(grid)).to(tokens.device)
     content, artifact = decompose_shift_views(tokens, views, cfg.shift.pad, pattern,
                                               cfg.shift.prior_weight, cfg.shift.iterations)
+    clean_hr, hr_metrics = None, {}
+    if cfg.upsample > 1:
+        clean_hr, hr_metrics = fine_content(extractor, rgb, image_id, cfg, grid, tokens, views,
+                                            content, artifact)
     raw = tokens[0].float()
     err = (raw - content - artifact).pow(2).sum()
     var = (raw - raw.mean((0, 1))).pow(2).sum().clamp_min(1e-12)
@@ -144,11 +160,44 @@ def _shift_one(extractor: FeatureExtractor, rgb: np.ndarray, image_id: str, cfg:
                "artifact_ratio": float(artifact.norm(dim=-1).mean() / raw.norm(dim=-1).mean()),
                "extract_seconds": extract_seconds,
                "fit_seconds": time.perf_counter() - start - extract_seconds}
+    metrics |= hr_metrics
     metrics["seconds"] = time.perf_counter() - start
-    ok = bool(torch.isfinite(content).all() and torch.isfinite(artifact).all())
+    ok = bool(torch.isfinite(content).all() and torch.isfinite(artifact).all()
+              and (clean_hr is None or torch.isfinite(clean_hr).all()))
     return CleanResult(image_id, raw.cpu().numpy(), content.cpu().numpy(),
                        artifact.cpu().numpy(), metrics, ok,
-                       None if ok else "decomposition is not finite")
+                       None if ok else "decomposition is not finite",
+                       None if clean_hr is None else clean_hr.cpu().numpy())
+
+
+def fine_content(extractor: FeatureExtractor, rgb: np.ndarray, image_id: str, cfg: EngineConfig,
+                 grid: tuple[int, int], tokens: torch.Tensor, views: list[ShiftView],
+                 content: torch.Tensor, artifact: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """clean_hr (s*h, s*w, C) of one image from its shift views' tokens (phase 0) and
+    ``cfg.hr.views`` more at the other sub-patch phases, G held at the shift decomposition's
+    ``artifact``; the solve starts from ``content`` upsampled. Also its seconds and solver
+    figures (``pipeline.models.subpatch``)."""
+    start = time.perf_counter()
+    scale, pad, patch = cfg.upsample, cfg.shift.pad, extractor.patch_size
+    extra = phase_views(cfg.hr.views, scale, pad, cfg.shift.flip_prob,
+                        derive_seed(image_id, cfg.seed, "subpatch"))
+    pixels, guide = render_subpatch_views(rgb, (grid[0] * patch, grid[1] * patch), patch, scale,
+                                          pad, extra)
+    more = torch.cat([extractor(pixels[k:k + cfg.vit_batch_size])
+                      for k in range(0, len(extra), cfg.vit_batch_size)]) if extra else None
+    sub_views = from_shift_views(views, scale) + extra
+    all_tokens = tokens if more is None else torch.cat([tokens, more.to(tokens.dtype)])
+    fine = (grid[0] * scale, grid[1] * scale)
+    cells = cell_index(sub_views, grid, scale, pad, all_tokens.device)
+    first = F.interpolate(content.permute(2, 0, 1)[None].float(), size=fine, mode="bilinear",
+                          align_corners=False)[0].permute(1, 2, 0)
+    solve = solve_fine_content(all_tokens, cells, artifact, fine,
+                               guide_weights(guide.to(all_tokens.device), cfg.hr.sigma),
+                               cfg.hr.smooth, first, cfg.hr.iterations, cfg.hr.tolerance)
+    return solve.content, {"hr_seconds": time.perf_counter() - start,
+                           "hr_iterations": float(solve.iterations),
+                           "hr_residual": solve.relative_residual}
 
 
 def clean_images(
