@@ -97,6 +97,8 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
                     "torch_threads": cfg.compute.torch_threads,
                     "weights_digest": extractor.weights_digest}
     meta: dict[str, Any] = {"aspect": cfg.engine.resize.aspect}
+    if cfg.engine.upsample > 1:
+        meta["upsample"] = cfg.engine.upsample
     if cfg.engine.needs_artifact_model:
         uri, sha = ensure_artifact_model(cfg, extractor, image_size, uris)
         settings["artifact_model"] = sha  # another pattern, other features
@@ -106,6 +108,6 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
     method = FeatureMethod(
         stage=CleanImages, stage_kwargs=stage_kwargs, batch_size=cfg.engine.images_per_fit,
         extractor=extractor, image_size=image_size, settings=settings,
-        resize=cfg.engine.resize, meta=meta)
+        resize=cfg.engine.resize, meta=meta, upsample=cfg.engine.upsample)
     return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method,
                            uris)

@@ -112,6 +112,8 @@ class FeatureMethod:
     square grid's tokens (what sizes the files)."""
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Extra facts recorded with the run (e.g. the denoiser's digest)."""
+    upsample: int = 1
+    """Cells per token side of the ``clean_hr`` column (1: no such column)."""
 
     @property
     def square_grid(self) -> int:
@@ -119,10 +121,10 @@ class FeatureMethod:
         return self.image_size // self.extractor.patch_size
 
     def max_row_bytes(self, dtype: str, with_artifact: bool) -> int:
-        """The largest a stored row's tensors can be: 2 or 3 (h, w, C) columns at the most
-        tokens an image of any aspect gets."""
+        """The largest a stored row's tensors can be: 2 or 3 (h, w, C) columns (and clean_hr,
+        s*s times one) at the most tokens an image of any aspect gets."""
         tokens = self.resize.max_tokens(self.square_grid)
-        columns = 3 if with_artifact else 2
+        columns = (3 if with_artifact else 2) + (self.upsample ** 2 if self.upsample > 1 else 0)
         return int(columns * tokens * self.extractor.embed_dim * np.dtype(dtype).itemsize)
 
 

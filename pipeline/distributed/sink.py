@@ -69,11 +69,13 @@ class FeatureSink(Datasink):
         """Rows of one token grid -> a feature table of the schema's (h, w, C) tensors."""
         grid_h, grid_w = int(rows["grid_h"][0].as_py()), int(rows["grid_w"][0].as_py())
         channels = self.meta["channels"]
-        schema = features_schema((grid_h, grid_w), channels, self.dtype, self.with_artifact)
-        shape = (len(rows), grid_h, grid_w, channels)
+        upsample = int(self.meta.get("upsample", 1))
+        schema = features_schema((grid_h, grid_w), channels, self.dtype, self.with_artifact,
+                                 upsample)
 
-        def tensors(name: str) -> pa.ExtensionArray:
+        def tensors(name: str, scale: int = 1) -> pa.ExtensionArray:
             flat = b"".join(rows[name].to_pylist())
+            shape = (len(rows), grid_h * scale, grid_w * scale, channels)
             array = np.frombuffer(flat, dtype=self.dtype).reshape(shape)
             return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(array))
 
@@ -91,6 +93,8 @@ class FeatureSink(Datasink):
         }
         if self.with_artifact:
             columns["artifact"] = tensors("artifact")
+        if upsample > 1:
+            columns["clean_hr"] = tensors("clean_hr", upsample)
         return pa.table(columns, schema=schema)
 
     def write(self, blocks: Any, ctx: Any) -> dict[str, Any]:

@@ -80,12 +80,12 @@ class CleanImages:
             logger.exception("%s failed on a batch of %d", self.method, len(batch["source_uri"]))
             return failed_rows(batch["source_uri"], self.stage, err, {
                 "width": 0, "height": 0, "raw": b"", "clean": b"", "artifact": b"",
-                "metrics": "", "grid_h": 0, "grid_w": 0})
+                "clean_hr": b"", "metrics": "", "grid_h": 0, "grid_w": 0})
 
     def _rows(self, batch: Batch) -> Batch:
         n = len(batch["source_uri"])
         out: dict[str, list[Any]] = {key: list(batch[key]) for key in PASSTHROUGH}
-        for key in ("raw", "clean", "artifact", "metrics"):
+        for key in ("raw", "clean", "artifact", "clean_hr", "metrics"):
             out[key] = [b"" if key != "metrics" else "" for _ in range(n)]
         out["grid_h"], out["grid_w"] = [0] * n, [0] * n
         todo = [i for i in range(n) if batch["status"][i] == "ok"]
@@ -113,6 +113,8 @@ class CleanImages:
             out["clean"][i] = res.clean.astype(self.dtype).tobytes()
             if self.with_artifact:
                 out["artifact"][i] = res.artifact.astype(self.dtype).tobytes()
+            if res.clean_hr is not None:
+                out["clean_hr"][i] = res.clean_hr.astype(self.dtype).tobytes()
             out["grid_h"][i], out["grid_w"][i] = res.raw.shape[:2]
             out["metrics"][i] = json.dumps(res.metrics)
         result = {key: object_column(values) for key, values in out.items()}

@@ -66,7 +66,7 @@ COMMITS_DIR = "_commits"
 MANIFEST = "_manifest.json"
 SEALED = "_SEALED"
 COMMITTED = "_COMMITTED"
-TENSOR_COLUMNS = ("raw", "clean", "artifact")
+TENSOR_COLUMNS = ("raw", "clean", "artifact", "clean_hr")
 METRIC_FIELDS = ("final_loss", "r2", "artifact_ratio", "extract_seconds", "fit_seconds", "seconds")
 
 QUARANTINE_SCHEMA = pa.schema([
@@ -85,8 +85,9 @@ def tensor_type(shape: Sequence[int], dtype: str = "float16") -> pa.FixedShapeTe
 
 
 def features_schema(grid: tuple[int, int], channels: int, dtype: str = "float16",
-                    with_artifact: bool = True) -> pa.Schema:
-    """Schema of one feature file: metadata columns, metrics, and (h, w, C) tensors."""
+                    with_artifact: bool = True, upsample: int = 1) -> pa.Schema:
+    """Schema of one feature file: metadata columns, metrics, and (h, w, C) tensors; with
+    ``upsample`` = s > 1 also ``clean_hr``, (s*h, s*w, C) content finer than a patch."""
     shape = (grid[0], grid[1], channels)
     fields = [
         pa.field("image_id", pa.string(), nullable=False),  # sha256 of the image bytes
@@ -107,6 +108,9 @@ def features_schema(grid: tuple[int, int], channels: int, dtype: str = "float16"
     ]
     if with_artifact:
         fields.append(pa.field("artifact", tensor_type(shape, dtype)))
+    if upsample > 1:
+        fields.append(pa.field("clean_hr", tensor_type(
+            (grid[0] * upsample, grid[1] * upsample, channels), dtype), nullable=False))
     return pa.schema(fields, metadata={"dvt_schema_version": str(SCHEMA_VERSION)})
 
 
