@@ -213,3 +213,61 @@ def test_paired_summary_known_answer() -> None:
     assert summary["clean"]["diff"] == pytest.approx(0.1)
     assert summary["clean"]["diff_stderr"] == pytest.approx(0.1 / np.sqrt(3))
     assert paired_summary({"raw": [0.4]})["raw"]["diff_stderr"] == 0.0
+
+
+def _blur(fine: np.ndarray, scale: int) -> np.ndarray:
+    """A fine map pooled to its tokens and upsampled back bilinearly: detail finer than a
+    token gone, as bilinear upsampling of token features has it."""
+    from pipeline.models.baselines import bilinear_fine
+    from pipeline.models.subpatch import pool_fine
+
+    return bilinear_fine(pool_fine(fine, scale), scale)
+
+
+def test_fine_matching_finds_detail_finer_than_a_token() -> None:
+    """On a 24 x 24 fine grid (12 tokens of 2 x 2 cells): content with detail at the cell
+    scale matches within one cell; the same content blurred to token resolution falls well
+    below; a planted fine positional pattern lowers it; noise reads chance (3 x 3 of 576)."""
+    rng = np.random.default_rng(5)
+    # periods of ~20 px: a cell is 3-7 px of the photo, a token twice that
+    freqs, phases = rng.normal(scale=2 * np.pi / 20, size=(96, 2)), rng.uniform(0, 6.3, 96)
+    pattern = 4 * rng.normal(size=(24, 24, 96))
+    rates: dict[str, list[MatchCount]] = {"sharp": [], "blurred": [], "patterned": [],
+                                          "noise": [], "sharp, one token": []}
+    for _ in range(40):
+        a, b = (random_crop_box(300, 400, rng, (0.4, 0.8)) for _ in range(2))
+        if overlap_share(a, b) < 0.3:
+            continue
+        fa, fb = _field_tokens(a, 24, freqs, phases), _field_tokens(b, 24, freqs, phases)
+        rates["sharp"].append(crop_pair_matching(fa, a, fb, b))
+        rates["sharp, one token"].append(crop_pair_matching(fa, a, fb, b, tolerance=2))
+        rates["blurred"].append(crop_pair_matching(_blur(fa, 2), a, _blur(fb, 2), b))
+        rates["patterned"].append(crop_pair_matching(fa + pattern, a, fb + pattern, b))
+        rates["noise"].append(crop_pair_matching(rng.normal(size=fa.shape), a,
+                                                 rng.normal(size=fb.shape), b))
+    rate = {k: sum(c.hits for c in v) / sum(c.total for c in v) for k, v in rates.items()}
+    assert len(rates["sharp"]) >= 10
+    assert rate["sharp"] > 0.75 and rate["sharp, one token"] >= rate["sharp"]
+    assert rate["blurred"] < 0.75 * rate["sharp"]
+    assert rate["patterned"] < 0.6 * rate["sharp"]
+    assert rate["noise"] < 0.03
+
+
+def test_boundary_accuracy_reads_sharp_edges_and_chance() -> None:
+    from pipeline.evaluation.probes import IGNORE, boundary_accuracy, boundary_cells
+
+    rng = np.random.default_rng(6)
+    yy, xx = np.mgrid[0:32, 0:32]
+    labels = (xx + 0.6 * yy > 21).astype(np.int64)
+    labels[:2] = IGNORE
+    edge = boundary_cells(labels, 2)
+    assert edge.sum() > 0 and not edge[:2].any() and not edge[:, :5][labels[:, :5] == 0].all()
+    codes = rng.normal(size=(2, 64))
+    sharp = codes[labels.clip(0)] + 0.3 * rng.normal(size=(32, 32, 64))
+    assert boundary_accuracy(sharp, labels) > 0.97
+    blurred = boundary_accuracy(_blur(sharp, 4), labels)  # 8 x 8 tokens of 4 x 4 cells
+    assert blurred < boundary_accuracy(sharp, labels) - 0.02
+    pattern = 4 * rng.normal(size=(32, 32, 64))
+    assert boundary_accuracy(sharp + pattern, labels) < boundary_accuracy(sharp, labels)
+    chance = [boundary_accuracy(rng.normal(size=(32, 32, 64)), labels) for _ in range(20)]
+    assert abs(np.mean(chance) - 0.5) < 0.05

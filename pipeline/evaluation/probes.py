@@ -202,3 +202,37 @@ def prototype_miou(features: np.ndarray, labels: np.ndarray) -> float:
     pred = classes[np.argmax(x @ protos.T, axis=1)]
     ious = [((pred == c) & (y == c)).sum() / ((pred == c) | (y == c)).sum() for c in classes]
     return float(np.mean(ious))
+
+
+def boundary_cells(labels: np.ndarray, radius: int = 2) -> np.ndarray:
+    """(h, w) bool: labelled cells within ``radius`` cells (Chebyshev) of a cell of another
+    (labelled) class, where a map's resolution shows."""
+    height, width = labels.shape
+    near = np.zeros((height, width), dtype=bool)
+    padded = np.pad(labels, radius, constant_values=IGNORE)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            other = padded[radius + dy:radius + dy + height, radius + dx:radius + dx + width]
+            near |= (other != IGNORE) & (other != labels)
+    return near & (labels != IGNORE)
+
+
+def boundary_accuracy(features: np.ndarray, labels: np.ndarray, radius: int = 2) -> float:
+    """Boundary sharpness: the share of cells within ``radius`` cells of a label boundary
+    whose nearest class prototype (the mean unit feature of all the class's cells) is their
+    own class.
+
+    features (h, w, C) and labels (h, w) on one grid (a fine grid for ``clean_hr``: labels via
+    ``labels_to_tokens(labels, s * K)``). Features whose edges sit where the image's are score
+    high; features blurred across the boundary, or carrying a positional pattern, score lower.
+    """
+    x = _unit(features).reshape(-1, features.shape[-1])
+    y = labels.reshape(-1)
+    edge = boundary_cells(labels, radius).reshape(-1)
+    keep = y != IGNORE
+    classes = np.unique(y[keep])
+    if len(classes) < 2 or not edge.any():
+        return float("nan")
+    protos = _unit(np.stack([x[keep & (y == c)].mean(axis=0) for c in classes]))
+    pred = classes[np.argmax(x[edge] @ protos.T, axis=1)]
+    return float((pred == y[edge]).mean())

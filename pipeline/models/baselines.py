@@ -5,6 +5,15 @@ evaluation job and the benches use (model code: torch, no Ray).
 - ``tta``: the mean over shifted and flipped views (``pipeline.models.tta``);
 - ``calib+tta``: the same with the pattern subtracted from every view;
 - ``raw - mean G``: raw minus the mean of stage-1 G's (``artifact_model.from_artifacts``).
+
+At s x s cells per token (what ``clean_hr`` stands beside):
+
+- ``bilinear``: token maps upsampled bilinearly (of raw, or of calib+tta);
+- ``joint bilateral``: calib+tta upsampled with weights from distance and from the image's
+  colours (Kopf et al. 2007), training-free;
+- ``sub-patch shift averaging``: views shifted by fractions of a patch, the artifact model
+  removed from each, each view shifted back onto the fine grid and averaged
+  (``subpatch.shift_average_fine``).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline.config import ShiftConfig
 from pipeline.models.artifact_model import ArtifactModel
@@ -50,3 +60,42 @@ def baseline_outputs(extractor: FeatureExtractor, images: Sequence[np.ndarray], 
                                   for i, im in enumerate(images)])
         seconds[name] = (time.perf_counter() - start) / len(images)
     return outputs, seconds
+
+
+def bilinear_fine(tokens: np.ndarray, scale: int) -> np.ndarray:
+    """(h, w, C) -> (s*h, s*w, C): the token map upsampled bilinearly (cell centres)."""
+    x = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32)).permute(2, 0, 1)
+    up = F.interpolate(x[None], scale_factor=scale, mode="bilinear", align_corners=False)
+    return up[0].permute(1, 2, 0).numpy()
+
+
+def joint_bilateral_fine(tokens: np.ndarray, colours: torch.Tensor, scale: int,
+                         sigma_space: float = 1.0, sigma_colour: float = 0.1,
+                         radius: int = 2) -> np.ndarray:
+    """Joint bilateral upsampling of (h, w, C) ``tokens`` to (s*h, s*w, C), guided by the
+    image's fine-cell colours (3, s*h, s*w): each cell is the mean of the tokens within
+    ``radius`` tokens, weighted by exp(-d^2 / 2 sigma_space^2) (d: distance of the cell's
+    centre to the token's, in tokens) and exp(-|I_cell - I_token|^2 / 2 sigma_colour^2)
+    (I_token: the mean colour of the token's cells)."""
+    height, width, channels = tokens.shape
+    x = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32))
+    guide = colours.permute(1, 2, 0).float()  # (s*h, s*w, 3)
+    token_colour = F.avg_pool2d(colours[None].float(), scale)[0].permute(1, 2, 0)  # (h, w, 3)
+    centre = (torch.arange(height * scale) + 0.5) / scale - 0.5  # cell centres, token units
+    centre_x = (torch.arange(width * scale) + 0.5) / scale - 0.5
+    home_y, home_x = torch.div(torch.arange(height * scale), scale, rounding_mode="floor"), \
+        torch.div(torch.arange(width * scale), scale, rounding_mode="floor")
+    total = torch.zeros(height * scale, width * scale, channels)
+    norm = torch.zeros(height * scale, width * scale, 1)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            ty, tx = home_y + dy, home_x + dx
+            inside = ((ty >= 0) & (ty < height))[:, None] & ((tx >= 0) & (tx < width))[None, :]
+            ty_c, tx_c = ty.clamp(0, height - 1), tx.clamp(0, width - 1)
+            dist = (centre - ty.float())[:, None] ** 2 + (centre_x - tx.float())[None, :] ** 2
+            near = token_colour[ty_c][:, tx_c]  # (s*h, s*w, 3)
+            weight = torch.exp(-dist / (2 * sigma_space ** 2)) * torch.exp(
+                -(guide - near).pow(2).sum(-1) / (2 * sigma_colour ** 2)) * inside
+            total += weight[..., None] * x[ty_c][:, tx_c]
+            norm += weight[..., None]
+    return (total / norm.clamp_min(1e-12)).numpy()

@@ -74,16 +74,23 @@ def render_subpatch_views(rgb: np.ndarray, size: tuple[int, int], patch: int, sc
     full = full_view_pixels(rgb, (height * k, width * k))
     border = pad * patch * k
     padded = F.pad(full[None], [border] * 4, mode="reflect")[0] if pad else full
-    windows = []
+    windows: list[torch.Tensor] = []
     for v in views:
         window = padded[:, v.my * cell:v.my * cell + height * k,
                         v.mx * cell:v.mx * cell + width * k]
         windows.append(window.flip(-1) if v.flip else window)
-    pixels = torch.stack(windows)
-    if k > 1:
+    pixels = torch.stack(windows) if windows else full.new_zeros(0, 3, height, width)
+    if k > 1 and windows:
         pixels = F.avg_pool2d(pixels, k)
-    guide = F.avg_pool2d(full[None], cell)[0]
-    return pixels, guide
+    return pixels, F.avg_pool2d(full[None], cell)[0]
+
+
+def cell_colours(rgb: np.ndarray, size: tuple[int, int], patch: int, scale: int
+                 ) -> torch.Tensor:
+    """(3, s*h, s*w) the mean colour (in [0, 1]) of each fine cell of the full view of an
+    (H0, W0, 3) uint8 image at ``size`` = (H, W) px: what guides the solve and the joint
+    bilateral baseline."""
+    return render_subpatch_views(rgb, size, patch, scale, 0, [])[1]
 
 
 def cell_index(views: list[SubView], grid: tuple[int, int], scale: int, pad: int,
