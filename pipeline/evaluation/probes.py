@@ -219,7 +219,7 @@ def boundary_cells(labels: np.ndarray, radius: int = 2) -> np.ndarray:
 
 def boundary_accuracy(features: np.ndarray, labels: np.ndarray, radius: int = 2) -> float:
     """Boundary sharpness: the share of cells within ``radius`` cells of a label boundary
-    whose nearest class prototype (the mean unit feature of all the class's cells) is their
+    whose nearest class prototype (the mean unit feature of the class's other cells) is their
     own class.
 
     features (h, w, C) and labels (h, w) on one grid (a fine grid for ``clean_hr``: labels via
@@ -233,6 +233,15 @@ def boundary_accuracy(features: np.ndarray, labels: np.ndarray, radius: int = 2)
     classes = np.unique(y[keep])
     if len(classes) < 2 or not edge.any():
         return float("nan")
-    protos = _unit(np.stack([x[keep & (y == c)].mean(axis=0) for c in classes]))
-    pred = classes[np.argmax(x[edge] @ protos.T, axis=1)]
+    sums = np.stack([x[keep & (y == c)].sum(axis=0) for c in classes])  # (K, C)
+    counts = np.asarray([(keep & (y == c)).sum() for c in classes], dtype=np.float64)
+    own = np.searchsorted(classes, y[edge])
+    # each scored cell is left out of its own class's prototype: a cell that resembles only
+    # itself (noise) then reads chance, not a bias towards its own class
+    protos = np.repeat(sums[None], edge.sum(), axis=0)  # (n, K, C)
+    protos[np.arange(len(own)), own] -= x[edge]
+    counts_left = np.repeat(counts[None], len(own), axis=0)
+    counts_left[np.arange(len(own)), own] -= 1
+    protos = _unit(protos / np.maximum(counts_left, 1)[..., None])
+    pred = classes[np.argmax(np.einsum("nc,nkc->nk", x[edge], protos), axis=1)]
     return float((pred == y[edge]).mean())
