@@ -84,13 +84,24 @@ class CalibrationConfig:
     images: int = 64
     """At most this many calibration images, spread evenly over the sorted listing."""
     crops_per_image: int = 4
-    """Random crops (place, side 0.3-0.9, flip) per calibration image."""
+    """Random crops (place, side 0.3-0.9, flip) per calibration image, at least."""
+    min_crops: int = 256
+    """At least this many crops in all: a folder of few images gets more crops of each
+    (``crops_for``), so the pattern's own noise stays far below the artifact whatever the
+    folder holds (README, "The artifact model's crop count"). Not part of the stored model's
+    name: a refresh of a folder that grew keeps its output's model."""
     seed: int = 0
     """Seed of the crops."""
 
     def __post_init__(self) -> None:
-        if self.images < 1 or self.crops_per_image < 1:
-            raise ValueError("calibration.images and calibration.crops_per_image must be >= 1")
+        if self.images < 1 or self.crops_per_image < 1 or self.min_crops < 1:
+            raise ValueError("calibration.images, calibration.crops_per_image and "
+                             "calibration.min_crops must be >= 1")
+
+    def crops_for(self, images: int) -> int:
+        """Crops per image for ``images`` calibration images: ``crops_per_image``, or more
+        where that makes fewer than ``min_crops`` in all."""
+        return max(self.crops_per_image, -(-self.min_crops // max(1, images)))
 
 
 @dataclass(frozen=True)

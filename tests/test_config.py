@@ -168,3 +168,14 @@ def test_saved_configs_carry_no_credentials() -> None:
     assert out["input"]["storage_options"]["key"] == ""  # nothing to hide
     assert out["calibration"]["uri"].endswith("sv=2020&sig=***&se=1")
     assert out["denoiser"] == job["denoiser"]  # a container name is no credential
+
+
+def test_calibration_reaches_its_crop_count_whatever_the_folder_holds() -> None:
+    """A folder of 7 photos with 4 crops each would give 28 crops, whose own noise is ~70 % of
+    the pattern they share (README): they get 37 each instead, and large folders keep 4."""
+    from pipeline.job_config import CalibrationConfig
+
+    calib = CalibrationConfig()
+    assert calib.crops_for(7) == 37 and 7 * calib.crops_for(7) >= 256
+    assert calib.crops_for(64) == 4 and calib.crops_for(500) == 4
+    assert CalibrationConfig(crops_per_image=10, min_crops=50).crops_for(2) == 25

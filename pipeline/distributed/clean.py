@@ -42,7 +42,7 @@ def ensure_artifact_model(cfg: CleanJobConfig, extractor: FeatureExtractor, imag
         model.check(extractor, image_size)
         return calib.model_uri, sha
     settings = config_digest({k: v for k, v in config_to_dict(calib).items()
-                              if k not in ("storage_options", "model_uri")})
+                              if k not in ("storage_options", "model_uri", "min_crops")})
     uri = artifact_model_uri(cfg.output.uri, extractor.model_name, extractor.weights_digest,
                              image_size, settings)
     fs, path = filesystem(uri, cfg.output.storage_options)
@@ -78,7 +78,7 @@ def ensure_artifact_model(cfg: CleanJobConfig, extractor: FeatureExtractor, imag
         raise ConfigError(f"no readable calibration image under {source.uri}: preset "
                          f"{cfg.engine.name!r} needs an artifact model, calibrated on photos "
                          "(set calibration.uri to a folder of photos)")
-    model = calibrate(extractor, photos, image_size, calib.crops_per_image, calib.seed)
+    model = calibrate(extractor, photos, image_size, calib.crops_for(len(photos)), calib.seed)
     sha = write_artifact_model(uri, model, cfg.output.storage_options)
     logger.info("artifact model %s: %d crops of %d images in %.1f s", uri, model.samples,
                 len(photos), model.seconds)
