@@ -120,7 +120,7 @@ def test_shift_method_calibrates_once_and_matches_the_engine(
     assert {p: p.read_bytes() for p in photo_dir.rglob("*") if p.is_file()} == inputs
     (stored,) = list((out / "artifact_models").glob("*.safetensors"))
     model, sha = read_artifact_model(str(stored))
-    assert model.samples == 6 and model.pattern.shape == (7, 7, 64)
+    assert model.samples == 3 * 86 and model.pattern.shape == (7, 7, 64)  # min_crops 256
     table = read_features_table(str(out))
     row = table.to_pylist()[0]
     image = np.asarray(Image.open(row["source_uri"]).convert("RGB"))
