@@ -127,8 +127,13 @@ def _check(job: str, command: str, scratch: Path, stdout: str) -> None:
         grids = read_feature_groups(str(scratch / "outputs/quickstart/features"), ["image_id"])
         assert len(grids) == 2  # the two aspects give two token grids
     elif job == "clean_dataset":
-        table = read_features_table(str(scratch / "features"), ["source_uri"])
-        assert table.num_rows == 8
+        output = re.search(r"--output (\S+)", command).group(1)
+        columns = ["source_uri", "clean_hr"] if "upsample" in command else ["source_uri"]
+        groups = read_feature_groups(str(scratch / output), columns)
+        assert sum(t.num_rows for t in groups.values()) == 8
+        if "upsample=2" in command:  # content at 2 x 2 cells per token
+            (grid, table), *_ = groups.items()
+            assert table.schema.field("clean_hr").type.shape[:2] == [2 * grid[0], 2 * grid[1]]
     elif job == "train_denoiser":
         export = scratch / "features/training/denoiser/export"
         assert (export / "denoiser.safetensors").is_file()
