@@ -72,12 +72,9 @@ from pipeline.models.baselines import (  # noqa: E402
 from pipeline.models.crops import overlap_share  # noqa: E402
 from pipeline.models.subpatch import (  # noqa: E402
     cell_colours,
-    cell_index,
-    from_shift_views,
-    phase_views,
     pool_fine,
-    render_subpatch_views,
     shift_average_fine,
+    subpatch_view_tokens,
 )
 from pipeline.models.tta import shift_view_tokens, tta_tokens  # noqa: E402
 from pipeline.models.vit import FeatureExtractor  # noqa: E402
@@ -90,15 +87,11 @@ def subpatch_average(ext: FeatureExtractor, rgb: np.ndarray, size: int, scale: i
                      hr_views: int, model: ArtifactModel, seed: int) -> np.ndarray:
     """Sub-patch shift averaging of one image: the same views as ``clean_hr`` (the 10 shift
     views and ``hr_views`` at the other phases), the artifact model removed from each."""
-    patch = ext.patch_size
+    grid = size // ext.patch_size
     tokens, views = shift_view_tokens(ext, rgb, size, BASELINE_TTA, seed)
-    extra = phase_views(hr_views, scale, BASELINE_TTA.pad, BASELINE_TTA.flip_prob, seed + 1)
-    pixels, _ = render_subpatch_views(rgb, (size, size), patch, scale, BASELINE_TTA.pad, extra)
-    more = torch.cat([ext(pixels[k:k + 16]) for k in range(0, len(extra), 16)])
-    all_tokens = torch.cat([tokens, more.to(tokens.dtype)])
-    grid = size // patch
-    cells = cell_index(from_shift_views(views, scale) + extra, (grid, grid), scale,
-                       BASELINE_TTA.pad)
+    all_tokens, cells, _ = subpatch_view_tokens(ext, rgb, (grid, grid), scale, tokens, views,
+                                                hr_views, BASELINE_TTA.pad,
+                                                BASELINE_TTA.flip_prob, seed + 1)
     pattern = torch.from_numpy(model.pattern_for((grid, grid)))
     return shift_average_fine(all_tokens, cells, pattern, (grid * scale, grid * scale)).numpy()
 

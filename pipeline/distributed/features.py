@@ -204,13 +204,13 @@ def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
                        output.storage_options, meta, output.dtype, output.with_artifact,
                        rows_per_file)
     graph = Graph(inputs, output, compute, method, digest, sink)
-    results = [graph.run(uris, compute.read_batch_size, method.batch_size)]
+    results = [graph.run(uris)]
     missing = _unaccounted(uris, results)
     retried_alone = len(missing)
     if missing:  # workers died on every retry: each input once more, alone
         logger.warning("%d input(s) lost with workers that died on every retry; trying them "
                        "one at a time", len(missing))
-        results.append(graph.run(missing, 1, 1, alone=True))
+        results.append(graph.run(missing, alone=True))
         missing = _unaccounted(missing, results[-1:])
     if missing:  # whatever still kills its worker is set aside; the run finishes
         logger.error("quarantined %d input(s) that killed a worker on every attempt: %s",
@@ -263,17 +263,15 @@ class Graph:
         self.inputs, self.output, self.compute, self.method = inputs, output, compute, method
         self.digest, self.sink = digest, sink
 
-    def run(self, uris: list[str], read_batch_size: int, stage_batch_size: int,
-            alone: bool = False) -> dict[str, Any]:
-        """Pass the graph over ``uris``; ``alone``: one task in flight per actor, so that an
-        actor killed by one batch takes no other batch down with it."""
+    def run(self, uris: list[str], alone: bool = False) -> dict[str, Any]:
+        """Pass the graph over ``uris``; ``alone``: one image a batch and one task in flight
+        per actor, so that an actor killed by one image takes no other image down with it."""
         context = ray.data.DataContext.get_current()  # a dataset keeps the context it was
         errored_before = context.max_errored_blocks   # made in: set it before, restore after
         context.max_errored_blocks = -1
         self.sink.result = {}
         try:
-            self._dataset(uris, read_batch_size, stage_batch_size, alone).write_datasink(
-                self.sink)
+            self._dataset(uris, alone).write_datasink(self.sink)
         except ray.exceptions.RayError as err:  # a worker refused a file that changed
             changed = re.search(rf"{LoadedOtherBytes.__name__}: (.+)", str(err))
             if changed:
@@ -283,10 +281,11 @@ class Graph:
             context.max_errored_blocks = errored_before
         return self.sink.result or empty_result()
 
-    def _dataset(self, uris: list[str], read_batch_size: int, stage_batch_size: int,
-                 alone: bool) -> ray.data.Dataset:
+    def _dataset(self, uris: list[str], alone: bool) -> ray.data.Dataset:
         inputs, output, compute, method = self.inputs, self.output, self.compute, self.method
         in_flight = {"max_tasks_in_flight_per_actor": 1} if alone else {}
+        read_batch_size = 1 if alone else compute.read_batch_size
+        stage_batch_size = 1 if alone else method.batch_size
         # finite restarts and retries (Ray Data's default is forever, which would stall the
         # run while its lease is renewed); a block whose worker died on every retry is
         # dropped (max_errored_blocks) and its inputs found missing by the driver

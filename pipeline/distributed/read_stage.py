@@ -58,10 +58,11 @@ def read_input(fs: fsspec.AbstractFileSystem, uri: str, max_bytes: int) -> bytes
     """The bytes of a listed input, opened as a plain path of ``fs`` (a name such as
     ``a::b.png`` is never re-parsed as a chained URL); ``InputTooLarge`` over ``max_bytes``,
     checked before reading (and while reading, should the file grow meanwhile)."""
-    with fs.open(fs._strip_protocol(uri), "rb") as fh:
+    path = fs._strip_protocol(uri)
+    with fs.open(path, "rb") as fh:
         size = getattr(fh, "size", None)
         if size is None:
-            size = fs.size(fs._strip_protocol(uri))
+            size = fs.size(path)
         if size > max_bytes:
             raise InputTooLarge(f"{size} bytes, over the cap input.max_bytes={max_bytes}")
         data = fh.read(max_bytes + 1)

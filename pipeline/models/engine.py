@@ -21,14 +21,7 @@ from pipeline.config import EngineConfig, engine_preset
 from pipeline.models.artifact_model import ArtifactModel
 from pipeline.models.fit import fit_batch
 from pipeline.models.images import ImageLike, content_id, to_rgb
-from pipeline.models.subpatch import (
-    cell_index,
-    from_shift_views,
-    guide_weights,
-    phase_views,
-    render_subpatch_views,
-    solve_fine_content,
-)
+from pipeline.models.subpatch import guide_weights, solve_fine_content, subpatch_view_tokens
 from pipeline.models.tta import ShiftView, decompose_shift_views, shift_view_tokens
 from pipeline.models.views import derive_seed, render_views, sample_layout, token_grid
 from pipeline.models.vit import FeatureExtractor
@@ -179,22 +172,16 @@ def fine_content(extractor: FeatureExtractor, rgb: np.ndarray, image_id: str, cf
     ``artifact``; the solve starts from ``content`` upsampled. Also its seconds and solver
     figures (``pipeline.models.subpatch``)."""
     start = time.perf_counter()
-    scale, pad, patch = cfg.upsample, cfg.shift.pad, extractor.patch_size
-    extra = phase_views(cfg.hr.views, scale, pad, cfg.shift.flip_prob,
-                        derive_seed(image_id, cfg.seed, "subpatch"))
-    pixels, guide = render_subpatch_views(rgb, (grid[0] * patch, grid[1] * patch), patch, scale,
-                                          pad, extra)
-    more = torch.cat([extractor(pixels[k:k + cfg.vit_batch_size])
-                      for k in range(0, len(extra), cfg.vit_batch_size)]) if extra else None
-    sub_views = from_shift_views(views, scale) + extra
-    all_tokens = tokens if more is None else torch.cat([tokens, more.to(tokens.dtype)])
+    scale = cfg.upsample
+    all_tokens, cells, guide = subpatch_view_tokens(
+        extractor, rgb, grid, scale, tokens, views, cfg.hr.views, cfg.shift.pad,
+        cfg.shift.flip_prob, derive_seed(image_id, cfg.seed, "subpatch"), cfg.vit_batch_size)
     fine = (grid[0] * scale, grid[1] * scale)
-    cells = cell_index(sub_views, grid, scale, pad, all_tokens.device)
     first = F.interpolate(content.permute(2, 0, 1)[None].float(), size=fine, mode="bilinear",
                           align_corners=False)[0].permute(1, 2, 0)
     solve = solve_fine_content(all_tokens, cells, artifact, fine,
-                               guide_weights(guide.to(all_tokens.device), cfg.hr.sigma),
-                               cfg.hr.smooth, first, cfg.hr.iterations, cfg.hr.tolerance)
+                               guide_weights(guide, cfg.hr.sigma), cfg.hr.smooth, first,
+                               cfg.hr.iterations, cfg.hr.tolerance)
     return solve.content, {"hr_seconds": time.perf_counter() - start,
                            "hr_iterations": float(solve.iterations),
                            "hr_residual": solve.relative_residual}

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from pipeline.models.tta import ShiftView
 from pipeline.models.views import full_view_pixels
+from pipeline.models.vit import FeatureExtractor
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,35 @@ def _laplacian(x: torch.Tensor, wv: torch.Tensor, wh: torch.Tensor) -> torch.Ten
     return out
 
 
+def _valid_tokens(tokens: torch.Tensor, cells: torch.Tensor, artifact: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The view tokens that see the image only: their cells (N, s*s) and their values minus
+    the artifact (N, C), float32."""
+    channels = tokens.shape[-1]
+    valid = (cells[..., 0] >= 0).flatten()  # (V*T,)
+    values = (tokens.float() - artifact.float()[None]).reshape(-1, channels)[valid]
+    return cells.reshape(-1, cells.shape[-1])[valid], values
+
+
+def subpatch_view_tokens(extractor: FeatureExtractor, rgb: np.ndarray, grid: tuple[int, int],
+                         scale: int, shift_tokens: torch.Tensor, shift_views: list[ShiftView],
+                         count: int, pad: int, flip_prob: float, seed: int, chunk: int = 32
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The tokens of an image's shift views (phase 0, already extracted) and of ``count``
+    views at the other phases (``phase_views``, drawn from ``seed``): (V, h, w, C) tokens,
+    their (V, h*w, s*s) cells and the (3, s*h, s*w) cell colours."""
+    patch = extractor.patch_size
+    extra = phase_views(count, scale, pad, flip_prob, seed)
+    pixels, guide = render_subpatch_views(rgb, (grid[0] * patch, grid[1] * patch), patch,
+                                          scale, pad, extra)
+    pixels = pixels.to(extractor.device)
+    tokens = torch.cat([shift_tokens, *(extractor(pixels[k:k + chunk]).to(shift_tokens.dtype)
+                                        for k in range(0, len(extra), chunk))])
+    cells = cell_index(from_shift_views(shift_views, scale) + extra, grid, scale, pad,
+                       tokens.device)
+    return tokens, cells, guide.to(tokens.device)
+
+
 @dataclass(frozen=True)
 class SubpatchSolve:
     """The solve's output: fine content, and how the solver ended."""
@@ -158,12 +188,10 @@ def solve_fine_content(tokens: torch.Tensor, cells: torch.Tensor, artifact: torc
     Preconditioned conjugate gradients on all channels at once, until every channel's
     residual is below ``tolerance`` of its right-hand side.
     """
-    count, grid_h, grid_w, channels = tokens.shape
+    channels = tokens.shape[-1]
     fine_h, fine_w = fine
     per_cell = cells.shape[-1]
-    valid = (cells[..., 0] >= 0).flatten()  # (V*T,)
-    index = cells.reshape(-1, per_cell)[valid]  # (N, s*s)
-    y = (tokens.float() - artifact.float()[None]).reshape(-1, channels)[valid]  # (N, C)
+    index, y = _valid_tokens(tokens, cells, artifact)
     cover = torch.zeros(fine_h * fine_w, device=y.device).index_add_(
         0, index.flatten(), torch.ones(index.numel(), device=y.device))
     lam = smooth * float(cover.mean()) / per_cell ** 2
@@ -215,12 +243,11 @@ def shift_average_fine(tokens: torch.Tensor, cells: torch.Tensor, artifact: torc
     ``artifact`` (h, w, C) removed from every view first: sub-patch shift averaging (each view
     shifted back onto the fine grid and averaged), the free baseline of the solve. Cells no
     valid token covers are 0."""
-    count, grid_h, grid_w, channels = tokens.shape
+    channels = tokens.shape[-1]
     fine_h, fine_w = fine
     per_cell = cells.shape[-1]
-    valid = (cells[..., 0] >= 0).flatten()
-    index = cells.reshape(-1, per_cell)[valid].flatten()
-    y = (tokens.float() - artifact.float()[None]).reshape(-1, channels)[valid]
+    cell_rows, y = _valid_tokens(tokens, cells, artifact)
+    index = cell_rows.flatten()
     sums = y.new_zeros(fine_h * fine_w, channels).index_add_(
         0, index, y.repeat_interleave(per_cell, dim=0))
     cover = y.new_zeros(fine_h * fine_w).index_add_(0, index, torch.ones_like(index, dtype=y.dtype))
