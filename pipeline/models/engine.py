@@ -21,7 +21,12 @@ from pipeline.config import EngineConfig, engine_preset
 from pipeline.models.artifact_model import ArtifactModel
 from pipeline.models.fit import fit_batch
 from pipeline.models.images import ImageLike, content_id, to_rgb
-from pipeline.models.subpatch import guide_weights, solve_fine_content, subpatch_view_tokens
+from pipeline.models.subpatch import (
+    guide_weights,
+    shift_average_fine,
+    solve_fine_content,
+    subpatch_view_tokens,
+)
 from pipeline.models.tta import ShiftView, decompose_shift_views, shift_view_tokens
 from pipeline.models.views import derive_seed, render_views, sample_layout, token_grid
 from pipeline.models.vit import FeatureExtractor
@@ -169,14 +174,17 @@ def fine_content(extractor: FeatureExtractor, rgb: np.ndarray, image_id: str, cf
                  ) -> tuple[torch.Tensor, dict[str, float]]:
     """clean_hr (s*h, s*w, C) of one image from its shift views' tokens (phase 0) and
     ``cfg.hr.views`` more at the other sub-patch phases, G held at the shift decomposition's
-    ``artifact``; the solve starts from ``content`` upsampled. Also its seconds and solver
-    figures (``pipeline.models.subpatch``)."""
+    ``artifact``, by ``cfg.hr.estimator`` (the solve starts from ``content`` upsampled). Also
+    its seconds and, for the solve, its solver figures (``pipeline.models.subpatch``)."""
     start = time.perf_counter()
     scale = cfg.upsample
     all_tokens, cells, guide = subpatch_view_tokens(
         extractor, rgb, grid, scale, tokens, views, cfg.hr.views, cfg.shift.pad,
         cfg.shift.flip_prob, derive_seed(image_id, cfg.seed, "subpatch"), cfg.vit_batch_size)
     fine = (grid[0] * scale, grid[1] * scale)
+    if cfg.hr.estimator == "average":
+        averaged = shift_average_fine(all_tokens, cells, artifact, fine)
+        return averaged, {"hr_seconds": time.perf_counter() - start}
     first = F.interpolate(content.permute(2, 0, 1)[None].float(), size=fine, mode="bilinear",
                           align_corners=False)[0].permute(1, 2, 0)
     solve = solve_fine_content(all_tokens, cells, artifact, fine,

@@ -1,5 +1,5 @@
 """Artifact-free features finer than a patch, training-free: views shifted by fractions of a
-patch, and one least-squares solve.
+patch, G removed from each, and content on a grid of s x s cells per token.
 
 A ViT token sees a whole patch of P x P pixels. Views of an image shifted by multiples of
 P / s pixels (and mirrored) put the token windows at every one of the s x s phases: a fine
@@ -9,12 +9,18 @@ token grid (G moves with the view, content stays with the image):
 
     y_v[a, b] ~= mean over the s x s cells of window (a, b) of F_hr  +  G[a, b]
 
-F_hr (s*h, s*w, C) is the least-squares solution of all views' tokens (minus G, held to the
-dataset's artifact model) plus an image-guided smoothness term, weights exp(-|dI|^2 / 2 sigma^2)
-between neighbouring cells of the image's colours: the box averages leave the finest
-(checkerboard) component of F_hr undetermined, and the image decides how it fills in, so edges
-stay where the image has them. Conjugate gradients, matrix-free, every channel at once (one
-operator). Views that see the reflected border leave those tokens out.
+Two estimators of F_hr (``hr.estimator``):
+
+- ``average`` (``shift_average_fine``): each fine cell is the mean of y - G over the view
+  tokens whose window holds it: the views shifted back onto the fine grid and averaged. Its
+  content is the box average of F_hr (a triangle of 2s - 1 cells), low in noise.
+- ``solve`` (``solve_fine_content``): the least-squares F_hr of all views' tokens plus an
+  image-guided smoothness term, weights exp(-|dI|^2 / 2 sigma^2) between neighbouring cells of
+  the image's colours: the box averages leave the finest (checkerboard) component of F_hr
+  undetermined, and the image decides how it fills in, so edges stay where the image has them.
+  Conjugate gradients, matrix-free, every channel at once (one operator). Sharper, and noisier.
+
+Views that see the reflected border leave those tokens out.
 """
 
 from __future__ import annotations
@@ -136,7 +142,7 @@ def _laplacian(x: torch.Tensor, wv: torch.Tensor, wh: torch.Tensor) -> torch.Ten
     return out
 
 
-def _valid_tokens(tokens: torch.Tensor, cells: torch.Tensor, artifact: torch.Tensor
+def valid_view_tokens(tokens: torch.Tensor, cells: torch.Tensor, artifact: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The view tokens that see the image only: their cells (N, s*s) and their values minus
     the artifact (N, C), float32."""
@@ -191,7 +197,7 @@ def solve_fine_content(tokens: torch.Tensor, cells: torch.Tensor, artifact: torc
     channels = tokens.shape[-1]
     fine_h, fine_w = fine
     per_cell = cells.shape[-1]
-    index, y = _valid_tokens(tokens, cells, artifact)
+    index, y = valid_view_tokens(tokens, cells, artifact)
     cover = torch.zeros(fine_h * fine_w, device=y.device).index_add_(
         0, index.flatten(), torch.ones(index.numel(), device=y.device))
     lam = smooth * float(cover.mean()) / per_cell ** 2
@@ -241,12 +247,12 @@ def shift_average_fine(tokens: torch.Tensor, cells: torch.Tensor, artifact: torc
                        fine: tuple[int, int]) -> torch.Tensor:
     """(s*h, s*w, C) each fine cell's mean over the views of the tokens whose window holds it,
     ``artifact`` (h, w, C) removed from every view first: sub-patch shift averaging (each view
-    shifted back onto the fine grid and averaged), the free baseline of the solve. Cells no
-    valid token covers are 0."""
+    shifted back onto the fine grid and averaged): the ``average`` estimator, and with the
+    artifact model as ``artifact`` the free baseline. Cells no valid token covers are 0."""
     channels = tokens.shape[-1]
     fine_h, fine_w = fine
     per_cell = cells.shape[-1]
-    cell_rows, y = _valid_tokens(tokens, cells, artifact)
+    cell_rows, y = valid_view_tokens(tokens, cells, artifact)
     index = cell_rows.flatten()
     sums = y.new_zeros(fine_h * fine_w, channels).index_add_(
         0, index, y.repeat_interleave(per_cell, dim=0))
