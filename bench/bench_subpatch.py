@@ -74,6 +74,7 @@ from pipeline.models.baselines import (  # noqa: E402
     bilinear_fine,
     joint_bilateral_fine,
     raw_tokens,
+    subpatch_average,
 )
 from pipeline.models.crops import overlap_share  # noqa: E402
 from pipeline.models.subpatch import (  # noqa: E402
@@ -92,19 +93,6 @@ from pipeline.models.vit import FeatureExtractor  # noqa: E402
 
 BASELINES = ("raw, bilinear", "calib+tta, bilinear", "calib+tta, joint bilateral",
              "sub-patch shift averaging")
-
-
-def subpatch_average(ext: FeatureExtractor, rgb: np.ndarray, size: int, scale: int,
-                     hr_views: int, model: ArtifactModel, seed: int) -> np.ndarray:
-    """Sub-patch shift averaging of one image: the same views as ``clean_hr`` (the 10 shift
-    views and ``hr_views`` at the other phases), the artifact model removed from each."""
-    grid = size // ext.patch_size
-    tokens, views = shift_view_tokens(ext, rgb, size, BASELINE_TTA, seed)
-    all_tokens, cells, _ = subpatch_view_tokens(ext, rgb, (grid, grid), scale, tokens, views,
-                                                hr_views, BASELINE_TTA.pad,
-                                                BASELINE_TTA.flip_prob, seed + 1)
-    pattern = torch.from_numpy(model.pattern_for((grid, grid)))
-    return shift_average_fine(all_tokens, cells, pattern, (grid * scale, grid * scale)).numpy()
 
 
 class ColourField(torch.nn.Module):

@@ -33,6 +33,7 @@ from pipeline.evaluation.metrics import (
 )
 from pipeline.evaluation.probes import (
     MaskedImage,
+    boundary_accuracy,
     disparity_to_tokens,
     labels_to_tokens,
     mask_views,
@@ -54,11 +55,12 @@ from pipeline.evaluation.samples import CALIBRATION_PHOTOS, sample_photo, sample
 from pipeline.evaluation.visualize import feature_figure
 from pipeline.job_config import CleanJobConfig, EvaluateConfig, InputConfig
 from pipeline.models.artifact_model import ArtifactModel, calibrate, from_artifacts
-from pipeline.models.baselines import baseline_outputs
+from pipeline.models.baselines import FINE_BASELINES, baseline_outputs, fine_baseline_outputs
 from pipeline.models.crops import CropBox, overlap_share, random_crop_box
 from pipeline.models.denoiser import Denoiser, load_denoiser, require_export
 from pipeline.models.engine import resolve_image_size
 from pipeline.models.images import decode_image
+from pipeline.models.subpatch import pool_fine
 from pipeline.models.vit import FeatureExtractor, load_extractor
 from pipeline.store.schema import (
     column_to_numpy,
@@ -145,9 +147,10 @@ def _write_inputs(folder: Path, images: dict[str, np.ndarray]) -> None:
 
 
 def _matching(rows: dict[str, dict[str, np.ndarray]], boxes: dict[str, CropBox],
-              methods: list[str]) -> dict[str, dict[str, float]]:
-    """Crop-pair correspondence per method: pooled hit rate over pairs of crops of one photo
-    that overlap by at least a quarter, with its jackknife error over photos."""
+              methods: list[str], tolerance: float = 1.0) -> dict[str, dict[str, float]]:
+    """Crop-pair correspondence per method: pooled hit rate (within ``tolerance`` cells of the
+    rows' own grid) over pairs of crops of one photo that overlap by at least a quarter, with
+    its jackknife error over photos."""
     names = sorted(boxes)
     photo = {n: _photo_of(n) for n in names}
     pairs = [(a, b) for a in names for b in names if a != b and photo[a] == photo[b]
@@ -157,7 +160,7 @@ def _matching(rows: dict[str, dict[str, np.ndarray]], boxes: dict[str, CropBox],
         counts: dict[str, list[MatchCount]] = {}
         for a, b in pairs:
             counts.setdefault(photo[a], []).append(
-                crop_pair_matching(rows[a][m], boxes[a], rows[b][m], boxes[b]))
+                crop_pair_matching(rows[a][m], boxes[a], rows[b][m], boxes[b], tolerance))
         value, stderr, _ = pooled_accuracy(counts)
         out[m] = {"value": value, "stderr": stderr, "pairs": len(pairs)}
     return out
@@ -188,12 +191,14 @@ def _rows_by_name(uri: str, digest: str) -> dict[str, dict[str, np.ndarray]]:
     table = table.filter(pc.equal(table["config_digest"], digest))
     raw, clean = column_to_numpy(table["raw"]), column_to_numpy(table["clean"])
     detail = raw_minus_artifact(table)
+    fine = column_to_numpy(table["clean_hr"]) if "clean_hr" in table.column_names else None
     rows = {}
     for i, uri_i in enumerate(table["source_uri"].to_pylist()):
         path = Path(uri_i)
         rows[f"{path.parent.name}/{path.stem}"] = {
             "raw": raw[i].astype(np.float32), "clean": clean[i].astype(np.float32),
-            **({"raw_minus_g": detail[i]} if detail is not None else {})}
+            **({"raw_minus_g": detail[i]} if detail is not None else {}),
+            **({"clean_hr": fine[i].astype(np.float32)} if fine is not None else {})}
     return rows
 
 
@@ -240,6 +245,53 @@ def _mask_probe(rows: dict[str, dict[str, np.ndarray]], masks: dict[str, list[Ma
     return {"masks": {name: {m: s["mean"] for m, s in p.items()} for name, p in paired.items()},
             "masks_paired": paired,
             "mask_views": {name: len(by_method["raw"]) for name, by_method in scores.items()}}
+
+
+def _finer_than_a_patch(rows: dict[str, dict[str, np.ndarray]], images: dict[str, np.ndarray],
+                        boxes: dict[str, CropBox], masks: dict[str, list[MaskedImage]],
+                        extractor: FeatureExtractor, size: int, scale: int, hr_views: int,
+                        model: ArtifactModel, seconds: dict[str, float]) -> dict[str, Any]:
+    """The fine-grid measures of ``clean_hr`` beside the free upsamplers (each row gains them,
+    (s*K, s*K, C)): crop-pair matching within one cell and within one token, stereo within one
+    cell, boundary sharpness on the labelled views; and clean_hr average-pooled to the token
+    grid: PEV and matching. Seconds per image of each baseline beyond its tokens."""
+    names = sorted(rows)
+    outputs, spent = fine_baseline_outputs(
+        extractor, [images[n] for n in names], size, scale, model,
+        np.stack([rows[n]["raw"] for n in names]), np.stack([rows[n]["calib+tta"] for n in names]),
+        hr_views)
+    for i, name in enumerate(names):
+        rows[name] |= {method: outputs[method][i] for method in FINE_BASELINES}
+    methods = [*FINE_BASELINES, "clean_hr"]
+    fine: dict[str, Any] = {
+        "scale": scale, "methods": methods,
+        "matching": _matching(rows, boxes, methods),
+        "token_share": _matching(rows, boxes, methods, float(scale)),
+        "seconds_per_image": {"raw_bilinear": seconds["raw"] + spent["raw_bilinear"],
+                              "calib+tta_bilinear": seconds["calib+tta"]
+                              + spent["calib+tta_bilinear"],
+                              "calib+tta_joint_bilateral": seconds["calib+tta"]
+                              + spent["calib+tta_joint_bilateral"],
+                              "subpatch_average": spent["subpatch_average"]}}
+    crop_names = sorted(boxes)
+    pooled = {n: {"clean_hr": pool_fine(rows[n]["clean_hr"], scale)} for n in crop_names}
+    pev = position_explained_variance(np.stack([pooled[n]["clean_hr"] for n in crop_names]),
+                                      np.asarray([_photo_of(n) for n in crop_names]))
+    fine["pooled"] = {"pev": pev.value, "pev_stderr": pev.stderr,
+                      "matching": _matching(pooled, boxes, ["clean_hr"])["clean_hr"]}
+    grid = size // extractor.patch_size * scale
+    if "probes/stereo_left" in rows:
+        disparity = disparity_to_tokens(motorcycle_pair().disparity, grid)
+        left, right = rows["probes/stereo_left"], rows["probes/stereo_right"]
+        fine["stereo"] = {m: stereo_accuracy(left[m], right[m], disparity) for m in methods}
+    views = [v for by_photo in masks.values() for v in by_photo]
+    if views:
+        labels = [labels_to_tokens(v.labels, grid) for v in views]
+        fine["boundary"] = {m: float(np.nanmean([
+            boundary_accuracy(rows[f"probes/{v.name}"][m], lab)
+            for v, lab in zip(views, labels, strict=True)])) for m in methods}
+        fine["boundary_views"] = len(views)
+    return fine
 
 
 def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -312,12 +364,19 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
         metrics["stereo"] = {m: stereo_accuracy(left[m], right[m], disparity) for m in methods}
         metrics.update(_mask_probe(rows, masks, methods, grid))
 
+    if job.engine.upsample > 1:
+        metrics["fine"] = _finer_than_a_patch(rows, images, boxes, masks, extractor, size,
+                                              job.engine.upsample, job.engine.hr.views,
+                                              calibration, seconds)
+
     summary = read_features_table(cfg.features.uri, ["config_digest", "metrics"],
                                   cfg.features.storage_options)
     summary = summary.filter(pc.equal(summary["config_digest"], digest))
     metrics["fit"] = fit_diagnostics(summary["metrics"].to_pylist())
     metrics["seconds_per_image"] |= {m: metrics["fit"].get("seconds_mean", float("nan"))
                                      for m in ("clean", "raw_minus_g")}
+    if "fine" in metrics:  # clean_hr is made in the same pass as clean
+        metrics["fine"]["seconds_per_image"]["clean_hr"] = metrics["seconds_per_image"]["clean"]
     if denoiser is not None:  # the ViT forward, then the denoiser block
         metrics["seconds_per_image"]["denoised"] = seconds["raw"] + denoise_seconds
     shown = spread_indices(len(table), cfg.figures)

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from pipeline.config import ShiftConfig
 from pipeline.models.artifact_model import ArtifactModel
-from pipeline.models.tta import tta_tokens
+from pipeline.models.subpatch import cell_colours, shift_average_fine, subpatch_view_tokens
+from pipeline.models.tta import shift_view_tokens, tta_tokens
 from pipeline.models.views import full_view_pixels
 from pipeline.models.vit import FeatureExtractor
 
@@ -99,3 +100,50 @@ def joint_bilateral_fine(tokens: np.ndarray, colours: torch.Tensor, scale: int,
             total += weight[..., None] * x[ty_c][:, tx_c]
             norm += weight[..., None]
     return (total / norm.clamp_min(1e-12)).numpy()
+
+
+def subpatch_average(extractor: FeatureExtractor, rgb: np.ndarray, size: int, scale: int,
+                     hr_views: int, model: ArtifactModel, seed: int) -> np.ndarray:
+    """Sub-patch shift averaging of one (H, W, 3) uint8 image at ``size`` px, (s*K, s*K, C):
+    the 10 shift views and ``hr_views`` more at the other phases (the views ``clean_hr``
+    sees), the artifact model removed from each."""
+    grid = size // extractor.patch_size
+    tokens, views = shift_view_tokens(extractor, rgb, size, BASELINE_TTA, seed)
+    all_tokens, cells, _ = subpatch_view_tokens(extractor, rgb, (grid, grid), scale, tokens,
+                                                views, hr_views, BASELINE_TTA.pad,
+                                                BASELINE_TTA.flip_prob, seed + 1)
+    pattern = torch.from_numpy(model.pattern_for((grid, grid))).to(all_tokens.device)
+    return shift_average_fine(all_tokens, cells, pattern, (grid * scale, grid * scale)
+                              ).cpu().numpy()
+
+
+FINE_BASELINES = ("raw_bilinear", "calib+tta_bilinear", "calib+tta_joint_bilateral",
+                  "subpatch_average")
+"""The free upsamplers ``clean_hr`` stands beside, as named in reports."""
+
+
+def fine_baseline_outputs(extractor: FeatureExtractor, images: Sequence[np.ndarray], size: int,
+                          scale: int, model: ArtifactModel, raw: np.ndarray,
+                          calib_tta: np.ndarray, hr_views: int
+                          ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """``FINE_BASELINES`` (N, s*K, s*K, C) of square ``images`` whose raw and calib+tta tokens
+    (N, K, K, C) are given, and each one's seconds per image beyond those tokens."""
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in FINE_BASELINES}
+    spent = dict.fromkeys(FINE_BASELINES, 0.0)
+    for i, rgb in enumerate(images):
+        start = time.perf_counter()
+        outputs["raw_bilinear"].append(bilinear_fine(raw[i], scale))
+        outputs["calib+tta_bilinear"].append(bilinear_fine(calib_tta[i], scale))
+        spent["raw_bilinear"] += (time.perf_counter() - start) / 2
+        spent["calib+tta_bilinear"] += (time.perf_counter() - start) / 2
+        start = time.perf_counter()
+        colours = cell_colours(rgb, (size, size), extractor.patch_size, scale)
+        outputs["calib+tta_joint_bilateral"].append(joint_bilateral_fine(calib_tta[i], colours,
+                                                                         scale))
+        spent["calib+tta_joint_bilateral"] += time.perf_counter() - start
+        start = time.perf_counter()
+        outputs["subpatch_average"].append(subpatch_average(extractor, rgb, size, scale,
+                                                            hr_views, model, i))
+        spent["subpatch_average"] += time.perf_counter() - start
+    return ({k: np.stack(v) for k, v in outputs.items()},
+            {k: v / len(images) for k, v in spent.items()})
