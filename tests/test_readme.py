@@ -95,6 +95,7 @@ def _scratch(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.timeout(1500)  # a dozen jobs, each starting its own local Ray
 def test_the_readme_commands_run_as_written(tmp_path: Path, dinov2_weights: Path) -> None:
     """Quickstart, clean, train, denoise, evaluate, gc and submission ids, one after another
     as a new user would type them, each with its smoke shortening appended."""
@@ -108,7 +109,8 @@ def test_the_readme_commands_run_as_written(tmp_path: Path, dinov2_weights: Path
         assert done.returncode == 0, f"{command} {extra}\n{done.stderr[-4000:]}"
         outputs[job] = outputs.get(job, "") + done.stdout
         _check(job, command, scratch, done.stdout)
-        if job == "evaluate":  # again: the fitted evaluation inputs are reused, same figures
+        if job == "evaluate" and "--denoiser" in command:  # again: the fitted evaluation
+            # inputs are reused, same figures
             first = json.loads((scratch / "outputs/report/metrics.json").read_text())
             again = subprocess.run(["bash", "-c", f"{command} {extra}"], cwd=scratch, env=env,
                                    capture_output=True, text=True, timeout=900)
@@ -141,12 +143,33 @@ def _check(job: str, command: str, scratch: Path, stdout: str) -> None:
     elif job == "denoise_dataset":
         table = read_features_table(str(scratch / "denoised"), ["method"])
         assert table["method"].to_pylist() == ["denoiser", "denoiser"]
+    elif job == "evaluate" and "features-hr" in command:
+        _check_fine_report(scratch / re.search(r"--out (\S+)", command).group(1))
     elif job == "evaluate":
         _check_report(scratch / "outputs" / "report")
     elif job == "gc_output":
         assert json.loads(stdout.strip().splitlines()[-1])["removed"] == ("--delete" in command)
     elif job == "submission_id":
         assert re.fullmatch(r"dvt-clean-dataset-\d{8}t\d{2}-[0-9a-f]{16}", stdout.strip())
+
+
+def _check_fine_report(out: Path) -> None:
+    """clean_hr measured on its cells beside the four free upsamplers, and reported."""
+    fine = json.loads((out / "metrics.json").read_text())["fine"]
+    methods = ["raw_bilinear", "calib+tta_bilinear", "calib+tta_joint_bilateral",
+               "subpatch_average", "clean_hr"]
+    assert fine["scale"] == 2 and fine["methods"] == methods
+    for measure in ("stereo", "boundary"):
+        assert set(fine[measure]) == set(methods)
+        assert all(0.0 <= v <= 1.0 for v in fine[measure].values())
+    for m in methods:  # a cell hit is a token hit: the within-a-token share is never lower
+        assert fine["matching"][m]["pairs"] > 0
+        assert 0.0 <= fine["matching"][m]["value"] <= fine["token_share"][m]["value"] <= 1.0
+        assert fine["seconds_per_image"][m] > 0
+    assert fine["boundary_views"] == 4 and np.isfinite(fine["pooled"]["pev"])
+    text = (out / "report.md").read_text()
+    assert "## Finer than a patch (2 x 2 cells per token)" in text
+    assert "| fine matching, within one cell" in text
 
 
 def _check_report(out: Path) -> None:

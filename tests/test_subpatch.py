@@ -153,8 +153,7 @@ def test_pooled_clean_hr_is_as_clean_as_clean(dinov2: FeatureExtractor, estimato
 @pytest.mark.usefixtures("local_ray")
 def test_clean_hr_column_end_to_end(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
     """clean_dataset with upsample=2 writes an fp16 clean_hr column of each image's own cells;
-    the table readers and FeatureDataset read it; the evaluation job measures it on the cells
-    (matching, stereo, boundary) beside the four free upsamplers and reports it."""
+    the table readers and FeatureDataset read it (its evaluation: tests/test_readme.py)."""
     from PIL import Image
 
     from pipeline.distributed.clean import run_clean_job
@@ -181,26 +180,3 @@ def test_clean_hr_column_end_to_end(tmp_path: Path, photos: dict[str, np.ndarray
     cos = np.einsum("ahwc,bhwc->ab", unit_hr, unit) / (7 * 9)  # pooled row a against clean b
     # the stored clean_hr is the image's own: pooled, it is closest to its own row's clean
     assert (cos.argmax(1) == np.arange(3)).all() and np.diag(cos).min() > 0.8
-
-    # the evaluation of such features measures clean_hr on the cells beside the free upsamplers
-    from pipeline.distributed.evaluate import run_evaluation
-    from pipeline.job_config import EvaluateConfig, resolve_job
-
-    report = tmp_path / "report"
-    metrics = run_evaluation(resolve_job(EvaluateConfig, "evaluate_smoke", [
-        f"features.uri={out}", f"out={report}"]))
-    fine = metrics["fine"]
-    methods = ["raw_bilinear", "calib+tta_bilinear", "calib+tta_joint_bilateral",
-               "subpatch_average", "clean_hr"]
-    assert fine["scale"] == 2 and fine["methods"] == methods
-    for measure in ("stereo", "boundary"):
-        assert set(fine[measure]) == set(methods)
-        assert all(0.0 <= v <= 1.0 for v in fine[measure].values())
-    for m in methods:  # a cell hit is a token hit: the within-a-token share is never lower
-        assert fine["matching"][m]["pairs"] > 0
-        assert 0.0 <= fine["matching"][m]["value"] <= fine["token_share"][m]["value"] <= 1.0
-        assert fine["seconds_per_image"][m] > 0
-    assert fine["boundary_views"] == 4 and np.isfinite(fine["pooled"]["pev"])
-    text = (report / "report.md").read_text()
-    assert "## Finer than a patch (2 x 2 cells per token)" in text
-    assert "| fine matching, within one cell" in text
