@@ -57,9 +57,12 @@ class InputConfig:
     the codec spin) is killed, and the image quarantined if it does so twice. 0: no limit."""
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """fsspec options such as ``{"endpoint_url": ...}``; credentials come from the environment."""
+    sample: int = 0
+    """Take at most this many of the matching files, spread evenly over the sorted listing
+    (the same ones on every run of an unchanged folder); 0: all."""
 
     def __post_init__(self) -> None:
-        check_at_least(self, "input.", {"decode_timeout_s": 0},
+        check_at_least(self, "input.", {"decode_timeout_s": 0, "sample": 0},
                        above={"max_pixels": 0, "max_bytes": 0})
         if not self.include:
             raise ConfigError("input.include is empty: no file could ever match")
@@ -326,6 +329,35 @@ class TrainJobConfig:
     """Block shape; channels 0 and grid 0 are taken from the corpus."""
     compute: TrainComputeConfig = dataclasses.field(default_factory=TrainComputeConfig)
     run: TrainRunConfig = dataclasses.field(default_factory=TrainRunConfig)
+
+
+@dataclass(frozen=True)
+class BuildJobConfig:
+    """Everything jobs/build_features.py needs: stage 1 on a sample, the denoiser trained on
+    it, then every image denoised, each step a job of its own (resumable, skipped when done)."""
+
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)
+    """The whole dataset (``input.sample`` is ignored: ``sample`` sets stage 1's)."""
+    output_uri: str = ""
+    """Root of the three outputs: ``sample/`` (stage 1), ``denoiser/`` (the export) and
+    ``features/`` (every image, denoised)."""
+    sample: int = 512
+    """Images cleaned by stage 1 to train on, spread over the listing; 0: all of them."""
+    clean_job: str = "quickstart"
+    """Job preset of the stage-1 step (``clean_dataset``'s ``--job``)."""
+    clean: list[str] = dataclasses.field(default_factory=list)
+    """Overrides of the stage-1 step, e.g. ``[preset=shift, compute.actors=4]``."""
+    train_job: str = "train"
+    """Job preset of the training step (``train_denoiser``'s ``--job``)."""
+    train: list[str] = dataclasses.field(default_factory=list)
+    """Overrides of the training step, e.g. ``[train.epochs=20]``."""
+    denoise_job: str = "denoise"
+    """Job preset of the denoising step (``denoise_dataset``'s ``--job``)."""
+    denoise: list[str] = dataclasses.field(default_factory=list)
+    """Overrides of the denoising step, e.g. ``[compute.num_gpus=1]``."""
+
+    def __post_init__(self) -> None:
+        check_at_least(self, "", {"sample": 0})
 
 
 @dataclass(frozen=True)

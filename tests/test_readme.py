@@ -32,6 +32,7 @@ SHORTENED = {
     "train_denoiser": "--job train_smoke",
     "denoise_dataset": "--job denoise_smoke",
     "evaluate": "--job evaluate_smoke",
+    "build_features": "--job build_smoke",
     "gc_output": "",
     "submission_id": "",
 }
@@ -147,6 +148,12 @@ def _check(job: str, command: str, scratch: Path, stdout: str) -> None:
         _check_fine_report(scratch / re.search(r"--out (\S+)", command).group(1))
     elif job == "evaluate":
         _check_report(scratch / "outputs" / "report")
+    elif job == "build_features":  # the sample cleaned, a denoiser, every photo denoised
+        export = scratch / "built/denoiser/denoiser.safetensors"
+        groups = read_feature_groups(str(scratch / "built/features"), ["method"])
+        assert export.is_file() and sum(t.num_rows for t in groups.values()) == 8
+        summary = json.loads(stdout.strip().splitlines()[-1])
+        assert summary["steps"]["clean"]["done"] == 4
     elif job == "gc_output":
         assert json.loads(stdout.strip().splitlines()[-1])["removed"] == ("--delete" in command)
     elif job == "submission_id":

@@ -51,8 +51,9 @@ logger = logging.getLogger(__name__)
 
 
 def list_images(inputs: InputConfig) -> list[str]:
-    """Sorted full URIs of the input files matching include and not exclude patterns;
-    ``MissingInput`` (a user error) when the input does not exist or nothing matches."""
+    """Sorted full URIs of the input files matching include and not exclude patterns (at most
+    ``inputs.sample`` of them, spread evenly); ``MissingInput`` (a user error) when the input
+    does not exist or nothing matches."""
     fs, root = filesystem(inputs.uri, inputs.storage_options)
     if not fs.exists(root):
         raise MissingInput(f"input {inputs.uri} does not exist: check --input (input.uri) and "
@@ -75,6 +76,8 @@ def list_images(inputs: InputConfig) -> list[str]:
         raise MissingInput(f"no input file under {inputs.uri} matches input.include="
                            f"{inputs.include} and input.exclude={inputs.exclude} "
                            f"({len(paths)} files listed): check the patterns")
+    if 0 < inputs.sample < len(uris):  # evenly spread: first, ..., near the last
+        uris = [uris[k * len(uris) // inputs.sample] for k in range(inputs.sample)]
     return uris
 
 

@@ -1,0 +1,127 @@
+"""The Ray layer of build_features: stage 1 on a sample, the denoiser trained on it, every
+image denoised; three jobs chained, one summary.
+
+Each step is the job of its own name (``run_clean_job``, ``run_train_job``,
+``run_denoise_job``) under a root folder: ``sample/``, ``denoiser/`` and ``features/``. A
+rerun is cheap where work is done: the two feature steps skip images already committed, and
+training is skipped when the export was trained with the same settings on the same corpus
+(its run name is derived from both, so an interrupted training resumes from its checkpoint
+and a grown sample trains afresh).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+from pipeline.config import ConfigError, config_to_dict, redact
+from pipeline.distributed.clean import run_clean_job
+from pipeline.distributed.denoise import run_denoise_job
+from pipeline.distributed.features import require_io
+from pipeline.distributed.train import describe_corpus, run_train_job
+from pipeline.job_config import (
+    BuildJobConfig,
+    DenoiseJobConfig,
+    OutputConfig,
+    TrainJobConfig,
+    resolve_clean_job,
+    resolve_job,
+)
+from pipeline.models.denoiser import read_denoiser_meta
+
+logger = logging.getLogger(__name__)
+
+
+def _child(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}"
+
+
+def _trained_already(cfg: TrainJobConfig, export_uri: str, corpus_key: dict[str, Any]) -> bool:
+    """Whether ``export_uri`` holds a denoiser trained with ``cfg`` on this very corpus."""
+    try:
+        meta = read_denoiser_meta(export_uri, cfg.run.storage_options)
+    except FileNotFoundError:
+        return False
+    saved = json.loads(json.dumps(redact(config_to_dict(cfg))))  # as the export stored it
+    return (meta.get("job") == saved
+            and meta.get("config_digests") == corpus_key["config_digests"]
+            and meta.get("corpus_images") == corpus_key["images"])
+
+
+def _train_step(cfg: BuildJobConfig, sample_uri: str, export_uri: str,
+                storage_options: dict[str, Any]) -> dict[str, Any]:
+    """Train on the committed sample unless its export is already there; the summary."""
+    base = resolve_job(TrainJobConfig, cfg.train_job, cfg.train)
+    base = dataclasses.replace(
+        base, input=dataclasses.replace(base.input, uri=sample_uri,
+                                        storage_options=storage_options))
+    corpus = describe_corpus(base)
+    key = {"config_digests": corpus.config_digests,
+           "images": corpus.train_images + corpus.val_images}
+    name = hashlib.sha256(json.dumps([key, config_to_dict(base.train),
+                                      config_to_dict(base.denoiser)], sort_keys=True
+                                     ).encode()).hexdigest()[:12]
+    train = dataclasses.replace(base, run=dataclasses.replace(
+        base.run, name=f"{base.run.name}-{name}", export_uri=export_uri,
+        storage_options=base.run.storage_options or storage_options,
+        storage_path=base.run.storage_path or _child(sample_uri, "training")))
+    if _trained_already(train, export_uri, key):
+        logger.info("denoiser at %s already trained on this sample: skipped", export_uri)
+        return {"skipped": True, "export": export_uri, "train_images": corpus.train_images,
+                "val_images": corpus.val_images}
+    return {"skipped": False, **run_train_job(train)}
+
+
+def run_build_job(cfg: BuildJobConfig) -> dict[str, Any]:
+    """Stage 1 on ``cfg.sample`` images, train, denoise all; each step's summary and seconds."""
+    if not cfg.input.uri or not cfg.output_uri:
+        raise ConfigError("both input.uri (--input) and output_uri (--output) are required")
+    options = cfg.input.storage_options
+    require_io(dataclasses.replace(cfg.input, sample=0), OutputConfig(uri=cfg.output_uri))
+    sample_uri, export_uri = _child(cfg.output_uri, "sample"), _child(cfg.output_uri, "denoiser")
+    features_uri = _child(cfg.output_uri, "features")
+    steps: dict[str, Any] = {}
+    began = time.perf_counter()
+
+    clean = resolve_clean_job(cfg.clean_job, cfg.clean)
+    clean = dataclasses.replace(
+        clean, input=dataclasses.replace(cfg.input, sample=cfg.sample),
+        output=dataclasses.replace(clean.output, uri=sample_uri,
+                                   storage_options=clean.output.storage_options or options))
+    start = time.perf_counter()
+    steps["clean"] = run_clean_job(clean) | {"step_seconds": time.perf_counter() - start}
+
+    start = time.perf_counter()
+    steps["train"] = _train_step(cfg, sample_uri, export_uri, options) | {
+        "step_seconds": time.perf_counter() - start}
+
+    denoise = resolve_job(DenoiseJobConfig, cfg.denoise_job, cfg.denoise)
+    denoise = dataclasses.replace(
+        denoise, input=dataclasses.replace(cfg.input, sample=0),
+        output=dataclasses.replace(denoise.output, uri=features_uri,
+                                   storage_options=denoise.output.storage_options or options),
+        denoiser=dataclasses.replace(denoise.denoiser, uri=export_uri,
+                                     storage_options=options))
+    start = time.perf_counter()
+    steps["denoise"] = run_denoise_job(denoise) | {"step_seconds": time.perf_counter() - start}
+    return {"sample": sample_uri, "denoiser": export_uri, "features": features_uri,
+            "steps": steps, "seconds": time.perf_counter() - began}
+
+
+def format_build_summary(summary: dict[str, Any]) -> str:
+    """One line per step: what it did and what it cost."""
+    lines = []
+    for name, step in summary["steps"].items():
+        if name == "train":
+            did = "skipped (already trained on this sample)" if step["skipped"] else (
+                f"trained on {step['train_images']} images, {step.get('steps', 0)} steps")
+        else:
+            did = (f"{step.get('done', 0)} done, {step.get('skipped_committed', 0)} already "
+                   f"committed, {step.get('quarantined', 0)} quarantined")
+        lines.append(f"{name:8s} {did}; {step['step_seconds']:.1f} s")
+    lines.append(f"total    {summary['seconds']:.1f} s; features in {summary['features']}")
+    return "\n".join(lines)

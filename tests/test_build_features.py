@@ -1,0 +1,65 @@
+"""build_features: stage 1 on a sample spread over the listing, the denoiser trained on it,
+every image denoised; a rerun skips what is committed and does not retrain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.distributed.features import list_images
+from pipeline.evaluation.samples import sample_photos
+from pipeline.job_config import InputConfig
+
+
+def _folder(path: Path, count: int) -> Path:
+    path.mkdir()
+    for name, photo in list(sample_photos(count).items()):
+        small = Image.fromarray(photo)
+        small.thumbnail((96, 96))
+        small.save(path / f"{name}.png")
+    return path
+
+
+def test_input_sample_spreads_over_the_sorted_listing(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(10):
+        (folder / f"{k:02d}.png").write_bytes(b"x")
+    names = [Path(u).stem for u in list_images(InputConfig(uri=str(folder), sample=4))]
+    assert names == ["00", "02", "05", "07"]  # first, evenly on, never past the end
+    assert len(list_images(InputConfig(uri=str(folder), sample=0))) == 10
+    assert len(list_images(InputConfig(uri=str(folder), sample=50))) == 10
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_build_features_chains_three_jobs_and_a_rerun_skips_them(tmp_path: Path) -> None:
+    from pipeline.distributed.build import format_build_summary, run_build_job
+    from pipeline.job_config import BuildJobConfig, resolve_job
+    from pipeline.store.schema import column_to_numpy, read_feature_groups
+
+    src = _folder(tmp_path / "in", 6)
+    out = tmp_path / "out"
+    cfg = resolve_job(BuildJobConfig, "build_smoke", [f"input.uri={src}", f"output_uri={out}"])
+    first = run_build_job(cfg)
+    steps = first["steps"]
+    assert steps["clean"]["done"] == 4 and steps["clean"]["inputs"] == 4  # the sample only
+    assert not steps["train"]["skipped"] and steps["train"]["steps"] > 0
+    assert steps["denoise"]["done"] == 6  # every image
+    assert (out / "denoiser" / "denoiser.safetensors").is_file()
+    groups = read_feature_groups(str(out / "features"), ["method", "clean"])  # mixed aspects
+    assert sum(t.num_rows for t in groups.values()) == 6
+    for table in groups.values():
+        assert set(table["method"].to_pylist()) == {"denoiser"}
+        assert np.isfinite(column_to_numpy(table["clean"]).astype(np.float32)).all()
+    text = format_build_summary(first)
+    assert "clean    4 done" in text and "denoise  6 done" in text
+
+    again = run_build_job(cfg)  # nothing new: every step skips its committed work
+    assert again["steps"]["clean"]["done"] == 0
+    assert again["steps"]["clean"]["skipped_committed"] == 4
+    assert again["steps"]["train"]["skipped"]
+    assert again["steps"]["denoise"]["skipped_committed"] == 6
