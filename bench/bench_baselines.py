@@ -72,6 +72,25 @@ def eval_crops(photos: dict[str, np.ndarray], per_photo: int, seed: int
     return out
 
 
+def crop_pairs(crops: list[tuple[str, CropBox, np.ndarray]]) -> list[tuple[int, int]]:
+    """Ordered pairs of crops of one photo that overlap by at least ``MIN_OVERLAP``."""
+    return [(i, j) for i in range(len(crops)) for j in range(len(crops)) if i != j
+            and crops[i][0] == crops[j][0]
+            and overlap_share(crops[i][1], crops[j][1]) >= MIN_OVERLAP]
+
+
+def pair_matching(feats: np.ndarray, crops: list[tuple[str, CropBox, np.ndarray]],
+                  pairs: list[tuple[int, int]], tolerance: float = 1.0
+                  ) -> tuple[float, float, tuple[float, ...]]:
+    """Crop-pair matching of ``feats`` (N, h, w, C) over ``pairs``, pooled per photo: the hit
+    rate, its jackknife error over photos and the replicates (``pooled_accuracy``)."""
+    counts: dict[str, list[MatchCount]] = {name: [] for name, _, _ in crops}
+    for i, j in pairs:
+        counts[crops[i][0]].append(crop_pair_matching(feats[i], crops[i][1], feats[j],
+                                                      crops[j][1], tolerance))
+    return pooled_accuracy(counts)
+
+
 def cached_fits(ext: FeatureExtractor, keys: list[str], images: list[np.ndarray], preset: str,
                 size: int, cache: Path, model: ArtifactModel) -> list[dict[str, np.ndarray]]:
     """Stage-1 clean F, G and seconds per image, fitted once and cached as .npz (a preset
@@ -174,8 +193,7 @@ def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[
     outputs, seconds = outputs_for(ext, [c for _, _, c in crops], keys, size, model, groups,
                                    args, denoisers)
 
-    pairs = [(i, j) for i in range(len(crops)) for j in range(len(crops)) if i != j
-             and groups[i] == groups[j] and overlap_share(crops[i][1], crops[j][1]) >= MIN_OVERLAP]
+    pairs = crop_pairs(crops)
     pair = motorcycle_pair()
     stereo_images = [pair.left, pair.right]
     stereo_out, _ = outputs_for(ext, stereo_images, ["stereo_left", "stereo_right"], size,
@@ -188,11 +206,7 @@ def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[
     rows: dict[str, dict[str, Any]] = {}
     for name, feats in outputs.items():
         pev = position_explained_variance(feats, np.asarray(groups))
-        counts: dict[str, list[MatchCount]] = {g: [] for g in photos}
-        for i, j in pairs:
-            counts[groups[i]].append(crop_pair_matching(feats[i], crops[i][1], feats[j],
-                                                        crops[j][1]))
-        match, match_se, match_reps = pooled_accuracy(counts)
+        match, match_se, match_reps = pair_matching(feats, crops, pairs)
         rows[name] = {"pev": pev.value, "pev_se": pev.stderr, "pev_reps": pev.replicates,
                       "matching": match, "matching_se": match_se, "matching_reps": match_reps,
                       "stereo": stereo_accuracy(stereo_out[name][0], stereo_out[name][1],

@@ -35,15 +35,18 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_baselines import MIN_OVERLAP, SHARED_WEIGHTS, SQUARE, eval_crops  # noqa: E402
+from bench_baselines import (  # noqa: E402
+    SHARED_WEIGHTS,
+    SQUARE,
+    crop_pairs,
+    eval_crops,
+    pair_matching,
+)
 
 from pipeline import clean_images, load_extractor  # noqa: E402
 from pipeline.distributed.build import run_build_job  # noqa: E402
 from pipeline.evaluation.metrics import (  # noqa: E402
-    MatchCount,
-    crop_pair_matching,
     paired_difference,
-    pooled_accuracy,
     position_explained_variance,
 )
 from pipeline.evaluation.samples import (  # noqa: E402
@@ -54,7 +57,7 @@ from pipeline.evaluation.samples import (  # noqa: E402
 from pipeline.job_config import BuildJobConfig, resolve_job  # noqa: E402
 from pipeline.models.artifact_model import calibrate  # noqa: E402
 from pipeline.models.baselines import baseline_outputs  # noqa: E402
-from pipeline.models.crops import overlap_share, random_crop  # noqa: E402
+from pipeline.models.crops import random_crop  # noqa: E402
 from pipeline.models.denoiser import DenoisedViT  # noqa: E402
 from pipeline.models.images import to_rgb  # noqa: E402
 from pipeline.models.views import full_view_pixels  # noqa: E402
@@ -119,24 +122,16 @@ def main() -> None:
             outputs["denoised"] = np.stack([denoiser(full_view_pixels(im, size)[None])[0].numpy()
                                             for im in images])
         seconds["denoised"] = (time.perf_counter() - start) / len(images)
-    pairs = [(i, j) for i in range(len(crops)) for j in range(len(crops)) if i != j
-             and groups[i] == groups[j] and overlap_share(crops[i][1], crops[j][1]) >= MIN_OVERLAP]
+    pairs = crop_pairs(crops)
 
-    def matching(feats: np.ndarray) -> tuple[float, float, tuple[float, ...]]:
-        counts: dict[str, list[MatchCount]] = {g: [] for g in dict.fromkeys(groups)}
-        for i, j in pairs:
-            counts[groups[i]].append(crop_pair_matching(feats[i], crops[i][1], feats[j],
-                                                        crops[j][1]))
-        return pooled_accuracy(counts)
-
-    ref_match = matching(outputs["shift"])
+    ref_match = pair_matching(outputs["shift"], crops, pairs)
     ref_pev = position_explained_variance(outputs["shift"], np.asarray(groups))
     rows: dict[str, dict[str, Any]] = {}
     print(f"trained on {count} crops of 13 photos; {len(crops)} evaluation crops, {len(pairs)} "
           "pairs\n\n| output | PEV | PEV - shift | matching | / shift | - shift | s / image |\n"
           "|---|---|---|---|---|---|---|")
     for name, feats in outputs.items():
-        match = matching(feats)
+        match = pair_matching(feats, crops, pairs)
         pev = position_explained_variance(feats, np.asarray(groups))
         rows[name] = {"pev": pev.value, "pev_se": pev.stderr, "matching": match[0],
                       "matching_se": match[1], "seconds_per_image": seconds[name],

@@ -26,14 +26,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_baselines import MIN_OVERLAP, SHARED_WEIGHTS, eval_crops  # noqa: E402
+from bench_baselines import (  # noqa: E402
+    SHARED_WEIGHTS,
+    crop_pairs,
+    eval_crops,
+    pair_matching,
+)
 
 from pipeline import load_extractor  # noqa: E402
 from pipeline.evaluation.metrics import (  # noqa: E402
-    MatchCount,
-    crop_pair_matching,
     paired_difference,
-    pooled_accuracy,
     position_explained_variance,
 )
 from pipeline.evaluation.samples import (  # noqa: E402
@@ -43,7 +45,6 @@ from pipeline.evaluation.samples import (  # noqa: E402
 )
 from pipeline.models.artifact_model import calibrate  # noqa: E402
 from pipeline.models.baselines import BASELINE_TTA  # noqa: E402
-from pipeline.models.crops import overlap_share  # noqa: E402
 from pipeline.models.tta import decompose_shift_views, shift_view_tokens  # noqa: E402
 
 WEIGHTS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0, math.inf)
@@ -66,23 +67,15 @@ def measure(args: argparse.Namespace, size: int) -> dict[str, Any]:
             outputs[w].append(decompose_shift_views(tokens, views, BASELINE_TTA.pad, pattern,
                                                     w)[0].numpy())
     groups = [name for name, _, _ in crops]
-    pairs = [(i, j) for i in range(len(crops)) for j in range(len(crops)) if i != j
-             and groups[i] == groups[j] and overlap_share(crops[i][1], crops[j][1]) >= MIN_OVERLAP]
-
-    def matching(feats: np.ndarray) -> tuple[float, float, tuple[float, ...]]:
-        counts: dict[str, list[MatchCount]] = {g: [] for g in dict.fromkeys(groups)}
-        for i, j in pairs:
-            counts[groups[i]].append(crop_pair_matching(feats[i], crops[i][1], feats[j],
-                                                        crops[j][1]))
-        return pooled_accuracy(counts)
+    pairs = crop_pairs(crops)
 
     ref = np.stack(outputs[math.inf])
-    ref_match = matching(ref)
+    ref_match = pair_matching(ref, crops, pairs)
     ref_pev = position_explained_variance(ref, np.asarray(groups))
     rows = []
     for w in WEIGHTS:
         feats = np.stack(outputs[w])
-        match = matching(feats)
+        match = pair_matching(feats, crops, pairs)
         pev = position_explained_variance(feats, np.asarray(groups))
         rows.append({
             "prior_weight": w, "matching": match[0], "matching_se": match[1],

@@ -42,15 +42,18 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_baselines import MIN_OVERLAP, SHARED_WEIGHTS, SQUARE, eval_crops  # noqa: E402
+from bench_baselines import (  # noqa: E402
+    SHARED_WEIGHTS,
+    SQUARE,
+    crop_pairs,
+    eval_crops,
+    pair_matching,
+)
 
 from pipeline import clean_images, load_extractor  # noqa: E402
 from pipeline.config import ShiftConfig  # noqa: E402
 from pipeline.evaluation.metrics import (  # noqa: E402
-    MatchCount,
-    crop_pair_matching,
     paired_difference,
-    pooled_accuracy,
     position_explained_variance,
 )
 from pipeline.evaluation.probes import (  # noqa: E402
@@ -76,7 +79,6 @@ from pipeline.models.baselines import (  # noqa: E402
     raw_tokens,
     subpatch_average,
 )
-from pipeline.models.crops import overlap_share  # noqa: E402
 from pipeline.models.subpatch import (  # noqa: E402
     cell_colours,
     pool_fine,
@@ -232,15 +234,6 @@ def fine_outputs(ext: FeatureExtractor, images: list[np.ndarray], size: int, sca
     return out, seconds, tokens
 
 
-def _matching(feats: np.ndarray, crops: list, pairs: list[tuple[int, int]], groups: list[str],
-              tolerance: float) -> tuple[float, float, tuple[float, ...]]:
-    counts: dict[str, list[MatchCount]] = {g: [] for g in dict.fromkeys(groups)}
-    for i, j in pairs:
-        counts[groups[i]].append(crop_pair_matching(feats[i], crops[i][1], feats[j],
-                                                    crops[j][1], tolerance))
-    return pooled_accuracy(counts)
-
-
 def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[str, Any]:
     scale = args.scale
     grid = size // ext.patch_size
@@ -251,8 +244,7 @@ def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[
                       crops_per_photo=args.calib_crops, seed=args.seed + 1)
     images = [c for _, _, c in crops]
     fine, seconds, tokens = fine_outputs(ext, images, size, scale, model, args)
-    pairs = [(i, j) for i in range(len(crops)) for j in range(len(crops)) if i != j
-             and groups[i] == groups[j] and overlap_share(crops[i][1], crops[j][1]) >= MIN_OVERLAP]
+    pairs = crop_pairs(crops)
 
     pair = motorcycle_pair()
     stereo, _, _ = fine_outputs(ext, [pair.left, pair.right], size, scale, model, args)
@@ -265,14 +257,14 @@ def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[
 
     rows: dict[str, dict[str, Any]] = {}
     for name, feats in fine.items():
-        match = _matching(feats, crops, pairs, groups, 1.0)
-        token_match = _matching(feats, crops, pairs, groups, float(scale))
+        match = pair_matching(feats, crops, pairs, 1.0)
+        token_match = pair_matching(feats, crops, pairs, float(scale))
         boundary = [boundary_accuracy(mask_out[name][k], mask_labels[k])
                     for k in range(len(masked))]
         pooled = pool_fine(feats.reshape(-1, grid * scale, feats.shape[-1]), scale).reshape(
             len(feats), grid, grid, -1)
         pev = position_explained_variance(pooled, np.asarray(groups))
-        pooled_match = _matching(pooled, crops, pairs, groups, 1.0)
+        pooled_match = pair_matching(pooled, crops, pairs, 1.0)
         rows[name] = {
             "fine_matching": match[0], "fine_matching_se": match[1], "fine_reps": match[2],
             "token_share": token_match[0], "token_share_se": token_match[1],
@@ -284,7 +276,7 @@ def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[
     refs: dict[str, dict[str, Any]] = {}
     for name, feats in tokens.items():
         pev = position_explained_variance(feats, np.asarray(groups))
-        m = _matching(feats, crops, pairs, groups, 1.0)
+        m = pair_matching(feats, crops, pairs, 1.0)
         refs[name] = {"pev": pev.value, "pev_se": pev.stderr, "pev_reps": pev.replicates,
                       "matching": m[0], "matching_se": m[1], "matching_reps": m[2],
                       "seconds_per_image": seconds[name]}
