@@ -74,13 +74,11 @@ from pipeline.evaluation.samples import (  # noqa: E402
 from pipeline.models.artifact_model import ArtifactModel, calibrate  # noqa: E402
 from pipeline.models.baselines import (  # noqa: E402
     BASELINE_TTA,
-    bilinear_fine,
-    joint_bilateral_fine,
+    FINE_BASELINES,
+    fine_baseline_outputs,
     raw_tokens,
-    subpatch_average,
 )
 from pipeline.models.subpatch import (  # noqa: E402
-    cell_colours,
     pool_fine,
     shift_average_fine,
     subpatch_view_tokens,
@@ -93,8 +91,10 @@ from pipeline.models.tta import (  # noqa: E402
 )
 from pipeline.models.vit import FeatureExtractor  # noqa: E402
 
-BASELINES = ("raw, bilinear", "calib+tta, bilinear", "calib+tta, joint bilateral",
-             "sub-patch shift averaging")
+BASELINES = dict(zip(FINE_BASELINES, ("raw, bilinear", "calib+tta, bilinear",
+                                        "calib+tta, joint bilateral",
+                                        "sub-patch shift averaging"), strict=True))
+"""The free upsamplers (``pipeline.models.baselines.FINE_BASELINES``) by their table names."""
 
 
 class ColourField(torch.nn.Module):
@@ -187,26 +187,18 @@ def fine_outputs(ext: FeatureExtractor, images: list[np.ndarray], size: int, sca
     t0 = time.perf_counter()
     raw = raw_tokens(ext, images, size)
     seconds["raw"] = (time.perf_counter() - t0) / n
-    out["raw, bilinear"] = np.stack([bilinear_fine(r, scale) for r in raw])
-    seconds["raw, bilinear"] = seconds["raw"]
     pattern = torch.from_numpy(model.pattern)
     t0 = time.perf_counter()
     ctta = np.stack([tta_tokens(ext, im, size, BASELINE_TTA, i, pattern).numpy()
                      for i, im in enumerate(images)])
     seconds["calib+tta"] = (time.perf_counter() - t0) / n
-    t0 = time.perf_counter()
-    out["calib+tta, bilinear"] = np.stack([bilinear_fine(c, scale) for c in ctta])
-    seconds["calib+tta, bilinear"] = seconds["calib+tta"] + (time.perf_counter() - t0) / n
-    t0 = time.perf_counter()
-    out["calib+tta, joint bilateral"] = np.stack([
-        joint_bilateral_fine(c, cell_colours(im, (size, size), ext.patch_size, scale), scale)
-        for c, im in zip(ctta, images, strict=True)])
-    seconds["calib+tta, joint bilateral"] = seconds["calib+tta"] + (time.perf_counter() - t0) / n
-    t0 = time.perf_counter()
-    out["sub-patch shift averaging"] = np.stack([
-        subpatch_average(ext, im, size, scale, args.hr_views, model, i)
-        for i, im in enumerate(images)])
-    seconds["sub-patch shift averaging"] = (time.perf_counter() - t0) / n
+    fine, spent = fine_baseline_outputs(ext, images, size, scale, model, raw, ctta,
+                                        args.hr_views)
+    tokens_of = {"raw_bilinear": "raw", "calib+tta_bilinear": "calib+tta",
+                 "calib+tta_joint_bilateral": "calib+tta"}
+    for key, name in BASELINES.items():
+        out[name] = fine[key]
+        seconds[name] = spent[key] + (seconds[tokens_of[key]] if key in tokens_of else 0.0)
     variants = [("clean_hr (average)", ["hr.estimator=average"])] + [
         (f"clean_hr (solve, smooth {smooth:g})", ["hr.estimator=solve", f"hr.smooth={smooth}"])
         for smooth in args.smooth]
@@ -280,7 +272,7 @@ def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[
         refs[name] = {"pev": pev.value, "pev_se": pev.stderr, "pev_reps": pev.replicates,
                       "matching": m[0], "matching_se": m[1], "matching_reps": m[2],
                       "seconds_per_image": seconds[name]}
-    best = max(BASELINES, key=lambda b: rows[b]["fine_matching"])
+    best = max(BASELINES.values(), key=lambda b: rows[b]["fine_matching"])
     for row in rows.values():
         b = rows[best]
         row["fine_matching_vs_best"] = paired_difference(

@@ -40,16 +40,14 @@ def _child(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}"
 
 
-def _trained_already(cfg: TrainJobConfig, export_uri: str, corpus_key: dict[str, Any]) -> bool:
-    """Whether ``export_uri`` holds a denoiser trained with ``cfg`` on this very corpus."""
+def _trained_already(cfg: TrainJobConfig, export_uri: str) -> bool:
+    """Whether ``export_uri`` holds a denoiser trained with ``cfg``: its run name names the
+    corpus (its config digests and image count) and the training settings."""
     try:
         meta = read_denoiser_meta(export_uri, cfg.run.storage_options)
     except FileNotFoundError:
         return False
-    saved = json.loads(json.dumps(redact(config_to_dict(cfg))))  # as the export stored it
-    return (meta.get("job") == saved
-            and meta.get("config_digests") == corpus_key["config_digests"]
-            and meta.get("corpus_images") == corpus_key["images"])
+    return meta.get("job") == json.loads(json.dumps(redact(config_to_dict(cfg))))  # as stored
 
 
 def _train_step(cfg: BuildJobConfig, sample_uri: str, export_uri: str,
@@ -60,16 +58,14 @@ def _train_step(cfg: BuildJobConfig, sample_uri: str, export_uri: str,
         base, input=dataclasses.replace(base.input, uri=sample_uri,
                                         storage_options=storage_options))
     corpus = describe_corpus(base)
-    key = {"config_digests": corpus.config_digests,
-           "images": corpus.train_images + corpus.val_images}
-    name = hashlib.sha256(json.dumps([key, config_to_dict(base.train),
-                                      config_to_dict(base.denoiser)], sort_keys=True
-                                     ).encode()).hexdigest()[:12]
+    key = [corpus.config_digests, corpus.train_images + corpus.val_images,
+           config_to_dict(base.train), config_to_dict(base.denoiser)]
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     train = dataclasses.replace(base, run=dataclasses.replace(
         base.run, name=f"{base.run.name}-{name}", export_uri=export_uri,
         storage_options=base.run.storage_options or storage_options,
         storage_path=base.run.storage_path or _child(sample_uri, "training")))
-    if _trained_already(train, export_uri, key):
+    if _trained_already(train, export_uri):
         logger.info("denoiser at %s already trained on this sample: skipped", export_uri)
         return {"skipped": True, "export": export_uri, "train_images": corpus.train_images,
                 "val_images": corpus.val_images}

@@ -348,9 +348,7 @@ def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
     meta = {"model": corpus.model, "weights": corpus.weights,
             "weights_digest": corpus.weights_digest, "grid": denoiser_cfg.grid,
             "channels": denoiser_cfg.channels, "trained_on": cfg.input.uri,
-            "config_digests": corpus.config_digests,
-            "corpus_images": corpus.train_images + corpus.val_images, "start": start,
-            "metrics": metrics,
+            "config_digests": corpus.config_digests, "start": start, "metrics": metrics,
             "progress": state["progress"], "job": redact(config_to_dict(cfg))}
     save_denoiser(model, export_uri, meta, storage_options)
     summary = {"run": cfg.run.name, "export": export_uri, "checkpoint": result.checkpoint.path,

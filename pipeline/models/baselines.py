@@ -131,11 +131,10 @@ def fine_baseline_outputs(extractor: FeatureExtractor, images: Sequence[np.ndarr
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in FINE_BASELINES}
     spent = dict.fromkeys(FINE_BASELINES, 0.0)
     for i, rgb in enumerate(images):
-        start = time.perf_counter()
-        outputs["raw_bilinear"].append(bilinear_fine(raw[i], scale))
-        outputs["calib+tta_bilinear"].append(bilinear_fine(calib_tta[i], scale))
-        spent["raw_bilinear"] += (time.perf_counter() - start) / 2
-        spent["calib+tta_bilinear"] += (time.perf_counter() - start) / 2
+        for name, tokens in (("raw_bilinear", raw[i]), ("calib+tta_bilinear", calib_tta[i])):
+            start = time.perf_counter()
+            outputs[name].append(bilinear_fine(tokens, scale))
+            spent[name] += time.perf_counter() - start
         start = time.perf_counter()
         colours = cell_colours(rgb, (size, size), extractor.patch_size, scale)
         outputs["calib+tta_joint_bilateral"].append(joint_bilateral_fine(calib_tta[i], colours,

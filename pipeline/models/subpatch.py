@@ -143,7 +143,7 @@ def _laplacian(x: torch.Tensor, wv: torch.Tensor, wh: torch.Tensor) -> torch.Ten
 
 
 def valid_view_tokens(tokens: torch.Tensor, cells: torch.Tensor, artifact: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The view tokens that see the image only: their cells (N, s*s) and their values minus
     the artifact (N, C), float32."""
     channels = tokens.shape[-1]
