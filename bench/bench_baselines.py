@@ -141,7 +141,7 @@ def train_denoisers(ext: FeatureExtractor, size: int, model: ArtifactModel,
         den = Denoiser(DenoiserConfig(channels=ext.embed_dim, grid=grid))
         if init == "pattern":
             den.start_at(torch.from_numpy(model.pattern))
-        losses = train_denoiser(den, raw, target, cfg)
+        losses = train_denoiser(den, [(raw, target)], cfg)
         logging.info("denoiser from %s: loss %.4f -> %.4f over %d crops", init, losses[0],
                      losses[-1], len(raw))
         trained[f"denoiser (start {init})"] = den

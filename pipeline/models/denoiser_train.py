@@ -42,6 +42,9 @@ class TrainConfig:
     """Share of image ids held out for validation (a fixed hash split, stable across runs)."""
     seed: int = 0
     """Seed of the denoiser's initialisation."""
+    similarity_weight: float = 0.0
+    """Weight of ``similarity_loss`` (the tokens' cosine-similarity structure within each
+    image) beside L_dist; 0: L_dist alone, as in the method."""
     init: str = "pattern"
     """Where the positional embedding starts. ``pattern``: minus the corpus's artifact pattern
     (its stored artifact model, else the mean stage-1 G of a sample of it), so the untrained
@@ -58,6 +61,17 @@ def denoise_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The method's L_dist (``objectives.feature_distance``), mean over the batch:
     (B, h, w, C) pairs -> scalar."""
     return feature_distance(pred, target).mean()
+
+
+def similarity_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per image, the mean squared difference between the (h*w, h*w) cosine-similarity
+    matrices of predicted and target tokens: what nearest-neighbour matching reads, beside
+    the per-token values L_dist reads. (B, h, w, C) pairs -> (B,)."""
+    def gram(x: torch.Tensor) -> torch.Tensor:
+        unit = F.normalize(x.flatten(1, 2).float(), dim=-1)
+        return unit @ unit.transpose(1, 2)
+
+    return (gram(pred) - gram(target)).pow(2).mean(dim=(1, 2))
 
 
 def token_cosine(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -99,7 +113,11 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         last = k == len(batch) - 1
         with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else \
                 model.no_sync():
-            part = feature_distance(model(raw), target).sum() / images
+            pred = model(raw)
+            part = feature_distance(pred, target).sum()
+            if cfg.similarity_weight:
+                part = part + cfg.similarity_weight * similarity_loss(pred, target).sum()
+            part = part / images
             part.backward()
         loss += float(part.detach())
     if cfg.grad_clip > 0:
@@ -108,15 +126,23 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     return loss
 
 
-def train_denoiser(denoiser: torch.nn.Module, raw: torch.Tensor, target: torch.Tensor,
-                   cfg: TrainConfig) -> list[float]:
-    """Train ``denoiser`` in a plain loop (no Ray) on raw -> target pairs (N, h, w, C), the
-    same steps as the Ray Train job on one worker; the mean loss of each epoch."""
-    if raw.shape != target.shape or raw.ndim != 4:
-        raise ValueError(f"raw {tuple(raw.shape)} and target {tuple(target.shape)} must be one "
-                         "(N, h, w, C) shape")
-    batch = min(cfg.batch_size, len(raw))
-    steps_per_epoch = len(raw) // batch
+def train_denoiser(denoiser: torch.nn.Module,
+                   pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig
+                   ) -> list[float]:
+    """Train ``denoiser`` in a plain loop (no Ray) on raw -> target pairs, one (N_g, h_g, w_g,
+    C) pair per token grid (several grids: several input sizes), the same steps as the Ray
+    Train job on one worker: every epoch shuffles all images together and each step's batch
+    is split by grid. The mean loss of each epoch."""
+    if not pairs:
+        raise ValueError("no training pairs")
+    for raw, target in pairs:
+        if raw.shape != target.shape or raw.ndim != 4:
+            raise ValueError(f"raw {tuple(raw.shape)} and target {tuple(target.shape)} must be "
+                             "one (N, h, w, C) shape")
+    owner = torch.cat([torch.full((len(raw),), g) for g, (raw, _) in enumerate(pairs)])
+    local = torch.cat([torch.arange(len(raw)) for raw, _ in pairs])
+    batch = min(cfg.batch_size, len(owner))
+    steps_per_epoch = len(owner) // batch
     total = steps_per_epoch * cfg.epochs
     lr = peak_lr(cfg, batch)
     optimizer = make_optimizer(denoiser, cfg, lr)
@@ -124,12 +150,16 @@ def train_denoiser(denoiser: torch.nn.Module, raw: torch.Tensor, target: torch.T
     denoiser.train()
     losses, step = [], 0
     for _ in range(cfg.epochs):
-        order = torch.randperm(len(raw), generator=gen)
+        order = torch.randperm(len(owner), generator=gen)
         epoch = 0.0
         for k in range(steps_per_epoch):
-            idx = order[k * batch:(k + 1) * batch]
-            epoch += train_step(denoiser, optimizer, [(raw[idx].float(), target[idx].float())],
-                                step, total, cfg, lr)
+            picked = order[k * batch:(k + 1) * batch]
+            groups = []
+            for g, (raw, target) in enumerate(pairs):
+                idx = local[picked[owner[picked] == g]]
+                if len(idx):
+                    groups.append((raw[idx].float(), target[idx].float()))
+            epoch += train_step(denoiser, optimizer, groups, step, total, cfg, lr)
             step += 1
         losses.append(epoch / max(1, steps_per_epoch))
     denoiser.eval()
