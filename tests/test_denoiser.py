@@ -23,16 +23,25 @@ from pipeline.models.denoiser_train import (
     denoise_loss,
     is_validation,
     lr_factor,
+    similarity_loss,
     train_denoiser,
 )
 from pipeline.models.engine import extract_views
 from pipeline.models.online import denoise_images
 
 
-def _planted(count: int, grid: int, channels: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """clean = smooth random content; raw = clean + a fixed per-position pattern (the artifact)."""
+def _planted(count: int, grid: int, channels: int, seed: int, pattern_grid: int = 0
+             ) -> tuple[torch.Tensor, ...]:
+    """clean = smooth random content; raw = clean + a fixed per-position pattern (the artifact),
+    drawn on ``pattern_grid`` (default ``grid``) and resampled to ``grid`` (one pattern seen at
+    several input sizes)."""
     gen = torch.Generator().manual_seed(seed)
-    pattern = 0.8 * torch.randn(grid, grid, channels, generator=torch.Generator().manual_seed(99))
+    side = pattern_grid or grid
+    pattern = 0.8 * torch.randn(side, side, channels, generator=torch.Generator().manual_seed(99))
+    if side != grid:
+        pattern = torch.nn.functional.interpolate(
+            pattern.permute(2, 0, 1)[None], size=(grid, grid), mode="bicubic",
+            align_corners=False)[0].permute(1, 2, 0)
     low = torch.randn(count, channels, 3, 3, generator=gen)
     clean = torch.nn.functional.interpolate(low, size=(grid, grid), mode="bilinear",
                                             align_corners=True).permute(0, 2, 3, 1)
@@ -75,7 +84,7 @@ def test_training_removes_a_planted_position_pattern() -> None:
     model = Denoiser(DenoiserConfig(channels=64, grid=6))
     raw, clean = _planted(64, 6, 64, seed=1)
     val_raw, val_clean = _planted(16, 6, 64, seed=2)
-    losses = train_denoiser(model, raw, clean, cfg)
+    losses = train_denoiser(model, [(raw, clean)], cfg)
     assert len(losses) == 75 and losses[-1] < 0.3 * losses[0]
     sums = ValidationSums()
     with torch.no_grad():
@@ -84,6 +93,54 @@ def test_training_removes_a_planted_position_pattern() -> None:
     assert metrics["val_images"] == 16
     assert metrics["val_loss"] < 0.2 * metrics["val_raw_loss"]
     assert metrics["val_cos"] > metrics["val_raw_cos"] + 0.1
+
+
+def test_training_on_two_grids_serves_both() -> None:
+    """One denoiser trained on two input sizes (grids 6 and 9 of one pattern) removes the
+    pattern at both; the images of both are shuffled together."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=60, batch_size=16, base_lr=3e-3 * 4, warmup_fraction=0.05)
+    model = Denoiser(DenoiserConfig(channels=64, grid=9))
+    pairs = [_planted(64, 6, 64, seed=1, pattern_grid=9), _planted(32, 9, 64, seed=3)]
+    losses = train_denoiser(model, pairs, cfg)
+    assert len(losses) == 60 and losses[-1] < 0.3 * losses[0]
+    for grid, seed in ((6, 2), (9, 4)):
+        val_raw, val_clean = _planted(16, grid, 64, seed=seed, pattern_grid=9)
+        with torch.no_grad():
+            assert denoise_loss(model(val_raw), val_clean) < 0.3 * denoise_loss(val_raw,
+                                                                              val_clean), grid
+    with pytest.raises(ValueError, match="one"):
+        train_denoiser(model, [(pairs[0][0], pairs[1][1])], cfg)
+
+
+def test_similarity_loss_reads_structure_not_scale() -> None:
+    target = torch.randn(2, 5, 5, 32)
+    scaled = target * torch.rand(2, 5, 5, 1).add(0.5)  # every token rescaled: same cosines
+    assert torch.allclose(similarity_loss(scaled, target), torch.zeros(2), atol=1e-6)
+    noisy = target + torch.randn_like(target)
+    assert (similarity_loss(noisy, target) > 0.01).all()
+    assert similarity_loss(noisy, target).shape == (2,)
+    # in training it is added to L_dist with its weight
+    raw, clean = _planted(16, 5, 32, seed=1)
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        trained = Denoiser(DenoiserConfig(channels=32, grid=5))
+        loss = train_denoiser(trained, [(raw, clean)],
+                              TrainConfig(epochs=1, batch_size=16, similarity_weight=weight))
+        with torch.no_grad():
+            expected = denoise_loss(raw, clean) + weight * similarity_loss(raw, clean).mean()
+        assert loss[0] == pytest.approx(float(expected), rel=1e-4)  # one step, from identity
+
+
+def test_deeper_denoiser_starts_at_identity_and_keeps_the_format() -> None:
+    deep = Denoiser(DenoiserConfig(channels=64, grid=6, depth=3))
+    tokens = torch.randn(2, 6, 6, 64)
+    assert torch.allclose(deep(tokens), tokens) and len(deep.more_blocks) == 2
+    shallow = Denoiser(DenoiserConfig(channels=64, grid=6))
+    assert not [k for k in shallow.state_dict() if k.startswith("more_blocks")]  # as before
+    assert set(shallow.state_dict()) < set(deep.state_dict())
+    with pytest.raises(ValueError, match="depth"):
+        Denoiser(DenoiserConfig(channels=64, grid=6, depth=0))
 
 
 def test_start_at_a_pattern_is_the_calib_baseline_and_trains_faster() -> None:
@@ -108,7 +165,7 @@ def test_start_at_a_pattern_is_the_calib_baseline_and_trains_faster() -> None:
         trained = Denoiser(DenoiserConfig(channels=64, grid=6))
         if start is not None:
             trained.start_at(start)
-        train_denoiser(trained, raw, clean, cfg)
+        train_denoiser(trained, [(raw, clean)], cfg)
         with torch.no_grad():
             losses[name] = float(denoise_loss(trained(val_raw), val_clean))
     assert losses["pattern"] < 0.5 * losses["zero"], losses
@@ -154,6 +211,22 @@ def test_export_round_trip(tmp_path: Path) -> None:
         (tmp_path / "other" / "denoiser.safetensors").read_bytes())
     with pytest.raises(ValueError, match="interrupted"):
         load_denoiser(str(tmp_path / "export"))
+
+
+def test_half_precision_export_loads_as_float32(tmp_path: Path) -> None:
+    model = Denoiser(DenoiserConfig(channels=64, grid=6))
+    for param in model.parameters():
+        torch.nn.init.normal_(param, std=0.05)
+    save_denoiser(model, str(tmp_path / "full"), {"model": "test_vit"})
+    save_denoiser(model, str(tmp_path / "half"), {"model": "test_vit"}, dtype=torch.float16)
+    size = {name: (tmp_path / name / "denoiser.safetensors").stat().st_size
+            for name in ("full", "half")}
+    assert size["half"] < 0.6 * size["full"]
+    loaded = load_denoiser(str(tmp_path / "half"))
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    tokens = torch.randn(3, 6, 6, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), model(tokens), atol=2e-3, rtol=2e-3)
 
 
 def _export_for(extractor: FeatureExtractor, folder: Path, digest: str | None = None) -> Path:

