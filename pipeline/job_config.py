@@ -271,6 +271,9 @@ class FeaturesInputConfig:
     config_digest: str | None = None
     """Train on the runs of this config digest only; None: the newest run's config (runs of
     one model, weights and input size; their rows may hold several token grids)."""
+    all_configs: bool = False
+    """Train on the runs of every config (one model, weights and channels): stage 1 at several
+    input sizes, so that one denoiser serves them all (its embedding on the largest grid)."""
     cache: bool = False
     """Hold the split corpus in Ray's object store after one read, so epochs do not re-read
     Parquet (for corpora that fit in the object store)."""
@@ -343,6 +346,14 @@ class BuildJobConfig:
     ``features/`` (every image, denoised)."""
     sample: int = 512
     """Images cleaned by stage 1 to train on, spread over the listing; 0: all of them."""
+    image_sizes: list[int] = dataclasses.field(default_factory=list)
+    """Stage-1 input sizes of the sample (one stage-1 run each, ``engine.image_size``), all
+    pooled in training so one denoiser serves them; the features are denoised at the largest
+    (``denoise=[image_size=...]`` picks another). Empty: the clean job's own size."""
+    size_samples: list[int] = dataclasses.field(default_factory=list)
+    """Images stage 1 cleans at each of ``image_sizes`` (spread over the listing like
+    ``sample``), so that large sizes, which cost more per image, can take fewer; empty:
+    ``sample`` at every size."""
     clean_job: str = "quickstart"
     """Job preset of the stage-1 step (``clean_dataset``'s ``--job``)."""
     clean: list[str] = dataclasses.field(default_factory=list)
@@ -355,9 +366,21 @@ class BuildJobConfig:
     """Job preset of the denoising step (``denoise_dataset``'s ``--job``)."""
     denoise: list[str] = dataclasses.field(default_factory=list)
     """Overrides of the denoising step, e.g. ``[compute.num_gpus=1]``."""
+    denoise_all: bool = True
+    """Denoise every image after training; False stops at the export (a denoiser to use
+    online, or to denoise other datasets with ``denoise_dataset``)."""
 
     def __post_init__(self) -> None:
         check_at_least(self, "", {"sample": 0})
+        if any(size < 1 for size in self.image_sizes) or len(set(self.image_sizes)) < len(
+                self.image_sizes):
+            raise ConfigError(f"image_sizes must be distinct positive sizes, got "
+                              f"{self.image_sizes}")
+        if self.size_samples and len(self.size_samples) != len(self.image_sizes):
+            raise ConfigError(f"size_samples {self.size_samples} must give one count per "
+                              f"image size {self.image_sizes}")
+        if any(count < 0 for count in self.size_samples):
+            raise ConfigError(f"size_samples must be at least 0, got {self.size_samples}")
 
 
 @dataclass(frozen=True)

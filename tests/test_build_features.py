@@ -56,10 +56,40 @@ def test_build_features_chains_three_jobs_and_a_rerun_skips_them(tmp_path: Path)
         assert set(table["method"].to_pylist()) == {"denoiser"}
         assert np.isfinite(column_to_numpy(table["clean"]).astype(np.float32)).all()
     text = format_build_summary(first)
-    assert "clean    4 done" in text and "denoise  6 done" in text
+    assert "clean     4 done" in text and "denoise   6 done" in text
 
     again = run_build_job(cfg)  # nothing new: every step skips its committed work
     assert again["steps"]["clean"]["done"] == 0
     assert again["steps"]["clean"]["skipped_committed"] == 4
     assert again["steps"]["train"]["skipped"]
     assert again["steps"]["denoise"]["skipped_committed"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_build_features_at_two_sizes_trains_one_denoiser_for_both(tmp_path: Path) -> None:
+    """image_sizes: one stage-1 run per size (size_samples images each) into the sample folder,
+    one training on both (the embedding on the larger grid); denoise_all=false stops there."""
+    from pipeline.distributed.build import format_build_summary, run_build_job
+    from pipeline.job_config import BuildJobConfig, resolve_job
+    from pipeline.models.denoiser import read_denoiser_meta
+    from pipeline.store.schema import feature_grids, select_runs
+
+    src = _folder(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    cfg = resolve_job(BuildJobConfig, "build_smoke", [
+        f"input.uri={src}", f"output_uri={out}", "sample=0", "image_sizes=[64,112]",
+        "size_samples=[3,2]",
+        "clean=[preset=shift_smoke,calibration.crops_per_image=2,engine.resize.aspect=square]",
+        "denoise_all=false"])
+    summary = run_build_job(cfg)
+    steps = summary["steps"]
+    assert steps["clean@64"]["done"] == 3 and steps["clean@112"]["done"] == 2  # size_samples
+    sample = str(out / "sample")
+    assert len({run.config_digest for run in select_runs(sample, method="dvt-fit")}) == 2
+    assert set(feature_grids(sample, method="dvt-fit")) == {(4, 4), (7, 7)}
+    assert steps["train"]["train_images"] + steps["train"]["val_images"] == 5  # both sizes
+    meta = read_denoiser_meta(str(out / "denoiser"))
+    assert meta["grid"] == 7 and meta["job"]["input"]["all_configs"] is True
+    assert "denoise" not in steps and not (out / "features").exists()  # denoise_all=false
+    assert "denoiser in" in format_build_summary(summary)

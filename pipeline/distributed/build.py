@@ -1,5 +1,6 @@
 """The Ray layer of build_features: stage 1 on a sample, the denoiser trained on it, every
-image denoised; three jobs chained, one summary.
+image denoised; three jobs chained, one summary. With ``image_sizes``, stage 1 runs once per
+input size and the training pools them (``input.all_configs``).
 
 Each step is the job of its own name (``run_clean_job``, ``run_train_job``,
 ``run_denoise_job``) under a root folder: ``sample/``, ``denoiser/`` and ``features/``. A
@@ -50,10 +51,10 @@ def _trained_already(cfg: TrainJobConfig, export_uri: str) -> bool:
     return meta.get("job") == json.loads(json.dumps(redact(config_to_dict(cfg))))  # as stored
 
 
-def _train_step(cfg: BuildJobConfig, sample_uri: str, export_uri: str,
+def _train_step(cfg: BuildJobConfig, overrides: list[str], sample_uri: str, export_uri: str,
                 storage_options: dict[str, Any]) -> dict[str, Any]:
     """Train on the committed sample unless its export is already there; the summary."""
-    base = resolve_job(TrainJobConfig, cfg.train_job, cfg.train)
+    base = resolve_job(TrainJobConfig, cfg.train_job, overrides)
     base = dataclasses.replace(
         base, input=dataclasses.replace(base.input, uri=sample_uri,
                                         storage_options=storage_options))
@@ -83,28 +84,37 @@ def run_build_job(cfg: BuildJobConfig) -> dict[str, Any]:
     steps: dict[str, Any] = {}
     began = time.perf_counter()
 
-    clean = resolve_clean_job(cfg.clean_job, cfg.clean)
-    clean = dataclasses.replace(
-        clean, input=dataclasses.replace(cfg.input, sample=cfg.sample),
-        output=dataclasses.replace(clean.output, uri=sample_uri,
-                                   storage_options=clean.output.storage_options or options))
-    start = time.perf_counter()
-    steps["clean"] = run_clean_job(clean) | {"step_seconds": time.perf_counter() - start}
+    sizes = cfg.image_sizes or [None]
+    samples = cfg.size_samples or [cfg.sample] * len(sizes)
+    for size, sample in zip(sizes, samples, strict=True):  # one stage-1 run per input size
+        clean = resolve_clean_job(cfg.clean_job, [*cfg.clean, *(
+            [f"engine.image_size={size}"] if size else [])])
+        clean = dataclasses.replace(
+            clean, input=dataclasses.replace(cfg.input, sample=sample),
+            output=dataclasses.replace(clean.output, uri=sample_uri,
+                                       storage_options=clean.output.storage_options or options))
+        start = time.perf_counter()
+        steps["clean" if len(sizes) == 1 else f"clean@{size}"] = run_clean_job(clean) | {
+            "step_seconds": time.perf_counter() - start}
 
     start = time.perf_counter()
-    steps["train"] = _train_step(cfg, sample_uri, export_uri, options) | {
+    train = [*(["input.all_configs=true"] if len(sizes) > 1 else []), *cfg.train]
+    steps["train"] = _train_step(cfg, train, sample_uri, export_uri, options) | {
         "step_seconds": time.perf_counter() - start}
 
-    denoise = resolve_job(DenoiseJobConfig, cfg.denoise_job, cfg.denoise)
-    denoise = dataclasses.replace(
-        denoise, input=dataclasses.replace(cfg.input, sample=0),
-        output=dataclasses.replace(denoise.output, uri=features_uri,
-                                   storage_options=denoise.output.storage_options or options),
-        denoiser=dataclasses.replace(denoise.denoiser, uri=export_uri,
-                                     storage_options=options))
-    start = time.perf_counter()
-    steps["denoise"] = run_denoise_job(denoise) | {"step_seconds": time.perf_counter() - start}
-    return {"sample": sample_uri, "denoiser": export_uri, "features": features_uri,
+    if cfg.denoise_all:
+        denoise = resolve_job(DenoiseJobConfig, cfg.denoise_job, cfg.denoise)
+        denoise = dataclasses.replace(
+            denoise, input=dataclasses.replace(cfg.input, sample=0),
+            output=dataclasses.replace(denoise.output, uri=features_uri,
+                                       storage_options=denoise.output.storage_options or options),
+            denoiser=dataclasses.replace(denoise.denoiser, uri=export_uri,
+                                         storage_options=options))
+        start = time.perf_counter()
+        steps["denoise"] = run_denoise_job(denoise) | {
+            "step_seconds": time.perf_counter() - start}
+    return {"sample": sample_uri, "denoiser": export_uri,
+            "features": features_uri if cfg.denoise_all else None,
             "steps": steps, "seconds": time.perf_counter() - began}
 
 
@@ -118,6 +128,8 @@ def format_build_summary(summary: dict[str, Any]) -> str:
         else:
             did = (f"{step.get('done', 0)} done, {step.get('skipped_committed', 0)} already "
                    f"committed, {step.get('quarantined', 0)} quarantined")
-        lines.append(f"{name:8s} {did}; {step['step_seconds']:.1f} s")
-    lines.append(f"total    {summary['seconds']:.1f} s; features in {summary['features']}")
+        lines.append(f"{name:9s} {did}; {step['step_seconds']:.1f} s")
+    where = (f"features in {summary['features']}" if summary["features"] else
+             f"denoiser in {summary['denoiser']} (denoise_all=false)")
+    lines.append(f"total     {summary['seconds']:.1f} s; {where}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ The driver exports the final model as safetensors + JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -35,7 +36,7 @@ from ray.train.torch import TorchTrainer
 from pipeline.config import ConfigError, MissingInput, config_to_dict, redact
 from pipeline.distributed.features import init_ray
 from pipeline.job_config import TrainJobConfig
-from pipeline.models.denoiser import Denoiser, DenoiserConfig, save_denoiser
+from pipeline.models.denoiser import Denoiser, save_denoiser
 from pipeline.models.denoiser_train import (
     TrainConfig,
     ValidationSums,
@@ -73,8 +74,12 @@ class Corpus:
     val_images: int
     grids: dict[tuple[int, int], int]
     """Rows per token grid (h, w): one grid for square inputs, several with aspects kept."""
+    parts: list[tuple[str, tuple[int, int]]]
+    """(config digest, token grid) of every part read apart (their tensor types differ)."""
+    largest_config: str = ""
+    """Config digest of the runs at the largest input size (the denoiser's grid)."""
     artifact_model: str = ""
-    """The runs' stored artifact model (shift and prior presets), "" if they have none."""
+    """Their stored artifact model (shift and prior presets), "" if they have none."""
 
 
 PATTERN_SAMPLE = 256
@@ -92,7 +97,7 @@ def start_pattern(cfg: TrainJobConfig, corpus: Corpus) -> tuple[np.ndarray | Non
         logger.info("denoiser starts at the artifact model %s", corpus.artifact_model)
         return model.pattern, f"artifact model {corpus.artifact_model}"
     table = sample_features_table(cfg.input.uri, PATTERN_SAMPLE, cfg.input.storage_options,
-                                  method="dvt-fit", config_digest=corpus.config_digests[0])
+                                  method="dvt-fit", config_digest=corpus.largest_config)
     if "artifact" not in table.column_names:
         raise ConfigError(f"train.init=pattern needs an artifact model or stored G's, and the runs "
                          f"under {cfg.input.uri} have neither (written with "
@@ -103,36 +108,48 @@ def start_pattern(cfg: TrainJobConfig, corpus: Corpus) -> tuple[np.ndarray | Non
 
 
 def describe_corpus(cfg: TrainJobConfig) -> Corpus:
-    """Check that the runs share one model, weights and grid; count the split by image id.
+    """Check that the runs share one model, weights and channels; count the split by image id.
 
     Without ``input.config_digest`` the newest run's config is taken: a folder refreshed under
-    another config holds each image twice, once per config, with different targets.
+    another config holds each image twice, once per config, with different targets; with
+    ``input.all_configs`` every config's runs are pooled (stage 1 at several input sizes).
     """
     runs = select_runs(cfg.input.uri, cfg.input.storage_options, method="dvt-fit",
                        config_digest=cfg.input.config_digest)
     if not runs:
         raise MissingInput(f"no committed stage-1 runs under {cfg.input.uri} "
                                 f"(config_digest={cfg.input.config_digest})")
-    newest, runs, others = newest_config(runs)
-    if others:
-        logger.warning("runs under %s come from %d configs: training on the newest (%s); "
-                       "ignored %s (choose with input.config_digest=...)", cfg.input.uri,
-                       len(others) + 1, newest, ", ".join(others))
-    kinds = {(r.meta.get("model"), r.meta.get("weights_digest"), r.meta.get("grid"),
-              r.meta.get("channels")) for r in runs}
+    if not cfg.input.all_configs:
+        newest, runs, others = newest_config(runs)
+        if others:
+            logger.warning("runs under %s come from %d configs: training on the newest (%s); "
+                           "ignored %s (choose with input.config_digest=..., or pool them with "
+                           "input.all_configs=true)", cfg.input.uri, len(others) + 1, newest,
+                           ", ".join(others))
+    kinds = {(r.meta.get("model"), r.meta.get("weights_digest"), r.meta.get("channels"))
+             for r in runs}
     if len(kinds) != 1:
-        raise ConfigError(f"runs under {cfg.input.uri} mix models, weights or grids {kinds}; "
+        raise ConfigError(f"runs under {cfg.input.uri} mix models, weights or channels {kinds}; "
                          "pick one with input.config_digest=...")
-    model, weights_digest, grid, channels = kinds.pop()
+    model, weights_digest, channels = kinds.pop()
+    grid = max(int(r.meta.get("grid")) for r in runs)
     ids = [i for run in runs for i in run.image_ids]
     val = sum(is_validation(i, cfg.train.val_fraction) for i in ids)
-    stored = sorted({r.meta.get("artifact_model", "") for r in runs} - {""})
+    digests = sorted({r.config_digest for r in runs})
+    parts: list[tuple[str, tuple[int, int]]] = []
+    grids: dict[tuple[int, int], int] = {}
+    for digest in digests:
+        for shape, rows in feature_grids(cfg.input.uri, cfg.input.storage_options,
+                                         method="dvt-fit", config_digest=digest).items():
+            parts.append((digest, shape))
+            grids[shape] = grids.get(shape, 0) + rows
+    # the start pattern: the artifact model of the largest input size, the denoiser's grid
+    largest = [r for r in runs if int(r.meta.get("grid")) == grid]
+    stored = sorted({r.meta.get("artifact_model", "") for r in largest} - {""})
     return Corpus(model=model, weights=runs[0].meta.get("weights", "hub"),
-                  weights_digest=weights_digest, grid=int(grid), channels=int(channels),
-                  config_digests=sorted({r.config_digest for r in runs}),
-                  train_images=len(ids) - val, val_images=val,
-                  grids=feature_grids(cfg.input.uri, cfg.input.storage_options,
-                                      method="dvt-fit", config_digest=newest),
+                  weights_digest=weights_digest, grid=grid, channels=int(channels),
+                  config_digests=digests, train_images=len(ids) - val, val_images=val,
+                  grids=grids, parts=parts, largest_config=largest[-1].config_digest,
                   artifact_model=stored[-1] if stored else "")
 
 
@@ -274,14 +291,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _rows_of_every_grid(cfg: TrainJobConfig, corpus: Corpus, validation: bool) -> Any:
-    """One side of the split as a Ray Dataset of ``_split`` rows, every token grid's files
-    read apart (their tensor types differ) and then joined."""
+    """One side of the split as a Ray Dataset of ``_split`` rows, every config's token grids'
+    files read apart (their tensor types differ) and then joined."""
     parts = [read_features(cfg.input.uri, ["image_id", "raw", "clean"],
                            cfg.input.storage_options, method="dvt-fit",
-                           config_digest=corpus.config_digests[0], grid=grid
+                           config_digest=digest, grid=grid
                            ).map_batches(_split(cfg.train.val_fraction, validation),
                                          batch_format="pyarrow")
-             for grid in corpus.grids]
+             for digest, grid in corpus.parts]
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
@@ -297,9 +314,9 @@ def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
                           "lower compute.workers or add images")
     batch = min(cfg.train.batch_size, per_worker)
     steps_per_epoch = per_worker // batch
-    denoiser_cfg = DenoiserConfig(
-        channels=cfg.denoiser.channels or corpus.channels, grid=cfg.denoiser.grid or corpus.grid,
-        num_heads=cfg.denoiser.num_heads, mlp_ratio=cfg.denoiser.mlp_ratio)
+    denoiser_cfg = dataclasses.replace(
+        cfg.denoiser, channels=cfg.denoiser.channels or corpus.channels,
+        grid=cfg.denoiser.grid or corpus.grid)
     if denoiser_cfg.channels != corpus.channels:
         raise ConfigError(f"denoiser.channels {denoiser_cfg.channels} != corpus channels "
                          f"{corpus.channels}")
