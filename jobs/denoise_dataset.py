@@ -1,6 +1,7 @@
 """Denoise a dataset online: images -> ViT + trained denoiser -> committed Parquet features.
 
     python jobs/denoise_dataset.py --input URI --output URI --denoiser EXPORT_URI [key=value ...]
+    python jobs/denoise_dataset.py --input URI --output URI --denoiser dinov2_vits14
     ray job submit --working-dir . -- python jobs/denoise_dataset.py --input s3://... ...
 
 No per-image fit: one ViT forward and one Transformer block per image. The output has the
@@ -30,7 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Online DVT denoising over a dataset.")
     parser.add_argument("--input", help="images folder/prefix (path, file://, s3://, ...)")
     parser.add_argument("--output", help="output folder/prefix for committed runs")
-    parser.add_argument("--denoiser", help="exported denoiser (train_denoiser's export)")
+    parser.add_argument("--denoiser", help="exported denoiser (train_denoiser's export) or "
+                        "a shipped one by name (dinov2_vits14)")
     parser.add_argument("--job", default="denoise", help="job preset name or YAML path")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args()

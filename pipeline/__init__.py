@@ -7,7 +7,8 @@ Public API::
     results = clean_images(ext, images, preset="fast")
 
     from pipeline import DenoisedViT, load_denoiser
-    model = DenoisedViT.from_pretrained(export_uri)   # ViT + trained stage-2 denoiser
+    model = DenoisedViT.from_pretrained("dinov2_vits14")  # shipped: DINOv2-S/14 + denoiser
+    model = DenoisedViT.from_pretrained(export_uri)   # or one you trained (train_denoiser)
 
 Layers (``tests/test_layout.py`` holds them): ``models`` (torch/numpy, never Ray), ``store``
 (the on-disk contract and its readers), ``evaluation`` (measures, report), ``distributed``
@@ -27,7 +28,13 @@ from pipeline import _moved
 
 if TYPE_CHECKING:
     from pipeline.config import EngineConfig, FieldConfig, FitConfig, ViewConfig, engine_preset
-    from pipeline.models.denoiser import DenoisedViT, Denoiser, DenoiserConfig, load_denoiser
+    from pipeline.models.denoiser import (
+        DenoisedViT,
+        Denoiser,
+        DenoiserConfig,
+        load_denoiser,
+        shipped_denoisers,
+    )
     from pipeline.models.engine import CleanResult, clean_images
     from pipeline.models.vit import FeatureExtractor, load_extractor
 
@@ -37,6 +44,7 @@ _PUBLIC = {
     "engine_preset": "pipeline.config",
     "DenoisedViT": "pipeline.models.denoiser", "Denoiser": "pipeline.models.denoiser",
     "DenoiserConfig": "pipeline.models.denoiser", "load_denoiser": "pipeline.models.denoiser",
+    "shipped_denoisers": "pipeline.models.denoiser",
     "CleanResult": "pipeline.models.engine", "clean_images": "pipeline.models.engine",
     "FeatureExtractor": "pipeline.models.vit", "load_extractor": "pipeline.models.vit",
 }
@@ -56,6 +64,7 @@ __all__ = [
     "engine_preset",
     "load_denoiser",
     "load_extractor",
+    "shipped_denoisers",
 ]
 __version__ = "0.1.0"
 

