@@ -142,8 +142,11 @@ def _check(job: str, command: str, scratch: Path, stdout: str) -> None:
         assert (export / "denoiser.safetensors").is_file()
         assert json.loads((export / "denoiser.json").read_text())["model"] == "test_vit"
     elif job == "denoise_dataset":
-        table = read_features_table(str(scratch / "denoised"), ["method"])
+        output = re.search(r"--output (\S+)", command).group(1)
+        table = read_features_table(str(scratch / output), ["method", "clean"])
         assert table["method"].to_pylist() == ["denoiser", "denoiser"]
+        if "dinov2_vits14" in command:  # the shipped denoiser: DINOv2-S/14's 384 channels
+            assert table.schema.field("clean").type.shape[-1] == 384
     elif job == "evaluate" and "features-hr" in command:
         _check_fine_report(scratch / re.search(r"--out (\S+)", command).group(1))
     elif job == "evaluate":
