@@ -91,6 +91,19 @@ def pair_matching(feats: np.ndarray, crops: list[tuple[str, CropBox, np.ndarray]
     return pooled_accuracy(counts)
 
 
+def with_shift(ext: FeatureExtractor, images: list[np.ndarray], size: int,
+               model: ArtifactModel) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """``baseline_outputs`` (raw, calib, tta, calib+tta) and ``shift``'s clean tokens
+    (N, K, K, C) of ``images`` with the same artifact model, each with its seconds per image."""
+    outputs, seconds = baseline_outputs(ext, images, size, model)
+    began = time.perf_counter()
+    results = clean_images(ext, images, "shift", artifact_model=model,
+                           overrides=[f"image_size={size}", *SQUARE])
+    seconds["shift"] = (time.perf_counter() - began) / len(images)
+    outputs["shift"] = np.stack([r.clean for r in results])
+    return outputs, seconds
+
+
 def cached_fits(ext: FeatureExtractor, keys: list[str], images: list[np.ndarray], preset: str,
                 size: int, cache: Path, model: ArtifactModel) -> list[dict[str, np.ndarray]]:
     """Stage-1 clean F, G and seconds per image, fitted once and cached as .npz (a preset

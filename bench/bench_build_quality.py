@@ -37,13 +37,13 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_baselines import (  # noqa: E402
     SHARED_WEIGHTS,
-    SQUARE,
     crop_pairs,
     eval_crops,
     pair_matching,
+    with_shift,
 )
 
-from pipeline import clean_images, load_extractor  # noqa: E402
+from pipeline import load_extractor  # noqa: E402
 from pipeline.distributed.build import run_build_job  # noqa: E402
 from pipeline.evaluation.metrics import (  # noqa: E402
     paired_difference,
@@ -56,7 +56,6 @@ from pipeline.evaluation.samples import (  # noqa: E402
 )
 from pipeline.job_config import BuildJobConfig, resolve_job  # noqa: E402
 from pipeline.models.artifact_model import calibrate  # noqa: E402
-from pipeline.models.baselines import baseline_outputs  # noqa: E402
 from pipeline.models.crops import random_crop  # noqa: E402
 from pipeline.models.denoiser import DenoisedViT  # noqa: E402
 from pipeline.models.images import to_rgb  # noqa: E402
@@ -111,12 +110,7 @@ def main() -> None:
                           crops_per_photo=32, seed=args.seed + 1)
         crops = eval_crops({n: sample_photo(n) for n in EVALUATION_PHOTOS}, 4, args.seed)
         images, groups = [c for _, _, c in crops], [n for n, _, _ in crops]
-        outputs, seconds = baseline_outputs(ext, images, size, model)
-        start = time.perf_counter()
-        results = clean_images(ext, images, "shift", artifact_model=model,
-                               overrides=[f"image_size={size}", *SQUARE])
-        seconds["shift"] = (time.perf_counter() - start) / len(images)
-        outputs["shift"] = np.stack([r.clean for r in results])
+        outputs, seconds = with_shift(ext, images, size, model)
         start = time.perf_counter()
         with torch.no_grad():
             outputs["denoised"] = np.stack([denoiser(full_view_pixels(im, size)[None])[0].numpy()

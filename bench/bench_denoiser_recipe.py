@@ -34,7 +34,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_baselines import SHARED_WEIGHTS, SQUARE, crop_pairs, eval_crops, pair_matching
+from bench_baselines import (
+    SHARED_WEIGHTS,
+    SQUARE,
+    crop_pairs,
+    eval_crops,
+    pair_matching,
+    with_shift,
+)
 
 from pipeline import clean_images, load_extractor
 from pipeline.config import apply_overrides
@@ -47,7 +54,6 @@ from pipeline.evaluation.samples import (
     sample_photo,
 )
 from pipeline.models.artifact_model import ArtifactModel, calibrate
-from pipeline.models.baselines import baseline_outputs
 from pipeline.models.crops import random_crop
 from pipeline.models.denoiser import Denoiser, DenoiserConfig, load_denoiser, save_denoiser
 from pipeline.models.denoiser_train import TrainConfig, train_denoiser
@@ -103,12 +109,7 @@ def training_targets(ext: FeatureExtractor, size: int, per_photo: int, cache: Pa
 def free_outputs(ext: FeatureExtractor, images: list[np.ndarray], size: int,
                  model: ArtifactModel) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """raw, calib, calib+tta and ``shift`` tokens (N, K, K, C) of ``images``, seconds each."""
-    outputs, seconds = baseline_outputs(ext, images, size, model)
-    began = time.perf_counter()
-    results = clean_images(ext, images, "shift", artifact_model=model,
-                           overrides=[f"image_size={size}", *SQUARE])
-    seconds["shift"] = (time.perf_counter() - began) / len(images)
-    outputs["shift"] = np.stack([r.clean for r in results])
+    outputs, seconds = with_shift(ext, images, size, model)
     del outputs["tta"]
     return outputs, seconds
 
