@@ -233,7 +233,8 @@ class DenoiserSourceConfig:
     """A trained, exported denoiser."""
 
     uri: str = ""
-    """Folder (path or URI) written by jobs/train_denoiser.py (``.../export``)."""
+    """Folder (path or URI) written by jobs/train_denoiser.py (``.../export``), or the name of
+    a denoiser shipped in the package (``dinov2_vits14``)."""
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """fsspec options for reading it; credentials come from the environment."""
 
