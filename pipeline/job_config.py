@@ -173,12 +173,15 @@ class ComputeConfig:
     forever: a worker killed by the same batch every time would stall the run)."""
     max_task_retries: int = 3
     """Times a batch is retried on a restarted actor before the run fails with the error."""
+    progress_s: float = 60.0
+    """Seconds between the driver's progress lines (images committed so far, images per
+    second, time left); 0: none."""
 
     def __post_init__(self) -> None:
         check_at_least(self, "compute.", {"actors": 1, "readers": 1, "read_batch_size": 1,
                                           "local_num_cpus": 1, "num_gpus": 0, "memory_gb": 0,
                                           "torch_threads": 0, "max_restarts": 0,
-                                          "max_task_retries": 0},
+                                          "max_task_retries": 0, "progress_s": 0},
                        above={"num_cpus": 0, "reader_num_cpus": 0})
 
 

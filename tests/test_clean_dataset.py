@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import struct
 import zlib
 from pathlib import Path
@@ -11,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
 from pipeline import clean_images, load_extractor
 from pipeline.distributed.clean import run_clean_job
+from pipeline.distributed.features import ProgressLog
 from pipeline.job_config import CleanJobConfig, resolve_clean_job
 from pipeline.store.schema import (
     column_to_numpy,
@@ -23,6 +26,7 @@ from pipeline.store.schema import (
     read_features,
     read_features_table,
     read_quarantine_table,
+    run_folder,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
@@ -60,10 +64,18 @@ def photo_dir(tmp_path: Path, photos: dict[str, np.ndarray]) -> Path:
     return folder
 
 
-def test_end_to_end_local(photo_dir: Path, tmp_path: Path) -> None:
+def test_end_to_end_local(photo_dir: Path, tmp_path: Path,
+                          caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "out"
-    summary = run_clean_job(_job(str(photo_dir), str(out)))
+    caplog.set_level(logging.INFO, logger="pipeline.distributed.features")
+    summary = run_clean_job(_job(str(photo_dir), str(out), "compute.progress_s=0.2"))
     assert (summary["inputs"], summary["done"], summary["quarantined"]) == (3, 3, 0)
+    # the driver logged progress while the graph ran, counted from the commit records
+    assert any(r.getMessage().startswith("progress: ") and " of 3 inputs committed" in
+               r.getMessage() for r in caplog.records)
+    run_path = run_folder(str(out), summary["run_id"])
+    assert ProgressLog(LocalFileSystem(), run_path, 3, 0).poll() == 3
+    assert ProgressLog(LocalFileSystem(), str(tmp_path / "no-run"), 3, 0).poll() == 0
     table = read_features_table(str(out))
     assert table.num_rows == 3
     assert table.schema.field("clean").type.extension_name == "arrow.fixed_shape_tensor"

@@ -18,6 +18,7 @@ import os
 import posixpath
 import re
 import signal
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from pipeline.job_config import ComputeConfig, InputConfig, OutputConfig
 from pipeline.models.vit import FeatureExtractor
 from pipeline.store.lease import LeaseLost, OutputLease
 from pipeline.store.schema import (
+    commit_record_names,
     commit_run,
     filesystem,
     full_uri,
@@ -207,7 +209,8 @@ def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
                        output.storage_options, meta, output.dtype, output.with_artifact,
                        rows_per_file)
     graph = Graph(inputs, output, compute, method, digest, sink)
-    results = [graph.run(uris)]
+    with ProgressLog(out_fs, run_path, len(uris), compute.progress_s):
+        results = [graph.run(uris)]
     missing = _unaccounted(uris, results)
     retried_alone = len(missing)
     if missing:  # workers died on every retry: each input once more, alone
@@ -242,6 +245,53 @@ def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
     lease.check()  # a run whose lease went stale never commits
     commit_run(out_fs, run_path, dataclasses.replace(manifest, summary=summary))
     return summary
+
+
+class ProgressLog:
+    """A driver thread that logs, every ``interval_s``, how many of a run's inputs its write
+    tasks have committed (images and quarantined inputs), the rate and the time left; it
+    reads only the commit records that landed since its last look. Inputs skipped as
+    already committed by an earlier run are not counted: the count is this run's work."""
+
+    def __init__(self, fs: Any, run_path: str, total: int, interval_s: float) -> None:
+        self.fs, self.run_path, self.total, self.interval_s = fs, run_path, total, interval_s
+        self.seen: set[str] = set()
+        self.committed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="progress")
+
+    def __enter__(self) -> ProgressLog:
+        if self.interval_s > 0:
+            self.started = time.perf_counter()
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def poll(self) -> int:
+        """Read the commit records that are new since the last call; the inputs committed."""
+        new = [n for n in commit_record_names(self.fs, self.run_path) if n not in self.seen]
+        for _, record in read_commit_records(self.fs, self.run_path, new):
+            self.committed += sum(f.rows for f in record.files)
+            self.committed += sum(q.rows for q in record.quarantine)
+        self.seen.update(new)
+        return self.committed
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                done = self.poll()
+            except Exception as err:  # progress is a courtesy: never stop the run for it
+                logger.debug("progress: %s", err)
+                continue
+            wall = time.perf_counter() - self.started
+            rate = done / wall
+            left = f"about {(self.total - done) / rate / 60:.0f} min left" if rate else ""
+            logger.info("progress: %d of %d inputs committed in %.0f s (%.2f images/s) %s",
+                        done, self.total, wall, rate, left)
 
 
 CRASHED_WORKER = "crashed a worker on every attempt"

@@ -504,17 +504,20 @@ def write_commit_record(fs: fsspec.AbstractFileSystem, run_path: str, record: Co
     return record.name
 
 
+def commit_record_names(fs: fsspec.AbstractFileSystem, run_path: str) -> list[str]:
+    """The names of a run's commit records as listed now (uncached)."""
+    folder = posixpath.join(run_path, COMMITS_DIR)
+    fs.invalidate_cache(folder)
+    if not fs.exists(folder):
+        return []
+    return [posixpath.basename(p) for p in fs.ls(folder, detail=False) if p.endswith(".json")]
+
+
 def read_commit_records(fs: fsspec.AbstractFileSystem, run_path: str,
                         names: Sequence[str] | None = None) -> list[tuple[str, CommitRecord]]:
     """(name, record) of a run's commit records, sorted by name (all, or just ``names``)."""
     folder = posixpath.join(run_path, COMMITS_DIR)
-    if names is None:
-        fs.invalidate_cache(folder)
-        if not fs.exists(folder):
-            return []
-        names = [posixpath.basename(p) for p in fs.ls(folder, detail=False)
-                 if p.endswith(".json")]
-    names = sorted(names)
+    names = sorted(commit_record_names(fs, run_path) if names is None else names)
     blobs = _read_many(fs, [posixpath.join(folder, n) for n in names])
     records = []
     for name, blob in zip(names, blobs, strict=True):
