@@ -1,12 +1,11 @@
 """The package tree shows the layers, and the layers hold: model code, the on-disk contract,
-the evaluation and the configs never import Ray or the Ray layer; old flat paths still import."""
+the evaluation and the configs never import Ray or the Ray layer."""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 RAY_FREE = ("models", "store", "evaluation")
 """Subpackages that import neither Ray nor ``pipeline.distributed``."""
-RAY_FREE_TOP = ("config.py", "job_config.py", "cli.py", "_moved.py", "__init__.py")
+RAY_FREE_TOP = ("config.py", "job_config.py", "cli.py", "api.py", "__init__.py")
 LAZY_RAY = {("store/schema.py", "read_features")}
 """(file, function) pairs allowed to import Ray inside the function: readers that hand back a
 Ray Dataset import it only when called."""
@@ -78,33 +77,6 @@ def test_importing_every_lower_module_loads_no_ray() -> None:
     assert out.stdout.strip() == "[]", out.stdout
 
 
-def test_old_flat_paths_forward_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.store.schema as schema
-    from pipeline._moved import MOVED
-
-    monkeypatch.delitem(sys.modules, "pipeline.schema", raising=False)  # warns on first import
-    with pytest.warns(DeprecationWarning, match="pipeline.store.schema"):
-        import pipeline.schema as old  # type: ignore[import-not-found]
-    assert old is schema and schema.__spec__.name == "pipeline.store.schema"
-    monkeypatch.setattr("pipeline.schema.READ_THREADS", 3)  # patching the old path patches it
-    assert schema.READ_THREADS == 3
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from pipeline.ray_features import FeatureSink  # type: ignore[import-not-found]
-        from pipeline.stages import CleanImages, ReadImages  # type: ignore[import-not-found]
-
-        import pipeline
-        assert pipeline.engine.clean_images is pipeline.clean_images
-    assert (ReadImages.__module__, CleanImages.__module__, FeatureSink.__module__) == (
-        "pipeline.distributed.read_stage", "pipeline.distributed.stages",
-        "pipeline.distributed.sink")
-    for old_name, homes in MOVED.items():  # every new home exists, no old file is left
-        for home in homes:
-            relative = home.removeprefix("pipeline.").replace(".", "/") + ".py"
-            assert (PACKAGE / relative).is_file(), (old_name, home)
-        assert not (PACKAGE / (old_name.removeprefix("pipeline.") + ".py")).exists(), old_name
-
-
 def test_reader_and_writer_tasks_never_import_torch() -> None:
     """What Ray's reader actors and write tasks import (the read stage, the sink, the store,
     the package itself) leaves torch and timm out: they start in a fraction of a second and
@@ -119,11 +91,17 @@ def test_reader_and_writer_tasks_never_import_torch() -> None:
     assert out.stdout.strip() == "[] True True", out.stdout + out.stderr
 
 
-def test_public_names_are_the_documented_ones() -> None:
+def test_public_names_are_the_api_modules() -> None:
+    """``pipeline.api`` is the one list: each of its names loads from ``pipeline``, and
+    nothing else does."""
     import pipeline
+    import pipeline.api
 
-    assert sorted(pipeline.__all__) == sorted(pipeline._PUBLIC)
-    for name in pipeline.__all__:
+    names = [n for n in vars(pipeline.api) if not n.startswith("_") and n != "annotations"]
+    assert len(names) == 14 and "clean_images" in names and "DenoisedViT" in names
+    for name in names:
+        assert getattr(pipeline, name) is getattr(pipeline.api, name)
         assert getattr(pipeline, name).__name__ == name
+    assert set(names) <= set(dir(pipeline))
     with pytest.raises(AttributeError):
         _ = pipeline.no_such_name
