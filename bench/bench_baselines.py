@@ -8,7 +8,7 @@ the same crops:
 
 - raw: the ViT's tokens of the crop's full view;
 - calib: raw minus the artifact model calibrated on the calibration photos (no training);
-- tta: the mean over shifted and flipped views (``pipeline.models.tta``); calib+tta: the same with
+- tta: the mean over shifted and flipped views (``pipeline.models.shift``); calib+tta: the same with
   the artifact model subtracted from every view;
 - with ``--fit PRESET`` (repeatable): stage 1's clean F, raw - G (the image's own G), and raw -
   the mean G of the other photos' fits (fits cached under --cache, keyed by crop, size, preset,

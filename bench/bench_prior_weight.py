@@ -45,7 +45,7 @@ from pipeline.evaluation.samples import (  # noqa: E402
 )
 from pipeline.models.artifact_model import calibrate  # noqa: E402
 from pipeline.models.baselines import BASELINE_TTA  # noqa: E402
-from pipeline.models.tta import decompose_shift_views, shift_view_tokens  # noqa: E402
+from pipeline.models.shift import decompose_shift_views, shift_view_tokens  # noqa: E402
 
 WEIGHTS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0, math.inf)
 

@@ -78,16 +78,16 @@ from pipeline.models.baselines import (  # noqa: E402
     fine_baseline_outputs,
     raw_tokens,
 )
+from pipeline.models.shift import (  # noqa: E402
+    decompose_shift_views,
+    shift_view_tokens,
+    tta_tokens,
+)
 from pipeline.models.subpatch import (  # noqa: E402
     pool_fine,
     shift_average_fine,
     subpatch_view_tokens,
     valid_view_tokens,
-)
-from pipeline.models.tta import (  # noqa: E402
-    decompose_shift_views,
-    shift_view_tokens,
-    tta_tokens,
 )
 from pipeline.models.vit import FeatureExtractor  # noqa: E402
 

@@ -152,7 +152,7 @@ class FitConfig:
 class ShiftConfig:
     """The shift decomposition (``method: shift``): views shifted by whole patches at the full
     view's own scale, split in closed form into content F and an artifact G near the dataset's
-    artifact model (``pipeline.models.tta``)."""
+    artifact model (``pipeline.models.shift``)."""
 
     views: int = 10
     """Views per image, the unshifted full view included (one ViT forward each)."""

@@ -212,9 +212,9 @@ def test_weights_replaced_during_a_run_stop_it_with_a_clear_error(tmp_path: Path
 
 def test_a_stage_refuses_an_artifact_model_that_changed(tmp_path: Path) -> None:
     from pipeline.config import engine_preset
-    from pipeline.distributed.stages import CleanImages, LoadedOtherBytes
     from pipeline.models.artifact_model import ArtifactModel
     from pipeline.models.vit import load_extractor
+    from pipeline.stages.features import CleanImages, LoadedOtherBytes
     from pipeline.store.schema import write_artifact_model
 
     vit = load_extractor("test_vit", weights="random", device="cpu")

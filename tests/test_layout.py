@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
-RAY_FREE = ("models", "store", "evaluation")
+RAY_FREE = ("models", "store", "evaluation", "stages")
 """Subpackages that import neither Ray nor ``pipeline.distributed``."""
 RAY_FREE_TOP = ("config.py", "job_config.py", "cli.py", "api.py", "__init__.py")
 LAZY_RAY = {("store/schema.py", "read_features")}
@@ -82,7 +82,7 @@ def test_reader_and_writer_tasks_never_import_torch() -> None:
     the package itself) leaves torch and timm out: they start in a fraction of a second and
     stay small on CPU nodes. The public names still load on first use."""
     code = ("import sys\n"
-            "import pipeline, pipeline.distributed.read_stage, pipeline.distributed.sink\n"
+            "import pipeline, pipeline.stages.read, pipeline.distributed.sink\n"
             "heavy = sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules)\n"
             "from pipeline import clean_images, load_extractor\n"
             "print(heavy, 'torch' in sys.modules, callable(clean_images))")

@@ -12,13 +12,13 @@ import numpy as np
 
 from pipeline.config import ConfigError, config_digest, config_to_dict
 from pipeline.distributed.features import FeatureMethod, list_images, require_io, run_feature_job
-from pipeline.distributed.read_stage import read_input
-from pipeline.distributed.stages import CleanImages
 from pipeline.job_config import CleanJobConfig, InputConfig
 from pipeline.models.artifact_model import calibrate
 from pipeline.models.decoder_process import DecoderProcess
 from pipeline.models.engine import resolve_image_size
 from pipeline.models.vit import FeatureExtractor, load_extractor
+from pipeline.stages.features import CleanImages
+from pipeline.stages.read import read_input
 from pipeline.store.schema import (
     artifact_model_uri,
     filesystem,

@@ -13,10 +13,10 @@ from typing import Any
 
 from pipeline.config import ConfigError, config_to_dict
 from pipeline.distributed.features import FeatureMethod, require_io, run_feature_job
-from pipeline.distributed.stages import DenoiseImages
 from pipeline.job_config import DenoiseJobConfig
 from pipeline.models.denoiser import DenoisedViT, denoiser_digest, require_export
 from pipeline.models.online import online_image_size
+from pipeline.stages.features import DenoiseImages
 
 
 def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:

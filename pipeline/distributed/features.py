@@ -31,11 +31,11 @@ import ray.data
 
 from pipeline import __version__
 from pipeline.config import ConfigError, MissingInput, ResizeConfig, output_digest, redact
-from pipeline.distributed.read_stage import ReadImages
 from pipeline.distributed.sink import FeatureSink, empty_result, merge_results, uri_keys
-from pipeline.distributed.stages import LoadedOtherBytes
 from pipeline.job_config import ComputeConfig, InputConfig, OutputConfig
 from pipeline.models.vit import FeatureExtractor
+from pipeline.stages.features import LoadedOtherBytes
+from pipeline.stages.read import ReadImages
 from pipeline.store.lease import LeaseLost, OutputLease
 from pipeline.store.schema import (
     commit_record_names,
@@ -100,7 +100,7 @@ class FeatureMethod:
     """What the feature stage of a job runs (the stage-1 fit or a trained denoiser)."""
 
     stage: type
-    """A stage class of ``pipeline.distributed.stages`` (``CleanImages`` or ``DenoiseImages``)."""
+    """A stage class of ``pipeline.stages.features`` (``CleanImages`` or ``DenoiseImages``)."""
     stage_kwargs: dict[str, Any]
     """Its constructor arguments (the model loads once per actor)."""
     batch_size: int

@@ -9,7 +9,7 @@ pattern that every image shares is the model's. Two estimates of it:
 - ``from_artifacts``: the mean of stage-1 G's of many images.
 
 ``raw - pattern`` (``ArtifactModel.subtract``) is then an artifact-free output for the whole
-corpus and for new images; ``pipeline.models.tta`` subtracts it view by view.
+corpus and for new images; ``pipeline.models.shift`` subtracts it view by view.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 evaluation job and the benches use (model code: torch, no Ray).
 
 - ``calib``: raw minus the artifact model's pattern (no training);
-- ``tta``: the mean over shifted and flipped views (``pipeline.models.tta``);
+- ``tta``: the mean over shifted and flipped views (``pipeline.models.shift``);
 - ``calib+tta``: the same with the pattern subtracted from every view;
 - ``raw - mean G``: raw minus the mean of stage-1 G's (``artifact_model.from_artifacts``).
 
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from pipeline.config import ShiftConfig
 from pipeline.models.artifact_model import ArtifactModel
+from pipeline.models.shift import shift_view_tokens, tta_tokens
 from pipeline.models.subpatch import cell_colours, shift_average_fine, subpatch_view_tokens
-from pipeline.models.tta import shift_view_tokens, tta_tokens
 from pipeline.models.views import full_view_pixels
 from pipeline.models.vit import FeatureExtractor
 

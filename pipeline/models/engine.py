@@ -21,13 +21,13 @@ from pipeline.config import EngineConfig, engine_preset
 from pipeline.models.artifact_model import ArtifactModel
 from pipeline.models.fit import fit_batch
 from pipeline.models.images import ImageLike, content_id, to_rgb
+from pipeline.models.shift import ShiftView, decompose_shift_views, shift_view_tokens
 from pipeline.models.subpatch import (
     guide_weights,
     shift_average_fine,
     solve_fine_content,
     subpatch_view_tokens,
 )
-from pipeline.models.tta import ShiftView, decompose_shift_views, shift_view_tokens
 from pipeline.models.views import derive_seed, render_views, sample_layout, token_grid
 from pipeline.models.vit import FeatureExtractor
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.models.tta import ShiftView
+from pipeline.models.shift import ShiftView
 from pipeline.models.views import full_view_pixels
 from pipeline.models.vit import FeatureExtractor
 
@@ -63,7 +63,7 @@ def phase_views(count: int, scale: int, pad: int, flip_prob: float, seed: int
 
 
 def from_shift_views(views: list[ShiftView], scale: int) -> list[SubView]:
-    """Whole-patch shift views (``pipeline.models.tta``) as phase-0 sub-patch views."""
+    """Whole-patch shift views (``pipeline.models.shift``) as phase-0 sub-patch views."""
     return [SubView(v.dy * scale, v.dx * scale, v.flip) for v in views]
 
 

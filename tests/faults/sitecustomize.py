@@ -4,7 +4,7 @@ PYTHONPATH (the job, its Ray workers, the decoder children): a stand-in for a co
 - ``pipeline.models.images.decode_image``: the process decoding a file that holds
   ``KILL-THE-DECODER`` dies by SIGKILL, as with a segfaulting codec, on every attempt; one
   holding ``HANG-THE-DECODER`` never returns, as with a codec that spins.
-- ``pipeline.distributed.stages.CleanImages.features``: the actor cleaning an image of
+- ``pipeline.stages.features.CleanImages.features``: the actor cleaning an image of
   exactly ``KILL_THE_CLEANER`` (height, width) pixels dies by SIGKILL, on every attempt.
 Nothing else changes.
 """
@@ -47,7 +47,7 @@ def _wrap_cleaner(module):  # type: ignore[no-untyped-def]
     module.CleanImages.features = wrapped
 
 
-WRAPS = {"pipeline.models.images": _wrap_decoder, "pipeline.distributed.stages": _wrap_cleaner}
+WRAPS = {"pipeline.models.images": _wrap_decoder, "pipeline.stages.features": _wrap_cleaner}
 
 
 class _Faults(importlib.abc.MetaPathFinder):

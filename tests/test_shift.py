@@ -8,7 +8,7 @@ import torch
 
 from pipeline.config import ShiftConfig
 from pipeline.models.artifact_model import calibrate, from_artifacts
-from pipeline.models.tta import (
+from pipeline.models.shift import (
     ShiftView,
     decompose_shift_views,
     merge_shift_views,

@@ -1,6 +1,6 @@
 """The feature stages as small callable classes: load once in ``__init__``, pure ``__call__``.
 
-They take the read stage's rows (``read_stage.ReadImages``) and return batches as dicts of
+They take the read stage's rows (``pipeline.stages.read.ReadImages``) and return batches as dicts of
 numpy columns, and import no Ray, so they run the same under Ray Data's actor pools and in a
 plain loop. Every input row comes out as exactly one row with a ``status``: ``done`` (features
 in ``raw``/``clean``/``artifact`` as bytes), ``skipped`` (already committed for this config) or
@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from pipeline.config import ConfigError, EngineConfig, ResizeConfig
-from pipeline.distributed.read_stage import PASSTHROUGH, Batch, failed_rows, object_column
 from pipeline.models.denoiser import DenoisedViT
 from pipeline.models.denoiser import denoiser_digest as digest_of
 from pipeline.models.engine import CleanResult, clean_images
 from pipeline.models.online import denoise_images
 from pipeline.models.vit import load_extractor
+from pipeline.stages.read import PASSTHROUGH, Batch, failed_rows, object_column
 from pipeline.store.schema import read_artifact_model
 
 logger = logging.getLogger(__name__)
