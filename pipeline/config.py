@@ -29,6 +29,10 @@ PRESETS = importlib.resources.files("pipeline") / "presets"
 
 T = TypeVar("T")
 
+MIN_PEV_PHOTOS = 8
+"""Fewest photos the position-explained variance is estimated from (its splits halve the
+photos; its jackknife leaves one out): the evaluation job refuses fewer."""
+
 class ConfigError(ValueError):
     """A user's mistake in a preset, an override, a value or an input: the message says what
     is wrong and how to mend it, and jobs print it as one line (exit code 2), no traceback."""

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import yaml
 
 from pipeline.config import (
+    MIN_PEV_PHOTOS,
     ConfigError,
     EngineConfig,
     ResizeConfig,
@@ -28,7 +29,6 @@ from pipeline.config import (
     parse_override,
     preset_path,
 )
-from pipeline.evaluation.metrics import MIN_PEV_PHOTOS
 from pipeline.models.denoiser import DenoiserConfig
 from pipeline.models.denoiser_train import TrainConfig
 

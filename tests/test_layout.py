@@ -64,6 +64,39 @@ def test_lower_layers_never_import_ray(path: Path) -> None:
             assert not module.startswith("pipeline.evaluation"), f"{name} imports {module}"
 
 
+LAYER_IMPORTS = {
+    "config": {"config"},
+    "store": {"config", "store"},
+    "models": {"config", "store", "models"},
+    "job_config": {"config", "store", "models", "job_config"},
+    "stages": {"config", "store", "models", "job_config", "stages"},
+    "evaluation": {"config", "store", "models", "job_config", "evaluation"},
+}
+"""Layer -> the layers its modules may import, lowest first: the configs, the on-disk contract,
+the models, the job configs, then the Ray-free stages and the evaluation side by side (neither
+imports the other). Nothing below ``distributed`` imports it (``test_lower_layers_never_...``)."""
+
+
+def layer_of(module: str) -> str:
+    """``pipeline.store.runs`` -> ``store``; ``pipeline.job_config`` -> ``job_config``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "pipeline"
+
+
+@pytest.mark.parametrize("layer", sorted(LAYER_IMPORTS))
+def test_lower_layers_import_only_downward(layer: str) -> None:
+    """The import direction holds among the lower layers: the store imports no model (so a
+    reader never loads torch), models import no stage or measure, and so on."""
+    files = [PACKAGE / f"{layer}.py"] if (PACKAGE / f"{layer}.py").is_file() \
+        else sorted((PACKAGE / layer).glob("*.py"))
+    assert files, layer
+    for path in files:
+        for module, _ in imported_modules(ast.parse(path.read_text())):
+            if module == "pipeline" or module.startswith("pipeline."):
+                assert layer_of(module) in LAYER_IMPORTS[layer], \
+                    f"{path.relative_to(PACKAGE)} imports {module}"
+
+
 def test_importing_every_lower_module_loads_no_ray() -> None:
     """A training script that imports the library, its readers and its measures never pays
     for (or depends on) Ray."""

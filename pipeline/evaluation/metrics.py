@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.config import MIN_PEV_PHOTOS
 from pipeline.models.crops import CropBox
 
 
@@ -32,9 +33,6 @@ def g_agreement(artifacts: list[np.ndarray]) -> float:
     flat = [_unit(g.reshape(-1)) for g in artifacts]
     sims = [float(flat[i] @ flat[j]) for i in range(len(flat)) for j in range(i + 1, len(flat))]
     return float(np.mean(sims)) if sims else float("nan")
-
-
-MIN_PEV_PHOTOS = 8
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Evaluation inputs and report writing, without Ray: crops, shifted pairs, tables, markdown.
 
-``jobs/evaluate.py`` (via ``pipeline.distributed.evaluate``) fits stage 1 on the inputs made
-here, computes the measures of ``pipeline.evaluation.metrics`` and
-``pipeline.evaluation.probes``, and writes the report with ``write_report``.
+The evaluation job (``pipeline.evaluation.job``) fits stage 1 on the inputs made here,
+computes the measures of ``pipeline.evaluation.metrics`` and ``pipeline.evaluation.probes``,
+and writes the report with ``write_report``.
 """
 
 from __future__ import annotations
