@@ -26,21 +26,21 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import ray  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import ray
+from PIL import Image
 
-from pipeline.distributed.clean import run_clean_job  # noqa: E402
-from pipeline.evaluation.samples import sample_photos  # noqa: E402
-from pipeline.job_config import resolve_clean_job  # noqa: E402
-from pipeline.store.schema import read_features_table  # noqa: E402
+from pipeline.distributed.clean import run_clean_job
+from pipeline.evaluation.samples import sample_photos
+from pipeline.job_config import resolve_clean_job
+from pipeline.store.schema import read_features_table
 
 MIXED = (4 / 3, 3 / 4, 16 / 9, 1.0, 3 / 2, 2 / 3, 2.0, 1 / 2)
 """Width / height of the mixed folder's images, in turn."""

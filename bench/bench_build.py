@@ -16,23 +16,21 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from pipeline.distributed.build import run_build_job  # noqa: E402
-from pipeline.evaluation.samples import sample_photos  # noqa: E402
-from pipeline.job_config import BuildJobConfig, resolve_job  # noqa: E402
-from pipeline.models.crops import random_crop  # noqa: E402
+from pipeline.distributed.build import run_build_job
+from pipeline.evaluation.samples import sample_photos
+from pipeline.job_config import BuildJobConfig, resolve_job
+from pipeline.models.crops import random_crop
 
 
 def write_crops(folder: Path, count: int, seed: int) -> None:

@@ -17,49 +17,45 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_baselines import (  # noqa: E402
+import numpy as np
+import torch
+from bench_baselines import (
     SHARED_WEIGHTS,
     crop_pairs,
     eval_crops,
     pair_matching,
     with_shift,
 )
+from PIL import Image
 
-from pipeline import load_extractor  # noqa: E402
-from pipeline.distributed.build import run_build_job  # noqa: E402
-from pipeline.evaluation.metrics import (  # noqa: E402
+from pipeline import load_extractor
+from pipeline.distributed.build import run_build_job
+from pipeline.evaluation.metrics import (
     paired_difference,
     position_explained_variance,
 )
-from pipeline.evaluation.samples import (  # noqa: E402
+from pipeline.evaluation.samples import (
     CALIBRATION_PHOTOS,
     EVALUATION_PHOTOS,
     sample_photo,
 )
-from pipeline.job_config import BuildJobConfig, resolve_job  # noqa: E402
-from pipeline.models.artifact_model import calibrate  # noqa: E402
-from pipeline.models.crops import random_crop  # noqa: E402
-from pipeline.models.denoiser import DenoisedViT  # noqa: E402
-from pipeline.models.images import to_rgb  # noqa: E402
-from pipeline.models.views import full_view_pixels  # noqa: E402
+from pipeline.job_config import BuildJobConfig, resolve_job
+from pipeline.models.artifact_model import calibrate
+from pipeline.models.crops import random_crop
+from pipeline.models.denoiser import DenoisedViT
+from pipeline.models.images import to_rgb
+from pipeline.models.views import full_view_pixels
 
 
 def training_photos() -> dict[str, np.ndarray]:

@@ -21,30 +21,28 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
-from pipeline import load_extractor  # noqa: E402
-from pipeline.distributed.clean import run_clean_job  # noqa: E402
-from pipeline.distributed.train import run_train_job  # noqa: E402
-from pipeline.evaluation.metrics import position_explained_variance, token_distance  # noqa: E402
-from pipeline.job_config import TrainJobConfig, resolve_clean_job, resolve_job  # noqa: E402
-from pipeline.models.crops import random_crop  # noqa: E402
-from pipeline.models.denoiser import Denoiser, DenoiserConfig, load_denoiser  # noqa: E402
-from pipeline.models.images import to_rgb  # noqa: E402
-from pipeline.models.views import full_view_pixels  # noqa: E402
-from pipeline.store.schema import (  # noqa: E402
+from pipeline import load_extractor
+from pipeline.distributed.clean import run_clean_job
+from pipeline.distributed.train import run_train_job
+from pipeline.evaluation.metrics import position_explained_variance, token_distance
+from pipeline.job_config import TrainJobConfig, resolve_clean_job, resolve_job
+from pipeline.models.crops import random_crop
+from pipeline.models.denoiser import Denoiser, DenoiserConfig, load_denoiser
+from pipeline.models.images import to_rgb
+from pipeline.models.views import full_view_pixels
+from pipeline.store.schema import (
     column_to_numpy,
     newest_config_digest,
     read_features_table,

@@ -32,8 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_baselines import (
     SHARED_WEIGHTS,
     SQUARE,

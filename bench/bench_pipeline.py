@@ -20,25 +20,25 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-import ray  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import psutil
+import ray
+from PIL import Image
 
-from pipeline import clean_images, load_extractor  # noqa: E402
-from pipeline.distributed.clean import run_clean_job  # noqa: E402
-from pipeline.distributed.features import list_images  # noqa: E402
-from pipeline.evaluation.samples import sample_photos  # noqa: E402
-from pipeline.job_config import resolve_clean_job  # noqa: E402
-from pipeline.models.images import decode_image  # noqa: E402
+from pipeline import clean_images, load_extractor
+from pipeline.distributed.clean import run_clean_job
+from pipeline.distributed.features import list_images
+from pipeline.evaluation.samples import sample_photos
+from pipeline.job_config import resolve_clean_job
+from pipeline.models.images import decode_image
 
 
 class PeakMemory:

@@ -24,28 +24,26 @@ from typing import Any
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_baselines import (  # noqa: E402
+from bench_baselines import (
     SHARED_WEIGHTS,
     crop_pairs,
     eval_crops,
     pair_matching,
 )
 
-from pipeline import load_extractor  # noqa: E402
-from pipeline.evaluation.metrics import (  # noqa: E402
+from pipeline import load_extractor
+from pipeline.evaluation.metrics import (
     paired_difference,
     position_explained_variance,
 )
-from pipeline.evaluation.samples import (  # noqa: E402
+from pipeline.evaluation.samples import (
     CALIBRATION_PHOTOS,
     EVALUATION_PHOTOS,
     sample_photo,
 )
-from pipeline.models.artifact_model import calibrate  # noqa: E402
-from pipeline.models.baselines import BASELINE_TTA  # noqa: E402
-from pipeline.models.shift import decompose_shift_views, shift_view_tokens  # noqa: E402
+from pipeline.models.artifact_model import calibrate
+from pipeline.models.baselines import BASELINE_TTA
+from pipeline.models.shift import decompose_shift_views, shift_view_tokens
 
 WEIGHTS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0, math.inf)
 

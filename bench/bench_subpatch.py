@@ -40,9 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_baselines import (  # noqa: E402
+from bench_baselines import (
     SHARED_WEIGHTS,
     SQUARE,
     crop_pairs,
@@ -50,13 +48,13 @@ from bench_baselines import (  # noqa: E402
     pair_matching,
 )
 
-from pipeline import clean_images, load_extractor  # noqa: E402
-from pipeline.config import ShiftConfig  # noqa: E402
-from pipeline.evaluation.metrics import (  # noqa: E402
+from pipeline import clean_images, load_extractor
+from pipeline.config import ShiftConfig
+from pipeline.evaluation.metrics import (
     paired_difference,
     position_explained_variance,
 )
-from pipeline.evaluation.probes import (  # noqa: E402
+from pipeline.evaluation.probes import (
     boundary_accuracy,
     disparity_to_tokens,
     labels_to_tokens,
@@ -66,30 +64,30 @@ from pipeline.evaluation.probes import (  # noqa: E402
     stereo_accuracy,
     voc_sample,
 )
-from pipeline.evaluation.samples import (  # noqa: E402
+from pipeline.evaluation.samples import (
     CALIBRATION_PHOTOS,
     EVALUATION_PHOTOS,
     sample_photo,
 )
-from pipeline.models.artifact_model import ArtifactModel, calibrate  # noqa: E402
-from pipeline.models.baselines import (  # noqa: E402
+from pipeline.models.artifact_model import ArtifactModel, calibrate
+from pipeline.models.baselines import (
     BASELINE_TTA,
     FINE_BASELINES,
     fine_baseline_outputs,
     raw_tokens,
 )
-from pipeline.models.shift import (  # noqa: E402
+from pipeline.models.shift import (
     decompose_shift_views,
     shift_view_tokens,
     tta_tokens,
 )
-from pipeline.models.subpatch import (  # noqa: E402
+from pipeline.models.subpatch import (
     pool_fine,
     shift_average_fine,
     subpatch_view_tokens,
     valid_view_tokens,
 )
-from pipeline.models.vit import FeatureExtractor  # noqa: E402
+from pipeline.models.vit import FeatureExtractor
 
 BASELINES = dict(zip(FINE_BASELINES, ("raw, bilinear", "calib+tta, bilinear",
                                         "calib+tta, joint bilateral",

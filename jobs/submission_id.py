@@ -9,23 +9,7 @@ fires twice in the same slot (or a person re-running the same command) gets the 
 made safe by the output's lease instead.
 """
 
-from __future__ import annotations
-
-import argparse
-
-from pipeline.distributed.submission import SLOTS, submission_id
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("job", help="clean_dataset | denoise_dataset | train_denoiser | ...")
-    parser.add_argument("--input", default="")
-    parser.add_argument("--output", default="")
-    parser.add_argument("--slot", default="hourly", choices=sorted(SLOTS))
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_intermixed_args()
-    print(submission_id(args.job, args.input, args.output, args.overrides, args.slot))
-
+from pipeline.cli import run_job
 
 if __name__ == "__main__":
-    main()
+    run_job("submission-id")

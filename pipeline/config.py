@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 
 
 def check_at_least(cfg: Any, section: str, least: Mapping[str, float],
-                   above: Mapping[str, float] = {}) -> None:  # noqa: B006 (read only)
+                   above: Mapping[str, float] = {}) -> None:
     """Raise ``ConfigError`` unless each named field is >= its bound (``least``) or > it
     (``above``); ``section`` prefixes the field names in the message."""
     for name, bound in least.items():

@@ -13,7 +13,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 RAY_FREE = ("models", "store", "evaluation", "stages")
 """Subpackages that import neither Ray nor ``pipeline.distributed``."""
-RAY_FREE_TOP = ("config.py", "job_config.py", "cli.py", "api.py", "__init__.py")
+RAY_FREE_TOP = ("config.py", "job_config.py", "api.py", "__init__.py")
+ENTRY = "cli.py"
+"""The top layer, the ``dvt`` command that the job files run: Ray-free when imported (``dvt
+--help`` is quick); each command imports the Ray layer inside its function."""
 LAZY_RAY = {("store/schema.py", "read_features")}
 """(file, function) pairs allowed to import Ray inside the function: readers that hand back a
 Ray Dataset import it only when called."""
@@ -48,7 +51,7 @@ def imported_modules(tree: ast.Module) -> list[tuple[str, str | None]]:
 def test_layers_are_folders() -> None:
     """Every module sits in its layer's folder: the top level holds only configs and the API."""
     top = sorted(path.name for path in PACKAGE.glob("*.py"))
-    assert top == sorted(RAY_FREE_TOP), top
+    assert top == sorted((*RAY_FREE_TOP, ENTRY)), top
     for sub in (*RAY_FREE, "distributed"):
         assert (PACKAGE / sub / "__init__.py").is_file(), sub
 
@@ -95,6 +98,12 @@ def test_lower_layers_import_only_downward(layer: str) -> None:
             if module == "pipeline" or module.startswith("pipeline."):
                 assert layer_of(module) in LAYER_IMPORTS[layer], \
                     f"{path.relative_to(PACKAGE)} imports {module}"
+
+
+def test_the_entry_point_imports_the_ray_layer_only_inside_its_commands() -> None:
+    for module, function in imported_modules(ast.parse((PACKAGE / ENTRY).read_text())):
+        if module == "ray" or module.startswith(("ray.", "pipeline.distributed")):
+            assert function, f"{ENTRY} imports {module} when it is imported"
 
 
 def test_importing_every_lower_module_loads_no_ray() -> None:

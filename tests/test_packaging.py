@@ -1,5 +1,5 @@
 """The built wheel is a library on its own: presets and shipped denoisers inside it, usable
-from anywhere."""
+from anywhere, with its ``dvt`` command."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,11 @@ def test_the_wheel_holds_the_presets_and_runs_outside_the_checkout(tmp_path: Pat
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
                     str(ROOT)], check=True, cwd=tmp_path, timeout=300)
     (wheel,) = wheels.glob("dvt_pipeline-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        (entry_points,) = [name for name in archive.namelist()
+                           if name.endswith(".dist-info/entry_points.txt")]
+        scripts = archive.read(entry_points).decode()
+    assert "[console_scripts]" in scripts and "dvt = pipeline.cli:main" in scripts, scripts
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, cwd=tmp_path, timeout=300)
     assert list(site.glob("pipeline/presets/engine/*.yaml"))
@@ -56,3 +62,6 @@ def test_the_wheel_holds_the_presets_and_runs_outside_the_checkout(tmp_path: Pat
                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "wheel ok" in done.stdout
+    listed = subprocess.run([str(site / "bin" / "dvt"), "--help"], cwd=elsewhere, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0 and "submission-id" in listed.stdout, listed.stderr[-3000:]

@@ -27,7 +27,7 @@ from pipeline.models.views import full_view_pixels
 from pipeline.models.vit import FeatureExtractor
 
 
-def _planted(scale: int = 2, grid: int = 16, channels: int = 8, seed: int = 0):  # noqa: ANN202
+def _planted(scale: int = 2, grid: int = 16, channels: int = 8, seed: int = 0):
     """A fine field with an edge that cuts through patches, the guide that shows it, a
     positional pattern, and the tokens of 16 views under the box model (plus noise)."""
     gen = torch.Generator().manual_seed(seed)

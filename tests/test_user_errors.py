@@ -1,5 +1,5 @@
-"""Every job refuses a missing input, an unknown key and an invalid value with one line and
-exit code 2, before a model loads or Ray starts."""
+"""Every job, run as its file or as ``dvt <command>``, refuses a missing input, an unknown key
+and an invalid value with one line and exit code 2, before a model loads or Ray starts."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from pipeline.cli import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
 NOWHERE = "/nonexistent/dvt-input"
@@ -47,9 +49,10 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("entry", ["job", "dvt"])
 @pytest.mark.parametrize(("job", "argv", "message"), CASES,
                          ids=[f"{c[0]}-{c[2].split()[0]}" for c in CASES])
-def test_a_user_error_is_one_line_and_exit_2(job: str, argv: list[str], message: str,
+def test_a_user_error_is_one_line_and_exit_2(entry: str, job: str, argv: list[str], message: str,
                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     import ray
@@ -61,7 +64,11 @@ def test_a_user_error_is_one_line_and_exit_2(job: str, argv: list[str], message:
     monkeypatch.setattr("sys.argv", [f"jobs/{job}.py", *args])
     start = time.perf_counter()
     with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(ROOT / "jobs" / f"{job}.py"), run_name="__main__")
+        if entry == "dvt":  # the console command, as .venv/bin/dvt calls it
+            (command,) = [c.name for c in COMMANDS.values() if c.job == job]
+            main([command, *args])
+        else:
+            runpy.run_path(str(ROOT / "jobs" / f"{job}.py"), run_name="__main__")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err and err[-1].startswith("error: ") and message in err[-1], err
