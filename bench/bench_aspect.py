@@ -40,7 +40,7 @@ from PIL import Image
 from pipeline.distributed.clean import run_clean_job
 from pipeline.evaluation.samples import sample_photos
 from pipeline.job_config import resolve_clean_job
-from pipeline.store.schema import read_features_table
+from pipeline.store import read_features_table
 
 MIXED = (4 / 3, 3 / 4, 16 / 9, 1.0, 3 / 2, 2 / 3, 2.0, 1 / 2)
 """Width / height of the mixed folder's images, in turn."""

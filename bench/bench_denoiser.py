@@ -42,11 +42,7 @@ from pipeline.models.crops import random_crop
 from pipeline.models.denoiser import Denoiser, DenoiserConfig, load_denoiser
 from pipeline.models.images import to_rgb
 from pipeline.models.views import full_view_pixels
-from pipeline.store.schema import (
-    column_to_numpy,
-    newest_config_digest,
-    read_features_table,
-)
+from pipeline.store import column_to_numpy, newest_config_digest, read_features_table
 
 CACHE = Path(os.environ.get("DVT_CACHE_DIR", Path.home() / ".cache" / "dvt-pipeline"))
 

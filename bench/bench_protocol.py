@@ -48,15 +48,14 @@ from PIL import Image
 from pipeline.distributed.clean import run_clean_job
 from pipeline.distributed.features import list_images
 from pipeline.job_config import InputConfig, resolve_clean_job
-from pipeline.store.schema import (
+from pipeline.store import Manifest, RunMeta, committed_ids
+from pipeline.store.fs import filesystem
+from pipeline.store.layout import run_folder
+from pipeline.store.readers import IdSet
+from pipeline.store.runs import (
     CommitRecord,
     FileEntry,
-    IdSet,
-    Manifest,
     commit_run,
-    committed_ids,
-    filesystem,
-    run_folder,
     write_commit_record,
     write_run_config,
 )
@@ -104,7 +103,7 @@ def make_output(uri: str, options: dict[str, Any], count: int) -> None:
     write_run_config(fs, done, {"run_id": "done", "meta": {"config_digest": "c"}})
     files = tuple(FileEntry(f"part-{k:05d}.parquet", 100, "", tuple(ids[k * 100:(k + 1) * 100]))
                   for k in range(half // 100))
-    commit_run(fs, done, Manifest("done", "c", {}, files))
+    commit_run(fs, done, Manifest("done", "c", RunMeta(), files))
     going = run_folder(root, "20260102T000000Z-c-000002")
     write_run_config(fs, going, {"run_id": "going", "meta": {"config_digest": "c"}})
 

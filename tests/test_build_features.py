@@ -39,7 +39,7 @@ def test_input_sample_spreads_over_the_sorted_listing(tmp_path: Path) -> None:
 def test_build_features_chains_three_jobs_and_a_rerun_skips_them(tmp_path: Path) -> None:
     from pipeline.distributed.build import format_build_summary, run_build_job
     from pipeline.job_config import BuildJobConfig, resolve_job
-    from pipeline.store.schema import column_to_numpy, read_feature_groups
+    from pipeline.store import column_to_numpy, read_feature_groups
 
     src = _folder(tmp_path / "in", 6)
     out = tmp_path / "out"
@@ -73,7 +73,7 @@ def test_build_features_at_two_sizes_trains_one_denoiser_for_both(tmp_path: Path
     from pipeline.distributed.build import format_build_summary, run_build_job
     from pipeline.job_config import BuildJobConfig, resolve_job
     from pipeline.models.denoiser import read_denoiser_meta
-    from pipeline.store.schema import feature_grids, select_runs
+    from pipeline.store import feature_grids, select_runs
 
     src = _folder(tmp_path / "in", 3)
     out = tmp_path / "out"

@@ -19,15 +19,15 @@ from pipeline import clean_images, load_extractor
 from pipeline.distributed.clean import run_clean_job
 from pipeline.distributed.features import ProgressLog
 from pipeline.job_config import CleanJobConfig, resolve_clean_job
-from pipeline.store.schema import (
+from pipeline.models.artifact_model import read_artifact_model
+from pipeline.store import (
     column_to_numpy,
     committed_ids,
-    read_artifact_model,
     read_features,
     read_features_table,
     read_quarantine_table,
-    run_folder,
 )
+from pipeline.store.layout import run_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
@@ -256,7 +256,7 @@ def test_same_image_under_two_uris_is_committed_once(tmp_path: Path, photos: dic
 def test_mixed_aspects_keep_their_grids(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
     """A folder of landscape, portrait and square images: every row's grid follows its image,
     each file holds one grid, and the readers hand out each grid apart."""
-    from pipeline.store.schema import FeatureDataset, feature_grids, read_feature_groups
+    from pipeline.store import FeatureDataset, feature_grids, read_feature_groups
 
     src = tmp_path / "in"
     src.mkdir()

@@ -19,7 +19,8 @@ from PIL import Image
 
 from pipeline.distributed.clean import run_clean_job
 from pipeline.job_config import resolve_clean_job
-from pipeline.store.schema import RUNS_DIR, committed_ids, read_features_table
+from pipeline.store import committed_ids, read_features_table
+from pipeline.store.layout import RUNS_DIR
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,8 @@ def test_driver_killed_at_several_points_keeps_its_work(
     """The driver is killed when about 25, 50 and 75 % of the images are committed (local
     disk; on S3 at 50 %). Every run fits only what no earlier run committed, a killed run
     loses at most the images in flight, and the union is every input exactly once."""
-    from pipeline.store.schema import committed_runs, filesystem
+    from pipeline.store import committed_runs
+    from pipeline.store.fs import filesystem
 
     out, options = storage
     src = tmp_path / "in"

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from pipeline.models.decoder_process import CRASHED, DecoderProcess
-from pipeline.store.schema import read_features_table, read_quarantine_table
+from pipeline.store import read_features_table, read_quarantine_table
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS = Path(__file__).resolve().parent / "faults"
@@ -125,8 +125,9 @@ def test_a_run_that_loses_its_lease_stops_at_once(tmp_path: Path,
     """Another run takes the output over while a run is going (its lease was taken as stale,
     or by hand): the run stops its graph within a renewal period, commits nothing more, and
     exits 75 with one line that says so (before: it computed on until its commit check)."""
+    from pipeline.store import committed_runs
+    from pipeline.store.fs import create_exclusive
     from pipeline.store.lease import EXIT_LEASE_HELD, OutputLease
-    from pipeline.store.schema import committed_runs, create_exclusive
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
@@ -205,17 +206,16 @@ def test_weights_replaced_during_a_run_stop_it_with_a_clear_error(tmp_path: Path
     assert job.returncode == 2, "".join(seen) + rest[-3000:]
     last = rest.strip().splitlines()[-1]
     assert last.startswith("error: the ViT weights at") and str(weights) in last, last
-    from pipeline.store.schema import committed_runs
+    from pipeline.store import committed_runs
 
     assert not [r for r in committed_runs(str(tmp_path / "out")) if r.state == "committed"]
 
 
 def test_a_stage_refuses_an_artifact_model_that_changed(tmp_path: Path) -> None:
     from pipeline.config import engine_preset
-    from pipeline.models.artifact_model import ArtifactModel
+    from pipeline.models.artifact_model import ArtifactModel, write_artifact_model
     from pipeline.models.vit import load_extractor
     from pipeline.stages.features import CleanImages, LoadedOtherBytes
-    from pipeline.store.schema import write_artifact_model
 
     vit = load_extractor("test_vit", weights="random", device="cpu")
     uri = str(tmp_path / "pattern.safetensors")

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from pipeline.distributed.submission import submission_id
-from pipeline.store.schema import committed_runs, read_features_table
+from pipeline.store import committed_runs, read_features_table
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ RAY_FREE_TOP = ("config.py", "job_config.py", "api.py", "__init__.py")
 ENTRY = "cli.py"
 """The top layer, the ``dvt`` command that the job files run: Ray-free when imported (``dvt
 --help`` is quick); each command imports the Ray layer inside its function."""
-LAZY_RAY = {("store/schema.py", "read_features")}
+LAZY_RAY = {("store/readers.py", "read_features")}
 """(file, function) pairs allowed to import Ray inside the function: readers that hand back a
 Ray Dataset import it only when called."""
 
@@ -98,6 +98,30 @@ def test_lower_layers_import_only_downward(layer: str) -> None:
             if module == "pipeline" or module.startswith("pipeline."):
                 assert layer_of(module) in LAYER_IMPORTS[layer], \
                     f"{path.relative_to(PACKAGE)} imports {module}"
+
+
+STORE_IMPORTS = ("numpy", "pyarrow", "fsspec", "pipeline.config", "pipeline.store")
+"""What the store may import besides the standard library (``sys.stdlib_module_names``)."""
+STORE_LAZY = {("store/readers.py", "read_features"): "ray",
+              ("store/readers.py", "__getitem__"): "torch"}
+"""Imports the store makes only inside a function: the Ray Dataset reader, and the torch
+tensors of ``FeatureDataset`` items."""
+
+
+def test_store_imports_only_its_formats() -> None:
+    """The on-disk contract needs only the standard library, numpy, pyarrow, fsspec and the
+    configs: never a model, a stage, the evaluation, the job configs or the Ray layer, so a
+    reader of the outputs installs and loads nothing heavier."""
+    for path in sorted((PACKAGE / "store").glob("*.py")):
+        name = str(path.relative_to(PACKAGE))
+        for module, function in imported_modules(ast.parse(path.read_text())):
+            top = module.split(".")[0]
+            if top == "__future__" or top in sys.stdlib_module_names:
+                continue
+            if STORE_LAZY.get((name, function)) == top:
+                continue
+            assert any(module == m or module.startswith(m + ".") for m in STORE_IMPORTS), \
+                f"{name} imports {module}"
 
 
 def test_the_entry_point_imports_the_ray_layer_only_inside_its_commands() -> None:

@@ -15,8 +15,8 @@ import pytest
 
 from pipeline.cli import user_errors
 from pipeline.store import lease as lease_module
+from pipeline.store.fs import create_exclusive
 from pipeline.store.lease import EXIT_LEASE_HELD, LeaseHeld, LeaseLost, OutputLease
-from pipeline.store.schema import create_exclusive
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -16,8 +16,8 @@ import psutil
 import pytest
 from PIL import Image
 
+from pipeline.store import committed_runs, read_features_table
 from pipeline.store.lease import EXIT_LEASE_HELD
-from pipeline.store.schema import committed_runs, read_features_table
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,27 +12,27 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.store.schema import (
-    COMMITS_DIR,
-    CommitRecord,
+from pipeline.store import (
     DamagedFile,
-    FileEntry,
-    IdSet,
+    RunMeta,
     column_to_numpy,
-    commit_run,
     committed_ids,
     committed_runs,
-    features_schema,
-    filesystem,
-    manifest_from_records,
+    feature_table,
     orphaned_files,
-    put_atomic,
     read_features_table,
-    remove_files,
-    run_folder,
+)
+from pipeline.store.format import table_bytes
+from pipeline.store.fs import filesystem, put_atomic
+from pipeline.store.gc import remove_files
+from pipeline.store.layout import COMMITS_DIR, run_folder
+from pipeline.store.readers import IdSet
+from pipeline.store.runs import (
+    CommitRecord,
+    FileEntry,
+    commit_run,
+    manifest_from_records,
     seal_dead_runs,
-    table_bytes,
-    tensor_array,
     write_commit_record,
     write_run_config,
 )
@@ -47,13 +47,10 @@ def image_id(name: str) -> str:
 def _part(ids: list[str], value: float) -> pa.Table:
     n = len(ids)
     maps = [np.full((*GRID, CHANNELS), value, np.float32) for _ in ids]
-    return pa.table({
-        "image_id": ids, "source_uri": [f"file:///{i[:6]}.jpg" for i in ids],
-        "width": [8] * n, "height": [8] * n, "model": ["m"] * n, "weights_digest": ["w"] * n,
-        "layer": [11] * n, "config_digest": ["c"] * n, "method": ["dvt-fit"] * n,
-        "code_version": ["0"] * n, "grid_h": [GRID[0]] * n, "grid_w": [GRID[1]] * n,
-        "metrics": [{"r2": 0.9}] * n, "raw": tensor_array(maps), "clean": tensor_array(maps),
-    }, schema=features_schema(GRID, CHANNELS, with_artifact=False))
+    meta = RunMeta(model="m", weights_digest="w", layer=11, config_digest="c", method="dvt-fit")
+    return feature_table(meta, "0", image_ids=ids,
+                         source_uris=[f"file:///{i[:6]}.jpg" for i in ids], widths=[8] * n,
+                         heights=[8] * n, metrics=[{"r2": 0.9}] * n, raw=maps, clean=maps)
 
 
 class Run:
@@ -76,10 +73,10 @@ class Run:
         return name
 
     def commit(self) -> None:
-        from pipeline.store.schema import read_commit_records
+        from pipeline.store.runs import read_commit_records
 
         records = [r for _, r in read_commit_records(self.fs, self.path)]
-        commit_run(self.fs, self.path, manifest_from_records(self.run_id, self.digest, {},
+        commit_run(self.fs, self.path, manifest_from_records(self.run_id, self.digest, RunMeta(),
                                                              records, {"done": 0}))
 
 
@@ -159,7 +156,7 @@ def test_an_image_in_two_files_is_read_once(output: tuple[str, dict]) -> None:
 
 @pytest.mark.usefixtures("local_ray")
 def test_the_ray_reader_reads_each_image_once(tmp_path) -> None:
-    from pipeline.store.schema import read_features
+    from pipeline.store import read_features
 
     uri = str(tmp_path / "out")
     a, b = image_id("a"), image_id("b")

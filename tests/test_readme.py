@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from pipeline.evaluation.samples import sample_photos
-from pipeline.store.schema import read_feature_groups, read_features_table
+from pipeline.store import read_feature_groups, read_features_table
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.store.schema import (
+from pipeline.store import (
     column_to_numpy,
     committed_ids,
     committed_runs,

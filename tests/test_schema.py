@@ -10,19 +10,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.store.schema import (
-    COMMITTED,
-    MANIFEST,
+from pipeline.store import (
     FeatureDataset,
+    RowStatus,
+    RunMeta,
     column_to_numpy,
     committed_ids,
+    feature_table,
     features_schema,
     newest_config_digest,
     raw_minus_artifact,
     read_features_table,
-    table_bytes,
     tensor_array,
 )
+from pipeline.store.format import table_bytes
+from pipeline.store.layout import COMMITTED, MANIFEST
 
 GRID, CHANNELS = (3, 4), 8
 
@@ -30,14 +32,10 @@ GRID, CHANNELS = (3, 4), 8
 def _table(ids: list[str], rng: np.random.Generator) -> pa.Table:
     n = len(ids)
     maps = [rng.standard_normal((*GRID, CHANNELS)).astype(np.float32) for _ in range(n)]
-    schema = features_schema(GRID, CHANNELS, with_artifact=False)
-    return pa.table({
-        "image_id": ids, "source_uri": [f"file:///x/{i}.jpg" for i in ids],
-        "width": [64] * n, "height": [48] * n, "model": ["m"] * n, "weights_digest": ["w"] * n,
-        "layer": [11] * n, "config_digest": ["c"] * n, "method": ["dvt-fit"] * n,
-        "code_version": ["0"] * n, "grid_h": [GRID[0]] * n, "grid_w": [GRID[1]] * n,
-        "metrics": [{"r2": 0.9}] * n, "raw": tensor_array(maps), "clean": tensor_array(maps),
-    }, schema=schema)
+    meta = RunMeta(model="m", weights_digest="w", layer=11, config_digest="c", method="dvt-fit")
+    return feature_table(meta, "0", image_ids=ids,
+                         source_uris=[f"file:///x/{i}.jpg" for i in ids], widths=[64] * n,
+                         heights=[48] * n, metrics=[{"r2": 0.9}] * n, raw=maps, clean=maps)
 
 
 def _write_run(root: Path, name: str, ids: list[str], commit: bool,
@@ -114,3 +112,34 @@ def test_raw_minus_artifact() -> None:
     assert detail.dtype == np.float32 and detail.shape == (3, 4, 4, 5)
     np.testing.assert_allclose(detail, raw.astype(np.float32) - artifact.astype(np.float32))
     assert raw_minus_artifact(table.drop_columns(["artifact"])) is None
+
+
+def test_run_meta_writes_back_the_json_it_read() -> None:
+    """Every key a job sets, unknown keys of a newer writer and nulls survive a read and a
+    write (a seal copies a run's meta); unset fields stay absent."""
+    stored = {"model": "m", "weights": "hub", "weights_digest": "w", "layer": 11,
+              "config_digest": "c", "channels": 8, "method": "dvt-fit", "patch_size": 16,
+              "grid": 7, "aspect": "keep", "upsample": 2, "artifact_model": "file:///a",
+              "artifact_model_sha256": "s", "from_a_newer_writer": [1], "denoiser_uri": None}
+    meta = RunMeta.from_dict(stored)
+    assert meta.to_dict() == stored and dict(meta) == stored and meta["grid"] == 7
+    assert meta.grid == 7 and meta.denoiser_uri is None and meta.denoiser_digest is None
+    assert RunMeta.from_dict(None).to_dict() == {} == RunMeta().to_dict()
+    assert RunMeta(method="denoiser", aspect="keep").to_dict() == {"method": "denoiser",
+                                                                  "aspect": "keep"}
+
+
+def test_feature_table_builds_the_schema() -> None:
+    """The one feature-table builder: grid, channels, the artifact and clean_hr columns come
+    from the tensors; metrics keep the known fields."""
+    maps = np.ones((2, *GRID, CHANNELS), np.float32)
+    hr = np.ones((2, 2 * GRID[0], 2 * GRID[1], CHANNELS), np.float32)
+    meta = RunMeta(model="m", weights_digest="w", layer=3, config_digest="c", method="dvt-fit")
+    table = feature_table(meta, "1.0", image_ids=["a", "b"], source_uris=["u", "v"],
+                          widths=[1, 2], heights=[3, 4], metrics=[{"r2": 1.0, "x": 2}] * 2,
+                          raw=maps, clean=maps, artifact=maps, clean_hr=hr, dtype="float32")
+    assert table.schema == features_schema(GRID, CHANNELS, "float32", True, 2)
+    assert table["grid_h"].to_pylist() == [GRID[0]] * 2 and table["layer"].to_pylist() == [3, 3]
+    assert table["metrics"][0].as_py()["r2"] == 1.0 and "x" not in table["metrics"][0].as_py()
+    assert column_to_numpy(table["clean_hr"]).shape == (2, 2 * GRID[0], 2 * GRID[1], CHANNELS)
+    assert RowStatus.DONE == "done" and pa.array([RowStatus.ERROR]).to_pylist() == ["error"]

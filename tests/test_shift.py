@@ -100,7 +100,8 @@ def test_tta_tokens_and_calibration_on_a_vit(tiny_vit: FeatureExtractor,
 def test_shift_method_in_the_engine_and_artifact_model_storage(
         tiny_vit: FeatureExtractor, photos: dict[str, np.ndarray], tmp_path) -> None:
     from pipeline import clean_images
-    from pipeline.store.schema import artifact_model_uri, read_artifact_model, write_artifact_model
+    from pipeline.models.artifact_model import read_artifact_model, write_artifact_model
+    from pipeline.store import artifact_model_uri
 
     size = 16 * 7
     model = calibrate(tiny_vit, photos, size, crops_per_photo=2, seed=0)

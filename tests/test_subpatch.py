@@ -158,7 +158,7 @@ def test_clean_hr_column_end_to_end(tmp_path: Path, photos: dict[str, np.ndarray
 
     from pipeline.distributed.clean import run_clean_job
     from pipeline.job_config import resolve_clean_job
-    from pipeline.store.schema import FeatureDataset, column_to_numpy, read_features_table
+    from pipeline.store import FeatureDataset, column_to_numpy, read_features_table
 
     src = tmp_path / "in"
     src.mkdir()

@@ -22,7 +22,7 @@ from pipeline.job_config import DenoiseJobConfig, TrainJobConfig, resolve_clean_
 from pipeline.models.denoiser import DenoisedViT, load_denoiser
 from pipeline.models.denoiser_train import ValidationSums, is_validation
 from pipeline.models.views import full_view_pixels, token_grid
-from pipeline.store.schema import FeatureDataset, column_to_numpy, read_features_table
+from pipeline.store import FeatureDataset, column_to_numpy, read_features_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 

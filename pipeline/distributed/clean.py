@@ -5,6 +5,7 @@ model it needs, and the summary; the graph and the commit protocol are
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -13,19 +14,16 @@ import numpy as np
 from pipeline.config import ConfigError, config_digest, config_to_dict
 from pipeline.distributed.features import FeatureMethod, list_images, require_io, run_feature_job
 from pipeline.job_config import CleanJobConfig, InputConfig
-from pipeline.models.artifact_model import calibrate
+from pipeline.models.artifact_model import calibrate, read_artifact_model, write_artifact_model
 from pipeline.models.decoder_process import DecoderProcess
 from pipeline.models.engine import resolve_image_size
 from pipeline.models.vit import FeatureExtractor, load_extractor
 from pipeline.stages.features import CleanImages
 from pipeline.stages.read import read_input
-from pipeline.store.schema import (
-    artifact_model_uri,
-    filesystem,
-    read_artifact_model,
-    spread_indices,
-    write_artifact_model,
-)
+from pipeline.store import artifact_model_uri
+from pipeline.store.fs import filesystem
+from pipeline.store.meta import RunMeta
+from pipeline.store.readers import spread_indices
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +94,14 @@ def run_clean_job(cfg: CleanJobConfig) -> dict[str, Any]:
                     "with_artifact": cfg.output.with_artifact,
                     "torch_threads": cfg.compute.torch_threads,
                     "weights_digest": extractor.weights_digest}
-    meta: dict[str, Any] = {"aspect": cfg.engine.resize.aspect}
-    if cfg.engine.upsample > 1:
-        meta["upsample"] = cfg.engine.upsample
+    meta = RunMeta(aspect=cfg.engine.resize.aspect,
+                   upsample=cfg.engine.upsample if cfg.engine.upsample > 1 else None)
     if cfg.engine.needs_artifact_model:
         uri, sha = ensure_artifact_model(cfg, extractor, image_size, uris)
         settings["artifact_model"] = sha  # another pattern, other features
         stage_kwargs |= {"artifact_model_uri": uri, "artifact_model_sha256": sha,
                          "artifact_storage_options": cfg.output.storage_options}
-        meta |= {"artifact_model": uri, "artifact_model_sha256": sha}
+        meta = dataclasses.replace(meta, artifact_model=uri, artifact_model_sha256=sha)
     method = FeatureMethod(
         stage=CleanImages, stage_kwargs=stage_kwargs, batch_size=cfg.engine.images_per_fit,
         extractor=extractor, image_size=image_size, settings=settings,

@@ -17,6 +17,7 @@ from pipeline.job_config import DenoiseJobConfig
 from pipeline.models.denoiser import DenoisedViT, denoiser_digest, require_export
 from pipeline.models.online import online_image_size
 from pipeline.stages.features import DenoiseImages
+from pipeline.store.meta import RunMeta
 
 
 def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
         settings={"method": "denoiser", "denoiser_digest": digest, "image_size": image_size,
                   **cfg.resize.output_settings()},
         resize=cfg.resize,
-        meta={"denoiser_digest": digest, "denoiser_uri": cfg.denoiser.uri,
-              "aspect": cfg.resize.aspect})
+        meta=RunMeta(denoiser_digest=digest, denoiser_uri=cfg.denoiser.uri,
+                     aspect=cfg.resize.aspect))
     return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method,
                            uris)

@@ -5,7 +5,7 @@ Graph: file list (driver) -> ReadImages (actor pool) -> the job's feature stage 
 GPUs from config) -> FeatureSink. Each write task writes content-named Parquet files into the
 run folder and then its commit record, so its images are committed as soon as it ends; when
 every task is done, the driver closes the run (manifest, summary, ``_COMMITTED``).
-``pipeline.store.schema`` owns every name and format on disk.
+``pipeline.store`` owns every name and format on disk.
 """
 
 from __future__ import annotations
@@ -36,15 +36,15 @@ from pipeline.job_config import ComputeConfig, InputConfig, OutputConfig
 from pipeline.models.vit import FeatureExtractor
 from pipeline.stages.features import LoadedOtherBytes
 from pipeline.stages.read import ReadImages
+from pipeline.store.fs import filesystem, full_uri
+from pipeline.store.layout import run_folder
 from pipeline.store.lease import LeaseLost, OutputLease
-from pipeline.store.schema import (
+from pipeline.store.meta import RunMeta
+from pipeline.store.runs import (
     commit_record_names,
     commit_run,
-    filesystem,
-    full_uri,
     manifest_from_records,
     read_commit_records,
-    run_folder,
     seal_dead_runs,
     write_run_config,
 )
@@ -115,8 +115,9 @@ class FeatureMethod:
     resize: ResizeConfig
     """How inputs are resized: with ``keep``, a row holds up to ``max_tokens_ratio`` times the
     square grid's tokens (what sizes the files)."""
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Extra facts recorded with the run (e.g. the denoiser's digest)."""
+    meta: RunMeta = RunMeta()
+    """The job's own facts recorded with the run (e.g. the denoiser's digest); the common ones
+    (model, weights, layer, config digest ...) are filled in by ``run_feature_job``."""
     upsample: int = 1
     """Cells per token side of the ``clean_hr`` column (1: no such column)."""
 
@@ -163,12 +164,12 @@ def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConf
     extractor = method.extractor
     digest = output_digest(extractor.model_name, extractor.weights_digest, method.settings,
                            output.dtype, output.with_artifact)
-    meta = {"model": extractor.model_name, "weights": extractor.weights,
-            "weights_digest": extractor.weights_digest, "layer": extractor.layer,
-            "config_digest": digest, "channels": extractor.embed_dim,
-            "method": method.stage.method, "patch_size": extractor.patch_size,
-            # a square input's grid; rows hold their own grid_h, grid_w
-            "grid": method.square_grid, **method.meta}
+    meta = dataclasses.replace(
+        method.meta, model=extractor.model_name, weights=extractor.weights,
+        weights_digest=extractor.weights_digest, layer=extractor.layer, config_digest=digest,
+        channels=extractor.embed_dim, method=method.stage.method,
+        patch_size=extractor.patch_size,
+        grid=method.square_grid)  # a square input's grid; rows hold their own grid_h, grid_w
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:8]}-{uuid.uuid4().hex[:6]}"
     lease = OutputLease(output.uri, run_id, output.lease_ttl_s, output.storage_options,
                         on_lost=_stop_main_thread)
@@ -192,13 +193,13 @@ def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConf
 
 def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
                 compute: ComputeConfig, method: FeatureMethod, uris: list[str], run_id: str,
-                digest: str, meta: dict[str, Any], lease: OutputLease, start: float
+                digest: str, meta: RunMeta, lease: OutputLease, start: float
                 ) -> dict[str, Any]:
     """The body of ``run_feature_job`` while this run holds the output's lease."""
     out_fs, out_root = filesystem(output.uri, output.storage_options)
     run_path = run_folder(out_root, run_id)
-    write_run_config(out_fs, run_path, {"job": redact(job), "meta": meta, "run_id": run_id,
-                                        "code_version": __version__})
+    write_run_config(out_fs, run_path, {"job": redact(job), "meta": meta.to_dict(),
+                                        "run_id": run_id, "code_version": __version__})
     logger.info("run %s: %d input files, config %s", run_id, len(uris), digest)
 
     init_ray(compute.ray_address, compute.local_num_cpus)

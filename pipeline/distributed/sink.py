@@ -17,18 +17,10 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from pipeline import __version__
-from pipeline.store.schema import (
-    METRIC_FIELDS,
-    QUARANTINE_SCHEMA,
-    CommitRecord,
-    FileEntry,
-    QuarantineEntry,
-    features_schema,
-    filesystem,
-    put_atomic,
-    table_bytes,
-    write_commit_record,
-)
+from pipeline.store import QUARANTINE_SCHEMA, RowStatus, RunMeta, feature_table
+from pipeline.store.format import table_bytes
+from pipeline.store.fs import filesystem, put_atomic
+from pipeline.store.runs import CommitRecord, FileEntry, QuarantineEntry, write_commit_record
 
 COUNTERS = ("done", "skipped", "errors", "duplicates", "fit_seconds")
 
@@ -51,7 +43,7 @@ class FeatureSink(Datasink):
     """Writes one run's feature and quarantine Parquet files, each task's followed by its
     commit record (the driver closes the run afterwards)."""
 
-    def __init__(self, run_uri: str, storage_options: dict[str, Any], meta: dict[str, Any],
+    def __init__(self, run_uri: str, storage_options: dict[str, Any], meta: RunMeta,
                  dtype: str, with_artifact: bool, rows_per_file: int) -> None:
         self.run_uri = run_uri
         self.storage_options = storage_options
@@ -66,36 +58,23 @@ class FeatureSink(Datasink):
         return self.rows_per_file
 
     def _features(self, rows: pa.Table) -> pa.Table:
-        """Rows of one token grid -> a feature table of the schema's (h, w, C) tensors."""
+        """Rows of one token grid (tensors as bytes) -> a feature table (``feature_table``)."""
         grid_h, grid_w = int(rows["grid_h"][0].as_py()), int(rows["grid_w"][0].as_py())
-        channels = self.meta["channels"]
-        upsample = int(self.meta.get("upsample", 1))
-        schema = features_schema((grid_h, grid_w), channels, self.dtype, self.with_artifact,
-                                 upsample)
+        channels = int(self.meta.channels or 0)
+        upsample = int(self.meta.upsample or 1)
 
-        def tensors(name: str, scale: int = 1) -> pa.ExtensionArray:
+        def tensors(name: str, scale: int = 1) -> np.ndarray:
             flat = b"".join(rows[name].to_pylist())
             shape = (len(rows), grid_h * scale, grid_w * scale, channels)
-            array = np.frombuffer(flat, dtype=self.dtype).reshape(shape)
-            return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(array))
+            return np.frombuffer(flat, dtype=self.dtype).reshape(shape)
 
-        metrics = [json.loads(m) for m in rows["metrics"].to_pylist()]
-        n = len(rows)
-        columns = {
-            "image_id": rows["image_id"], "source_uri": rows["source_uri"],
-            "width": rows["width"], "height": rows["height"],
-            "model": [self.meta["model"]] * n, "weights_digest": [self.meta["weights_digest"]] * n,
-            "layer": [self.meta["layer"]] * n, "config_digest": [self.meta["config_digest"]] * n,
-            "method": [self.meta["method"]] * n, "code_version": [__version__] * n,
-            "grid_h": rows["grid_h"], "grid_w": rows["grid_w"],
-            "metrics": [{k: m.get(k) for k in METRIC_FIELDS} for m in metrics],
-            "raw": tensors("raw"), "clean": tensors("clean"),
-        }
-        if self.with_artifact:
-            columns["artifact"] = tensors("artifact")
-        if upsample > 1:
-            columns["clean_hr"] = tensors("clean_hr", upsample)
-        return pa.table(columns, schema=schema)
+        return feature_table(
+            self.meta, __version__, image_ids=rows["image_id"], source_uris=rows["source_uri"],
+            widths=rows["width"], heights=rows["height"],
+            metrics=[json.loads(m) for m in rows["metrics"].to_pylist()],
+            raw=tensors("raw"), clean=tensors("clean"),
+            artifact=tensors("artifact") if self.with_artifact else None,
+            clean_hr=tensors("clean_hr", upsample) if upsample > 1 else None, dtype=self.dtype)
 
     def write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
         """One write task: its rows -> one feature file per token grid (one, unless the
@@ -114,17 +93,17 @@ class FeatureSink(Datasink):
         attempt), with the same files and commit record as a write task's."""
         n = len(uris)
         return self.commit_rows(pa.table({
-            "source_uri": list(uris), "image_id": [""] * n, "status": ["error"] * n,
+            "source_uri": list(uris), "image_id": [""] * n, "status": [RowStatus.ERROR] * n,
             "stage": [stage] * n, "reason": [reason] * n, "error_class": [error_class] * n}),
             task)
 
     def commit_rows(self, rows: pa.Table, task: int) -> dict[str, Any]:
-        """Rows of the stages (``status`` done / skipped / error) -> feature files, a
+        """Rows of the stages (``RowStatus`` done / skipped / error) -> feature files, a
         quarantine file and the commit record, named by ``task``; the task's counters."""
         out = empty_result()
         status = np.asarray(rows["status"].to_pylist(), dtype=object)
         fs, run_path = filesystem(self.run_uri, self.storage_options)
-        done = rows.filter(pa.array(status == "done"))
+        done = rows.filter(pa.array(status == RowStatus.DONE))
         done, out["duplicates"] = _first_of_each_id(done)
         files, quarantined = [], []
         for group in _by_grid(done):
@@ -137,14 +116,14 @@ class FeatureSink(Datasink):
                                    (int(group["grid_h"][0].as_py()),
                                     int(group["grid_w"][0].as_py()))))
             out["fit_seconds"] += float(sum(m["seconds"] for m in table["metrics"].to_pylist()))
-        failed = rows.filter(pa.array(status == "error"))
+        failed = rows.filter(pa.array(status == RowStatus.ERROR))
         if len(failed):
             quarantine = pa.table({
                 "source_uri": failed["source_uri"],
                 "image_id": [i or None for i in failed["image_id"].to_pylist()],
                 "stage": failed["stage"], "reason": failed["reason"],
                 "error_class": failed["error_class"],
-                "config_digest": [self.meta["config_digest"]] * len(failed),
+                "config_digest": [self.meta.config_digest] * len(failed),
             }, schema=QUARANTINE_SCHEMA)
             data, digest = table_bytes(quarantine)
             name = f"quarantine-{task:05d}-{digest[:16]}.parquet"
@@ -155,7 +134,7 @@ class FeatureSink(Datasink):
             write_commit_record(fs, run_path, CommitRecord(task, tuple(files),
                                                            tuple(quarantined)))
         out["done"], out["errors"] = len(done), len(failed)  # duplicates set above
-        out["skipped"] = int((status == "skipped").sum())
+        out["skipped"] = int((status == RowStatus.SKIPPED).sum())
         out["handled"] = uri_keys(rows["source_uri"].to_pylist())
         return out
 

@@ -36,6 +36,7 @@ from ray.train.torch import TorchTrainer
 from pipeline.config import ConfigError, MissingInput, config_to_dict, redact
 from pipeline.distributed.features import init_ray
 from pipeline.job_config import TrainJobConfig
+from pipeline.models.artifact_model import read_artifact_model
 from pipeline.models.denoiser import Denoiser, save_denoiser
 from pipeline.models.denoiser_train import (
     TrainConfig,
@@ -45,15 +46,9 @@ from pipeline.models.denoiser_train import (
     peak_lr,
     train_step,
 )
-from pipeline.store.schema import (
-    column_to_numpy,
-    newest_config,
-    read_artifact_model,
-    read_features,
-    run_grids,
-    sample_features_table,
-    select_runs,
-)
+from pipeline.store import column_to_numpy, read_features, sample_features_table, select_runs
+from pipeline.store.readers import run_grids
+from pipeline.store.runs import newest_config
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +121,12 @@ def describe_corpus(cfg: TrainJobConfig) -> Corpus:
                            "ignored %s (choose with input.config_digest=..., or pool them with "
                            "input.all_configs=true)", cfg.input.uri, len(others) + 1, newest,
                            ", ".join(others))
-    kinds = {(r.meta.get("model"), r.meta.get("weights_digest"), r.meta.get("channels"))
-             for r in runs}
+    kinds = {(r.meta.model, r.meta.weights_digest, r.meta.channels) for r in runs}
     if len(kinds) != 1:
         raise ConfigError(f"runs under {cfg.input.uri} mix models, weights or channels {kinds}; "
                          "pick one with input.config_digest=...")
     model, weights_digest, channels = kinds.pop()
-    grid = max(int(r.meta.get("grid")) for r in runs)
+    grid = max(int(r.meta.grid or 0) for r in runs)
     ids = [i for run in runs for i in run.image_ids]
     val = sum(is_validation(i, cfg.train.val_fraction) for i in ids)
     digests = sorted({r.config_digest for r in runs})
@@ -145,10 +139,10 @@ def describe_corpus(cfg: TrainJobConfig) -> Corpus:
             parts.append((digest, shape))
             grids[shape] = grids.get(shape, 0) + rows
     # the start pattern: the artifact model of the largest input size, the denoiser's grid
-    largest = [r for r in runs if int(r.meta.get("grid")) == grid]
-    stored = sorted({r.meta.get("artifact_model", "") for r in largest} - {""})
-    return Corpus(model=model, weights=runs[0].meta.get("weights", "hub"),
-                  weights_digest=weights_digest, grid=grid, channels=int(channels),
+    largest = [r for r in runs if int(r.meta.grid or 0) == grid]
+    stored = sorted({r.meta.artifact_model or "" for r in largest} - {""})
+    return Corpus(model=model or "", weights=runs[0].meta.weights or "hub",
+                  weights_digest=weights_digest or "", grid=grid, channels=int(channels or 0),
                   config_digests=digests, train_images=len(ids) - val, val_images=val,
                   grids=grids, parts=parts, largest_config=largest[-1].config_digest,
                   artifact_model=stored[-1] if stored else "")

@@ -63,16 +63,16 @@ from pipeline.models.engine import resolve_image_size
 from pipeline.models.images import decode_image
 from pipeline.models.subpatch import pool_fine
 from pipeline.models.vit import FeatureExtractor, load_extractor
-from pipeline.store.schema import (
+from pipeline.store import (
     column_to_numpy,
-    filesystem,
     raw_minus_artifact,
     read_features_table,
-    read_run_config,
     sample_features_table,
     select_runs,
-    spread_indices,
 )
+from pipeline.store.fs import filesystem
+from pipeline.store.readers import spread_indices
+from pipeline.store.runs import read_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _features_job(cfg: EvaluateConfig) -> tuple[CleanJobConfig, str, str]:
     fs, _ = filesystem(cfg.features.uri, cfg.features.storage_options)
     saved = read_run_config(fs, run.path)
     job = apply_overrides(from_dict(CleanJobConfig, drop_redacted(saved["job"])), cfg.stage1)
-    return job, run.config_digest, run.meta.get("artifact_model", "")
+    return job, run.config_digest, run.meta.artifact_model or ""
 
 
 FitInputs = Callable[[CleanJobConfig], dict[str, Any]]

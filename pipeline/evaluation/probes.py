@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from pipeline.models.crops import random_crop_box
 from pipeline.models.images import to_rgb
 from pipeline.models.offline_weights import default_cache_dir, download_wheel
-from pipeline.store.schema import local_atomic
+from pipeline.store.fs import local_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.evaluation.visualize import panel_row, shared_pca_images
-from pipeline.store.schema import local_atomic
+from pipeline.store.fs import local_atomic
 
 METHODS = ("raw", "clean", "raw_minus_g", "denoised", "calib", "tta", "calib+tta",
            "raw_minus_mean_g")
@@ -59,7 +59,7 @@ DEFINITIONS = {
     "raw_minus_g": "raw - G: the raw tokens minus stage 1's estimated artifact G, that is F "
                    "plus the image's own residual: the positional pattern removed, fine "
                    "detail that the field smooths kept (from the stored columns; "
-                   "`pipeline.store.schema.raw_minus_artifact`).",
+                   "`pipeline.store.raw_minus_artifact`).",
     "fit": "Fit diagnostics of stage 1 over the committed rows: reconstruction R^2, |G|/|y|, "
            "final loss and seconds per image.",
     "fine": "Finer than a patch (features with clean_hr, s x s cells per token): fine matching "

@@ -37,7 +37,7 @@ from torch import nn
 from pipeline.config import MissingInput
 from pipeline.models.vit import FeatureExtractor, load_extractor
 from pipeline.models.weights import state_dict_digest
-from pipeline.store.schema import filesystem, put_atomic
+from pipeline.store.fs import filesystem, put_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ import torch
 from onnx import numpy_helper
 from safetensors.torch import save_file
 
-from pipeline.store.schema import local_atomic
+from pipeline.store.fs import local_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -2,9 +2,10 @@
 
 They take the read stage's rows (``pipeline.stages.read.ReadImages``) and return batches as dicts of
 numpy columns, and import no Ray, so they run the same under Ray Data's actor pools and in a
-plain loop. Every input row comes out as exactly one row with a ``status``: ``done`` (features
-in ``raw``/``clean``/``artifact`` as bytes), ``skipped`` (already committed for this config) or
-``error`` (with ``stage``, ``reason``, ``error_class``).
+plain loop. Every input row comes out as exactly one row with a ``status``
+(``pipeline.store.RowStatus``): ``done`` (features in ``raw``/``clean``/``artifact`` as bytes),
+``skipped`` (already committed for this config) or ``error`` (with ``stage``, ``reason``,
+``error_class``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import numpy as np
 import torch
 
 from pipeline.config import ConfigError, EngineConfig, ResizeConfig
+from pipeline.models.artifact_model import read_artifact_model
 from pipeline.models.denoiser import DenoisedViT
 from pipeline.models.denoiser import denoiser_digest as digest_of
 from pipeline.models.engine import CleanResult, clean_images
 from pipeline.models.online import denoise_images
 from pipeline.models.vit import load_extractor
 from pipeline.stages.read import PASSTHROUGH, Batch, failed_rows, object_column
-from pipeline.store.schema import read_artifact_model
+from pipeline.store import RowStatus
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ class CleanImages:
         for key in ("raw", "clean", "artifact", "clean_hr", "metrics"):
             out[key] = [b"" if key != "metrics" else "" for _ in range(n)]
         out["grid_h"], out["grid_w"] = [0] * n, [0] * n
-        todo = [i for i in range(n) if batch["status"][i] == "ok"]
+        todo = [i for i in range(n) if batch["status"][i] == RowStatus.OK]
         images = [
             np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(
                 int(batch["height"][i]), int(batch["width"][i]), 3)
@@ -100,15 +102,15 @@ class CleanImages:
         except Exception as err:  # a failure of the whole batch quarantines its images
             logger.exception("%s failed for %d images", self.method, len(todo))
             for i in todo:
-                out["status"][i], out["stage"][i] = "error", self.stage
+                out["status"][i], out["stage"][i] = RowStatus.ERROR, self.stage
                 out["reason"][i], out["error_class"][i] = str(err)[:500], type(err).__name__
             results = []
         for i, res in zip(todo if results else [], results, strict=True):
             if not res.ok:
-                out["status"][i], out["stage"][i] = "error", self.stage
+                out["status"][i], out["stage"][i] = RowStatus.ERROR, self.stage
                 out["reason"][i], out["error_class"][i] = res.error or "", "NonFiniteOutput"
                 continue
-            out["status"][i] = "done"
+            out["status"][i] = RowStatus.DONE
             out["raw"][i] = res.raw.astype(self.dtype).tobytes()
             out["clean"][i] = res.clean.astype(self.dtype).tobytes()
             if self.with_artifact:

@@ -17,7 +17,9 @@ import fsspec
 import numpy as np
 
 from pipeline.models.decoder_process import DecoderProcess
-from pipeline.store.schema import IdSet, committed_ids, filesystem
+from pipeline.store import RowStatus, committed_ids
+from pipeline.store.fs import filesystem
+from pipeline.store.readers import IdSet
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ def failed_rows(uris: np.ndarray, stage: str, err: Exception, empty: dict[str, A
     died), with ``empty`` values for the stage's other columns."""
     n = len(uris)
     rows: dict[str, Any] = {"source_uri": list(uris), "image_id": [""] * n,
-                            "status": ["error"] * n, "stage": [stage] * n,
+                            "status": [RowStatus.ERROR] * n, "stage": [stage] * n,
                             "reason": [f"{type(err).__name__}: {err}"[:500]] * n,
                             "error_class": [type(err).__name__] * n}
     rows |= {key: [value] * n for key, value in empty.items()}
@@ -90,9 +92,9 @@ class ReadImages:
 
     def _read(self, uri: str) -> tuple[dict[str, Any], bytes]:
         """The row of one input before decoding, and its bytes when they are to be decoded."""
-        row: dict[str, Any] = {"source_uri": uri, "image_id": "", "status": "error", "stage": "",
-                               "reason": "", "error_class": "", "width": 0, "height": 0,
-                               "pixels": b""}
+        row: dict[str, Any] = {"source_uri": uri, "image_id": "", "status": RowStatus.ERROR,
+                               "stage": "", "reason": "", "error_class": "", "width": 0,
+                               "height": 0, "pixels": b""}
         try:
             data = read_input(self.fs, uri, self.max_bytes)
         except Exception as err:  # any storage failure is this input's, not the job's
@@ -100,8 +102,8 @@ class ReadImages:
                           "error_class": type(err).__name__}, b""
         row["image_id"] = hashlib.sha256(data).hexdigest()
         if row["image_id"] in self.done_ids:
-            return row | {"status": "skipped"}, b""
-        return row | {"status": "read"}, data
+            return row | {"status": RowStatus.SKIPPED}, b""
+        return row | {"status": RowStatus.READ}, data
 
     def __call__(self, batch: Batch) -> Batch:
         try:
@@ -114,14 +116,14 @@ class ReadImages:
     def _rows(self, batch: Batch) -> Batch:
         read = [self._read(str(uri)) for uri in batch["source_uri"]]
         rows = [row for row, _ in read]
-        todo = [i for i, row in enumerate(rows) if row["status"] == "read"]
+        todo = [i for i, row in enumerate(rows) if row["status"] == RowStatus.READ]
         for i, decoded in zip(todo, self.decoder.decode([read[i][1] for i in todo]),
                               strict=True):
             if decoded.ok:
-                rows[i] |= {"status": "ok", "width": decoded.width, "height": decoded.height,
-                            "pixels": decoded.pixels}
+                rows[i] |= {"status": RowStatus.OK, "width": decoded.width,
+                            "height": decoded.height, "pixels": decoded.pixels}
             else:
-                rows[i] |= {"status": "error", "stage": "decode", "reason": decoded.reason,
+                rows[i] |= {"status": RowStatus.ERROR, "stage": "decode", "reason": decoded.reason,
                             "error_class": decoded.error_class}
         out = {key: object_column([r[key] for r in rows]) for key in rows[0]} if rows else {}
         for key in ("width", "height"):

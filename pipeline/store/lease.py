@@ -1,7 +1,7 @@
 """A lease on an output location, so overlapping refreshes never process the same images twice.
 
 Leases are numbered files ``OUTPUT/_leases/lease-<generation>.json``, each created whole and
-exclusively (``schema.create_exclusive``: a flushed temp file hard-linked to the name on
+exclusively (``fs.create_exclusive``: a flushed temp file hard-linked to the name on
 disks, one ``If-None-Match: *`` PUT on object stores): of two runs racing for the next
 generation exactly one wins, and no reader ever sees a lease file empty or half-written.
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pipeline.store.schema import create_exclusive, filesystem, put_atomic, read_bytes
+from pipeline.store.fs import create_exclusive, filesystem, put_atomic, read_bytes
 
 logger = logging.getLogger(__name__)
 
