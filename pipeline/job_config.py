@@ -91,8 +91,8 @@ class CalibrationConfig:
     min_crops: int = 256
     """At least this many crops in all: a folder of few images gets more crops of each
     (``crops_for``), so the pattern's own noise stays far below the artifact whatever the
-    folder holds (README, "The artifact model's crop count"). Not part of the stored model's
-    name: a refresh of a folder that grew keeps its output's model."""
+    folder holds (docs/performance.md, "The artifact model's crop count"). Not part of the
+    stored model's name: a refresh of a folder that grew keeps its output's model."""
     seed: int = 0
     """Seed of the crops."""
 

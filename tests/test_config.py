@@ -46,7 +46,7 @@ def test_overrides_apply_and_coerce() -> None:
 
 
 @pytest.mark.parametrize(("override", "patterns"), [
-    ("input.include=[*.jpg]", ["*.jpg"]),  # the README's own example: `*` is no YAML alias
+    ("input.include=[*.jpg]", ["*.jpg"]),  # docs/operations.md's example: `*` is no YAML alias
     ("input.include=[*.jpg,*.png]", ["*.jpg", "*.png"]),
     ("input.include=[ '*.jpg', \"*.PNG\" ]", ["*.jpg", "*.PNG"]),
     ("input.include=*.jpg", ["*.jpg"]),  # one pattern where a list is expected
@@ -172,7 +172,7 @@ def test_saved_configs_carry_no_credentials() -> None:
 
 def test_calibration_reaches_its_crop_count_whatever_the_folder_holds() -> None:
     """A folder of 7 photos with 4 crops each would give 28 crops, whose own noise is ~70 % of
-    the pattern they share (README): they get 37 each instead, and large folders keep 4."""
+    the pattern they share (docs/performance.md): they get 37 each instead, and large folders keep 4."""
     from pipeline.job_config import CalibrationConfig
 
     calib = CalibrationConfig()
