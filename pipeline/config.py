@@ -192,7 +192,7 @@ class HighResConfig:
     """``average``: each fine cell is the mean over the views of the tokens whose window holds
     it, G removed (the best fine and token matching measured); ``solve``: the guided
     least-squares solve of the views' box averages (sharper: the best stereo and the lowest
-    PEV, but noisier matches). The README's "Finer than a patch" table has the figures."""
+    PEV, but noisier matches). docs/performance.md, "Finer than a patch", has the figures."""
     smooth: float = 1.0
     """``solve``: weight of the image-guided smoothness between neighbouring cells, in units
     of one view's evidence on a cell: it fills in what the box averages leave open (the finest
@@ -323,7 +323,7 @@ class EngineConfig:
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     """Convert ``value`` (from YAML or a command line) to the annotated type ``tp``."""
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
@@ -403,7 +403,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """The config (a dataclass, or plain data) as JSON-able data (tuples become lists)."""
-    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    is_instance = dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)
+    data = dataclasses.asdict(cfg) if is_instance else cfg
     return json.loads(json.dumps(data))
 
 

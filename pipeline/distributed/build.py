@@ -84,7 +84,7 @@ def run_build_job(cfg: BuildJobConfig) -> dict[str, Any]:
     steps: dict[str, Any] = {}
     began = time.perf_counter()
 
-    sizes = cfg.image_sizes or [None]
+    sizes: list[int | None] = list(cfg.image_sizes) or [None]
     samples = cfg.size_samples or [cfg.sample] * len(sizes)
     for size, sample in zip(sizes, samples, strict=True):  # one stage-1 run per input size
         clean = resolve_clean_job(cfg.clean_job, [*cfg.clean, *(

@@ -281,7 +281,8 @@ def _finer_than_a_patch(rows: dict[str, dict[str, np.ndarray]], images: dict[str
                               + spent["calib+tta_joint_bilateral"],
                               "subpatch_average": spent["subpatch_average"]}}
     crop_names = sorted(boxes)
-    pooled = {n: {"clean_hr": pool_fine(rows[n]["clean_hr"], scale)} for n in crop_names}
+    pooled = {n: {"clean_hr": np.asarray(pool_fine(rows[n]["clean_hr"], scale))}
+              for n in crop_names}
     pev = position_explained_variance(np.stack([pooled[n]["clean_hr"] for n in crop_names]),
                                       np.asarray([_photo_of(n) for n in crop_names]))
     fine["pooled"] = {"pev": pev.value, "pev_stderr": pev.stderr,
@@ -335,13 +336,16 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos
     if denoiser is not None:
         began = time.perf_counter()
         for row in rows.values():
-            row["denoised"] = _denoise(denoiser, row["raw"])
+            denoised = _denoise(denoiser, row["raw"])
+            assert denoised is not None  # a denoiser was given
+            row["denoised"] = denoised
         denoise_seconds = (time.perf_counter() - began) / len(rows)
     # the corpus's G (rows spread over it) for raw - mean G, figures and G agreement
     table = sample_features_table(cfg.features.uri, 64, cfg.features.storage_options,
                                   method="dvt-fit", config_digest=digest)
     has_g = "artifact" in table.column_names
-    artifacts = column_to_numpy(table["artifact"]).astype(np.float32) if has_g else []
+    artifacts: list[np.ndarray] = list(
+        column_to_numpy(table["artifact"]).astype(np.float32)) if has_g else []
     mean_g = from_artifacts(artifacts, job.model.name, extractor.weights_digest, size
                             ).pattern_for((grid, grid)) if has_g else None  # on the probes' grid
     calibration = calibrate(extractor, {n: sample_photo(n) for n in CALIBRATION_PHOTOS}, size,

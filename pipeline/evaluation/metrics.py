@@ -120,7 +120,7 @@ def position_explained_variance(features: np.ndarray, groups: np.ndarray, *, spl
                        tuple(jack))
 
 
-def jackknife_stderr(replicates: Sequence[float]) -> float:
+def jackknife_stderr(replicates: Sequence[float] | np.ndarray) -> float:
     """Standard error from delete-one replicates: sqrt((n - 1) / n * sum (r - mean r)^2)."""
     r = np.asarray(replicates, dtype=np.float64)
     n = len(r)

@@ -82,7 +82,8 @@ def shifted_pair(photo: np.ndarray, size: int, patch: int, shift: int
     height, width = photo.shape[:2]
     factor = need / min(height, width)
     resized = np.asarray(Image.fromarray(photo).resize(
-        (max(need, round(width * factor)), max(need, round(height * factor))), Image.BILINEAR))
+        (max(need, round(width * factor)), max(need, round(height * factor))),
+        Image.Resampling.BILINEAR))
     step = shift * patch
     return (np.ascontiguousarray(resized[:size, :size]),
             np.ascontiguousarray(resized[step:step + size, step:step + size]))

@@ -43,7 +43,8 @@ def panel_row(panels: list[tuple[str, np.ndarray]], height: int = 224) -> Image.
     for title, array in panels:
         image = Image.fromarray(array)
         width = max(1, round(image.width * height / image.height))
-        resample = Image.NEAREST if image.height < height // 4 else Image.BILINEAR
+        resample = (Image.Resampling.NEAREST if image.height < height // 4
+                    else Image.Resampling.BILINEAR)
         tile = Image.new("RGB", (width, height + 18), "white")
         tile.paste(image.resize((width, height), resample), (0, 18))
         ImageDraw.Draw(tile).text((4, 3), title, fill="black")

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 
@@ -48,6 +48,7 @@ class Decoded:
 
     @property
     def ok(self) -> bool:
+        """The image decoded (no error class was recorded)."""
         return not self.error_class
 
 
@@ -55,7 +56,7 @@ class DecoderDied(RuntimeError):
     """The child exited (or was killed for overrunning its time) while decoding an image."""
 
 
-def _write_frame(out: BinaryIO, header: dict, payload: bytes | memoryview = b"") -> None:
+def _write_frame(out: IO[bytes], header: dict, payload: bytes | memoryview = b"") -> None:
     blob = json.dumps(header).encode()
     view = memoryview(payload).cast("B")
     out.write(struct.pack(">I", len(blob)) + blob + struct.pack(">Q", view.nbytes))
@@ -189,7 +190,7 @@ class DecoderProcess:
             pass
 
 
-def serve(inp: BinaryIO, out: BinaryIO) -> None:
+def serve(inp: IO[bytes], out: IO[bytes]) -> None:
     """The child's loop: one frame in (settings, encoded bytes), one frame out per image."""
     from pipeline.models.images import decode_image
 

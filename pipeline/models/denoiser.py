@@ -80,6 +80,7 @@ class DenoiserConfig:
 
     @property
     def heads(self) -> int:
+        """Attention heads: ``num_heads``, or one per 64 channels."""
         return self.num_heads or max(1, self.channels // 64)
 
 
@@ -87,11 +88,15 @@ class Denoiser(nn.Module):
     """Raw tokens (B, h, w, C) -> denoised tokens (B, h, w, C), any h and w: the positional
     embedding added, then ``depth`` pre-norm blocks."""
 
+    meta: dict[str, Any]
+    """What ``save_denoiser`` wrote beside the weights (set when loaded; {} when built)."""
+
     def __init__(self, cfg: DenoiserConfig) -> None:
         super().__init__()
         if cfg.channels % cfg.heads:
             raise ValueError(f"channels {cfg.channels} not divisible by {cfg.heads} heads")
         self.cfg = cfg
+        self.meta = {}
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid * cfg.grid, cfg.channels))
         if cfg.depth < 1:
             raise ValueError(f"denoiser depth must be at least 1, got {cfg.depth}")

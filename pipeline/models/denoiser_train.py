@@ -111,8 +111,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         # one backward per grid; under DDP only the last one all-reduces, so every worker
         # syncs once a step however many grids its batch holds
         last = k == len(batch) - 1
-        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else \
-                model.no_sync():
+        no_sync = getattr(model, "no_sync", None)  # DDP's: skip this backward's all-reduce
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
             pred = model(raw)
             part = feature_distance(pred, target).sum()
             if cfg.similarity_weight:
@@ -173,7 +173,8 @@ def is_validation(image_id: str, fraction: float) -> bool:
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on norms, biases or the embedding)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         (decay if param.ndim >= 2 and "pos_embed" not in name else no_decay).append(param)
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},

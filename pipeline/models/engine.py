@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,7 +148,8 @@ def _shift_one(extractor: FeatureExtractor, rgb: np.ndarray, image_id: str, cfg:
     pattern = torch.from_numpy(prior.pattern_for(grid)).to(tokens.device)
     content, artifact = decompose_shift_views(tokens, views, cfg.shift.pad, pattern,
                                               cfg.shift.prior_weight, cfg.shift.iterations)
-    clean_hr, hr_metrics = None, {}
+    clean_hr: torch.Tensor | None = None
+    hr_metrics: dict[str, Any] = {}
     if cfg.upsample > 1:
         clean_hr, hr_metrics = fine_content(extractor, rgb, image_id, cfg, grid, tokens, views,
                                             content, artifact)
@@ -255,7 +257,7 @@ def fit_batches(grids: Sequence[tuple[int, int]], images_per_fit: int) -> list[l
     order of first appearance (one grid: consecutive chunks, as before grids could differ)."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, grid in enumerate(grids):
-        groups.setdefault(tuple(grid), []).append(i)
+        groups.setdefault((int(grid[0]), int(grid[1])), []).append(i)
     step = max(1, images_per_fit)
     return [members[k:k + step] for members in groups.values()
             for k in range(0, len(members), step)]

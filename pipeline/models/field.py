@@ -36,6 +36,7 @@ class BatchedLinear(nn.Module):
         self.bias = nn.Parameter(_per_image(generators, (1, out_dim), -bound, bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, in) -> (B, N, out), each image through its own weights."""
         return torch.baddbmm(self.bias, x, self.weight)
 
 
@@ -49,6 +50,7 @@ class BatchedMLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, dims[0]) -> (B, N, dims[-1])."""
         for k, layer in enumerate(self.layers):
             x = layer(x)
             if k < len(self.layers) - 1:
@@ -84,6 +86,7 @@ class BatchedGridEncoding(nn.Module):
         self.out_dim = cfg.num_levels * cfg.features_per_level
 
     def forward(self, coords: torch.Tensor, max_resolution: int = 0) -> torch.Tensor:
+        """coords (B, N, 2) -> the levels' bilinear samples, concatenated (class docstring)."""
         grid = (coords * 2.0 - 1.0).unsqueeze(1)  # (B, 1, N, 2), grid_sample's [-1, 1]
         feats = []
         for level, resolution in zip(self.levels, self.resolutions, strict=True):
@@ -109,4 +112,5 @@ class BatchedNeuralField(nn.Module):
         self.mlp = BatchedMLP([self.encoding.out_dim, hidden, channels], generators)
 
     def forward(self, coords: torch.Tensor, max_resolution: int = 0) -> torch.Tensor:
+        """coords (B, N, 2) in [0, 1] -> features (B, N, C)."""
         return self.mlp(self.encoding(coords, max_resolution))

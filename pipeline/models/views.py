@@ -45,6 +45,7 @@ class ViewLayout:
 
     @property
     def num_views(self) -> int:
+        """Views in the layout (the full view included)."""
         return len(self.boxes)
 
     def token_coords(self, grid: int | tuple[int, int]) -> torch.Tensor:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import timm
 import torch
-from torch import nn
 
 from pipeline.models.weights import HUB, load_state_dict_from_spec, state_dict_digest
 
@@ -32,7 +32,8 @@ class FeatureExtractor:
     weights: the weight spec it was loaded with; weights_digest: sha256 of its tensors.
     """
 
-    model: nn.Module
+    model: Any
+    """The timm ViT (an ``nn.Module``; typed Any: its attributes vary by architecture)."""
     model_name: str
     weights: str
     weights_digest: str
@@ -41,14 +42,17 @@ class FeatureExtractor:
 
     @property
     def patch_size(self) -> int:
+        """Pixels per token side (14 for DINOv2, 16 for most others)."""
         return int(self.model.patch_embed.patch_size[0])
 
     @property
     def embed_dim(self) -> int:
+        """Channels of a token."""
         return int(self.model.embed_dim)
 
     @property
     def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens (class and register tokens)."""
         return int(getattr(self.model, "num_prefix_tokens", 0))
 
     @property
