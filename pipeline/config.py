@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -38,16 +38,42 @@ class ConfigError(ValueError):
     is wrong and how to mend it, and jobs print it as one line (exit code 2), no traceback."""
 
 
-def check_at_least(cfg: Any, section: str, least: Mapping[str, float],
-                   above: Mapping[str, float] = {}) -> None:
-    """Raise ``ConfigError`` unless each named field is >= its bound (``least``) or > it
-    (``above``); ``section`` prefixes the field names in the message."""
+def check_range(cfg: Any, section: str, least: Mapping[str, float],
+                above: Mapping[str, float] | None = None,
+                most: Mapping[str, float] | None = None) -> None:
+    """Raise ``ConfigError`` unless each named field is >= its bound (``least``), > it
+    (``above``) and <= it (``most``); ``section`` prefixes the field names in the message."""
     for name, bound in least.items():
-        if getattr(cfg, name) < bound:
+        if not getattr(cfg, name) >= bound:
             raise ConfigError(f"{section}{name} must be >= {bound}, got {getattr(cfg, name)}")
-    for name, bound in above.items():
-        if getattr(cfg, name) <= bound:
+    for name, bound in (above or {}).items():
+        if not getattr(cfg, name) > bound:
             raise ConfigError(f"{section}{name} must be > {bound}, got {getattr(cfg, name)}")
+    for name, bound in (most or {}).items():
+        if not getattr(cfg, name) <= bound:
+            raise ConfigError(f"{section}{name} must be <= {bound}, got {getattr(cfg, name)}")
+
+
+def check_choices(cfg: Any, section: str) -> None:
+    """Raise ``ConfigError`` unless every ``Literal``-typed field of dataclass ``cfg`` holds
+    one of its choices (the check of a config built in Python; loading checks them too)."""
+    hints = typing.get_type_hints(type(cfg))
+    for field in dataclasses.fields(cfg):
+        choices = literal_choices(hints[field.name])
+        value = getattr(cfg, field.name)
+        if choices and not _is_choice(value, choices):
+            raise ConfigError(f"{section}{field.name} must be one of {list(choices)}, got "
+                              f"{value!r}")
+
+
+def literal_choices(tp: Any) -> tuple[Any, ...]:
+    """The choices of a ``Literal[...]`` type (() for any other type)."""
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else ()
+
+
+def _is_choice(value: Any, choices: tuple[Any, ...]) -> bool:
+    """``value`` is one of ``choices``, of the same type (True is not the choice 1)."""
+    return any(value == c and type(value) is type(c) for c in choices)
 
 
 class MissingInput(ConfigError, FileNotFoundError):
@@ -140,16 +166,10 @@ class FitConfig:
     an artifact model (``pipeline.models.artifact_model``)."""
 
     def __post_init__(self) -> None:
-        for name in ("phase1_fraction", "warmup_fraction", "coarse_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"fit.{name} must lie in [0, 1], got {getattr(self, name)}")
-        if self.steps < 1 or self.tokens_per_step < 1:
-            raise ValueError("fit.steps and fit.tokens_per_step must be at least 1")
-        if self.prior_weight < 0:
-            raise ValueError(f"fit.prior_weight must be >= 0, got {self.prior_weight}")
-        if self.coarse_cells_per_token <= 0:
-            raise ValueError(f"fit.coarse_cells_per_token must be > 0, got "
-                             f"{self.coarse_cells_per_token}")
+        fractions = ("phase1_fraction", "warmup_fraction", "coarse_fraction")
+        check_range(self, "fit.", {"steps": 1, "tokens_per_step": 1, "prior_weight": 0,
+                                   **dict.fromkeys(fractions, 0.0)},
+                    above={"coarse_cells_per_token": 0}, most=dict.fromkeys(fractions, 1.0))
 
 
 @dataclass(frozen=True)
@@ -171,13 +191,10 @@ class ShiftConfig:
     """Alternating least-squares rounds (F given G, G given F)."""
 
     def __post_init__(self) -> None:
-        if self.views < 1 or self.pad < 0 or not 0.0 <= self.flip_prob <= 1.0:
-            raise ValueError(f"shift needs views >= 1, pad >= 0 and flip_prob in [0, 1]: {self}")
-        if self.prior_weight < 0 or self.iterations < 1:
-            raise ValueError("shift.prior_weight must be >= 0 and shift.iterations >= 1")
+        check_range(self, "shift.", {"views": 1, "pad": 0, "flip_prob": 0.0, "prior_weight": 0,
+                                     "iterations": 1}, most={"flip_prob": 1.0})
 
 
-HR_ESTIMATORS = ("average", "solve")
 
 
 @dataclass(frozen=True)
@@ -188,7 +205,7 @@ class HighResConfig:
 
     views: int = 12
     """Extra views at the sub-patch phases (besides the shift views, which are phase 0)."""
-    estimator: str = "average"
+    estimator: Literal["average", "solve"] = "average"
     """``average``: each fine cell is the mean over the views of the tokens whose window holds
     it, G removed (the best fine and token matching measured); ``solve``: the guided
     least-squares solve of the views' box averages (sharper: the best stereo and the lowest
@@ -206,25 +223,16 @@ class HighResConfig:
     """``solve``: it stops when every channel's residual is below this share of its data."""
 
     def __post_init__(self) -> None:
-        if self.estimator not in HR_ESTIMATORS:
-            raise ValueError(f"hr.estimator must be one of {list(HR_ESTIMATORS)}, got "
-                             f"{self.estimator!r}")
-        if self.views < 0 or self.iterations < 1 or self.smooth < 0 or self.sigma <= 0:
-            raise ValueError(f"hr needs views >= 0, iterations >= 1, smooth >= 0, sigma > 0: "
-                             f"{self}")
-
-
-UPSAMPLES = (1, 2, 4)
-METHODS = ("field", "shift")
-ASPECTS = ("keep", "square")
-"""How the full view of an image is sized: its aspect kept, or squashed to a square."""
+        check_choices(self, "hr.")
+        check_range(self, "hr.", {"views": 0, "iterations": 1, "smooth": 0},
+                       above={"sigma": 0})
 
 
 @dataclass(frozen=True)
 class ResizeConfig:
     """How an image becomes the model input whose token grid every output of it lives on."""
 
-    aspect: str = "keep"
+    aspect: Literal["keep", "square"] = "keep"
     """``keep``: the input keeps the image's aspect (short side at the image size, long side
     at the nearest whole token count), so a 2:1 photo gets a token grid twice as wide as high;
     ``square``: every image is squashed to a square (the layout of outputs made before this
@@ -247,10 +255,8 @@ class ResizeConfig:
         return side * side * (self.max_tokens_ratio if self.aspect == "keep" else 1.0)
 
     def __post_init__(self) -> None:
-        if self.aspect not in ASPECTS:
-            raise ValueError(f"resize.aspect must be one of {list(ASPECTS)}, got {self.aspect!r}")
-        if not self.max_tokens_ratio >= 1.0:
-            raise ValueError(f"resize.max_tokens_ratio must be >= 1, got {self.max_tokens_ratio}")
+        check_choices(self, "resize.")
+        check_range(self, "resize.", {"max_tokens_ratio": 1.0})
 
 METHOD_VERSIONS = {"field": 1, "shift": 1}
 """Bumped on purpose when a method's code changes its output values for the same settings: a
@@ -275,26 +281,23 @@ class EngineConfig:
     """Views per ViT forward pass."""
     seed: int = 0
     """Base seed; every image's views and initialisation derive from (image id, seed)."""
-    method: str = dataclasses.field(default="field", metadata=NEUTRAL)
+    method: Literal["field", "shift"] = dataclasses.field(default="field", metadata=NEUTRAL)
     """``field``: the per-image neural-field fit of DVT (views, field, fit); ``shift``: the
     shift decomposition around a dataset-level artifact model (shift), no training."""
     views: ViewConfig = dataclasses.field(default_factory=ViewConfig)
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     fit: FitConfig = dataclasses.field(default_factory=FitConfig)
     shift: ShiftConfig = dataclasses.field(default_factory=ShiftConfig)
-    upsample: int = dataclasses.field(default=1, metadata=NEUTRAL)
+    upsample: Literal[1, 2, 4] = dataclasses.field(default=1, metadata=NEUTRAL)
     """Cells per token side of ``clean_hr``, the artifact-free content finer than a patch
     (1: none, 2 or 4: an (s*h, s*w, C) map beside ``clean``); needs ``method: shift``."""
     hr: HighResConfig = dataclasses.field(default_factory=HighResConfig, metadata=NEUTRAL)
     """How ``clean_hr`` is estimated."""
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
-        if self.upsample not in UPSAMPLES:
-            raise ValueError(f"upsample must be one of {list(UPSAMPLES)}, got {self.upsample}")
+        check_choices(self, "")
         if self.upsample > 1 and self.method != "shift":
-            raise ValueError("upsample > 1 needs method: shift (the sub-patch views are shifted "
+            raise ConfigError("upsample > 1 needs method: shift (the sub-patch views are shifted "
                              "views of the full image); use preset=shift")
 
     def output_settings(self) -> dict[str, Any]:
@@ -342,6 +345,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             except (TypeError, ValueError) as err:
                 errors.append(str(err))
         raise ConfigError(f"{where}: {value!r} fits none of {tp}: {'; '.join(errors)}")
+    if choices := literal_choices(tp):
+        if not _is_choice(value, choices):
+            raise ConfigError(f"{where} must be one of {list(choices)}, got {value!r}")
+        return value
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, list | tuple) or len(value) != len(args):

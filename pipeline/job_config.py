@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -21,7 +21,8 @@ from pipeline.config import (
     EngineConfig,
     ResizeConfig,
     apply_overrides,
-    check_at_least,
+    check_choices,
+    check_range,
     config_to_dict,
     engine_preset,
     from_dict,
@@ -62,7 +63,7 @@ class InputConfig:
     (the same ones on every run of an unchanged folder); 0: all."""
 
     def __post_init__(self) -> None:
-        check_at_least(self, "input.", {"decode_timeout_s": 0, "sample": 0},
+        check_range(self, "input.", {"decode_timeout_s": 0, "sample": 0},
                        above={"max_pixels": 0, "max_bytes": 0})
         if not self.include:
             raise ConfigError("input.include is empty: no file could ever match")
@@ -97,9 +98,8 @@ class CalibrationConfig:
     """Seed of the crops."""
 
     def __post_init__(self) -> None:
-        if self.images < 1 or self.crops_per_image < 1 or self.min_crops < 1:
-            raise ValueError("calibration.images, calibration.crops_per_image and "
-                             "calibration.min_crops must be >= 1")
+        check_range(self, "calibration.", {"images": 1, "crops_per_image": 1,
+                                              "min_crops": 1})
 
     def crops_for(self, images: int) -> int:
         """Crops per image for ``images`` calibration images: ``crops_per_image``, or more
@@ -113,7 +113,7 @@ class OutputConfig:
 
     uri: str = ""
     """Output folder or prefix (local path, file://, s3://, ...)."""
-    dtype: str = "float16"
+    dtype: Literal["float16", "float32"] = "float16"
     """Storage dtype of the tensor columns (float16 or float32)."""
     with_artifact: bool = True
     """Also store the estimated artifact map G per image."""
@@ -127,9 +127,8 @@ class OutputConfig:
     """fsspec options for the output; credentials come from the environment."""
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("float16", "float32"):
-            raise ConfigError(f"output.dtype must be float16 or float32, got {self.dtype!r}")
-        check_at_least(self, "output.", {"target_file_mb": 0}, above={"lease_ttl_s": 0})
+        check_choices(self, "output.")
+        check_range(self, "output.", {"target_file_mb": 0}, above={"lease_ttl_s": 0})
 
 
 @dataclass(frozen=True)
@@ -178,7 +177,7 @@ class ComputeConfig:
     second, time left); 0: none."""
 
     def __post_init__(self) -> None:
-        check_at_least(self, "compute.", {"actors": 1, "readers": 1, "read_batch_size": 1,
+        check_range(self, "compute.", {"actors": 1, "readers": 1, "read_batch_size": 1,
                                           "local_num_cpus": 1, "num_gpus": 0, "memory_gb": 0,
                                           "torch_threads": 0, "max_restarts": 0,
                                           "max_task_retries": 0, "progress_s": 0},
@@ -263,7 +262,7 @@ class DenoiseJobConfig:
     compute: ComputeConfig = dataclasses.field(default_factory=ComputeConfig)
 
     def __post_init__(self) -> None:
-        check_at_least(self, "", {"batch_size": 1})
+        check_range(self, "", {"batch_size": 1})
 
 
 @dataclass(frozen=True)
@@ -303,7 +302,7 @@ class TrainComputeConfig:
     """Logical CPUs of the local Ray."""
 
     def __post_init__(self) -> None:
-        check_at_least(self, "compute.", {"workers": 1, "local_num_cpus": 1, "torch_threads": 0},
+        check_range(self, "compute.", {"workers": 1, "local_num_cpus": 1, "torch_threads": 0},
                        above={"cpus_per_worker": 0})
 
 
@@ -375,7 +374,7 @@ class BuildJobConfig:
     online, or to denoise other datasets with ``denoise_dataset``)."""
 
     def __post_init__(self) -> None:
-        check_at_least(self, "", {"sample": 0})
+        check_range(self, "", {"sample": 0})
         if any(size < 1 for size in self.image_sizes) or len(set(self.image_sizes)) < len(
                 self.image_sizes):
             raise ConfigError(f"image_sizes must be distinct positive sizes, got "
@@ -423,8 +422,6 @@ class EvaluateConfig:
     ``[compute.actors=2]``); engine changes give another config digest."""
 
     def __post_init__(self) -> None:
-        for name, least in (("max_photos", MIN_PEV_PHOTOS), ("crops_per_photo", 1),
-                            ("shift_patches", 1), ("figures", 0), ("mask_crops", 0),
-                            ("calibration_crops", 1)):
-            if getattr(self, name) < least:
-                raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
+        check_range(self, "", {"max_photos": MIN_PEV_PHOTOS, "crops_per_photo": 1,
+                                  "shift_patches": 1, "figures": 0, "mask_crops": 0,
+                                  "calibration_crops": 1})

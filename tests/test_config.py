@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.config import (
     NEUTRAL,
+    ConfigError,
     EngineConfig,
     FitConfig,
     apply_overrides,
@@ -18,6 +19,7 @@ from pipeline.config import (
     from_dict,
     output_digest,
 )
+from pipeline.job_config import OutputConfig
 
 
 @pytest.mark.parametrize("name", ["paper", "fast", "smoke"])
@@ -67,6 +69,31 @@ def test_glob_lists_parse_as_lists(override: str, patterns: list[str]) -> None:
 def test_bad_overrides_raise(override: str) -> None:
     with pytest.raises(ValueError):
         apply_overrides(engine_preset("smoke"), [override])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("method=fild", r"method must be one of \['field', 'shift'\], got 'fild'"),
+    ("upsample=3", r"upsample must be one of \[1, 2, 4\], got 3"),
+    ("upsample=true", r"upsample must be one of \[1, 2, 4\], got True"),  # not the choice 1
+    ("resize.aspect=wide", r"resize.aspect must be one of \['keep', 'square'\]"),
+    ("hr.estimator=median", r"hr.estimator must be one of \['average', 'solve'\]"),
+    ("shift.flip_prob=1.5", r"shift.flip_prob must be <= 1.0, got 1.5"),
+    ("fit.coarse_fraction=-0.1", r"fit.coarse_fraction must be >= 0.0"),
+])
+def test_choices_and_ranges_are_one_line_errors_that_name_the_valid_values(
+        override: str, message: str) -> None:
+    """Choices are Literal types checked when a config loads and when one is built in
+    Python; every refusal is a ConfigError (one line and exit code 2 in a job)."""
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(engine_preset("smoke"), [override])
+
+
+def test_a_config_built_in_python_checks_its_choices_too() -> None:
+    with pytest.raises(ConfigError, match="method must be one of"):
+        EngineConfig(method="fild")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="output.dtype must be one of"):
+        OutputConfig(dtype="bfloat16")  # type: ignore[arg-type]
+    assert apply_overrides(engine_preset("shift"), ["upsample=2"]).upsample == 2
 
 
 def test_unknown_preset_names_the_known_ones() -> None:
@@ -172,7 +199,8 @@ def test_saved_configs_carry_no_credentials() -> None:
 
 def test_calibration_reaches_its_crop_count_whatever_the_folder_holds() -> None:
     """A folder of 7 photos with 4 crops each would give 28 crops, whose own noise is ~70 % of
-    the pattern they share (docs/performance.md): they get 37 each instead, and large folders keep 4."""
+    the pattern they share (docs/performance.md): they get 37 each instead, and large folders
+    keep 4."""
     from pipeline.job_config import CalibrationConfig
 
     calib = CalibrationConfig()

@@ -11,13 +11,13 @@ import contextlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import check_choices, check_range
 from pipeline.models.objectives import feature_distance, warmup_cosine
-
-INITS = ("pattern", "zero")
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,14 @@ class TrainConfig:
     similarity_weight: float = 0.0
     """Weight of ``similarity_loss`` (the tokens' cosine-similarity structure within each
     image) beside L_dist; 0: L_dist alone, as in the method."""
-    init: str = "pattern"
+    init: Literal["pattern", "zero"] = "pattern"
     """Where the positional embedding starts. ``pattern``: minus the corpus's artifact pattern
     (its stored artifact model, else the mean stage-1 G of a sample of it), so the untrained
     denoiser is the ``calib`` baseline; ``zero``: the identity (raw)."""
 
     def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ValueError(f"train.init must be one of {list(INITS)}, got {self.init!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("train.epochs and train.batch_size must be at least 1")
+        check_choices(self, "train.")
+        check_range(self, "train.", {"epochs": 1, "batch_size": 1})
 
 
 def denoise_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
