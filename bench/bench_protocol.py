@@ -64,7 +64,8 @@ LIGHT_STAGE = ("engine.fit.steps=10", "engine.views.num_views=2")
 """The overhead run's fit: a few steps, so that the pipeline's own share is not lost in the
 fit's run-to-run spread (what the pipeline does around the stage does not depend on it)."""
 BENCH_FAST_SECONDS = 75.0
-"""Seconds of one `fast` fit at 224 px on this 2-core CPU (docs/performance.md, "Choosing the default")."""
+"""Seconds of one `fast` fit at 224 px on this 2-core CPU (docs/performance.md, "Choosing the
+default")."""
 
 
 def measured(fn: Callable[[], Any]) -> tuple[Any, float, int, int]:

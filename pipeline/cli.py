@@ -69,6 +69,7 @@ class Command:
     """Log INFO lines to stderr while it runs (a command that prints one value does not)."""
 
     def parser(self, prog: str | None = None) -> argparse.ArgumentParser:
+        """The command's argument parser (``prog``: the name shown in its usage)."""
         parser = argparse.ArgumentParser(prog=prog, description=self.description)
         self.arguments(parser)
         return parser

@@ -91,7 +91,7 @@ def test_choices_and_ranges_are_one_line_errors_that_name_the_valid_values(
 def test_a_config_built_in_python_checks_its_choices_too() -> None:
     with pytest.raises(ConfigError, match="method must be one of"):
         EngineConfig(method="fild")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="output.dtype must be one of"):
+    with pytest.raises(ConfigError, match=r"output\.dtype must be one of"):
         OutputConfig(dtype="bfloat16")  # type: ignore[arg-type]
     assert apply_overrides(engine_preset("shift"), ["upsample=2"]).upsample == 2
 

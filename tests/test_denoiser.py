@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def test_lr_schedule_warms_up_then_decays() -> None:
     cfg = TrainConfig(warmup_fraction=0.1, min_lr_fraction=0.0)
     factors = [lr_factor(s, 100, cfg) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[9:], factors[10:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
     assert factors[-1] < 0.01
     assert lr_factor(50, 100, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 40 / 90)))
 
@@ -237,7 +238,7 @@ def test_shipped_names_resolve_and_a_local_folder_wins(tmp_path: Path,
     shipped = Path(resolve_denoiser("dinov2_vits14"))
     assert (shipped / "denoiser.json").is_file() and shipped.parent.name == "pretrained"
     assert resolve_denoiser("s3://bucket/export") == "s3://bucket/export"
-    with pytest.raises(FileNotFoundError, match="shipped denoisers: .*dinov2_vits14"):
+    with pytest.raises(FileNotFoundError, match=r"shipped denoisers: .*dinov2_vits14"):
         load_denoiser("dinov2_vitb14")
     monkeypatch.chdir(tmp_path)  # a folder of the same name in the working directory wins
     model = Denoiser(DenoiserConfig(channels=64, grid=6))

@@ -157,7 +157,7 @@ def test_a_run_that_loses_its_lease_stops_at_once(tmp_path: Path,
     finally:
         if job.poll() is None:
             job.kill()
-    stdout, stderr = job.communicate()
+    _stdout, stderr = job.communicate()
     assert code == EXIT_LEASE_HELD, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: lease lost:") and "intruder" in last, last
@@ -228,5 +228,5 @@ def test_a_stage_refuses_an_artifact_model_that_changed(tmp_path: Path) -> None:
     CleanImages(**kwargs, artifact_model_sha256=sha)  # the recorded bytes: accepted
     write_artifact_model(uri, ArtifactModel("test_vit", vit.weights_digest, 112, pattern + 1,
                                             8, "test"))
-    with pytest.raises(LoadedOtherBytes, match="artifact model at .*pattern.safetensors"):
+    with pytest.raises(LoadedOtherBytes, match=r"artifact model at .*pattern\.safetensors"):
         CleanImages(**kwargs, artifact_model_sha256=sha)

@@ -31,7 +31,7 @@ def synthetic_image(seed: int, artifact: torch.Tensor | None, views: int = 32):
     layout = sample_layout((180, 240), ViewConfig(num_views=views), seed)
     coords = layout.token_coords(GRID)  # (V, K, K, 2)
     gen = torch.Generator().manual_seed(seed + 1000)
-    tokens = smooth_field(coords, seed) + 0.05 * torch.randn(coords.shape[:3] + (CHANNELS,),
+    tokens = smooth_field(coords, seed) + 0.05 * torch.randn((*coords.shape[:3], CHANNELS),
                                                               generator=gen)
     if artifact is not None:
         tokens = tokens + artifact[None]

@@ -191,9 +191,9 @@ def test_gc_seals_dead_runs_and_removes_only_orphans(tmp_path) -> None:
     dead = Run(uri, {}, "20260101T000000Z-c-000001")
     dead.part(0, [a, b])
     stray = dead.part(1, [image_id("c")], record=False)
-    with OutputLease(uri, "a-live-run", 60.0):  # a run is going: gc leaves everything alone
-        with pytest.raises(LeaseHeld):
-            gc_output(uri)
+    # a run is going: gc leaves everything alone
+    with OutputLease(uri, "a-live-run", 60.0), pytest.raises(LeaseHeld):
+        gc_output(uri)
     listed = gc_output(uri)
     assert listed.sealed == [dead.run_id] and not listed.removed
     assert [posixpath.basename(p) for p in listed.orphans] == [stray]
@@ -236,7 +236,7 @@ def test_damaged_files_are_named_and_other_runs_stay_readable(
                                          config_digest="c")["image_id"].to_pylist())
     assert ids == sorted([a, b, d])  # the manifest rebuilt from its records; e's record lost
     assert posixpath.basename(record) in caplog.text and "_manifest.json" in caplog.text
-    assert [r.damaged for r in committed_runs(uri, options)][0].endswith("_manifest.json")
+    assert next(r.damaged for r in committed_runs(uri, options)).endswith("_manifest.json")
 
     part = posixpath.join(other.path, damaged_part)
     data = fs.cat_file(part)

@@ -39,7 +39,7 @@ def _planted(scale: int = 2, grid: int = 16, channels: int = 8, seed: int = 0):
     truth = truth + 0.1 * torch.sin(xx / 5.0)[..., None] * c
     guide = region.expand(3, fine, fine) * 0.8 + 0.1
     pattern = 0.5 * torch.randn(grid, grid, channels, generator=gen)
-    views = [SubView(4, 4, False)] + phase_views(15, scale, 2, 0.0, seed)
+    views = [SubView(4, 4, False), *phase_views(15, scale, 2, 0.0, seed)]
     cells = cell_index(views, (grid, grid), scale, 2)
     flat = truth.reshape(-1, channels)
     tokens = torch.zeros(len(views), grid * grid, channels)

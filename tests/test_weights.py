@@ -50,7 +50,7 @@ def test_wrong_model_and_missing_file_raise(dinov2_weights: Path, tmp_path: Path
         load_extractor("test_vit", weights=str(dinov2_weights), device="cpu")
     with pytest.raises(FileNotFoundError):
         load_extractor("test_vit", weights=str(tmp_path / "nope.safetensors"), device="cpu")
-    with pytest.raises(ValueError, match="expected a .safetensors"):
+    with pytest.raises(ValueError, match=r"expected a \.safetensors"):
         read_state_dict(str(tmp_path / "weights.txt"))
 
 

@@ -34,7 +34,7 @@ from pipeline.config import ConfigError, MissingInput, ResizeConfig, output_dige
 from pipeline.distributed.sink import FeatureSink, empty_result, merge_results, uri_keys
 from pipeline.job_config import ComputeConfig, InputConfig, OutputConfig
 from pipeline.models.vit import FeatureExtractor
-from pipeline.stages.features import LoadedOtherBytes
+from pipeline.stages.features import CleanImages, LoadedOtherBytes
 from pipeline.stages.read import ReadImages
 from pipeline.store.fs import filesystem, full_uri
 from pipeline.store.layout import run_folder
@@ -99,7 +99,7 @@ def init_ray(address: str | None, local_num_cpus: int) -> None:
 class FeatureMethod:
     """What the feature stage of a job runs (the stage-1 fit or a trained denoiser)."""
 
-    stage: type
+    stage: type[CleanImages]
     """A stage class of ``pipeline.stages.features`` (``CleanImages`` or ``DenoiseImages``)."""
     stage_kwargs: dict[str, Any]
     """Its constructor arguments (the model loads once per actor)."""
@@ -115,7 +115,7 @@ class FeatureMethod:
     resize: ResizeConfig
     """How inputs are resized: with ``keep``, a row holds up to ``max_tokens_ratio`` times the
     square grid's tokens (what sizes the files)."""
-    meta: RunMeta = RunMeta()
+    meta: RunMeta = dataclasses.field(default_factory=RunMeta)
     """The job's own facts recorded with the run (e.g. the denoiser's digest); the common ones
     (model, weights, layer, config digest ...) are filled in by ``run_feature_job``."""
     upsample: int = 1
@@ -337,15 +337,15 @@ class Graph:
 
     def _dataset(self, uris: list[str], alone: bool) -> ray.data.Dataset:
         inputs, output, compute, method = self.inputs, self.output, self.compute, self.method
-        in_flight = {"max_tasks_in_flight_per_actor": 1} if alone else {}
+        in_flight: dict[str, Any] = {"max_tasks_in_flight_per_actor": 1} if alone else {}
         read_batch_size = 1 if alone else compute.read_batch_size
         stage_batch_size = 1 if alone else method.batch_size
         # finite restarts and retries (Ray Data's default is forever, which would stall the
         # run while its lease is renewed); a block whose worker died on every retry is
         # dropped (max_errored_blocks) and its inputs found missing by the driver
-        retries = {"ray_remote_args_fn": functools.partial(
+        retries: dict[str, Any] = {"ray_remote_args_fn": functools.partial(
             dict, max_restarts=compute.max_restarts, max_task_retries=compute.max_task_retries)}
-        ds = ray.data.from_items([{"source_uri": u} for u in uris],
+        ds: ray.data.Dataset = ray.data.from_items([{"source_uri": u} for u in uris],
                                  override_num_blocks=max(1, min(len(uris), 64)))
         ds = ds.map_batches(
             ReadImages, batch_size=read_batch_size,
@@ -361,7 +361,9 @@ class Graph:
         # One call at a time per actor, run on the actor's own thread: by default Ray Data
         # hands the UDF to a helper thread, where torch's CPU kernels kept ~1.6 of 2 cores
         # busy instead of 2 (the fit ran 15-25 % slower than in a plain process).
-        ds = ds.map_batches(
+        memory: dict[str, Any] = {"memory": int(compute.memory_gb * 2**30)
+                                  } if compute.memory_gb else {}
+        return ds.map_batches(
             method.stage, batch_size=stage_batch_size,
             fn_constructor_kwargs=method.stage_kwargs,
             compute=ray.data.ActorPoolStrategy(size=compute.actors,
@@ -370,9 +372,7 @@ class Graph:
                                                **in_flight),
             num_cpus=compute.num_cpus,
             num_gpus=compute.num_gpus or None,
-            **({"memory": int(compute.memory_gb * 2**30)} if compute.memory_gb else {}),
-            **retries)
-        return ds
+            **memory, **retries)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -55,6 +55,7 @@ class FeatureSink(Datasink):
 
     @property
     def min_rows_per_write(self) -> int:
+        """Rows Ray Data gathers before a write task: one Parquet file's worth."""
         return self.rows_per_file
 
     def _features(self, rows: pa.Table) -> pa.Table:

@@ -363,12 +363,11 @@ def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
             "config_digests": corpus.config_digests, "start": start, "metrics": metrics,
             "progress": state["progress"], "job": redact(config_to_dict(cfg))}
     save_denoiser(model, export_uri, meta, storage_options)
-    summary = {"run": cfg.run.name, "export": export_uri, "checkpoint": result.checkpoint.path,
-               "train_images": corpus.train_images, "val_images": corpus.val_images,
-               "workers": workers, "start": start, "seconds": time.perf_counter() - began,
-               "steps": int(state["progress"]["step"]),
-               "resumed_at_steps": list(state["progress"]["resumed_at_steps"]), **metrics}
-    return summary
+    return {"run": cfg.run.name, "export": export_uri, "checkpoint": result.checkpoint.path,
+            "train_images": corpus.train_images, "val_images": corpus.val_images,
+            "workers": workers, "start": start, "seconds": time.perf_counter() - began,
+            "steps": int(state["progress"]["step"]),
+            "resumed_at_steps": list(state["progress"]["resumed_at_steps"]), **metrics}
 
 
 def format_train_summary(summary: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ an 8-byte length and the payload (encoded bytes in, RGB pixels out).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -184,10 +185,8 @@ class DecoderProcess:
                 child.wait()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown: nothing left to tidy
             self.close()
-        except Exception:  # interpreter shutdown: nothing left to tidy
-            pass
 
 
 def serve(inp: IO[bytes], out: IO[bytes]) -> None:

@@ -9,6 +9,7 @@ image's values from that image's own generator, in a fixed order, for the same r
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -46,7 +47,7 @@ class BatchedMLP(nn.Module):
     def __init__(self, dims: list[int], generators: list[torch.Generator]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            BatchedLinear(a, b, generators) for a, b in zip(dims[:-1], dims[1:], strict=True)
+            BatchedLinear(a, b, generators) for a, b in itertools.pairwise(dims)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,7 @@ class CleanImages:
                             artifact_model=self.artifact_model)
 
     def __call__(self, batch: Batch) -> Batch:
+        """One output row per input row (``done``, passed through, or ``error``)."""
         try:
             return self._rows(batch)
         except Exception as err:  # a bug of this stage: every row says so
@@ -150,5 +151,6 @@ class DenoiseImages(CleanImages):
         self.with_artifact = with_artifact
 
     def features(self, images: list[np.ndarray], ids: list[str]) -> list[CleanResult]:
+        """One result per image, in order: the ViT's tokens through the denoiser."""
         return denoise_images(self.model, images, self.image_size, self.batch_size, ids=ids,
                               resize=self.resize)

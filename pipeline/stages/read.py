@@ -106,6 +106,7 @@ class ReadImages:
         return row | {"status": RowStatus.READ}, data
 
     def __call__(self, batch: Batch) -> Batch:
+        """One output row per listed file: decoded pixels, ``skipped`` or ``error``."""
         try:
             return self._rows(batch)
         except Exception as err:  # a bug of this stage: every row says so
