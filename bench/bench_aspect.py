@@ -60,10 +60,11 @@ def make_images(folder: Path, count: int, aspects: tuple[float, ...], offset: in
         h = min(height, int(w / aspect))
         shift = 2 * (i // len(photos)) + offset
         y, x = min(shift, height - h), min(shift, width - w)
-        crop = Image.fromarray(np.ascontiguousarray(photo[y:y + h, x:x + w]))
+        crop = Image.fromarray(np.ascontiguousarray(photo[y : y + h, x : x + w]))
         scale = SHORT_SIDE / min(h, w)
-        crop.resize((round(w * scale), round(h * scale))).save(folder / f"img{i:04d}.jpg",
-                                                               quality=92)
+        crop.resize((round(w * scale), round(h * scale))).save(
+            folder / f"img{i:04d}.jpg", quality=92
+        )
 
 
 def main() -> None:
@@ -74,8 +75,12 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    report: dict[str, object] = {"job": args.job, "overrides": args.overrides,
-                                 "images": args.images, "short_side_px": SHORT_SIDE}
+    report: dict[str, object] = {
+        "job": args.job,
+        "overrides": args.overrides,
+        "images": args.images,
+        "short_side_px": SHORT_SIDE,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_images(root / "warmup", 2, (1.0,), offset=101)
@@ -83,32 +88,42 @@ def main() -> None:
         make_images(root / "mixed", args.images, MIXED, offset=1)
         out = root / "out"
         ray.init(num_cpus=8, include_dashboard=False, _temp_dir="/tmp/dvt-bench-ray")
-        runs = {"warmup": ("warmup", []), "square folder": ("square", []),
-                "mixed folder": ("mixed", []),
-                "mixed folder, squashed": ("mixed", ["engine.resize.aspect=square"])}
+        runs = {
+            "warmup": ("warmup", []),
+            "square folder": ("square", []),
+            "mixed folder": ("mixed", []),
+            "mixed folder, squashed": ("mixed", ["engine.resize.aspect=square"]),
+        }
         for name, (folder, extra) in runs.items():
-            cfg = resolve_clean_job(args.job, [f"input.uri={root / folder}", f"output.uri={out}",
-                                               *args.overrides, *extra])
+            cfg = resolve_clean_job(
+                args.job,
+                [f"input.uri={root / folder}", f"output.uri={out}", *args.overrides, *extra],
+            )
             start = time.perf_counter()
             summary = run_clean_job(cfg)
             wall = time.perf_counter() - start
             if name == "warmup":
                 continue
-            rows = read_features_table(str(out), ["grid_h", "grid_w"],
-                                       config_digest=summary["config_digest"]).to_pylist()
+            rows = read_features_table(
+                str(out), ["grid_h", "grid_w"], config_digest=summary["config_digest"]
+            ).to_pylist()
             tokens = [r["grid_h"] * r["grid_w"] for r in rows]
             report[name] = {
-                "images": summary["done"], "seconds": wall,
+                "images": summary["done"],
+                "seconds": wall,
                 "images_per_second": summary["done"] / wall,
                 "engine_seconds_per_image": summary["seconds_per_image"],
                 "tokens_per_image": float(np.mean(tokens)),
-                "grids": len({(r["grid_h"], r["grid_w"]) for r in rows})}
+                "grids": len({(r["grid_h"], r["grid_w"]) for r in rows}),
+            }
         ray.shutdown()
     square, mixed = report["square folder"], report["mixed folder"]
-    report["mixed_over_square_images_per_second"] = (mixed["images_per_second"]
-                                                     / square["images_per_second"])
-    report["mixed_over_square_tokens_per_image"] = (mixed["tokens_per_image"]
-                                                    / square["tokens_per_image"])
+    report["mixed_over_square_images_per_second"] = (
+        mixed["images_per_second"] / square["images_per_second"]
+    )
+    report["mixed_over_square_tokens_per_image"] = (
+        mixed["tokens_per_image"] / square["tokens_per_image"]
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

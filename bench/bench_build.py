@@ -54,29 +54,50 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tempfile.TemporaryDirectory(prefix="dvt-build-") as tmp:
         write_crops(Path(tmp) / "in", args.images, args.seed)
-        cfg = resolve_job(BuildJobConfig, "build", [
-            f"input.uri={tmp}/in", f"output_uri={tmp}/out", f"sample={args.sample}",
-            *args.overrides])
+        cfg = resolve_job(
+            BuildJobConfig,
+            "build",
+            [
+                f"input.uri={tmp}/in",
+                f"output_uri={tmp}/out",
+                f"sample={args.sample}",
+                *args.overrides,
+            ],
+        )
         summary = run_build_job(cfg)
     steps = summary["steps"]
     stage1 = steps["clean"]["seconds_per_image"]
     denoise = steps["denoise"]["seconds_per_image"]
     train = steps["train"]["step_seconds"]
-    rows = {"stage 1 (clean_dataset), s / image": stage1,
-            "denoise (ViT + block), s / image": denoise,
-            "denoise / stage 1": denoise / stage1,
-            "training on the sample, s": train}
+    rows = {
+        "stage 1 (clean_dataset), s / image": stage1,
+        "denoise (ViT + block), s / image": denoise,
+        "denoise / stage 1": denoise / stage1,
+        "training on the sample, s": train,
+    }
     for n in (args.images, 10_000, 1_000_000):
         rows[f"{n} images: stage 1 on all, s"] = stage1 * n
         rows[f"{n} images: build (sample {args.sample}), s"] = (
-            stage1 * args.sample + train + denoise * n)
+            stage1 * args.sample + train + denoise * n
+        )
     print("| figure | value |\n|---|---|")
     for name, value in rows.items():
         print(f"| {name} | {value:.3g} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": "python bench/bench_build.py " + " ".join(
-        f"--images {args.images} --sample {args.sample}".split() + args.overrides),
-        "rows": rows, "summary": summary}, indent=2, default=str))
+    args.out.write_text(
+        json.dumps(
+            {
+                "command": "python bench/bench_build.py "
+                + " ".join(
+                    f"--images {args.images} --sample {args.sample}".split() + args.overrides
+                ),
+                "rows": rows,
+                "summary": summary,
+            },
+            indent=2,
+            default=str,
+        )
+    )
 
 
 if __name__ == "__main__":

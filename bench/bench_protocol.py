@@ -102,16 +102,19 @@ def make_output(uri: str, options: dict[str, Any], count: int) -> None:
     half = count // 2
     done = run_folder(root, "20260101T000000Z-c-000001")
     write_run_config(fs, done, {"run_id": "done", "meta": {"config_digest": "c"}})
-    files = tuple(FileEntry(f"part-{k:05d}.parquet", 100, "", tuple(ids[k * 100:(k + 1) * 100]))
-                  for k in range(half // 100))
+    files = tuple(
+        FileEntry(f"part-{k:05d}.parquet", 100, "", tuple(ids[k * 100 : (k + 1) * 100]))
+        for k in range(half // 100)
+    )
     commit_run(fs, done, Manifest("done", "c", RunMeta(), files))
     going = run_folder(root, "20260102T000000Z-c-000002")
     write_run_config(fs, going, {"run_id": "going", "meta": {"config_digest": "c"}})
 
     def record(k: int) -> None:
-        chunk = tuple(ids[half + k * 100:half + (k + 1) * 100])
-        write_commit_record(fs, going, CommitRecord(k, (FileEntry(f"part-{k:05d}.parquet",
-                                                                  len(chunk), "", chunk),)))
+        chunk = tuple(ids[half + k * 100 : half + (k + 1) * 100])
+        write_commit_record(
+            fs, going, CommitRecord(k, (FileEntry(f"part-{k:05d}.parquet", len(chunk), "", chunk),))
+        )
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(record, range((count - half) // 100)))
@@ -121,10 +124,16 @@ def listing_figures(uri_in: str, options: dict[str, Any], count: int) -> dict[st
     """Seconds and peak memory of listing ``count`` input objects on the driver."""
     make_objects(uri_in, options, count)
     listed, list_s, list_peak, list_kept = measured(
-        lambda: list_images(InputConfig(uri=uri_in, storage_options=options)))
+        lambda: list_images(InputConfig(uri=uri_in, storage_options=options))
+    )
     assert len(listed) == count
-    return {"objects": count, "list_seconds": list_s, "list_peak_mb": list_peak / 2**20,
-            "list_retained_mb": list_kept / 2**20, "list_seconds_at_1m": list_s * 1e6 / count}
+    return {
+        "objects": count,
+        "list_seconds": list_s,
+        "list_peak_mb": list_peak / 2**20,
+        "list_retained_mb": list_kept / 2**20,
+        "list_seconds_at_1m": list_s * 1e6 / count,
+    }
 
 
 def id_figures(uri_out: str, options: dict[str, Any], count: int) -> dict[str, Any]:
@@ -138,17 +147,24 @@ def id_figures(uri_out: str, options: dict[str, Any], count: int) -> dict[str, A
     plain = sys.getsizeof(ids) + sum(sys.getsizeof(i) for i in ids)
     assert len(ids) == count == len(held)
     per_id = held.nbytes / count
-    return {"ids": count, "commit_records": (count - count // 2) // 100,
-            "committed_ids_seconds": ids_s, "committed_ids_peak_mb": ids_peak / 2**20,
-            "committed_ids_seconds_at_1m": ids_s * 1e6 / count,
-            "id_set_seconds": set_s, "id_set_build_peak_mb": set_peak / 2**20,
-            "id_set_bytes_per_id": per_id, "id_set_mb_at_1m": per_id * 1e6 / 2**20,
-            "python_set_bytes_per_id": plain / count,
-            "python_set_mb_at_1m": plain / count * 1e6 / 2**20}
+    return {
+        "ids": count,
+        "commit_records": (count - count // 2) // 100,
+        "committed_ids_seconds": ids_s,
+        "committed_ids_peak_mb": ids_peak / 2**20,
+        "committed_ids_seconds_at_1m": ids_s * 1e6 / count,
+        "id_set_seconds": set_s,
+        "id_set_build_peak_mb": set_peak / 2**20,
+        "id_set_bytes_per_id": per_id,
+        "id_set_mb_at_1m": per_id * 1e6 / 2**20,
+        "python_set_bytes_per_id": plain / count,
+        "python_set_mb_at_1m": plain / count * 1e6 / 2**20,
+    }
 
 
-def storage_figures(root: str, options: dict[str, Any], count: int, parts: set[str]
-                    ) -> dict[str, Any]:
+def storage_figures(
+    root: str, options: dict[str, Any], count: int, parts: set[str]
+) -> dict[str, Any]:
     """The listing and skip-logic figures asked for, under ``root`` (a folder or a bucket)."""
     figures: dict[str, Any] = {}
     if "list" in parts:
@@ -179,30 +195,49 @@ def overhead(images: int, folder: Path, stage_overrides: list[str]) -> dict[str,
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(buf, "JPEG")
         (src / f"t{i:05d}.jpg").write_bytes(buf.getvalue())
-    cfg = resolve_clean_job("smoke", [f"input.uri={src}", f"output.uri={folder / 'tiny-out'}",
-                                      "compute.actors=2", "compute.readers=1",
-                                      *stage_overrides])
+    cfg = resolve_clean_job(
+        "smoke",
+        [
+            f"input.uri={src}",
+            f"output.uri={folder / 'tiny-out'}",
+            "compute.actors=2",
+            "compute.readers=1",
+            *stage_overrides,
+        ],
+    )
     start = time.perf_counter()
     summary = run_clean_job(cfg)
     wall = time.perf_counter() - start
     stage = summary["seconds_per_image"] / cfg.compute.actors  # per image, actors in parallel
     per_image = wall / images
-    return {"images": images, "done": summary["done"], "actors": cfg.compute.actors,
-            "wall_seconds": wall, "wall_seconds_per_image": per_image,
-            "stage_seconds_per_image": stage, "overhead_seconds_per_image": per_image - stage,
-            "overhead_share_of_fast_fit": (per_image - stage) / BENCH_FAST_SECONDS,
-            "commit_records": summary["commit_records"], "stage_overrides": stage_overrides}
+    return {
+        "images": images,
+        "done": summary["done"],
+        "actors": cfg.compute.actors,
+        "wall_seconds": wall,
+        "wall_seconds_per_image": per_image,
+        "stage_seconds_per_image": stage,
+        "overhead_seconds_per_image": per_image - stage,
+        "overhead_share_of_fast_fit": (per_image - stage) / BENCH_FAST_SECONDS,
+        "commit_records": summary["commit_records"],
+        "stage_overrides": stage_overrides,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=100_000)
     parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--parts", default="list,ids,overhead",
-                        help="comma-separated: list, ids, overhead")
+    parser.add_argument(
+        "--parts", default="list,ids,overhead", help="comma-separated: list, ids, overhead"
+    )
     parser.add_argument("--backends", default="local,s3", help="comma-separated: local, s3")
-    parser.add_argument("--stage", nargs="*", default=list(LIGHT_STAGE),
-                        help="overrides of the smoke preset's fit for the overhead run")
+    parser.add_argument(
+        "--stage",
+        nargs="*",
+        default=list(LIGHT_STAGE),
+        help="overrides of the smoke preset's fit for the overhead run",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/protocol.json"))
     args = parser.parse_args()
     parts, backends = set(args.parts.split(",")), set(args.backends.split(","))
@@ -210,8 +245,9 @@ def main() -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's access log
     import s3fs
 
-    report: dict[str, Any] = {"command": " ".join(["python bench/bench_protocol.py",
-                                                   *sys.argv[1:]])}
+    report: dict[str, Any] = {
+        "command": " ".join(["python bench/bench_protocol.py", *sys.argv[1:]])
+    }
     with tempfile.TemporaryDirectory(prefix="dvt-proto-") as tmp:
         if parts & {"list", "ids"} and "local" in backends:
             report["local"] = storage_figures(tmp, {}, args.objects, parts)
@@ -220,8 +256,9 @@ def main() -> None:
             endpoint, server = moto_endpoint()
             try:
                 s3fs.S3FileSystem(endpoint_url=endpoint).mkdir("bench")
-                report["s3"] = storage_figures("s3://bench", {"endpoint_url": endpoint},
-                                               args.objects, parts)
+                report["s3"] = storage_figures(
+                    "s3://bench", {"endpoint_url": endpoint}, args.objects, parts
+                )
                 print(json.dumps(report["s3"], indent=2), flush=True)
             finally:
                 server.stop()
@@ -230,6 +267,7 @@ def main() -> None:
             print(json.dumps(report["overhead"], indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
+
 
 if __name__ == "__main__":
     main()

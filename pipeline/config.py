@@ -33,14 +33,19 @@ MIN_PEV_PHOTOS = 8
 """Fewest photos the position-explained variance is estimated from (its splits halve the
 photos; its jackknife leaves one out): the evaluation job refuses fewer."""
 
+
 class ConfigError(ValueError):
     """A user's mistake in a preset, an override, a value or an input: the message says what
     is wrong and how to mend it, and jobs print it as one line (exit code 2), no traceback."""
 
 
-def check_range(cfg: Any, section: str, least: Mapping[str, float],
-                above: Mapping[str, float] | None = None,
-                most: Mapping[str, float] | None = None) -> None:
+def check_range(
+    cfg: Any,
+    section: str,
+    least: Mapping[str, float],
+    above: Mapping[str, float] | None = None,
+    most: Mapping[str, float] | None = None,
+) -> None:
     """Raise ``ConfigError`` unless each named field is >= its bound (``least``), > it
     (``above``) and <= it (``most``); ``section`` prefixes the field names in the message."""
     for name, bound in least.items():
@@ -62,8 +67,9 @@ def check_choices(cfg: Any, section: str) -> None:
         choices = literal_choices(hints[field.name])
         value = getattr(cfg, field.name)
         if choices and not _is_choice(value, choices):
-            raise ConfigError(f"{section}{field.name} must be one of {list(choices)}, got "
-                              f"{value!r}")
+            raise ConfigError(
+                f"{section}{field.name} must be one of {list(choices)}, got {value!r}"
+            )
 
 
 def literal_choices(tp: Any) -> tuple[Any, ...]:
@@ -167,9 +173,13 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         fractions = ("phase1_fraction", "warmup_fraction", "coarse_fraction")
-        check_range(self, "fit.", {"steps": 1, "tokens_per_step": 1, "prior_weight": 0,
-                                   **dict.fromkeys(fractions, 0.0)},
-                    above={"coarse_cells_per_token": 0}, most=dict.fromkeys(fractions, 1.0))
+        check_range(
+            self,
+            "fit.",
+            {"steps": 1, "tokens_per_step": 1, "prior_weight": 0, **dict.fromkeys(fractions, 0.0)},
+            above={"coarse_cells_per_token": 0},
+            most=dict.fromkeys(fractions, 1.0),
+        )
 
 
 @dataclass(frozen=True)
@@ -191,10 +201,12 @@ class ShiftConfig:
     """Alternating least-squares rounds (F given G, G given F)."""
 
     def __post_init__(self) -> None:
-        check_range(self, "shift.", {"views": 1, "pad": 0, "flip_prob": 0.0, "prior_weight": 0,
-                                     "iterations": 1}, most={"flip_prob": 1.0})
-
-
+        check_range(
+            self,
+            "shift.",
+            {"views": 1, "pad": 0, "flip_prob": 0.0, "prior_weight": 0, "iterations": 1},
+            most={"flip_prob": 1.0},
+        )
 
 
 @dataclass(frozen=True)
@@ -224,8 +236,7 @@ class HighResConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, "hr.")
-        check_range(self, "hr.", {"views": 0, "iterations": 1, "smooth": 0},
-                       above={"sigma": 0})
+        check_range(self, "hr.", {"views": 0, "iterations": 1, "smooth": 0}, above={"sigma": 0})
 
 
 @dataclass(frozen=True)
@@ -258,6 +269,7 @@ class ResizeConfig:
         check_choices(self, "resize.")
         check_range(self, "resize.", {"max_tokens_ratio": 1.0})
 
+
 METHOD_VERSIONS = {"field": 1, "shift": 1}
 """Bumped on purpose when a method's code changes its output values for the same settings: a
 new version gives a new digest, so refreshes re-fit and readers tell old from new."""
@@ -272,8 +284,9 @@ class EngineConfig:
     image_size: int | None = None
     """Model input in pixels (multiple of the patch size): the side of the square input, or the
     short side where ``aspect`` keeps the image's aspect; None: 37 tokens."""
-    resize: ResizeConfig = dataclasses.field(default_factory=ResizeConfig,
-                                             metadata=neutral_at(ResizeConfig(aspect="square")))
+    resize: ResizeConfig = dataclasses.field(
+        default_factory=ResizeConfig, metadata=neutral_at(ResizeConfig(aspect="square"))
+    )
     """How each image becomes the model input (its aspect kept by default)."""
     images_per_fit: int = 8
     """Images fitted together in one batched optimisation."""
@@ -297,8 +310,10 @@ class EngineConfig:
     def __post_init__(self) -> None:
         check_choices(self, "")
         if self.upsample > 1 and self.method != "shift":
-            raise ConfigError("upsample > 1 needs method: shift (the sub-patch views are shifted "
-                             "views of the full image); use preset=shift")
+            raise ConfigError(
+                "upsample > 1 needs method: shift (the sub-patch views are shifted "
+                "views of the full image); use preset=shift"
+            )
 
     def output_settings(self) -> dict[str, Any]:
         """What decides the output values, for digests: the method, its version (when bumped
@@ -397,9 +412,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
             f"unknown config key(s) {sorted(unknown)} in {where or cls.__name__}; "
             f"valid: {sorted(names)}"
         )
-    kwargs = {
-        k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()
-    }
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -417,16 +430,21 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 SECRET_KEY = re.compile(
     r"(^|[_\-.])(key|secret|token|password|passwd|pwd|credentials?|auth|authorization|"
-    r"connection_?string|conn_?str|signature|sig|cookie)([_\-.]|$)", re.IGNORECASE)
+    r"connection_?string|conn_?str|signature|sig|cookie)([_\-.]|$)",
+    re.IGNORECASE,
+)
 """Keys whose values are credentials: ``aws_secret_access_key``, ``sas_token``,
 ``Authorization`` (a header), ``connection_string``, ``X-Api-Key`` ..."""
-URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@:]+:[^/\s@]*@"
-                          r"|\b(https?://|ftps?://)[^/\s@:]+@")
+URL_USERINFO = re.compile(
+    r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@:]+:[^/\s@]*@"
+    r"|\b(https?://|ftps?://)[^/\s@:]+@"
+)
 """``scheme://user:password@host`` and ``https://token@host`` inside any string (not
 ``abfs://container@account...``, whose user part names a container)."""
 SECRET_FIELD = re.compile(
     r"(?i)\b(AccountKey|SharedAccessKey|SharedAccessSignature|Password|Pwd|sig|"
-    r"X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|access_token|token)=([^;&\s]+)")
+    r"X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|access_token|token)=([^;&\s]+)"
+)
 """Secrets inside connection strings (Azure ``AccountKey=...;``) and signed URLs' queries."""
 REDACTED = "***"
 
@@ -447,8 +465,12 @@ def redact(data: Any) -> Any:
     belong in the environment, but if a user passes them anyway they are never written out.
     """
     if isinstance(data, dict):
-        return {k: REDACTED if isinstance(k, str) and SECRET_KEY.search(k) and v not in (None, "")
-                else redact(v) for k, v in data.items()}
+        return {
+            k: REDACTED
+            if isinstance(k, str) and SECRET_KEY.search(k) and v not in (None, "")
+            else redact(v)
+            for k, v in data.items()
+        }
     if isinstance(data, list):
         return [redact(v) for v in data]
     if isinstance(data, str):
@@ -473,8 +495,9 @@ def digest_data(cfg: Any) -> Any:
         out = {}
         for f in dataclasses.fields(cfg):
             value = getattr(cfg, f.name)
-            if f.metadata.get("neutral") and value == f.metadata.get("neutral_value",
-                                                                     _field_default(f)):
+            if f.metadata.get("neutral") and value == f.metadata.get(
+                "neutral_value", _field_default(f)
+            ):
                 continue
             out[f.name] = digest_data(value)
         return out
@@ -503,12 +526,20 @@ def config_digest(cfg: Any, exclude: Iterable[str] = ()) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def output_digest(model: str, weights_digest: str, settings: Mapping[str, Any], dtype: str,
-                  with_artifact: bool) -> str:
+def output_digest(
+    model: str, weights_digest: str, settings: Mapping[str, Any], dtype: str, with_artifact: bool
+) -> str:
     """The config digest of a feature run: everything that decides its rows' values (the
     ViT, its weights, the method's settings, the stored dtype and columns)."""
-    return config_digest({"model": model, "weights_digest": weights_digest, **settings,
-                          "dtype": dtype, "with_artifact": with_artifact})
+    return config_digest(
+        {
+            "model": model,
+            "weights_digest": weights_digest,
+            **settings,
+            "dtype": dtype,
+            "with_artifact": with_artifact,
+        }
+    )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -540,8 +571,10 @@ def parse_value(raw: str, where: str = "") -> Any:
         if "," not in text and not text.startswith(("{", "[", "'", '"')):
             return text  # a bare pattern such as *.jpg
         problem = str(err).splitlines()[0]
-        raise ConfigError(f"override {where or raw!r}: the value is not valid YAML ({problem}); "
-                          "quote it, e.g. key='[a, b]'") from None
+        raise ConfigError(
+            f"override {where or raw!r}: the value is not valid YAML ({problem}); "
+            "quote it, e.g. key='[a, b]'"
+        ) from None
 
 
 def _unquote(text: str) -> str:
@@ -583,8 +616,10 @@ def preset_path(name_or_path: str | Path, group: str) -> Path | Traversable:
         return path
     shipped = PRESETS / group / f"{name_or_path}.yaml"
     if not shipped.is_file():
-        raise ConfigError(f"no {group} preset {name_or_path!r}; known presets: "
-                         f"{preset_names(group)} (or a YAML path)")
+        raise ConfigError(
+            f"no {group} preset {name_or_path!r}; known presets: "
+            f"{preset_names(group)} (or a YAML path)"
+        )
     return shipped
 
 
@@ -598,9 +633,7 @@ def load_preset(cls: type[T], name_or_path: str | Path, group: str) -> T:
     return load_yaml_config(cls, preset_path(name_or_path, group))
 
 
-def engine_preset(
-    preset: str | Path | EngineConfig, overrides: Iterable[str] = ()
-) -> EngineConfig:
+def engine_preset(preset: str | Path | EngineConfig, overrides: Iterable[str] = ()) -> EngineConfig:
     """Resolve a stage-1 preset name, YAML path or config object, then apply overrides."""
     if isinstance(preset, EngineConfig):
         return apply_overrides(preset, overrides)

@@ -63,8 +63,12 @@ class InputConfig:
     (the same ones on every run of an unchanged folder); 0: all."""
 
     def __post_init__(self) -> None:
-        check_range(self, "input.", {"decode_timeout_s": 0, "sample": 0},
-                       above={"max_pixels": 0, "max_bytes": 0})
+        check_range(
+            self,
+            "input.",
+            {"decode_timeout_s": 0, "sample": 0},
+            above={"max_pixels": 0, "max_bytes": 0},
+        )
         if not self.include:
             raise ConfigError("input.include is empty: no file could ever match")
 
@@ -98,8 +102,7 @@ class CalibrationConfig:
     """Seed of the crops."""
 
     def __post_init__(self) -> None:
-        check_range(self, "calibration.", {"images": 1, "crops_per_image": 1,
-                                              "min_crops": 1})
+        check_range(self, "calibration.", {"images": 1, "crops_per_image": 1, "min_crops": 1})
 
     def crops_for(self, images: int) -> int:
         """Crops per image for ``images`` calibration images: ``crops_per_image``, or more
@@ -177,11 +180,23 @@ class ComputeConfig:
     second, time left); 0: none."""
 
     def __post_init__(self) -> None:
-        check_range(self, "compute.", {"actors": 1, "readers": 1, "read_batch_size": 1,
-                                          "local_num_cpus": 1, "num_gpus": 0, "memory_gb": 0,
-                                          "torch_threads": 0, "max_restarts": 0,
-                                          "max_task_retries": 0, "progress_s": 0},
-                       above={"num_cpus": 0, "reader_num_cpus": 0})
+        check_range(
+            self,
+            "compute.",
+            {
+                "actors": 1,
+                "readers": 1,
+                "read_batch_size": 1,
+                "local_num_cpus": 1,
+                "num_gpus": 0,
+                "memory_gb": 0,
+                "torch_threads": 0,
+                "max_restarts": 0,
+                "max_task_retries": 0,
+                "progress_s": 0,
+            },
+            above={"num_cpus": 0, "reader_num_cpus": 0},
+        )
 
 
 @dataclass(frozen=True)
@@ -201,8 +216,11 @@ class CleanJobConfig:
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
-            out.get(key), dict) else value
+        out[key] = (
+            _merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
@@ -254,8 +272,9 @@ class DenoiseJobConfig:
     image_size: int | None = None
     """Input size (square side, or short side with the aspect kept); None: the size the
     denoiser was trained at."""
-    resize: ResizeConfig = dataclasses.field(default_factory=ResizeConfig,
-                                             metadata=neutral_at(ResizeConfig(aspect="square")))
+    resize: ResizeConfig = dataclasses.field(
+        default_factory=ResizeConfig, metadata=neutral_at(ResizeConfig(aspect="square"))
+    )
     """How images become inputs; the same as the stage-1 run's gives the same raw tokens."""
     batch_size: int = 16
     """Images per ViT + denoiser forward."""
@@ -302,8 +321,12 @@ class TrainComputeConfig:
     """Logical CPUs of the local Ray."""
 
     def __post_init__(self) -> None:
-        check_range(self, "compute.", {"workers": 1, "local_num_cpus": 1, "torch_threads": 0},
-                       above={"cpus_per_worker": 0})
+        check_range(
+            self,
+            "compute.",
+            {"workers": 1, "local_num_cpus": 1, "torch_threads": 0},
+            above={"cpus_per_worker": 0},
+        )
 
 
 @dataclass(frozen=True)
@@ -331,7 +354,8 @@ class TrainJobConfig:
     input: FeaturesInputConfig = dataclasses.field(default_factory=FeaturesInputConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     denoiser: DenoiserConfig = dataclasses.field(
-        default_factory=lambda: DenoiserConfig(channels=0, grid=0))
+        default_factory=lambda: DenoiserConfig(channels=0, grid=0)
+    )
     """Block shape; channels 0 and grid 0 are taken from the corpus."""
     compute: TrainComputeConfig = dataclasses.field(default_factory=TrainComputeConfig)
     run: TrainRunConfig = dataclasses.field(default_factory=TrainRunConfig)
@@ -376,12 +400,16 @@ class BuildJobConfig:
     def __post_init__(self) -> None:
         check_range(self, "", {"sample": 0})
         if any(size < 1 for size in self.image_sizes) or len(set(self.image_sizes)) < len(
-                self.image_sizes):
-            raise ConfigError(f"image_sizes must be distinct positive sizes, got "
-                              f"{self.image_sizes}")
+            self.image_sizes
+        ):
+            raise ConfigError(
+                f"image_sizes must be distinct positive sizes, got {self.image_sizes}"
+            )
         if self.size_samples and len(self.size_samples) != len(self.image_sizes):
-            raise ConfigError(f"size_samples {self.size_samples} must give one count per "
-                              f"image size {self.image_sizes}")
+            raise ConfigError(
+                f"size_samples {self.size_samples} must give one count per "
+                f"image size {self.image_sizes}"
+            )
         if any(count < 0 for count in self.size_samples):
             raise ConfigError(f"size_samples must be at least 0, got {self.size_samples}")
 
@@ -422,6 +450,15 @@ class EvaluateConfig:
     ``[compute.actors=2]``); engine changes give another config digest."""
 
     def __post_init__(self) -> None:
-        check_range(self, "", {"max_photos": MIN_PEV_PHOTOS, "crops_per_photo": 1,
-                                  "shift_patches": 1, "figures": 0, "mask_crops": 0,
-                                  "calibration_crops": 1})
+        check_range(
+            self,
+            "",
+            {
+                "max_photos": MIN_PEV_PHOTOS,
+                "crops_per_photo": 1,
+                "shift_patches": 1,
+                "figures": 0,
+                "mask_crops": 0,
+                "calibration_crops": 1,
+            },
+        )

@@ -18,8 +18,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 # Fake credentials for the local moto S3 server; Ray workers inherit them at start.
-for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                     ("AWS_DEFAULT_REGION", "us-east-1")):
+for _key, _value in (
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_DEFAULT_REGION", "us-east-1"),
+):
     os.environ.setdefault(_key, _value)
 
 SHARED_ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
@@ -57,8 +60,12 @@ def local_ray() -> Iterator[None]:
     """One local Ray for the session, on 127.0.0.1, more logical CPUs than cores."""
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, _temp_dir="/tmp/dvt-test-ray",
-             runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    ray.init(
+        num_cpus=8,
+        include_dashboard=False,
+        _temp_dir="/tmp/dvt-test-ray",
+        runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}},
+    )
     yield
     ray.shutdown()
 

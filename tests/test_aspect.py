@@ -17,12 +17,15 @@ from pipeline.models.vit import FeatureExtractor
 KEEP, SQUARE = ResizeConfig(), ResizeConfig(aspect="square")
 
 
-@pytest.mark.parametrize(("hw", "grid"), [
-    ((300, 600), (16, 32)),   # 2:1 landscape: twice as wide as high
-    ((600, 300), (32, 16)),   # portrait
-    ((300, 451), (16, 24)),   # 451 x 300: the long side at the nearest whole token count
-    ((500, 500), (16, 16)),
-])
+@pytest.mark.parametrize(
+    ("hw", "grid"),
+    [
+        ((300, 600), (16, 32)),  # 2:1 landscape: twice as wide as high
+        ((600, 300), (32, 16)),  # portrait
+        ((300, 451), (16, 24)),  # 451 x 300: the long side at the nearest whole token count
+        ((500, 500), (16, 16)),
+    ],
+)
 def test_grid_keeps_the_aspect(hw: tuple[int, int], grid: tuple[int, int]) -> None:
     assert token_grid(KEEP, hw, 224, 14) == grid
     assert token_grid(SQUARE, hw, 224, 14) == (16, 16)
@@ -64,29 +67,42 @@ def test_fit_batches_group_by_grid() -> None:
     assert fit_batches([(8, 8)] * 5, 2) == [[0, 1], [2, 3], [4]]  # one grid: as before
 
 
-def test_mixed_aspects_clean_in_input_order(tiny_vit: FeatureExtractor,
-                                            photos: dict[str, np.ndarray]) -> None:
+def test_mixed_aspects_clean_in_input_order(
+    tiny_vit: FeatureExtractor, photos: dict[str, np.ndarray]
+) -> None:
     """Landscape, portrait and square images in one call: each result on its own grid, in the
     order given, each the same as when cleaned alone (grids are fitted apart)."""
     base = photos["astronaut"]  # 512 x 512
     images = [base[:256], base[:, :256], base, base[:300]]
-    results = clean_images(tiny_vit, images, "smoke", ids=["a", "b", "c", "d"],
-                           overrides=["images_per_fit=4", "fit.steps=20"])
+    results = clean_images(
+        tiny_vit,
+        images,
+        "smoke",
+        ids=["a", "b", "c", "d"],
+        overrides=["images_per_fit=4", "fit.steps=20"],
+    )
     grids = [r.raw.shape[:2] for r in results]
     assert grids == [(7, 14), (14, 7), (7, 7), (7, 12)]  # 112 px: 7 tokens a short side
     assert [r.image_id for r in results] == ["a", "b", "c", "d"]
     for r in results:
         assert r.clean.shape == r.artifact.shape == r.raw.shape and r.ok
-    (alone,) = clean_images(tiny_vit, [images[1]], "smoke", ids=["b"],
-                            overrides=["images_per_fit=4", "fit.steps=20"])
+    (alone,) = clean_images(
+        tiny_vit, [images[1]], "smoke", ids=["b"], overrides=["images_per_fit=4", "fit.steps=20"]
+    )
     np.testing.assert_allclose(alone.clean, results[1].clean, rtol=1e-4, atol=1e-5)
-    square = clean_images(tiny_vit, images[:2], "smoke", ids=["a", "b"],
-                          overrides=["resize.aspect=square", "fit.steps=20"])
+    square = clean_images(
+        tiny_vit,
+        images[:2],
+        "smoke",
+        ids=["a", "b"],
+        overrides=["resize.aspect=square", "fit.steps=20"],
+    )
     assert [r.raw.shape[:2] for r in square] == [(7, 7), (7, 7)]
 
 
-def test_pattern_and_denoiser_follow_the_grid(tiny_vit: FeatureExtractor,
-                                              photos: dict[str, np.ndarray]) -> None:
+def test_pattern_and_denoiser_follow_the_grid(
+    tiny_vit: FeatureExtractor, photos: dict[str, np.ndarray]
+) -> None:
     """The artifact model, calibrated square, is resampled to a kept-aspect grid; the online
     path gives a wide image a wide grid, with raw tokens equal to stage 1's."""
     pattern = np.random.default_rng(0).normal(size=(7, 7, tiny_vit.embed_dim)).astype(np.float32)
@@ -114,8 +130,9 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.slow
-def test_kept_aspect_tokens_are_those_of_the_image(dinov2: FeatureExtractor,
-                                                   photos: dict[str, np.ndarray]) -> None:
+def test_kept_aspect_tokens_are_those_of_the_image(
+    dinov2: FeatureExtractor, photos: dict[str, np.ndarray]
+) -> None:
     """With the real DINOv2-S/14 weights, on 2:1 crops of every photo: the raw tokens of the
     left half, on the kept-aspect grid, are closer (mean cosine) to those of that half seen
     alone than the tokens of the squashed square grid are (each squashed token against the two
@@ -126,7 +143,7 @@ def test_kept_aspect_tokens_are_those_of_the_image(dinov2: FeatureExtractor,
     kept_cos, squashed_cos = [], []
     for photo in photos.values():
         h = min(photo.shape[0], photo.shape[1] // 2)
-        image = np.ascontiguousarray(photo[:h, :2 * h])
+        image = np.ascontiguousarray(photo[:h, : 2 * h])
         grid_h, grid_w = token_grid(KEEP, image.shape[:2], size, dinov2.patch_size)
         assert (grid_h, grid_w) == (side, 2 * side)
         with torch.no_grad():
@@ -134,7 +151,7 @@ def test_kept_aspect_tokens_are_those_of_the_image(dinov2: FeatureExtractor,
             squashed = dinov2(full_view_pixels(image, size)[None])[0]
             alone = dinov2(full_view_pixels(np.ascontiguousarray(image[:, :h]), size)[None])[0]
         kept_cos.append(_cosine(kept[:, :side], alone))
-        half = squashed[:, :side // 2]
+        half = squashed[:, : side // 2]
         squashed_cos.append((_cosine(half, alone[:, 0::2]) + _cosine(half, alone[:, 1::2])) / 2)
     kept_cos, squashed_cos = np.asarray(kept_cos), np.asarray(squashed_cos)
     assert (kept_cos > squashed_cos).all(), (kept_cos, squashed_cos)
@@ -148,12 +165,23 @@ def test_files_are_sized_for_the_largest_grid(tiny_vit: FeatureExtractor) -> Non
 
     from pipeline.distributed.features import FeatureMethod
 
-    method = FeatureMethod(stage=object, stage_kwargs={}, batch_size=1, extractor=tiny_vit,
-                           image_size=112, settings={}, resize=KEEP)
+    method = FeatureMethod(
+        stage=object,
+        stage_kwargs={},
+        batch_size=1,
+        extractor=tiny_vit,
+        image_size=112,
+        settings={},
+        resize=KEEP,
+    )
     bound = method.max_row_bytes("float16", with_artifact=True)
     per_token = 3 * tiny_vit.embed_dim * 2  # raw, clean, artifact in float16
-    tokens = [h * w for h, w in (token_grid(KEEP, (100, width), 112, tiny_vit.patch_size)
-                                 for width in range(20, 2000, 7))]
+    tokens = [
+        h * w
+        for h, w in (
+            token_grid(KEEP, (100, width), 112, tiny_vit.patch_size) for width in range(20, 2000, 7)
+        )
+    ]
     assert max(tokens) * per_token <= bound  # no aspect exceeds it
     assert max(tokens) * per_token >= 0.9 * bound  # and it is not loose
     assert method.max_row_bytes("float16", with_artifact=False) == bound * 2 // 3

@@ -77,11 +77,19 @@ def test_build_features_at_two_sizes_trains_one_denoiser_for_both(tmp_path: Path
 
     src = _folder(tmp_path / "in", 3)
     out = tmp_path / "out"
-    cfg = resolve_job(BuildJobConfig, "build_smoke", [
-        f"input.uri={src}", f"output_uri={out}", "sample=0", "image_sizes=[64,112]",
-        "size_samples=[3,2]",
-        "clean=[preset=shift_smoke,calibration.crops_per_image=2,engine.resize.aspect=square]",
-        "denoise_all=false"])
+    cfg = resolve_job(
+        BuildJobConfig,
+        "build_smoke",
+        [
+            f"input.uri={src}",
+            f"output_uri={out}",
+            "sample=0",
+            "image_sizes=[64,112]",
+            "size_samples=[3,2]",
+            "clean=[preset=shift_smoke,calibration.crops_per_image=2,engine.resize.aspect=square]",
+            "denoise_all=false",
+        ],
+    )
     summary = run_build_job(cfg)
     steps = summary["steps"]
     assert steps["clean@64"]["done"] == 3 and steps["clean@112"]["done"] == 2  # size_samples

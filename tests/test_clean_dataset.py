@@ -49,8 +49,10 @@ def _small(photo: np.ndarray) -> np.ndarray:
 
 
 def _job(input_uri: str, output_uri: str, *extra: str) -> CleanJobConfig:
-    return resolve_clean_job("smoke", [f"input.uri={input_uri}", f"output.uri={output_uri}",
-                                       "engine.fit.steps=20", *extra])
+    return resolve_clean_job(
+        "smoke",
+        [f"input.uri={input_uri}", f"output.uri={output_uri}", "engine.fit.steps=20", *extra],
+    )
 
 
 @pytest.fixture()
@@ -64,15 +66,18 @@ def photo_dir(tmp_path: Path, photos: dict[str, np.ndarray]) -> Path:
     return folder
 
 
-def test_end_to_end_local(photo_dir: Path, tmp_path: Path,
-                          caplog: pytest.LogCaptureFixture) -> None:
+def test_end_to_end_local(
+    photo_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     out = tmp_path / "out"
     caplog.set_level(logging.INFO, logger="pipeline.distributed.features")
     summary = run_clean_job(_job(str(photo_dir), str(out), "compute.progress_s=0.2"))
     assert (summary["inputs"], summary["done"], summary["quarantined"]) == (3, 3, 0)
     # the driver logged progress while the graph ran, counted from the commit records
-    assert any(r.getMessage().startswith("progress: ") and " of 3 inputs committed" in
-               r.getMessage() for r in caplog.records)
+    assert any(
+        r.getMessage().startswith("progress: ") and " of 3 inputs committed" in r.getMessage()
+        for r in caplog.records
+    )
     run_path = run_folder(str(out), summary["run_id"])
     assert ProgressLog(LocalFileSystem(), run_path, 3, 0).poll() == 3
     assert ProgressLog(LocalFileSystem(), str(tmp_path / "no-run"), 3, 0).poll() == 0
@@ -93,8 +98,11 @@ def test_end_to_end_local(photo_dir: Path, tmp_path: Path,
     assert np.allclose(clean[0].astype(np.float32), direct.clean, atol=2e-2, rtol=1e-2)
     assert np.allclose(column_to_numpy(table["raw"])[0], direct.raw, atol=1e-2, rtol=1e-2)
     # the Ray reader streams the same rows as torch batches (B, h, w, C)
-    batches = list(read_features(str(out), ["clean"]).iter_torch_batches(
-        batch_size=2, dtypes={"clean": torch.float32}))
+    batches = list(
+        read_features(str(out), ["clean"]).iter_torch_batches(
+            batch_size=2, dtypes={"clean": torch.float32}
+        )
+    )
     rows = torch.cat([b["clean"] for b in batches])
     assert rows.shape == (3, 7, 9, 64) and rows.dtype == torch.float32
     expected = torch.from_numpy(clean.astype(np.float32))
@@ -102,8 +110,9 @@ def test_end_to_end_local(photo_dir: Path, tmp_path: Path,
         assert min(float((row - e).abs().max()) for e in expected) == 0.0
 
 
-def test_rerun_does_nothing_and_refresh_takes_only_new(photo_dir: Path, tmp_path: Path,
-                                                       photos: dict[str, np.ndarray]) -> None:
+def test_rerun_does_nothing_and_refresh_takes_only_new(
+    photo_dir: Path, tmp_path: Path, photos: dict[str, np.ndarray]
+) -> None:
     out = str(tmp_path / "out")
     first = run_clean_job(_job(str(photo_dir), out))
     again = run_clean_job(_job(str(photo_dir), out))
@@ -119,12 +128,20 @@ def test_rerun_does_nothing_and_refresh_takes_only_new(photo_dir: Path, tmp_path
 
 
 def test_shift_method_calibrates_once_and_matches_the_engine(
-        photo_dir: Path, tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    photo_dir: Path, tmp_path: Path, photos: dict[str, np.ndarray]
+) -> None:
     out = tmp_path / "out"
 
     def job() -> CleanJobConfig:
-        return resolve_clean_job("smoke", [f"input.uri={photo_dir}", f"output.uri={out}",
-                                           "preset=shift_smoke", "calibration.crops_per_image=2"])
+        return resolve_clean_job(
+            "smoke",
+            [
+                f"input.uri={photo_dir}",
+                f"output.uri={out}",
+                "preset=shift_smoke",
+                "calibration.crops_per_image=2",
+            ],
+        )
 
     inputs = {p: p.read_bytes() for p in photo_dir.rglob("*") if p.is_file()}
     first = run_clean_job(job())
@@ -137,8 +154,9 @@ def test_shift_method_calibrates_once_and_matches_the_engine(
     row = table.to_pylist()[0]
     image = np.asarray(Image.open(row["source_uri"]).convert("RGB"))
     ext = load_extractor("test_vit", weights="random", device="cpu")
-    (direct,) = clean_images(ext, [image], job().engine, ids=[row["image_id"]],
-                             artifact_model=model)
+    (direct,) = clean_images(
+        ext, [image], job().engine, ids=[row["image_id"]], artifact_model=model
+    )
     assert np.allclose(column_to_numpy(table["clean"])[0], direct.clean, atol=2e-2, rtol=1e-2)
     assert not np.allclose(direct.clean, direct.raw, atol=1e-2)
     # a refresh over a grown input reuses the stored model: same digest, only the new image
@@ -158,12 +176,17 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
 def _huge_png_header(side: int) -> bytes:
     """A PNG whose header claims side x side pixels, with a few bytes of pixel data."""
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
-            + _chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
-def test_poison_set_is_quarantined_and_the_rest_commits(tmp_path: Path,
-                                                        photos: dict[str, np.ndarray]) -> None:
+def test_poison_set_is_quarantined_and_the_rest_commits(
+    tmp_path: Path, photos: dict[str, np.ndarray]
+) -> None:
     src = tmp_path / "poison"
     src.mkdir()
     base = _small(photos["chelsea"])
@@ -195,18 +218,30 @@ def test_poison_set_is_quarantined_and_the_rest_commits(tmp_path: Path,
     summary = run_clean_job(_job(str(src), out, "input.max_pixels=4000000"))
     quarantined = read_quarantine_table(out).to_pylist()
     bad = {Path(r["source_uri"]).name: r for r in quarantined}
-    assert set(bad) == {"truncated.jpg", "text.jpg", "empty.jpg", "tiny.png", "huge.png",
-                        "bomb.png"}
+    assert set(bad) == {
+        "truncated.jpg",
+        "text.jpg",
+        "empty.jpg",
+        "tiny.png",
+        "huge.png",
+        "bomb.png",
+    }
     assert "zero-byte" in bad["empty.jpg"]["reason"]
     assert "over the cap" in bad["huge.png"]["reason"]
     assert "bomb" in bad["bomb.png"]["reason"]
     assert "smaller than one" in bad["tiny.png"]["reason"]
     assert all(r["stage"] == "decode" and r["error_class"] for r in quarantined)
-    committed = read_features_table(out, ["source_uri", "width", "height",
-                                          "image_id"]).to_pylist()
+    committed = read_features_table(out, ["source_uri", "width", "height", "image_id"]).to_pylist()
     names = {Path(r["source_uri"]).name: r for r in committed}
-    assert set(names) == {"cmyk.jpg", "sixteen.png", "la.png", "p.png", "rotated.jpg",
-                          "good.jpg", "a::b.png"}
+    assert set(names) == {
+        "cmyk.jpg",
+        "sixteen.png",
+        "la.png",
+        "p.png",
+        "rotated.jpg",
+        "good.jpg",
+        "a::b.png",
+    }
     assert (names["rotated.jpg"]["width"], names["rotated.jpg"]["height"]) == (120, 160)
     assert names["a::b.png"]["image_id"] == hashlib.sha256(files["a::b.png"]).hexdigest()
     assert (names["a::b.png"]["width"], names["a::b.png"]["height"]) == (90, 100)
@@ -222,8 +257,12 @@ def test_s3_in_and_out(s3_endpoint: str, photos: dict[str, np.ndarray]) -> None:
     for name, photo in photos.items():
         fs.pipe(f"inbox/photos/{name}.jpg", _jpeg(_small(photo)))
     options = f"{{endpoint_url: '{s3_endpoint}'}}"
-    cfg = _job("s3://inbox/photos", "s3://features/dvt",
-               f"input.storage_options={options}", f"output.storage_options={options}")
+    cfg = _job(
+        "s3://inbox/photos",
+        "s3://features/dvt",
+        f"input.storage_options={options}",
+        f"output.storage_options={options}",
+    )
     summary = run_clean_job(cfg)
     assert summary["done"] == 3
     storage = {"endpoint_url": s3_endpoint}
@@ -235,17 +274,24 @@ def test_s3_in_and_out(s3_endpoint: str, photos: dict[str, np.ndarray]) -> None:
 
 
 @pytest.mark.parametrize("file_mb", [1, 0])  # one file for the run / a file per write task
-def test_same_image_under_two_uris_is_committed_once(tmp_path: Path, photos: dict[str, np.ndarray],
-                                                     file_mb: int) -> None:
+def test_same_image_under_two_uris_is_committed_once(
+    tmp_path: Path, photos: dict[str, np.ndarray], file_mb: int
+) -> None:
     src = tmp_path / "in"
     (src / "copy").mkdir(parents=True)
     for name, photo in photos.items():
         (src / f"{name}.jpg").write_bytes(_jpeg(_small(photo)))
     (src / "copy" / "again.jpg").write_bytes((src / "astronaut.jpg").read_bytes())
     (src / "copy" / "zz-again.jpg").write_bytes((src / "astronaut.jpg").read_bytes())
-    summary = run_clean_job(_job(str(src), str(tmp_path / "out"),
-                                 f"output.target_file_mb={file_mb}",
-                                 "compute.read_batch_size=1", "engine.images_per_fit=1"))
+    summary = run_clean_job(
+        _job(
+            str(src),
+            str(tmp_path / "out"),
+            f"output.target_file_mb={file_mb}",
+            "compute.read_batch_size=1",
+            "engine.images_per_fit=1",
+        )
+    )
     assert summary["done"] == 3 and summary["duplicates_in_run"] == 2
     assert summary["inputs"] == summary["done"] + summary["quarantined"] + 2
     ids = read_features_table(str(tmp_path / "out"), ["image_id"])["image_id"].to_pylist()
@@ -269,8 +315,12 @@ def test_mixed_aspects_keep_their_grids(tmp_path: Path, photos: dict[str, np.nda
     assert run_clean_job(_job(str(src), out))["done"] == 4
     rows = read_features_table(out, ["source_uri", "width", "height", "grid_h", "grid_w"])
     for row in rows.to_pylist():
-        expected = {(224, 112): (7, 14), (112, 224): (14, 7), (128, 128): (7, 7),
-                    (200, 100): (7, 14)}[(row["width"], row["height"])]
+        expected = {
+            (224, 112): (7, 14),
+            (112, 224): (14, 7),
+            (128, 128): (7, 7),
+            (200, 100): (7, 14),
+        }[(row["width"], row["height"])]
         assert (row["grid_h"], row["grid_w"]) == expected, row
     assert sorted(feature_grids(out).items()) == [((7, 7), 1), ((7, 14), 2), ((14, 7), 1)]
     with pytest.raises(ValueError, match="3 token grids"):
@@ -281,6 +331,10 @@ def test_mixed_aspects_keep_their_grids(tmp_path: Path, photos: dict[str, np.nda
     assert {g: t.num_rows for g, t in groups.items()} == {(7, 14): 2, (14, 7): 1, (7, 7): 1}
     data = FeatureDataset(out)
     assert sorted(tuple(data[i]["raw"].shape[:2]) for i in range(len(data))) == [
-        (7, 7), (7, 14), (7, 14), (14, 7)]
+        (7, 7),
+        (7, 14),
+        (7, 14),
+        (14, 7),
+    ]
     tall = read_features(out, ["raw"], grid=(14, 7)).take_all()
     assert len(tall) == 1 and tall[0]["raw"].shape == (14, 7, 64)

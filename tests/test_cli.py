@@ -22,13 +22,20 @@ ENV = dict(os.environ, COLUMNS="100")  # the same help wrapping in every run
 
 def dvt(*args: str) -> subprocess.CompletedProcess[str]:
     assert DVT.is_file(), f"no {DVT}: install the package (pip install --no-deps -e .)"
-    return subprocess.run([str(DVT), *args], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env=ENV)
+    return subprocess.run(
+        [str(DVT), *args], capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV
+    )
 
 
 def job_file(job: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), *args],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / f"{job}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=ENV,
+    )
 
 
 def test_dvt_help_lists_every_command_one_line_each() -> None:
@@ -39,17 +46,28 @@ def test_dvt_help_lists_every_command_one_line_each() -> None:
     for command in COMMANDS.values():
         (line,) = [line for line in lines if line.split()[:1] == [command.name]]
         assert line.split(None, 1)[1] == command.summary, line
-    assert list(COMMANDS) == ["quickstart", "clean", "train", "denoise", "build", "evaluate",
-                              "gc", "submission-id"]
+    assert list(COMMANDS) == [
+        "quickstart",
+        "clean",
+        "train",
+        "denoise",
+        "build",
+        "evaluate",
+        "gc",
+        "submission-id",
+    ]
 
 
 def test_dvt_help_loads_neither_ray_nor_torch() -> None:
-    code = ("import sys\nfrom pipeline.cli import main\ntry:\n    main(['--help'])\n"
-            "except SystemExit as done:\n    assert done.code == 0\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch')\n"
-            "             or m.startswith('pipeline.distributed')), file=sys.stderr)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, check=True)
+    code = (
+        "import sys\nfrom pipeline.cli import main\ntry:\n    main(['--help'])\n"
+        "except SystemExit as done:\n    assert done.code == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch')\n"
+        "             or m.startswith('pipeline.distributed')), file=sys.stderr)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
     assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
 
 
@@ -86,8 +104,17 @@ def test_the_job_files_are_thin() -> None:
 
 
 def test_submission_id_is_the_same_from_dvt_and_the_job_file() -> None:
-    argv = ["clean_dataset", "--input", "s3://bucket/images", "compute.actors=4",
-            "--output", "s3://bucket/features", "--slot", "none", "preset=smoke"]
+    argv = [
+        "clean_dataset",
+        "--input",
+        "s3://bucket/images",
+        "compute.actors=4",
+        "--output",
+        "s3://bucket/features",
+        "--slot",
+        "none",
+        "preset=smoke",
+    ]
     from_dvt, from_job = dvt("submission-id", *argv), job_file("submission_id", *argv)
     assert from_dvt.returncode == from_job.returncode == 0, from_dvt.stderr + from_job.stderr
     assert from_dvt.stdout == from_job.stdout
@@ -102,17 +129,29 @@ def test_a_missing_input_is_one_line_and_exit_2(entry: str, tmp_path: Path) -> N
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.splitlines() == [
         f"error: input {NOWHERE} does not exist: check --input (input.uri) and "
-        "input.storage_options"], done.stderr[-3000:]
+        "input.storage_options"
+    ], done.stderr[-3000:]
     assert not done.stdout and not (tmp_path / "out").exists()
 
 
 def test_the_ray_layer_sets_ray_defaults_a_user_value_wins() -> None:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED")
+    }
     env["RAY_USAGE_STATS_ENABLED"] = "1"
-    code = ("import os, sys\nimport pipeline.distributed\nassert 'ray' not in sys.modules\n"
-            "print(os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'], "
-            "os.environ['RAY_USAGE_STATS_ENABLED'])")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env=env, check=True)
+    code = (
+        "import os, sys\nimport pipeline.distributed\nassert 'ray' not in sys.modules\n"
+        "print(os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'], "
+        "os.environ['RAY_USAGE_STATS_ENABLED'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=True,
+    )
     assert done.stdout.split() == ["0", "1"]

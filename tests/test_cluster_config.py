@@ -31,8 +31,9 @@ def test_valid_against_rays_own_schema() -> None:
 def test_images_and_pins_agree_with_pyproject_and_this_ray() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     python_spec = SpecifierSet(project["requires-python"])
-    ray_spec = next(Requirement(d) for d in project["dependencies"]
-                    if Requirement(d).name == "ray").specifier
+    ray_spec = next(
+        Requirement(d) for d in project["dependencies"] if Requirement(d).name == "ray"
+    ).specifier
     cluster = _cluster()
     docker = cluster["docker"]
     images = {docker["image"], docker["head_image"], docker["worker_image"]}
@@ -68,11 +69,9 @@ def test_every_node_type_has_its_own_profile_and_the_closed_security_group() -> 
     head = cluster["head_node_type"]
     groups = {tuple(node["node_config"]["SecurityGroupIds"]) for node in nodes.values()}
     assert len(groups) == 1 and all(g.startswith("sg-") for g in next(iter(groups)))
-    arns = {name: node["node_config"]["IamInstanceProfile"]["Arn"]
-            for name, node in nodes.items()}
+    arns = {name: node["node_config"]["IamInstanceProfile"]["Arn"] for name, node in nodes.items()}
     assert arns[head].endswith("/dvt-pipeline-head")
-    assert all(arn.endswith("/dvt-pipeline-worker") for name, arn in arns.items()
-               if name != head)
+    assert all(arn.endswith("/dvt-pipeline-worker") for name, arn in arns.items() if name != head)
     assert "IpPermissions" not in cluster["provider"].get("security_group", {})
 
 
@@ -91,15 +90,24 @@ class _CloudFormation(yaml.SafeLoader):
 
 
 for _tag in ("!Ref", "!Sub", "!GetAtt"):
-    _CloudFormation.add_constructor(_tag, lambda loader, node, tag=_tag: (
-        tag, loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode)
-        else loader.construct_sequence(node)))
+    _CloudFormation.add_constructor(
+        _tag,
+        lambda loader, node, tag=_tag: (
+            tag,
+            loader.construct_scalar(node)
+            if isinstance(node, yaml.ScalarNode)
+            else loader.construct_sequence(node),
+        ),
+    )
 
 
 def _statements(resource: dict) -> list[dict]:
     props = resource["Properties"]
-    docs = [props["PolicyDocument"]] if "PolicyDocument" in props else [
-        p["PolicyDocument"] for p in props.get("Policies", [])]
+    docs = (
+        [props["PolicyDocument"]]
+        if "PolicyDocument" in props
+        else [p["PolicyDocument"] for p in props.get("Policies", [])]
+    )
     return [st for doc in docs for st in doc["Statement"]]
 
 
@@ -108,33 +116,51 @@ def test_the_access_template_is_valid_and_least_privilege() -> None:
     opens SSH to the SshCidr parameter only, passes the workers' role alone, and grants S3 on
     the two named buckets only."""
     path = ROOT / "conf" / "aws" / "cluster-access.yaml"
-    lint = subprocess.run([str(Path(sys.executable).with_name("cfn-lint")), str(path)],
-                          capture_output=True,
-                          text=True, timeout=300)
+    lint = subprocess.run(
+        [str(Path(sys.executable).with_name("cfn-lint")), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
     template = yaml.load(path.read_text(), Loader=_CloudFormation)  # a SafeLoader
     resources = template["Resources"]
     (group,) = [r for r in resources.values() if r["Type"] == "AWS::EC2::SecurityGroup"]
     ssh = group["Properties"]["SecurityGroupIngress"]
-    assert ssh == [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-                    "CidrIp": ("!Ref", "SshCidr"),
-                    "Description": "SSH from the operators' addresses only"}]
+    assert ssh == [
+        {
+            "IpProtocol": "tcp",
+            "FromPort": 22,
+            "ToPort": 22,
+            "CidrIp": ("!Ref", "SshCidr"),
+            "Description": "SSH from the operators' addresses only",
+        }
+    ]
     assert "0.0.0.0/0" not in path.read_text()
-    internal = [r["Properties"] for r in resources.values()
-                if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
-    assert all(p["SourceSecurityGroupId"] == ("!Ref", "ClusterSecurityGroup")
-               for p in internal)
-    statements = [st for r in resources.values() if r["Type"] in (
-        "AWS::IAM::Role", "AWS::IAM::ManagedPolicy") for st in _statements(r)]
-    actions = [a for st in statements for a in (
-        st["Action"] if isinstance(st["Action"], list) else [st["Action"]])]
+    internal = [
+        r["Properties"] for r in resources.values() if r["Type"] == "AWS::EC2::SecurityGroupIngress"
+    ]
+    assert all(p["SourceSecurityGroupId"] == ("!Ref", "ClusterSecurityGroup") for p in internal)
+    statements = [
+        st
+        for r in resources.values()
+        if r["Type"] in ("AWS::IAM::Role", "AWS::IAM::ManagedPolicy")
+        for st in _statements(r)
+    ]
+    actions = [
+        a
+        for st in statements
+        for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
+    ]
     assert not [a for a in actions if a.endswith(":*") or a == "*"]
     for st in statements:
         acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
         res = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
         if any(a.startswith("s3:") for a in acts):
-            assert all(r[0] == "!Sub" and ("${InputBucket}" in r[1] or "${OutputBucket}" in r[1])
-                       for r in res), st
+            assert all(
+                r[0] == "!Sub" and ("${InputBucket}" in r[1] or "${OutputBucket}" in r[1])
+                for r in res
+            ), st
         if "iam:PassRole" in acts:
             assert acts == ["iam:PassRole"] and res == [("!GetAtt", "WorkerRole.Arn")]
         if any(a in ("ec2:TerminateInstances", "ec2:StopInstances") for a in acts):
@@ -154,6 +180,8 @@ def test_submission_ids_repeat_within_a_slot_only() -> None:
     assert submission_id(*args, "hourly", at) == submission_id(*args, "hourly", later)
     assert submission_id(*args, "minutely", at) != submission_id(*args, "minutely", later)
     assert submission_id(*args, "hourly", at) != submission_id(
-        "clean_dataset", "s3://b/in", "s3://b/other", ["compute.actors=4"], "hourly", at)
-    assert re.fullmatch(r"dvt-clean-dataset-20261124t13-[0-9a-f]{16}",
-                        submission_id(*args, "hourly", at))
+        "clean_dataset", "s3://b/in", "s3://b/other", ["compute.actors=4"], "hourly", at
+    )
+    assert re.fullmatch(
+        r"dvt-clean-dataset-20261124t13-[0-9a-f]{16}", submission_id(*args, "hourly", at)
+    )

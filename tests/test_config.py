@@ -47,13 +47,16 @@ def test_overrides_apply_and_coerce() -> None:
     assert engine_preset("fast", ["image_size=224"]).image_size == 224
 
 
-@pytest.mark.parametrize(("override", "patterns"), [
-    ("input.include=[*.jpg]", ["*.jpg"]),  # docs/operations.md's example: `*` is no YAML alias
-    ("input.include=[*.jpg,*.png]", ["*.jpg", "*.png"]),
-    ("input.include=[ '*.jpg', \"*.PNG\" ]", ["*.jpg", "*.PNG"]),
-    ("input.include=*.jpg", ["*.jpg"]),  # one pattern where a list is expected
-    ("input.exclude=[raw/*, tmp/**]", ["raw/*", "tmp/**"]),
-])
+@pytest.mark.parametrize(
+    ("override", "patterns"),
+    [
+        ("input.include=[*.jpg]", ["*.jpg"]),  # docs/operations.md's example: `*` is no YAML alias
+        ("input.include=[*.jpg,*.png]", ["*.jpg", "*.png"]),
+        ("input.include=[ '*.jpg', \"*.PNG\" ]", ["*.jpg", "*.PNG"]),
+        ("input.include=*.jpg", ["*.jpg"]),  # one pattern where a list is expected
+        ("input.exclude=[raw/*, tmp/**]", ["raw/*", "tmp/**"]),
+    ],
+)
 def test_glob_lists_parse_as_lists(override: str, patterns: list[str]) -> None:
     from pipeline.job_config import resolve_clean_job
 
@@ -63,25 +66,36 @@ def test_glob_lists_parse_as_lists(override: str, patterns: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "override",
-    ["fit.stepz=3", "fit.steps=many", "fit.steps", "views.scale=[1]", "nosuch.key=1",
-     "views.scale={a: [}", "fit.steps=[1, 2]"],
+    [
+        "fit.stepz=3",
+        "fit.steps=many",
+        "fit.steps",
+        "views.scale=[1]",
+        "nosuch.key=1",
+        "views.scale={a: [}",
+        "fit.steps=[1, 2]",
+    ],
 )
 def test_bad_overrides_raise(override: str) -> None:
     with pytest.raises(ValueError):
         apply_overrides(engine_preset("smoke"), [override])
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("method=fild", r"method must be one of \['field', 'shift'\], got 'fild'"),
-    ("upsample=3", r"upsample must be one of \[1, 2, 4\], got 3"),
-    ("upsample=true", r"upsample must be one of \[1, 2, 4\], got True"),  # not the choice 1
-    ("resize.aspect=wide", r"resize.aspect must be one of \['keep', 'square'\]"),
-    ("hr.estimator=median", r"hr.estimator must be one of \['average', 'solve'\]"),
-    ("shift.flip_prob=1.5", r"shift.flip_prob must be <= 1.0, got 1.5"),
-    ("fit.coarse_fraction=-0.1", r"fit.coarse_fraction must be >= 0.0"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("method=fild", r"method must be one of \['field', 'shift'\], got 'fild'"),
+        ("upsample=3", r"upsample must be one of \[1, 2, 4\], got 3"),
+        ("upsample=true", r"upsample must be one of \[1, 2, 4\], got True"),  # not the choice 1
+        ("resize.aspect=wide", r"resize.aspect must be one of \['keep', 'square'\]"),
+        ("hr.estimator=median", r"hr.estimator must be one of \['average', 'solve'\]"),
+        ("shift.flip_prob=1.5", r"shift.flip_prob must be <= 1.0, got 1.5"),
+        ("fit.coarse_fraction=-0.1", r"fit.coarse_fraction must be >= 0.0"),
+    ],
+)
 def test_choices_and_ranges_are_one_line_errors_that_name_the_valid_values(
-        override: str, message: str) -> None:
+    override: str, message: str
+) -> None:
     """Choices are Literal types checked when a config loads and when one is built in
     Python; every refusal is a ConfigError (one line and exit code 2 in a job)."""
     with pytest.raises(ConfigError, match=message):
@@ -116,8 +130,13 @@ FAST_KEPT_ASPECT_DIGEST = "a3653047f5b75042"
 
 
 def _fast_digest(engine: EngineConfig) -> str:
-    return output_digest("vit_small_patch14_dinov2", "1692b056bb84" + "0" * 52,
-                         {"engine": engine.output_settings()}, "float16", True)
+    return output_digest(
+        "vit_small_patch14_dinov2",
+        "1692b056bb84" + "0" * 52,
+        {"engine": engine.output_settings()},
+        "float16",
+        True,
+    )
 
 
 def _fast() -> EngineConfig:
@@ -129,20 +148,25 @@ def test_fast_output_digest_is_pinned() -> None:
     # square inputs keep the digest outputs had before aspects were kept (the cap plays no
     # part there); a kept aspect's cap does
     assert _fast_digest(_fast()) == FAST_OUTPUT_DIGEST
-    assert _fast_digest(apply_overrides(_fast(), ["resize.max_tokens_ratio=3"])) == \
-        FAST_OUTPUT_DIGEST
+    assert (
+        _fast_digest(apply_overrides(_fast(), ["resize.max_tokens_ratio=3"])) == FAST_OUTPUT_DIGEST
+    )
     assert _fast_digest(engine_preset("fast", ["resize.max_tokens_ratio=3"])) not in (
-        FAST_OUTPUT_DIGEST, FAST_KEPT_ASPECT_DIGEST)
+        FAST_OUTPUT_DIGEST,
+        FAST_KEPT_ASPECT_DIGEST,
+    )
     # batch sizes and the preset's name change how fast, not what: same digest
-    assert _fast_digest(apply_overrides(_fast(), [
-        "images_per_fit=2", "vit_batch_size=4", "name=mine"])) == FAST_OUTPUT_DIGEST
+    assert (
+        _fast_digest(
+            apply_overrides(_fast(), ["images_per_fit=2", "vit_batch_size=4", "name=mine"])
+        )
+        == FAST_OUTPUT_DIGEST
+    )
     # what shapes the fit does change it, and so does a neutral field moved off its default
     for override in ("fit.steps=3601", "seed=1", "views.num_views=47", "fit.prior_weight=1"):
-        assert _fast_digest(apply_overrides(_fast(), [override])) != \
-            FAST_OUTPUT_DIGEST, override
+        assert _fast_digest(apply_overrides(_fast(), [override])) != FAST_OUTPUT_DIGEST, override
     # the shift section does not shape a field fit, nor the fit sections a shift
-    assert _fast_digest(apply_overrides(_fast(), ["shift.views=3"])) == \
-        FAST_OUTPUT_DIGEST
+    assert _fast_digest(apply_overrides(_fast(), ["shift.views=3"])) == FAST_OUTPUT_DIGEST
     shift = engine_preset("shift")
     assert _fast_digest(apply_overrides(shift, ["fit.steps=1"])) == _fast_digest(shift)
     assert _fast_digest(apply_overrides(shift, ["shift.views=3"])) != _fast_digest(shift)
@@ -151,8 +175,11 @@ def test_fast_output_digest_is_pinned() -> None:
 def test_a_new_neutral_field_leaves_digests_unchanged() -> None:
     """An upgrade adds a setting whose default keeps the old behaviour: nothing re-fits."""
     upgraded = dataclasses.make_dataclass(
-        "UpgradedFit", [("new_knob", float, dataclasses.field(default=0.0, metadata=NEUTRAL))],
-        bases=(FitConfig,), frozen=True)
+        "UpgradedFit",
+        [("new_knob", float, dataclasses.field(default=0.0, metadata=NEUTRAL))],
+        bases=(FitConfig,),
+        frozen=True,
+    )
     fast = _fast()
     fit = upgraded(**dataclasses.asdict(fast.fit) | {"betas": fast.fit.betas})
     assert _fast_digest(dataclasses.replace(fast, fit=fit)) == FAST_OUTPUT_DIGEST
@@ -173,18 +200,28 @@ def test_saved_configs_carry_no_credentials() -> None:
     kept as it is."""
     from pipeline.config import REDACTED, redact
 
-    job = {"input": {
-        "uri": "https://user:pa55w0rd@images.example.com/photos",
-        "storage_options": {"connection_string": "DefaultEndpointsProtocol=https;"
-                                                 "AccountName=acct;AccountKey=SECRETKEY==;",
-                            "account_name": "acct",
-                            "client_kwargs": {"headers": {"Authorization": "Bearer SECRET",
-                                                          "X-Api-Key": "SECRET",
-                                                          "Accept": "image/*"}},
-                            "anon": False, "key": ""}},
+    job = {
+        "input": {
+            "uri": "https://user:pa55w0rd@images.example.com/photos",
+            "storage_options": {
+                "connection_string": "DefaultEndpointsProtocol=https;"
+                "AccountName=acct;AccountKey=SECRETKEY==;",
+                "account_name": "acct",
+                "client_kwargs": {
+                    "headers": {
+                        "Authorization": "Bearer SECRET",
+                        "X-Api-Key": "SECRET",
+                        "Accept": "image/*",
+                    }
+                },
+                "anon": False,
+                "key": "",
+            },
+        },
         "output": {"uri": "s3://AKIAEXAMPLE:SECRET@bucket/features"},
         "calibration": {"uri": "https://acct.blob.core.windows.net/c?sv=2020&sig=SECRET&se=1"},
-        "denoiser": {"uri": "abfs://container@acct.dfs.core.windows.net/export"}}
+        "denoiser": {"uri": "abfs://container@acct.dfs.core.windows.net/export"},
+    }
     saved = json.dumps(redact(job))
     assert "SECRET" not in saved and "pa55w0rd" not in saved and "AKIA" not in saved
     out = redact(job)

@@ -34,7 +34,7 @@ def _make_inputs(folder: Path, photos: dict[str, np.ndarray], count: int) -> set
     ids = set()
     base = list(photos.values())
     for i in range(count):
-        crop = base[i % len(base)][2 * i:, 2 * i:]
+        crop = base[i % len(base)][2 * i :, 2 * i :]
         buf = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(crop)).resize((128, 96)).save(buf, format="JPEG")
         (folder / f"img{i:02d}.jpg").write_bytes(buf.getvalue())
@@ -45,10 +45,16 @@ def _make_inputs(folder: Path, photos: dict[str, np.ndarray], count: int) -> set
 def _overrides(src: str, out: str) -> list[str]:
     # one image per read block, per fit and per file, so parts land one by one while the
     # job runs; a short lease, so that the killed driver's lease goes stale within the test
-    return [f"input.uri={src}", f"output.uri={out}", "engine.images_per_fit=1",
-            "engine.fit.steps=60", "engine.views.num_views=6", "output.target_file_mb=0",
-            "output.lease_ttl_s=3",
-            "compute.read_batch_size=1"]
+    return [
+        f"input.uri={src}",
+        f"output.uri={out}",
+        "engine.images_per_fit=1",
+        "engine.fit.steps=60",
+        "engine.views.num_views=6",
+        "output.target_file_mb=0",
+        "output.lease_ttl_s=3",
+        "compute.read_batch_size=1",
+    ]
 
 
 def _run_ids_of(fs, root: str) -> set[str]:
@@ -70,7 +76,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[s
 
 @pytest.mark.usefixtures("local_ray")
 def test_driver_killed_at_several_points_keeps_its_work(
-        tmp_path: Path, photos: dict[str, np.ndarray], storage: tuple[str, dict[str, str]]
+    tmp_path: Path, photos: dict[str, np.ndarray], storage: tuple[str, dict[str, str]]
 ) -> None:
     """The driver is killed when about 25, 50 and 75 % of the images are committed (local
     disk; on S3 at 50 %). Every run fits only what no earlier run committed, a killed run
@@ -86,13 +92,23 @@ def test_driver_killed_at_several_points_keeps_its_work(
     env = dict(os.environ, DVT_RAY_TMP=str(Path("/tmp") / f"dvt-kill-{os.getpid()}"))
     visible: set[str] = set()
     fitted_by_run: dict[str, set[str]] = {}
-    for fraction in ((0.25, 0.5, 0.75) if not options else (0.5,)):
+    for fraction in (0.25, 0.5, 0.75) if not options else (0.5,):
         before = _run_ids_of(fs, root) if fs.exists(f"{root}/{RUNS_DIR}") else set()
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "jobs" / "clean_dataset.py"), "--job", "smoke",
-             *_overrides(str(src), out), *extra],
-            cwd=ROOT, env=env, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                str(ROOT / "jobs" / "clean_dataset.py"),
+                "--job",
+                "smoke",
+                *_overrides(str(src), out),
+                *extra,
+            ],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.time() + 240
             while time.time() < deadline:
@@ -126,8 +142,9 @@ def test_driver_killed_at_several_points_keeps_its_work(
     states = [r.state for r in committed_runs(out, options)]
     assert states == ["sealed"] * len(fitted_by_run) + ["committed"]
     # a re-run of the finished output fits nothing
-    assert run_clean_job(resolve_clean_job("smoke", [*_overrides(str(src), out),
-                                                     *extra]))["done"] == 0
+    assert (
+        run_clean_job(resolve_clean_job("smoke", [*_overrides(str(src), out), *extra]))["done"] == 0
+    )
 
 
 def _kill_clean_actor_once(stop: threading.Event, killed: list[int]) -> None:
@@ -140,8 +157,11 @@ def _kill_clean_actor_once(stop: threading.Event, killed: list[int]) -> None:
         for proc in psutil.Process().children(recursive=True):
             try:
                 cmd = " ".join(proc.cmdline())
-                if ("CleanImages" in cmd and "MapWorker" in cmd
-                        and proc.cpu_percent(interval=0.5) > 20):  # mid-fit, not idle
+                if (
+                    "CleanImages" in cmd
+                    and "MapWorker" in cmd
+                    and proc.cpu_percent(interval=0.5) > 20
+                ):  # mid-fit, not idle
                     proc.send_signal(signal.SIGKILL)
                     killed.append(proc.pid)
                     return

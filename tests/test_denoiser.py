@@ -33,8 +33,9 @@ from pipeline.models.engine import extract_views
 from pipeline.models.online import denoise_images
 
 
-def _planted(count: int, grid: int, channels: int, seed: int, pattern_grid: int = 0
-             ) -> tuple[torch.Tensor, ...]:
+def _planted(
+    count: int, grid: int, channels: int, seed: int, pattern_grid: int = 0
+) -> tuple[torch.Tensor, ...]:
     """clean = smooth random content; raw = clean + a fixed per-position pattern (the artifact),
     drawn on ``pattern_grid`` (default ``grid``) and resampled to ``grid`` (one pattern seen at
     several input sizes)."""
@@ -43,11 +44,12 @@ def _planted(count: int, grid: int, channels: int, seed: int, pattern_grid: int 
     pattern = 0.8 * torch.randn(side, side, channels, generator=torch.Generator().manual_seed(99))
     if side != grid:
         pattern = torch.nn.functional.interpolate(
-            pattern.permute(2, 0, 1)[None], size=(grid, grid), mode="bicubic",
-            align_corners=False)[0].permute(1, 2, 0)
+            pattern.permute(2, 0, 1)[None], size=(grid, grid), mode="bicubic", align_corners=False
+        )[0].permute(1, 2, 0)
     low = torch.randn(count, channels, 3, 3, generator=gen)
-    clean = torch.nn.functional.interpolate(low, size=(grid, grid), mode="bilinear",
-                                            align_corners=True).permute(0, 2, 3, 1)
+    clean = torch.nn.functional.interpolate(
+        low, size=(grid, grid), mode="bilinear", align_corners=True
+    ).permute(0, 2, 3, 1)
     return clean + pattern, clean
 
 
@@ -110,8 +112,9 @@ def test_training_on_two_grids_serves_both() -> None:
     for grid, seed in ((6, 2), (9, 4)):
         val_raw, val_clean = _planted(16, grid, 64, seed=seed, pattern_grid=9)
         with torch.no_grad():
-            assert denoise_loss(model(val_raw), val_clean) < 0.3 * denoise_loss(val_raw,
-                                                                              val_clean), grid
+            assert denoise_loss(model(val_raw), val_clean) < 0.3 * denoise_loss(
+                val_raw, val_clean
+            ), grid
     with pytest.raises(ValueError, match="one"):
         train_denoiser(model, [(pairs[0][0], pairs[1][1])], cfg)
 
@@ -128,8 +131,9 @@ def test_similarity_loss_reads_structure_not_scale() -> None:
     for weight in (0.0, 1.0):
         torch.manual_seed(0)
         trained = Denoiser(DenoiserConfig(channels=32, grid=5))
-        loss = train_denoiser(trained, [(raw, clean)],
-                              TrainConfig(epochs=1, batch_size=16, similarity_weight=weight))
+        loss = train_denoiser(
+            trained, [(raw, clean)], TrainConfig(epochs=1, batch_size=16, similarity_weight=weight)
+        )
         with torch.no_grad():
             expected = denoise_loss(raw, clean) + weight * similarity_loss(raw, clean).mean()
         assert loss[0] == pytest.approx(float(expected), rel=1e-4)  # one step, from identity
@@ -205,13 +209,17 @@ def test_export_round_trip(tmp_path: Path) -> None:
     assert loaded.meta["model"] == "test_vit" and loaded.cfg == model.cfg
     with pytest.raises(FileNotFoundError, match="no exported denoiser"):
         load_denoiser(str(tmp_path / "missing"))
-    assert not [p.name for p in (tmp_path / "export").iterdir()
-                if p.name not in ("denoiser.safetensors", "denoiser.json")]  # no temp files
+    assert not [
+        p.name
+        for p in (tmp_path / "export").iterdir()
+        if p.name not in ("denoiser.safetensors", "denoiser.json")
+    ]  # no temp files
     # an export interrupted between its two files: new weights beside the old JSON
     other = Denoiser(DenoiserConfig(channels=64, grid=6))
     save_denoiser(other, str(tmp_path / "other"), {"model": "test_vit"})
     (tmp_path / "export" / "denoiser.safetensors").write_bytes(
-        (tmp_path / "other" / "denoiser.safetensors").read_bytes())
+        (tmp_path / "other" / "denoiser.safetensors").read_bytes()
+    )
     with pytest.raises(ValueError, match="interrupted"):
         load_denoiser(str(tmp_path / "export"))
 
@@ -222,8 +230,9 @@ def test_half_precision_export_loads_as_float32(tmp_path: Path) -> None:
         torch.nn.init.normal_(param, std=0.05)
     save_denoiser(model, str(tmp_path / "full"), {"model": "test_vit"})
     save_denoiser(model, str(tmp_path / "half"), {"model": "test_vit"}, dtype=torch.float16)
-    size = {name: (tmp_path / name / "denoiser.safetensors").stat().st_size
-            for name in ("full", "half")}
+    size = {
+        name: (tmp_path / name / "denoiser.safetensors").stat().st_size for name in ("full", "half")
+    }
     assert size["half"] < 0.6 * size["full"]
     loaded = load_denoiser(str(tmp_path / "half"))
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
@@ -232,8 +241,9 @@ def test_half_precision_export_loads_as_float32(tmp_path: Path) -> None:
         torch.testing.assert_close(loaded(tokens), model(tokens), atol=2e-3, rtol=2e-3)
 
 
-def test_shipped_names_resolve_and_a_local_folder_wins(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shipped_names_resolve_and_a_local_folder_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert "dinov2_vits14" in shipped_denoisers()
     shipped = Path(resolve_denoiser("dinov2_vits14"))
     assert (shipped / "denoiser.json").is_file() and shipped.parent.name == "pretrained"
@@ -249,13 +259,21 @@ def test_shipped_names_resolve_and_a_local_folder_wins(tmp_path: Path,
 def _export_for(extractor: FeatureExtractor, folder: Path, digest: str | None = None) -> Path:
     model = Denoiser(DenoiserConfig(channels=extractor.embed_dim, grid=4))
     torch.nn.init.normal_(model.pos_embed, std=0.1)
-    save_denoiser(model, str(folder), {"model": extractor.model_name, "weights": "random",
-                                       "weights_digest": digest or extractor.weights_digest})
+    save_denoiser(
+        model,
+        str(folder),
+        {
+            "model": extractor.model_name,
+            "weights": "random",
+            "weights_digest": digest or extractor.weights_digest,
+        },
+    )
     return folder
 
 
-def test_denoised_vit_from_pretrained(tiny_vit: FeatureExtractor, tmp_path: Path,
-                                      photos: dict[str, np.ndarray]) -> None:
+def test_denoised_vit_from_pretrained(
+    tiny_vit: FeatureExtractor, tmp_path: Path, photos: dict[str, np.ndarray]
+) -> None:
     export = _export_for(tiny_vit, tmp_path / "export")
     model = DenoisedViT.from_pretrained(str(export), device="cpu")
     pixels = torch.rand(2, 3, 64, 64)
@@ -280,7 +298,6 @@ def test_denoised_vit_refuses_other_weights(tiny_vit: FeatureExtractor, tmp_path
         DenoisedViT.from_pretrained(str(export), device="cpu")
 
 
-
 def test_both_stages_share_one_loss_and_schedule() -> None:
     """The denoiser's loss is the fit's per-image L_dist averaged over the batch, and both
     schedules are one function (pipeline.models.objectives)."""
@@ -288,11 +305,14 @@ def test_both_stages_share_one_loss_and_schedule() -> None:
     from pipeline.models.objectives import feature_distance, warmup_cosine
 
     pred, target = torch.randn(2, 2, 5, 5, 8).unbind(0)
-    expected = torch.nn.functional.mse_loss(pred, target) + (
-        1 - torch.nn.functional.cosine_similarity(pred, target, dim=-1)).mean()
+    expected = (
+        torch.nn.functional.mse_loss(pred, target)
+        + (1 - torch.nn.functional.cosine_similarity(pred, target, dim=-1)).mean()
+    )
     assert torch.allclose(denoise_loss(pred, target), expected)
     per_image = feature_distance(pred.reshape(2, 25, 8), target.reshape(2, 25, 8))
     assert per_image.shape == (2,) and torch.allclose(per_image.mean(), expected)
     fit, train = FitConfig(), TrainConfig(warmup_fraction=0.05, min_lr_fraction=0.05)
     assert [lr_factor(s, 200, train) for s in range(200)] == [
-        warmup_cosine(s, 200, fit.warmup_fraction, fit.final_lr_fraction) for s in range(200)]
+        warmup_cosine(s, 200, fit.warmup_fraction, fit.final_lr_fraction) for s in range(200)
+    ]

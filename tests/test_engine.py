@@ -15,8 +15,9 @@ from pipeline import FeatureExtractor, clean_images
 @pytest.fixture(scope="module")
 def smoke_results(dinov2: FeatureExtractor, photos: dict[str, np.ndarray]) -> list:
     # square inputs: G of different photos compare position by position
-    return clean_images(dinov2, list(photos.values()), preset="smoke",
-                        overrides=["resize.aspect=square"])
+    return clean_images(
+        dinov2, list(photos.values()), preset="smoke", overrides=["resize.aspect=square"]
+    )
 
 
 def test_outputs_have_the_raw_grid(smoke_results: list) -> None:
@@ -41,31 +42,36 @@ def test_clean_differs_from_raw_but_stays_close(smoke_results: list) -> None:
 def test_artifact_is_the_models_pattern(smoke_results: list) -> None:
     """G estimated on different photos agrees: it belongs to the model, not the content."""
     flat = [torch.from_numpy(r.artifact).flatten() for r in smoke_results]
-    sims = [float(torch.nn.functional.cosine_similarity(a, b, dim=0))
-            for a, b in itertools.combinations(flat, 2)]
+    sims = [
+        float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+        for a, b in itertools.combinations(flat, 2)
+    ]
     assert np.mean(sims) > 0.2, sims
     assert min(sims) > 0.1, sims
 
 
-def test_raw_equals_the_vits_patch_tokens(dinov2: FeatureExtractor,
-                                          photos: dict[str, np.ndarray]) -> None:
+def test_raw_equals_the_vits_patch_tokens(
+    dinov2: FeatureExtractor, photos: dict[str, np.ndarray]
+) -> None:
     """raw = last block after the final norm, prefix tokens dropped, the full image with its
     short side at 112 px and its aspect kept (451 x 300: 8 x 12 tokens, 112 x 168 px)."""
     photo = photos["chelsea"]
     (r,) = clean_images(dinov2, [photo], preset="smoke", overrides=["fit.steps=2"])
     pixels = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255
-    pixels = torch.nn.functional.interpolate(pixels, size=(112, 168), mode="bilinear",
-                                             antialias=True, align_corners=False)
+    pixels = torch.nn.functional.interpolate(
+        pixels, size=(112, 168), mode="bilinear", antialias=True, align_corners=False
+    )
     mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
     std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     with torch.inference_mode():
         tokens = dinov2.model.forward_features((pixels - mean) / std)  # norm applied
-    patch_tokens = tokens[0, dinov2.num_prefix_tokens:].reshape(8, 12, 384).numpy()
+    patch_tokens = tokens[0, dinov2.num_prefix_tokens :].reshape(8, 12, 384).numpy()
     assert np.allclose(r.raw, patch_tokens, atol=1e-4)
 
 
-def test_same_seed_same_result_and_seed_is_honoured(tiny_vit: FeatureExtractor,
-                                                   photos: dict[str, np.ndarray]) -> None:
+def test_same_seed_same_result_and_seed_is_honoured(
+    tiny_vit: FeatureExtractor, photos: dict[str, np.ndarray]
+) -> None:
     images = [photos["coffee"], photos["chelsea"]]
     a = clean_images(tiny_vit, images, preset="smoke", seed=3)
     b = clean_images(tiny_vit, images, preset="smoke", seed=3)
@@ -91,5 +97,9 @@ def test_bad_images_raise_clear_errors(tiny_vit: FeatureExtractor) -> None:
     with pytest.raises(ValueError, match="empty"):
         clean_images(tiny_vit, [np.zeros((0, 10, 3), np.uint8)], preset="smoke")
     with pytest.raises(ValueError, match="multiple of"):
-        clean_images(tiny_vit, [np.zeros((64, 64, 3), np.uint8)], preset="smoke",
-                     overrides=["image_size=100"])
+        clean_images(
+            tiny_vit,
+            [np.zeros((64, 64, 3), np.uint8)],
+            preset="smoke",
+            overrides=["image_size=100"],
+        )

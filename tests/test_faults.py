@@ -40,22 +40,29 @@ def _jpeg(array: np.ndarray) -> bytes:
 
 def _png_header(side: int) -> bytes:
     """A PNG whose header claims side x side pixels, with a few bytes of pixel data."""
+
     def chunk(kind: bytes, payload: bytes) -> bytes:
         body = kind + payload
         return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2,
-                                                              0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(FAULTS), os.environ.get("PYTHONPATH", "")) if p))
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(p for p in (str(FAULTS), os.environ.get("PYTHONPATH", "")) if p),
+    )
 
 
 def test_the_decoder_process_sets_aside_what_kills_or_hangs_it(
-        photos: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    photos: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])
     good = _jpeg(np.asarray(Image.fromarray(photos["chelsea"]).resize((64, 48))))
     decoder = DecoderProcess(max_pixels=10**8, min_side=14, timeout_s=5)
@@ -66,14 +73,17 @@ def test_the_decoder_process_sets_aside_what_kills_or_hangs_it(
     assert out[3].reason.startswith(CRASHED) and "longer than 5 s" in out[3].reason
     assert out[5].error_class == "ValueError"  # an ordinary error is the image's own
     assert all((d.height, d.width) == (48, 64) for d in out[::2])
-    assert np.array_equal(np.frombuffer(out[0].pixels, np.uint8).reshape(48, 64, 3),
-                          np.asarray(Image.open(io.BytesIO(good)).convert("RGB")))
+    assert np.array_equal(
+        np.frombuffer(out[0].pixels, np.uint8).reshape(48, 64, 3),
+        np.asarray(Image.open(io.BytesIO(good)).convert("RGB")),
+    )
     decoder.close()
 
 
 @pytest.mark.slow
 def test_poison_inputs_are_quarantined_and_the_run_finishes(
-        tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    tmp_path: Path, photos: dict[str, np.ndarray]
+) -> None:
     """One input kills the reader's decoder on every attempt, one kills the cleaning actor on
     every attempt, one is over the byte cap, one is a decompression bomb: each is quarantined
     with its reason and the rest commit (before: the killed worker was restarted and the batch
@@ -81,22 +91,38 @@ def test_poison_inputs_are_quarantined_and_the_run_finishes(
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for i, photo in enumerate(list(photos.values())[:3]):
-        (src / f"good{i}.jpg").write_bytes(_jpeg(np.asarray(
-            Image.fromarray(photo).resize((80 + 8 * i, 64)))))
+        (src / f"good{i}.jpg").write_bytes(
+            _jpeg(np.asarray(Image.fromarray(photo).resize((80 + 8 * i, 64))))
+        )
     small = np.asarray(Image.fromarray(photos["coffee"]).resize((70, 56)))
     (src / "kills_decoder.jpg").write_bytes(_jpeg(small) + KILL_THE_DECODER)
     height, width = KILL_THE_CLEANER
-    (src / "kills_cleaner.jpg").write_bytes(_jpeg(np.asarray(
-        Image.fromarray(photos["astronaut"]).resize((width, height)))))
+    (src / "kills_cleaner.jpg").write_bytes(
+        _jpeg(np.asarray(Image.fromarray(photos["astronaut"]).resize((width, height))))
+    )
     noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
     (src / "too_big.png").write_bytes(_png(noise))  # ~270 KB of noise
     (src / "bomb.png").write_bytes(_png_header(50_000))
     proc = subprocess.run(
-        [sys.executable, "jobs/clean_dataset.py", "--job", "smoke", "--input", str(src),
-         "--output", str(out), "engine.fit.steps=10", "input.max_bytes=150000",
-         "compute.max_task_retries=1"],
-        cwd=ROOT, env=dict(_env(), DVT_RAY_TMP=f"/tmp/dvt-faults-{os.getpid()}"),
-        capture_output=True, text=True, timeout=500)
+        [
+            sys.executable,
+            "jobs/clean_dataset.py",
+            "--job",
+            "smoke",
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "engine.fit.steps=10",
+            "input.max_bytes=150000",
+            "compute.max_task_retries=1",
+        ],
+        cwd=ROOT,
+        env=dict(_env(), DVT_RAY_TMP=f"/tmp/dvt-faults-{os.getpid()}"),
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     bad = {Path(r["source_uri"]).name: r for r in read_quarantine_table(str(out)).to_pylist()}
@@ -107,8 +133,10 @@ def test_poison_inputs_are_quarantined_and_the_run_finishes(
     assert "input.max_bytes" in bad["too_big.png"]["reason"]
     assert bad["too_big.png"]["stage"] == "read"
     assert "bomb" in bad["bomb.png"]["reason"]
-    names = {Path(u).name for u in read_features_table(str(out), ["source_uri"])[
-        "source_uri"].to_pylist()}
+    names = {
+        Path(u).name
+        for u in read_features_table(str(out), ["source_uri"])["source_uri"].to_pylist()
+    }
     assert names == {"good0.jpg", "good1.jpg", "good2.jpg"}
     assert summary["inputs"] == 7 == summary["done"] + summary["quarantined"]
 
@@ -120,8 +148,9 @@ def _png(array: np.ndarray) -> bytes:
 
 
 @pytest.mark.slow
-def test_a_run_that_loses_its_lease_stops_at_once(tmp_path: Path,
-                                                  photos: dict[str, np.ndarray]) -> None:
+def test_a_run_that_loses_its_lease_stops_at_once(
+    tmp_path: Path, photos: dict[str, np.ndarray]
+) -> None:
     """Another run takes the output over while a run is going (its lease was taken as stale,
     or by hand): the run stops its graph within a renewal period, commits nothing more, and
     exits 75 with one line that says so (before: it computed on until its commit check)."""
@@ -133,15 +162,30 @@ def test_a_run_that_loses_its_lease_stops_at_once(tmp_path: Path,
     src.mkdir()
     base = list(photos.values())
     for i in range(24):
-        crop = np.ascontiguousarray(base[i % 3][4 * i:, 4 * i:])
-        (src / f"img{i:02d}.jpg").write_bytes(_jpeg(np.asarray(
-            Image.fromarray(crop).resize((96, 80)))))
+        crop = np.ascontiguousarray(base[i % 3][4 * i :, 4 * i :])
+        (src / f"img{i:02d}.jpg").write_bytes(
+            _jpeg(np.asarray(Image.fromarray(crop).resize((96, 80))))
+        )
     job = subprocess.Popen(
-        [sys.executable, "jobs/clean_dataset.py", "--job", "smoke", "--input", str(src),
-         "--output", str(out), "engine.fit.steps=400", "output.lease_ttl_s=6",
-         "output.target_file_mb=0"],  # a commit record for every few images
-        cwd=ROOT, env=dict(os.environ, DVT_RAY_TMP=f"/tmp/dvt-lost-{os.getpid()}"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "jobs/clean_dataset.py",
+            "--job",
+            "smoke",
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "engine.fit.steps=400",
+            "output.lease_ttl_s=6",
+            "output.target_file_mb=0",
+        ],  # a commit record for every few images
+        cwd=ROOT,
+        env=dict(os.environ, DVT_RAY_TMP=f"/tmp/dvt-lost-{os.getpid()}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not any(run.manifest.files for run in committed_runs(str(out))):
@@ -149,8 +193,11 @@ def test_a_run_that_loses_its_lease_stops_at_once(tmp_path: Path,
             time.sleep(0.5)  # the run is going: its first images are committed
         probe = OutputLease(str(out), "intruder", 60)
         latest = probe._latest()
-        create_exclusive(probe.fs, probe._path(latest.generation + 1),
-                         json.dumps({"owner": "intruder", "ttl_s": 60}).encode())
+        create_exclusive(
+            probe.fs,
+            probe._path(latest.generation + 1),
+            json.dumps({"owner": "intruder", "ttl_s": 60}).encode(),
+        )
         taken = time.monotonic()
         code = job.wait(timeout=120)
         stopped_after = time.monotonic() - taken
@@ -186,15 +233,30 @@ def test_weights_replaced_during_a_run_stop_it_with_a_clear_error(tmp_path: Path
     src.mkdir()
     for i in range(3):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 80, 3), np.uint8)).save(
-            src / f"{i}.jpg")
+            src / f"{i}.jpg"
+        )
     weights, other = tmp_path / "vit.safetensors", tmp_path / "other.safetensors"
     _test_vit_weights(weights, 0.0)
     _test_vit_weights(other, 0.01)
     job = subprocess.Popen(
-        [sys.executable, "jobs/clean_dataset.py", "--job", "smoke", "--input", str(src),
-         "--output", str(tmp_path / "out"), f"model.weights={weights}", "engine.fit.steps=10"],
-        cwd=ROOT, env=dict(os.environ, DVT_RAY_TMP=f"/tmp/dvt-digest-{os.getpid()}"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "jobs/clean_dataset.py",
+            "--job",
+            "smoke",
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "out"),
+            f"model.weights={weights}",
+            "engine.fit.steps=10",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, DVT_RAY_TMP=f"/tmp/dvt-digest-{os.getpid()}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert job.stderr is not None
     seen = []
     for line in job.stderr:  # the driver logs the digest of what it loaded
@@ -220,13 +282,21 @@ def test_a_stage_refuses_an_artifact_model_that_changed(tmp_path: Path) -> None:
     vit = load_extractor("test_vit", weights="random", device="cpu")
     uri = str(tmp_path / "pattern.safetensors")
     pattern = np.zeros((7, 7, vit.embed_dim), np.float32)
-    sha = write_artifact_model(uri, ArtifactModel("test_vit", vit.weights_digest, 112, pattern,
-                                                  8, "test"))
-    kwargs = {"model_name": "test_vit", "weights": "random", "engine": engine_preset(
-        "shift_smoke"), "dtype": "float16", "with_artifact": True, "artifact_model_uri": uri,
-        "weights_digest": vit.weights_digest}
+    sha = write_artifact_model(
+        uri, ArtifactModel("test_vit", vit.weights_digest, 112, pattern, 8, "test")
+    )
+    kwargs = {
+        "model_name": "test_vit",
+        "weights": "random",
+        "engine": engine_preset("shift_smoke"),
+        "dtype": "float16",
+        "with_artifact": True,
+        "artifact_model_uri": uri,
+        "weights_digest": vit.weights_digest,
+    }
     CleanImages(**kwargs, artifact_model_sha256=sha)  # the recorded bytes: accepted
-    write_artifact_model(uri, ArtifactModel("test_vit", vit.weights_digest, 112, pattern + 1,
-                                            8, "test"))
+    write_artifact_model(
+        uri, ArtifactModel("test_vit", vit.weights_digest, 112, pattern + 1, 8, "test")
+    )
     with pytest.raises(LoadedOtherBytes, match=r"artifact model at .*pattern\.safetensors"):
         CleanImages(**kwargs, artifact_model_sha256=sha)

@@ -31,8 +31,9 @@ def synthetic_image(seed: int, artifact: torch.Tensor | None, views: int = 32):
     layout = sample_layout((180, 240), ViewConfig(num_views=views), seed)
     coords = layout.token_coords(GRID)  # (V, K, K, 2)
     gen = torch.Generator().manual_seed(seed + 1000)
-    tokens = smooth_field(coords, seed) + 0.05 * torch.randn((*coords.shape[:3], CHANNELS),
-                                                              generator=gen)
+    tokens = smooth_field(coords, seed) + 0.05 * torch.randn(
+        (*coords.shape[:3], CHANNELS), generator=gen
+    )
     if artifact is not None:
         tokens = tokens + artifact[None]
     return tokens, coords
@@ -48,8 +49,12 @@ def cfg() -> EngineConfig:
     return engine_preset("smoke", ["fit.steps=1500", "fit.tokens_per_step=512"])
 
 
-def run(images: list[tuple[torch.Tensor, torch.Tensor]], seeds: list[int],
-        cfg: EngineConfig, prior: torch.Tensor | None = None) -> FitResult:
+def run(
+    images: list[tuple[torch.Tensor, torch.Tensor]],
+    seeds: list[int],
+    cfg: EngineConfig,
+    prior: torch.Tensor | None = None,
+) -> FitResult:
     features = torch.stack([y for y, _ in images])
     coords = torch.stack([c for _, c in images])
     return fit_batch(features, coords, seeds, cfg.field, cfg.fit, prior)
@@ -73,8 +78,7 @@ def test_planted_artifact_is_recovered(planted: torch.Tensor, cfg: EngineConfig)
     assert result.metrics[2]["artifact_ratio"] < 0.1 * result.metrics[0]["artifact_ratio"] * 2
 
 
-def _artifact_left_in_clean(result: FitResult, images: list, planted: torch.Tensor
-                            ) -> list[float]:
+def _artifact_left_in_clean(result: FitResult, images: list, planted: torch.Tensor) -> list[float]:
     """Per image: projection of (clean - true field) on the planted artifact, over |planted|^2."""
     shares = []
     for b, (_, coords) in enumerate(images):
@@ -88,8 +92,14 @@ def test_coarse_steps_keep_the_artifact_out_of_a_memorising_field(planted: torch
     memorises part of the planted artifact into F; holding the fine levels at zero for the
     first half of the steps sends it to G instead."""
     images = [synthetic_image(s, planted, views=8) for s in (1, 2, 3)]
-    base = ["fit.steps=600", "fit.tokens_per_step=256", "field.num_levels=6",
-            "field.min_resolution=4", "field.max_resolution=128", "fit.coarse_cells_per_token=2"]
+    base = [
+        "fit.steps=600",
+        "fit.tokens_per_step=256",
+        "field.num_levels=6",
+        "field.min_resolution=4",
+        "field.max_resolution=128",
+        "fit.coarse_cells_per_token=2",
+    ]
     plain = run(images, [11, 12, 13], engine_preset("smoke", base))
     coarse = run(images, [11, 12, 13], engine_preset("smoke", [*base, "fit.coarse_fraction=0.5"]))
     left_plain = _artifact_left_in_clean(plain, images, planted)
@@ -97,8 +107,10 @@ def test_coarse_steps_keep_the_artifact_out_of_a_memorising_field(planted: torch
     for b in range(3):
         assert left_plain[b] > 0.1, f"the plain fit left only {left_plain[b]:.3f} in F"
         assert left_coarse[b] < 0.6 * left_plain[b], (left_coarse, left_plain)
-        cos = [F.cosine_similarity(r.artifact[b].flatten(), planted.flatten(), dim=0)
-               for r in (plain, coarse)]
+        cos = [
+            F.cosine_similarity(r.artifact[b].flatten(), planted.flatten(), dim=0)
+            for r in (plain, coarse)
+        ]
         assert cos[1] > cos[0] + 0.02, f"G vs planted: plain {cos[0]:.3f}, coarse {cos[1]:.3f}"
         assert coarse.metrics[b]["r2"] > 0.99
 
@@ -149,23 +161,28 @@ def test_shape_mismatch_raises() -> None:
 
 
 def test_fine_levels_above_the_cap_give_zeros_and_no_gradient() -> None:
-    cfg = engine_preset("smoke", ["field.num_levels=3", "field.min_resolution=4",
-                                  "field.max_resolution=16"]).field
+    cfg = engine_preset(
+        "smoke", ["field.num_levels=3", "field.min_resolution=4", "field.max_resolution=16"]
+    ).field
     encoding = BatchedGridEncoding(cfg, [torch.Generator().manual_seed(0)])
     assert encoding.resolutions == [4, 8, 16]
     coords = torch.rand(1, 20, 2, generator=torch.Generator().manual_seed(1))
     capped = encoding(coords, max_resolution=8)
     full = encoding(coords)
     per = cfg.features_per_level
-    assert torch.equal(capped[..., :2 * per], full[..., :2 * per])
-    assert (capped[..., 2 * per:] == 0).all() and (full[..., 2 * per:] != 0).all()
+    assert torch.equal(capped[..., : 2 * per], full[..., : 2 * per])
+    assert (capped[..., 2 * per :] == 0).all() and (full[..., 2 * per :] != 0).all()
     capped.sum().backward()
     assert encoding.levels[2].grad is None and encoding.levels[0].grad is not None
 
 
 def test_bad_fit_settings_raise() -> None:
-    for override in ("fit.coarse_fraction=1.5", "fit.phase1_fraction=-0.1",
-                     "fit.coarse_cells_per_token=0", "fit.steps=0"):
+    for override in (
+        "fit.coarse_fraction=1.5",
+        "fit.phase1_fraction=-0.1",
+        "fit.coarse_cells_per_token=0",
+        "fit.steps=0",
+    ):
         with pytest.raises(ValueError, match="fit\\."):
             engine_preset("fast", [override])
 
@@ -179,8 +196,9 @@ def test_artifact_prior_keeps_g_at_the_model_pattern(planted: torch.Tensor) -> N
     images = [synthetic_image(s, own, views=4) for s in (1, 2)]
     base = engine_preset("smoke", ["fit.steps=300", "fit.tokens_per_step=256"])
     free = run(images, [11, 12], base)
-    held = run(images, [11, 12], replace(base, fit=replace(base.fit, prior_weight=1.0)),
-               prior=planted)
+    held = run(
+        images, [11, 12], replace(base, fit=replace(base.fit, prior_weight=1.0)), prior=planted
+    )
     for b in (0, 1):
         truth = smooth_field(images[b][1][0], seed=b + 1)
         g_free = (free.artifact[b] - own).norm(dim=-1).mean()

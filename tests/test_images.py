@@ -109,16 +109,23 @@ def test_decoding_makes_no_float_copy_of_the_whole_image(tmp_path: Path) -> None
     rgba[::7, ::5] = (200, 100, 50, 128)
     path = tmp_path / "big.png"
     Image.fromarray(rgba).save(path, optimize=True)
-    code = ("import re, sys\n"
-            "from pipeline.models.images import decode_image\n"
-            "def peak():\n"
-            "    status = open('/proc/self/status').read()\n"
-            "    return int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1)) // 1024\n"
-            "data = open(sys.argv[1], 'rb').read()\n"
-            "before = peak()\n"
-            "rgb = decode_image(data)\n"
-            "print(rgb.shape, rgb[0, 0].tolist(), rgb[0, 1].tolist(), peak() - before)\n")
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                         text=True, check=True, timeout=120).stdout.split()
+    code = (
+        "import re, sys\n"
+        "from pipeline.models.images import decode_image\n"
+        "def peak():\n"
+        "    status = open('/proc/self/status').read()\n"
+        "    return int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1)) // 1024\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "before = peak()\n"
+        "rgb = decode_image(data)\n"
+        "print(rgb.shape, rgb[0, 0].tolist(), rgb[0, 1].tolist(), peak() - before)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.split()
     assert " ".join(out[:9]) == "(5000, 5000, 3) [227, 177, 152] [255, 255, 255]"
     assert int(out[-1]) < 450, f"decoding grew the process by {out[-1]} MB"

@@ -34,8 +34,13 @@ def _readme_submit_command() -> str:
     """The README's ``ray job submit`` of clean_dataset against a local head, joined."""
     from test_readme import readme_commands
 
-    (command,) = [c for c in readme_commands() if c.startswith("ray job submit --runtime-env")
-                  and "jobs/clean_dataset.py" in c and "$PWD" in c]
+    (command,) = [
+        c
+        for c in readme_commands()
+        if c.startswith("ray job submit --runtime-env")
+        and "jobs/clean_dataset.py" in c
+        and "$PWD" in c
+    ]
     return command
 
 
@@ -54,19 +59,37 @@ def test_ray_job_submit_quickstart(tmp_path: Path, photos: dict[str, np.ndarray]
     ray_bin = str(Path(sys.executable).with_name("ray"))
     gcs_port, dash_port = _free_port(), _free_port()
     temp_dir = f"/tmp/dvt-head-{os.getpid()}"
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled",
-               RAY_USAGE_STATS_ENABLED="0")
+    env = dict(
+        os.environ,
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+    )
     env.pop("RAY_ADDRESS", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # as activated
     head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=8",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-         # free ports: another Ray (the session's local one) may hold the default ones
-         f"--dashboard-agent-listen-port={_free_port()}",
-         f"--dashboard-agent-grpc-port={_free_port()}",
-         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs_port}",
+            "--num-cpus=8",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash_port}",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+            # free ports: another Ray (the session's local one) may hold the default ones
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     address = f"http://127.0.0.1:{dash_port}"
     try:
         deadline = time.time() + 120
@@ -81,8 +104,14 @@ def test_ray_job_submit_quickstart(tmp_path: Path, photos: dict[str, np.ndarray]
         env["RAY_ADDRESS"] = address
         readme = f"{_readme_submit_command()} --job smoke"
         for _attempt in range(30):  # the job agent can come up after the dashboard
-            submit = subprocess.run(["bash", "-c", readme], env=env, capture_output=True,
-                                    text=True, timeout=600, cwd=tmp_path)
+            submit = subprocess.run(
+                ["bash", "-c", readme],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                cwd=tmp_path,
+            )
             if "No available agent" not in submit.stdout + submit.stderr:
                 break
             time.sleep(2)
@@ -90,17 +119,29 @@ def test_ray_job_submit_quickstart(tmp_path: Path, photos: dict[str, np.ndarray]
         assert "succeeded" in submit.stdout, submit.stdout[-3000:]
         job_args = ["--job", "smoke", "--input", str(src), "--output", str(out)]
         sub_id = submission_id("clean_dataset", str(src), str(out), job_args, "hourly")
-        command = [ray_bin, "job", "submit", "--runtime-env", "conf/runtime_env.yaml",
-                   f"--submission-id={sub_id}", "--", "python", "jobs/clean_dataset.py",
-                   *job_args]
-        first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
-                               cwd=tmp_path)
+        command = [
+            ray_bin,
+            "job",
+            "submit",
+            "--runtime-env",
+            "conf/runtime_env.yaml",
+            f"--submission-id={sub_id}",
+            "--",
+            "python",
+            "jobs/clean_dataset.py",
+            *job_args,
+        ]
+        first = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+        )
         assert first.returncode == 0 and "succeeded" in first.stdout, first.stdout[-3000:]
         # the same run in the same slot again: Ray refuses the duplicate submission id
-        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
-                               cwd=tmp_path)
+        again = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
         assert again.returncode != 0 and "already exists" in again.stdout + again.stderr, (
-            again.stdout[-2000:] + again.stderr[-2000:])
+            again.stdout[-2000:] + again.stderr[-2000:]
+        )
     finally:
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops its own cluster
         try:

@@ -33,8 +33,11 @@ def imported_modules(tree: ast.Module) -> list[tuple[str, str | None]]:
 
     def visit(node: ast.AST, function: str | None) -> None:
         for child in ast.iter_child_nodes(node):
-            inner = child.name if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) \
+            inner = (
+                child.name
+                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
                 else function
+            )
             if isinstance(child, ast.Import):
                 found.extend((alias.name, function) for alias in child.names)
             elif isinstance(child, ast.ImportFrom):
@@ -90,20 +93,26 @@ def layer_of(module: str) -> str:
 def test_lower_layers_import_only_downward(layer: str) -> None:
     """The import direction holds among the lower layers: the store imports no model (so a
     reader never loads torch), models import no stage or measure, and so on."""
-    files = [PACKAGE / f"{layer}.py"] if (PACKAGE / f"{layer}.py").is_file() \
+    files = (
+        [PACKAGE / f"{layer}.py"]
+        if (PACKAGE / f"{layer}.py").is_file()
         else sorted((PACKAGE / layer).glob("*.py"))
+    )
     assert files, layer
     for path in files:
         for module, _ in imported_modules(ast.parse(path.read_text())):
             if module == "pipeline" or module.startswith("pipeline."):
-                assert layer_of(module) in LAYER_IMPORTS[layer], \
+                assert layer_of(module) in LAYER_IMPORTS[layer], (
                     f"{path.relative_to(PACKAGE)} imports {module}"
+                )
 
 
 STORE_IMPORTS = ("numpy", "pyarrow", "fsspec", "pipeline.config", "pipeline.store")
 """What the store may import besides the standard library (``sys.stdlib_module_names``)."""
-STORE_LAZY = {("store/readers.py", "read_features"): "ray",
-              ("store/readers.py", "__getitem__"): "torch"}
+STORE_LAZY = {
+    ("store/readers.py", "read_features"): "ray",
+    ("store/readers.py", "__getitem__"): "torch",
+}
 """Imports the store makes only inside a function: the Ray Dataset reader, and the torch
 tensors of ``FeatureDataset`` items."""
 
@@ -120,8 +129,9 @@ def test_store_imports_only_its_formats() -> None:
                 continue
             if STORE_LAZY.get((name, function)) == top:
                 continue
-            assert any(module == m or module.startswith(m + ".") for m in STORE_IMPORTS), \
+            assert any(module == m or module.startswith(m + ".") for m in STORE_IMPORTS), (
                 f"{name} imports {module}"
+            )
 
 
 def test_the_entry_point_imports_the_ray_layer_only_inside_its_commands() -> None:
@@ -133,13 +143,18 @@ def test_the_entry_point_imports_the_ray_layer_only_inside_its_commands() -> Non
 def test_importing_every_lower_module_loads_no_ray() -> None:
     """A training script that imports the library, its readers and its measures never pays
     for (or depends on) Ray."""
-    modules = [".".join(("pipeline", *path.relative_to(PACKAGE).with_suffix("").parts))
-               for path in ray_free_files()]
-    code = ("import importlib, sys\n"
-            f"for name in {modules!r}: importlib.import_module(name.removesuffix('.__init__'))\n"
-            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=300)
+    modules = [
+        ".".join(("pipeline", *path.relative_to(PACKAGE).with_suffix("").parts))
+        for path in ray_free_files()
+    ]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name.removesuffix('.__init__'))\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
     assert out.stdout.strip() == "[]", out.stdout
 
 
@@ -147,13 +162,16 @@ def test_reader_and_writer_tasks_never_import_torch() -> None:
     """What Ray's reader actors and write tasks import (the read stage, the sink, the store,
     the package itself) leaves torch and timm out: they start in a fraction of a second and
     stay small on CPU nodes. The public names still load on first use."""
-    code = ("import sys\n"
-            "import pipeline, pipeline.stages.read, pipeline.distributed.sink\n"
-            "heavy = sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules)\n"
-            "from pipeline import clean_images, load_extractor\n"
-            "print(heavy, 'torch' in sys.modules, callable(clean_images))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=300)
+    code = (
+        "import sys\n"
+        "import pipeline, pipeline.stages.read, pipeline.distributed.sink\n"
+        "heavy = sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules)\n"
+        "from pipeline import clean_images, load_extractor\n"
+        "print(heavy, 'torch' in sys.modules, callable(clean_images))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
     assert out.stdout.strip() == "[] True True", out.stdout + out.stderr
 
 

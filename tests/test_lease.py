@@ -59,7 +59,8 @@ def test_racing_for_the_same_generation(location: tuple[str, dict]) -> None:
 
 
 def test_stale_lease_is_taken_over_and_the_old_holder_cannot_commit(
-        location: tuple[str, dict]) -> None:
+    location: tuple[str, dict],
+) -> None:
     uri, options = location
     crashed = OutputLease(uri, "run-a", 1.0, options)
     crashed.acquire()
@@ -92,7 +93,8 @@ def test_checks_while_the_lease_is_renewed(location: tuple[str, dict]) -> None:
 
 
 def test_a_transient_error_in_a_renewal_does_not_lose_the_lease(
-        location: tuple[str, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    location: tuple[str, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One renewal fails (the store answers 503): it is retried, the lease stays live past
     several TTLs, and another run still finds it held (before: the renewer gave up for good
     and the next refresh took a live run over)."""
@@ -119,9 +121,11 @@ def test_a_transient_error_in_a_renewal_does_not_lose_the_lease(
 
 
 def test_renewals_failing_for_most_of_the_ttl_lose_the_lease(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """When the store stays down, the holder counts its lease as lost (and its run stops)
     before a taker could see the file a whole TTL old."""
+
     def down(fs, path, data):  # type: ignore[no-untyped-def]
         raise OSError(503, "Service Unavailable (injected)")
 
@@ -140,8 +144,9 @@ def test_renewals_failing_for_most_of_the_ttl_lose_the_lease(
     holder.release()
 
 
-def test_the_holders_clock_plays_no_part(location: tuple[str, dict],
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_holders_clock_plays_no_part(
+    location: tuple[str, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A holder whose clock runs 10 minutes behind keeps its lease: staleness is the file's age
     by the store's clock (before: ``expires`` written by the holder's clock was compared
     with the taker's, so a skew of 2/3 of the TTL let a refresh take a live run over)."""
@@ -192,8 +197,10 @@ def test_two_processes_racing_200_times_one_wins_the_other_exits_75(tmp_path: Pa
         start, done = ctx.Barrier(2), ctx.Event()
         logs = [str(tmp_path / f"race{i}-{n}.log") for n in range(2)]
         delays = rng.uniform(0, 0.0005, 2)
-        racers = [ctx.Process(target=_race, args=(uri, f"run-{n}", start, done, logs[n],
-                                                  delays[n])) for n in range(2)]
+        racers = [
+            ctx.Process(target=_race, args=(uri, f"run-{n}", start, done, logs[n], delays[n]))
+            for n in range(2)
+        ]
         for racer in racers:
             racer.start()
         deadline = time.monotonic() + 10
@@ -224,8 +231,7 @@ def test_a_reader_never_sees_a_lease_file_empty(tmp_path: Path) -> None:
     uri = str(tmp_path / "out")
     folder = tmp_path / "out" / "_leases"
     folder.mkdir(parents=True)
-    writer = multiprocessing.get_context("fork").Process(target=_take_and_release,
-                                                         args=(uri, 300))
+    writer = multiprocessing.get_context("fork").Process(target=_take_and_release, args=(uri, 300))
     writer.start()
     sizes = []
     while writer.is_alive():

@@ -17,8 +17,9 @@ from pipeline.evaluation.metrics import (
 from pipeline.models.crops import CropBox, overlap_share, random_crop_box
 
 
-def _crops(photos: int, per_photo: int, rng: np.random.Generator, offset_std: float = 3.0
-           ) -> tuple[np.ndarray, np.ndarray]:
+def _crops(
+    photos: int, per_photo: int, rng: np.random.Generator, offset_std: float = 3.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Position-free features of ``photos`` x ``per_photo`` crops: each photo's own content
     offset (what the old, globally centred measure anti-correlated) plus per-token content."""
     offsets = rng.normal(scale=offset_std, size=(photos, 1, 1, 32))
@@ -35,7 +36,7 @@ def test_position_explained_variance_finds_a_planted_pattern_at_its_size() -> No
         x = content + pattern
         centred = x - x.mean(axis=(1, 2), keepdims=True)
         p = pattern - pattern.mean(axis=(0, 1))
-        truth = (p ** 2).sum(-1).mean() / (centred ** 2).sum(-1).mean()
+        truth = (p**2).sum(-1).mean() / (centred**2).sum(-1).mean()
         est = position_explained_variance(x, groups)
         assert est.value == pytest.approx(truth, rel=0.10)
         assert est.photos == 12 and est.crops == 48 and est.splits >= 20
@@ -54,10 +55,14 @@ def test_position_explained_variance_reads_zero_without_a_pattern() -> None:
     # the jackknife error tracks the spread over independent corpora (within a factor of 2)
     assert 0.5 < np.mean(errors) / np.std(values) < 2.0
     shuffled = _crops(10, 4, np.random.default_rng(7))[0] + np.random.default_rng(8).normal(
-        size=(6, 6, 32))
-    rolled = np.stack([np.roll(c.reshape(36, 32), k, 0).reshape(6, 6, 32)
-                       for k, c in zip(np.random.default_rng(9).integers(36, size=40), shuffled,
-                                       strict=True)])
+        size=(6, 6, 32)
+    )
+    rolled = np.stack(
+        [
+            np.roll(c.reshape(36, 32), k, 0).reshape(6, 6, 32)
+            for k, c in zip(np.random.default_rng(9).integers(36, size=40), shuffled, strict=True)
+        ]
+    )
     assert abs(position_explained_variance(rolled, np.repeat(np.arange(10), 4)).value) < 0.02
 
 
@@ -96,9 +101,10 @@ def test_crop_pair_matching_known_geometry() -> None:
         content.append(crop_pair_matching(fa, a, fb, b))
         patterned.append(crop_pair_matching(fa + pattern, a, fb + pattern, b))
         positional.append(crop_pair_matching(pattern, a, pattern, b))
-    rate = {name: sum(c.hits for c in cs) / sum(c.total for c in cs)
-            for name, cs in [("content", content), ("patterned", patterned),
-                             ("positional", positional)]}
+    rate = {
+        name: sum(c.hits for c in cs) / sum(c.total for c in cs)
+        for name, cs in [("content", content), ("patterned", patterned), ("positional", positional)]
+    }
     assert len(content) >= 10
     assert rate["content"] > 0.95
     assert rate["patterned"] < 0.6 * rate["content"]
@@ -109,12 +115,12 @@ def test_crop_pair_matching_known_geometry() -> None:
     assert crop_pair_matching(tokens, a, tokens, a) == MatchCount(144, 144)
     flipped = CropBox(0, 0, 120, 120, True)
     assert crop_pair_matching(tokens, a, tokens, flipped).hits < 144 * 0.3
-    assert crop_pair_matching(tokens, a, _field_tokens(flipped, 12, freqs, phases),
-                              flipped) == MatchCount(144, 144)
+    assert crop_pair_matching(
+        tokens, a, _field_tokens(flipped, 12, freqs, phases), flipped
+    ) == MatchCount(144, 144)
     far = CropBox(200, 200, 50, 50, False)
     assert crop_pair_matching(tokens, a, tokens, far) == MatchCount(0, 0)
-    value, stderr, reps = pooled_accuracy({"p0": content[:5], "p1": content[5:10],
-                                           "p2": patterned})
+    value, stderr, reps = pooled_accuracy({"p0": content[:5], "p1": content[5:10], "p2": patterned})
     assert 0 < value < 1 and stderr > 0 and len(reps) == 3
 
 
@@ -182,8 +188,14 @@ def test_mask_views_cut_photo_and_labels_alike() -> None:
     labels[30:90, 40:100] = 2
     labels[100:, 120:] = 5
     labels[:5] = IGNORE
-    rgb = np.stack([labels.clip(0) * 40, np.arange(160)[None].repeat(120, 0),
-                    np.arange(120)[:, None].repeat(160, 1)], axis=-1).astype(np.uint8)
+    rgb = np.stack(
+        [
+            labels.clip(0) * 40,
+            np.arange(160)[None].repeat(120, 0),
+            np.arange(120)[:, None].repeat(160, 1),
+        ],
+        axis=-1,
+    ).astype(np.uint8)
     views = mask_views(MaskedImage("toy", rgb, labels), 6, np.random.default_rng(0))
     assert views[0].name == "toy" and views[0].labels is labels
     assert [v.name for v in views[1:]] == [f"toy-c{k:02d}" for k in range(6)]
@@ -200,8 +212,14 @@ def test_mask_views_cut_photo_and_labels_alike() -> None:
     again = mask_views(MaskedImage("toy", rgb, labels), 6, np.random.default_rng(0))
     assert all(np.array_equal(a.rgb, b.rgb) for a, b in zip(views, again, strict=True))
     single = np.zeros((60, 60), dtype=np.int64)  # one class: no crop can hold two
-    assert len(mask_views(MaskedImage("one", rgb[:60, :60], single), 3,
-                          np.random.default_rng(0), max_tries=5)) == 1
+    assert (
+        len(
+            mask_views(
+                MaskedImage("one", rgb[:60, :60], single), 3, np.random.default_rng(0), max_tries=5
+            )
+        )
+        == 1
+    )
 
 
 def test_paired_summary_known_answer() -> None:
@@ -232,8 +250,13 @@ def test_fine_matching_finds_detail_finer_than_a_token() -> None:
     # periods of ~20 px: a cell is 3-7 px of the photo, a token twice that
     freqs, phases = rng.normal(scale=2 * np.pi / 20, size=(96, 2)), rng.uniform(0, 6.3, 96)
     pattern = 4 * rng.normal(size=(24, 24, 96))
-    rates: dict[str, list[MatchCount]] = {"sharp": [], "blurred": [], "patterned": [],
-                                          "noise": [], "sharp, one token": []}
+    rates: dict[str, list[MatchCount]] = {
+        "sharp": [],
+        "blurred": [],
+        "patterned": [],
+        "noise": [],
+        "sharp, one token": [],
+    }
     for _ in range(40):
         a, b = (random_crop_box(300, 400, rng, (0.4, 0.8)) for _ in range(2))
         if overlap_share(a, b) < 0.3:
@@ -243,8 +266,9 @@ def test_fine_matching_finds_detail_finer_than_a_token() -> None:
         rates["sharp, one token"].append(crop_pair_matching(fa, a, fb, b, tolerance=2))
         rates["blurred"].append(crop_pair_matching(_blur(fa, 2), a, _blur(fb, 2), b))
         rates["patterned"].append(crop_pair_matching(fa + pattern, a, fb + pattern, b))
-        rates["noise"].append(crop_pair_matching(rng.normal(size=fa.shape), a,
-                                                 rng.normal(size=fb.shape), b))
+        rates["noise"].append(
+            crop_pair_matching(rng.normal(size=fa.shape), a, rng.normal(size=fb.shape), b)
+        )
     rate = {k: sum(c.hits for c in v) / sum(c.total for c in v) for k, v in rates.items()}
     assert len(rates["sharp"]) >= 10
     assert rate["sharp"] > 0.75 and rate["sharp, one token"] >= rate["sharp"]

@@ -28,7 +28,7 @@ def _images(folder: Path, photos: dict[str, np.ndarray], count: int) -> None:
     base = list(photos.values())
     for i in range(count):
         buf = io.BytesIO()
-        crop = np.ascontiguousarray(base[i % len(base)][3 * i:, 3 * i:])
+        crop = np.ascontiguousarray(base[i % len(base)][3 * i :, 3 * i :])
         Image.fromarray(crop).resize((128, 96)).save(buf, format="JPEG")
         (folder / f"img{i:02d}.jpg").write_bytes(buf.getvalue())
 
@@ -36,9 +36,24 @@ def _images(folder: Path, photos: dict[str, np.ndarray], count: int) -> None:
 def _job(src: str, out: str, tag: str, env: dict[str, str], *extra: str) -> subprocess.Popen:
     env = dict(env, DVT_RAY_TMP=f"/tmp/dvt-op-{tag}-{os.getpid()}")
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "jobs" / "clean_dataset.py"), "--job", "smoke",
-         "--input", src, "--output", out, "engine.fit.steps=40", *extra],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "clean_dataset.py"),
+            "--job",
+            "smoke",
+            "--input",
+            src,
+            "--output",
+            out,
+            "engine.fit.steps=40",
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _watch_listeners(pids: list[int], seen: set[str], stop: threading.Event) -> None:
@@ -51,22 +66,27 @@ def _watch_listeners(pids: list[int], seen: set[str], stop: threading.Event) -> 
                 continue
             for proc in procs:
                 try:
-                    seen.update(c.laddr.ip for c in proc.net_connections(kind="inet")
-                                if c.status == psutil.CONN_LISTEN)
+                    seen.update(
+                        c.laddr.ip
+                        for c in proc.net_connections(kind="inet")
+                        if c.status == psutil.CONN_LISTEN
+                    )
                 except psutil.Error:
                     continue
         time.sleep(0.5)
 
 
 def test_two_concurrent_refreshes_commit_each_image_once(
-        tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    tmp_path: Path, photos: dict[str, np.ndarray]
+) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     _images(src, photos, 6)
     jobs = [_job(str(src), str(out), tag, dict(os.environ)) for tag in ("a", "b")]
     listening: set[str] = set()
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch_listeners, args=([j.pid for j in jobs], listening,
-                                                               stop), daemon=True)
+    watcher = threading.Thread(
+        target=_watch_listeners, args=([j.pid for j in jobs], listening, stop), daemon=True
+    )
     watcher.start()
     results = [(job.wait(timeout=400), *job.communicate()) for job in jobs]
     stop.set()
@@ -86,7 +106,8 @@ FAKE_SECRET = "fAkE/SeCrEt+LeakCheck0123456789abcdefXYZ"
 
 
 def test_no_credentials_in_logs_config_or_parquet(
-        tmp_path: Path, photos: dict[str, np.ndarray], s3_endpoint: str) -> None:
+    tmp_path: Path, photos: dict[str, np.ndarray], s3_endpoint: str
+) -> None:
     import s3fs
 
     env = dict(os.environ, AWS_ACCESS_KEY_ID=FAKE_KEY_ID, AWS_SECRET_ACCESS_KEY=FAKE_SECRET)
@@ -98,10 +119,15 @@ def test_no_credentials_in_logs_config_or_parquet(
     for path in local.iterdir():
         fs.pipe(f"leak-in/photos/{path.name}", path.read_bytes())
     # a user who also puts the keys into the job's storage options
-    options = (f"{{endpoint_url: '{s3_endpoint}', key: '{FAKE_KEY_ID}', "
-               f"secret: '{FAKE_SECRET}'}}")
-    job = _job("s3://leak-in/photos", "s3://leak-out/dvt", "leak", env,
-               f"input.storage_options={options}", f"output.storage_options={options}")
+    options = f"{{endpoint_url: '{s3_endpoint}', key: '{FAKE_KEY_ID}', secret: '{FAKE_SECRET}'}}"
+    job = _job(
+        "s3://leak-in/photos",
+        "s3://leak-out/dvt",
+        "leak",
+        env,
+        f"input.storage_options={options}",
+        f"output.storage_options={options}",
+    )
     code = job.wait(timeout=400)
     stdout, stderr = job.communicate()
     assert code == 0, stderr[-3000:]

@@ -45,23 +45,44 @@ def test_the_wheel_holds_the_presets_and_runs_outside_the_checkout(tmp_path: Pat
     wheels, site, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    str(ROOT)], check=True, cwd=tmp_path, timeout=300)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
+        check=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     (wheel,) = wheels.glob("dvt_pipeline-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        (entry_points,) = [name for name in archive.namelist()
-                           if name.endswith(".dist-info/entry_points.txt")]
+        (entry_points,) = [
+            name for name in archive.namelist() if name.endswith(".dist-info/entry_points.txt")
+        ]
         scripts = archive.read(entry_points).decode()
     assert "[console_scripts]" in scripts and "dvt = pipeline.cli:main" in scripts, scripts
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
-                   check=True, cwd=tmp_path, timeout=300)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
+        check=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert list(site.glob("pipeline/presets/engine/*.yaml"))
     assert list(site.glob("pipeline/pretrained/dinov2_vits14/denoiser.safetensors"))
     env = dict(os.environ, PYTHONPATH=str(site))  # the wheel first, its dependencies after
-    done = subprocess.run([sys.executable, "-c", USE_THE_WHEEL.format(site=str(site))],
-                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", USE_THE_WHEEL.format(site=str(site))],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "wheel ok" in done.stdout
-    listed = subprocess.run([str(site / "bin" / "dvt"), "--help"], cwd=elsewhere, env=env,
-                            capture_output=True, text=True, timeout=300)
+    listed = subprocess.run(
+        [str(site / "bin" / "dvt"), "--help"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert listed.returncode == 0 and "submission-id" in listed.stdout, listed.stderr[-3000:]

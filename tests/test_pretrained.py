@@ -33,11 +33,11 @@ def test_the_shipped_denoiser_is_small_half_precision_and_documented() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [224, 518])
 def test_the_shipped_denoiser_removes_the_pattern_of_unseen_photos(
-        dinov2: FeatureExtractor, dinov2_weights: Path, size: int) -> None:
+    dinov2: FeatureExtractor, dinov2_weights: Path, size: int
+) -> None:
     """Random crops of eight evaluation photos (none trained on): the denoised tokens keep well
     under half of raw's position-explained variance."""
-    model = DenoisedViT.from_pretrained("dinov2_vits14", weights=str(dinov2_weights),
-                                        device="cpu")
+    model = DenoisedViT.from_pretrained("dinov2_vits14", weights=str(dinov2_weights), device="cpu")
     assert model.denoiser.meta["weights_digest"] == dinov2.weights_digest
     crops, groups = [], []
     for index, name in enumerate(EVALUATION_PHOTOS[:8]):
@@ -51,6 +51,7 @@ def test_the_shipped_denoiser_removes_the_pattern_of_unseen_photos(
     before = position_explained_variance(raw, np.asarray(groups)).value
     after = position_explained_variance(denoised, np.asarray(groups)).value
     assert after < 0.5 * before, (before, after)
-    cosine = (denoised * raw).sum(-1) / np.linalg.norm(denoised, axis=-1) / np.linalg.norm(
-        raw, axis=-1)
+    cosine = (
+        (denoised * raw).sum(-1) / np.linalg.norm(denoised, axis=-1) / np.linalg.norm(raw, axis=-1)
+    )
     assert np.median(cosine) > 0.5  # the content stays: not a collapse to a constant

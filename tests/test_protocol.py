@@ -48,9 +48,17 @@ def _part(ids: list[str], value: float) -> pa.Table:
     n = len(ids)
     maps = [np.full((*GRID, CHANNELS), value, np.float32) for _ in ids]
     meta = RunMeta(model="m", weights_digest="w", layer=11, config_digest="c", method="dvt-fit")
-    return feature_table(meta, "0", image_ids=ids,
-                         source_uris=[f"file:///{i[:6]}.jpg" for i in ids], widths=[8] * n,
-                         heights=[8] * n, metrics=[{"r2": 0.9}] * n, raw=maps, clean=maps)
+    return feature_table(
+        meta,
+        "0",
+        image_ids=ids,
+        source_uris=[f"file:///{i[:6]}.jpg" for i in ids],
+        widths=[8] * n,
+        heights=[8] * n,
+        metrics=[{"r2": 0.9}] * n,
+        raw=maps,
+        clean=maps,
+    )
 
 
 class Run:
@@ -60,24 +68,36 @@ class Run:
         self.uri, self.options, self.run_id, self.digest = uri, options, run_id, digest
         self.fs, root = filesystem(uri, options)
         self.path = run_folder(root, run_id)
-        write_run_config(self.fs, self.path, {"run_id": run_id, "meta": {
-            "config_digest": digest, "method": "dvt-fit", "model": "m"}})
+        write_run_config(
+            self.fs,
+            self.path,
+            {
+                "run_id": run_id,
+                "meta": {"config_digest": digest, "method": "dvt-fit", "model": "m"},
+            },
+        )
 
     def part(self, task: int, ids: list[str], value: float = 0.0, record: bool = True) -> str:
         data, digest = table_bytes(_part(ids, value))
         name = f"part-{task:05d}-{digest[:16]}.parquet"
         put_atomic(self.fs, posixpath.join(self.path, name), data)
         if record:
-            write_commit_record(self.fs, self.path, CommitRecord(
-                task, (FileEntry(name, len(ids), digest, tuple(ids), len(data)),)))
+            write_commit_record(
+                self.fs,
+                self.path,
+                CommitRecord(task, (FileEntry(name, len(ids), digest, tuple(ids), len(data)),)),
+            )
         return name
 
     def commit(self) -> None:
         from pipeline.store.runs import read_commit_records
 
         records = [r for _, r in read_commit_records(self.fs, self.path)]
-        commit_run(self.fs, self.path, manifest_from_records(self.run_id, self.digest, RunMeta(),
-                                                             records, {"done": 0}))
+        commit_run(
+            self.fs,
+            self.path,
+            manifest_from_records(self.run_id, self.digest, RunMeta(), records, {"done": 0}),
+        )
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -123,10 +143,14 @@ def test_work_is_visible_as_it_lands_and_a_seal_fixes_it(output: tuple[str, dict
     fs, _ = filesystem(uri, options)
     put_atomic(fs, posixpath.join(rerun.path, "part-00009-x.parquet.tmp-1234"), b"partial")
     orphans = sorted(posixpath.basename(p) for p in orphaned_files(uri, options))
-    late_record = [p for p in fs.ls(posixpath.join(dead.path, COMMITS_DIR), detail=False)
-                   if posixpath.basename(p).startswith("00002-")]
-    assert orphans == sorted([stray, late, posixpath.basename(late_record[0]),
-                              "part-00009-x.parquet.tmp-1234"])
+    late_record = [
+        p
+        for p in fs.ls(posixpath.join(dead.path, COMMITS_DIR), detail=False)
+        if posixpath.basename(p).startswith("00002-")
+    ]
+    assert orphans == sorted(
+        [stray, late, posixpath.basename(late_record[0]), "part-00009-x.parquet.tmp-1234"]
+    )
     before = read_features_table(uri, None, options)
     remove_files(uri, orphaned_files(uri, options), options)
     assert orphaned_files(uri, options) == []
@@ -146,9 +170,13 @@ def test_an_image_in_two_files_is_read_once(output: tuple[str, dict]) -> None:
     second.part(0, [a], value=3.0)  # a again, from the re-run
     second.commit()
     table = read_features_table(uri, ["image_id", "raw"], options)
-    got = dict(zip(table["image_id"].to_pylist(),
-                   [float(r.flatten()[0]) for r in column_to_numpy(table["raw"])],
-                   strict=True))
+    got = dict(
+        zip(
+            table["image_id"].to_pylist(),
+            [float(r.flatten()[0]) for r in column_to_numpy(table["raw"])],
+            strict=True,
+        )
+    )
     assert len(table) == 3 and got == {a: 1.0, b: 1.0, c: 2.0}
     just_ids = read_features_table(uri, ["raw"], options)
     assert just_ids.column_names == ["raw"] and len(just_ids) == 3
@@ -199,15 +227,21 @@ def test_gc_seals_dead_runs_and_removes_only_orphans(tmp_path) -> None:
     assert [posixpath.basename(p) for p in listed.orphans] == [stray]
     assert (Path(dead.path) / stray).exists()  # listing removes nothing
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, str(root / "jobs" / "gc_output.py"), "--output", uri,
-                           "--delete"], capture_output=True, text=True, cwd=root, check=True)
+    done = subprocess.run(
+        [sys.executable, str(root / "jobs" / "gc_output.py"), "--output", uri, "--delete"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        check=True,
+    )
     assert done.stdout.splitlines()[0].endswith(stray) and '"removed": true' in done.stdout
     assert not (Path(dead.path) / stray).exists()
     assert sorted(_ids(uri, {})) == sorted([a, b]) and gc_output(uri).orphans == []
 
 
 def test_damaged_files_are_named_and_other_runs_stay_readable(
-        output: tuple[str, dict], caplog: pytest.LogCaptureFixture) -> None:
+    output: tuple[str, dict], caplog: pytest.LogCaptureFixture
+) -> None:
     """A zero-byte commit record or manifest (what a power loss can leave), a part cut short
     or rewritten by someone else, and a stray file under runs/: every error names the file,
     and the runs they do not touch read as before (before: JSONDecodeError naming no file,
@@ -232,8 +266,11 @@ def test_damaged_files_are_named_and_other_runs_stay_readable(
     fs.pipe_file(manifest, b"")  # the committed run's manifest, zeroed
 
     with caplog.at_level("WARNING"):
-        ids = sorted(read_features_table(uri, ["image_id"], options,
-                                         config_digest="c")["image_id"].to_pylist())
+        ids = sorted(
+            read_features_table(uri, ["image_id"], options, config_digest="c")[
+                "image_id"
+            ].to_pylist()
+        )
     assert ids == sorted([a, b, d])  # the manifest rebuilt from its records; e's record lost
     assert posixpath.basename(record) in caplog.text and "_manifest.json" in caplog.text
     assert next(r.damaged for r in committed_runs(uri, options)).endswith("_manifest.json")
@@ -255,12 +292,14 @@ def test_damaged_files_are_named_and_other_runs_stay_readable(
 
 
 def _ids_of(uri: str, options: dict, digest: str) -> list[str]:
-    return read_features_table(uri, ["image_id"], options,
-                               config_digest=digest)["image_id"].to_pylist()
+    return read_features_table(uri, ["image_id"], options, config_digest=digest)[
+        "image_id"
+    ].to_pylist()
 
 
 def test_local_writes_are_flushed_to_disk_before_they_count(
-        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """put_atomic flushes the temp file before the rename and the folder after it, so a power
     loss leaves the old file or the new one whole, never a zero-byte record."""
     import os

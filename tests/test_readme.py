@@ -105,16 +105,28 @@ def test_the_readme_commands_run_as_written(tmp_path: Path, dinov2_weights: Path
     outputs: dict[str, str] = {}
     for job, command in local_job_commands():
         extra = SHORTENED[job].format(weights=shlex.quote(str(dinov2_weights)))
-        done = subprocess.run(["bash", "-c", f"{command} {extra}"], cwd=scratch, env=env,
-                              capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            ["bash", "-c", f"{command} {extra}"],
+            cwd=scratch,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert done.returncode == 0, f"{command} {extra}\n{done.stderr[-4000:]}"
         outputs[job] = outputs.get(job, "") + done.stdout
         _check(job, command, scratch, done.stdout)
         if job == "evaluate" and "--denoiser" in command:  # again: the fitted evaluation
             # inputs are reused, same figures
             first = json.loads((scratch / "outputs/report/metrics.json").read_text())
-            again = subprocess.run(["bash", "-c", f"{command} {extra}"], cwd=scratch, env=env,
-                                   capture_output=True, text=True, timeout=900)
+            again = subprocess.run(
+                ["bash", "-c", f"{command} {extra}"],
+                cwd=scratch,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
             assert again.returncode == 0, again.stderr[-3000:]
             second = json.loads((scratch / "outputs/report/metrics.json").read_text())
             assert second["pev"] == pytest.approx(first["pev"])
@@ -166,8 +178,13 @@ def _check(job: str, command: str, scratch: Path, stdout: str) -> None:
 def _check_fine_report(out: Path) -> None:
     """clean_hr measured on its cells beside the four free upsamplers, and reported."""
     fine = json.loads((out / "metrics.json").read_text())["fine"]
-    methods = ["raw_bilinear", "calib+tta_bilinear", "calib+tta_joint_bilateral",
-               "subpatch_average", "clean_hr"]
+    methods = [
+        "raw_bilinear",
+        "calib+tta_bilinear",
+        "calib+tta_joint_bilateral",
+        "subpatch_average",
+        "clean_hr",
+    ]
     assert fine["scale"] == 2 and fine["methods"] == methods
     for measure in ("stereo", "boundary"):
         assert set(fine[measure]) == set(methods)
@@ -185,8 +202,16 @@ def _check_fine_report(out: Path) -> None:
 def _check_report(out: Path) -> None:
     """Every file of the report and every measure, beside every baseline."""
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["methods"] == ["raw", "clean", "raw_minus_g", "denoised", "calib", "tta",
-                                "calib+tta", "raw_minus_mean_g"]
+    assert saved["methods"] == [
+        "raw",
+        "clean",
+        "raw_minus_g",
+        "denoised",
+        "calib",
+        "tta",
+        "calib+tta",
+        "raw_minus_mean_g",
+    ]
     assert saved["pev_crops"] == 16 and saved["pev_photos"] == 8
     for key in ("pev", "pev_stderr", "matching", "stereo", "seconds_per_image"):
         assert set(saved[key]) == set(saved["methods"]), key
@@ -209,7 +234,17 @@ def _check_report(out: Path) -> None:
     assert len(figures) == 3 and "artifact_grid.png" in figures
     for name in figures:
         assert f"(figures/{name})" in report
-    for word in ("Position-explained variance", "Shift consistency", "Stereo probe",
-                 "Mask probe", "G agreement", "raw - G", "minus raw's on the same views",
-                 "Crop-pair matching", "calib+tta", "raw - mean G", "seconds per image"):
+    for word in (
+        "Position-explained variance",
+        "Shift consistency",
+        "Stereo probe",
+        "Mask probe",
+        "G agreement",
+        "raw - G",
+        "minus raw's on the same views",
+        "Crop-pair matching",
+        "calib+tta",
+        "raw - mean G",
+        "seconds per image",
+    ):
         assert word in report

@@ -59,12 +59,14 @@ def test_saved_features_read_the_same(output: str) -> None:
             for column in ("raw", "clean", "artifact"):
                 tokens = column_to_numpy(table[column])[i]
                 assert tokens.shape == (*grid, EXPECTED["meta"]["channels"])
-                assert float(tokens.astype(np.float64).sum()) == pytest.approx(want[column],
-                                                                             abs=1e-6)
+                assert float(tokens.astype(np.float64).sum()) == pytest.approx(
+                    want[column], abs=1e-6
+                )
             seen[image_id] = grid
     assert set(seen) == set(EXPECTED["images"])
     square = read_features_table(output, grid=(7, 7))
     assert square.schema.names == EXPECTED["columns"]
     quarantine = read_quarantine_table(output)
-    assert [u.rsplit("/", 1)[-1] for u in quarantine["source_uri"].to_pylist()] == \
-        EXPECTED["quarantine"]
+    assert [u.rsplit("/", 1)[-1] for u in quarantine["source_uri"].to_pylist()] == EXPECTED[
+        "quarantine"
+    ]

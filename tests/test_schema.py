@@ -33,22 +33,40 @@ def _table(ids: list[str], rng: np.random.Generator) -> pa.Table:
     n = len(ids)
     maps = [rng.standard_normal((*GRID, CHANNELS)).astype(np.float32) for _ in range(n)]
     meta = RunMeta(model="m", weights_digest="w", layer=11, config_digest="c", method="dvt-fit")
-    return feature_table(meta, "0", image_ids=ids,
-                         source_uris=[f"file:///x/{i}.jpg" for i in ids], widths=[64] * n,
-                         heights=[48] * n, metrics=[{"r2": 0.9}] * n, raw=maps, clean=maps)
+    return feature_table(
+        meta,
+        "0",
+        image_ids=ids,
+        source_uris=[f"file:///x/{i}.jpg" for i in ids],
+        widths=[64] * n,
+        heights=[48] * n,
+        metrics=[{"r2": 0.9}] * n,
+        raw=maps,
+        clean=maps,
+    )
 
 
-def _write_run(root: Path, name: str, ids: list[str], commit: bool,
-               config_digest: str = "c") -> pa.Table:
+def _write_run(
+    root: Path, name: str, ids: list[str], commit: bool, config_digest: str = "c"
+) -> pa.Table:
     run = root / "runs" / name
     run.mkdir(parents=True)
     table = _table(ids, np.random.default_rng(len(ids)))
     data, digest = table_bytes(table)
     (run / f"part-00000-{digest[:12]}.parquet").write_bytes(data)
-    meta = {"model": "m", "weights_digest": "w", "grid": GRID[0], "channels": CHANNELS,
-            "method": "dvt-fit"}
-    manifest = {"config_digest": config_digest, "quarantine": [], "meta": meta,
-                "files": [{"path": f"part-00000-{digest[:12]}.parquet", "image_ids": ids}]}
+    meta = {
+        "model": "m",
+        "weights_digest": "w",
+        "grid": GRID[0],
+        "channels": CHANNELS,
+        "method": "dvt-fit",
+    }
+    manifest = {
+        "config_digest": config_digest,
+        "quarantine": [],
+        "meta": meta,
+        "files": [{"path": f"part-00000-{digest[:12]}.parquet", "image_ids": ids}],
+    }
     (run / MANIFEST).write_text(json.dumps(manifest))
     if commit:
         (run / COMMITTED).write_text("")
@@ -89,18 +107,25 @@ def test_a_folder_refreshed_under_another_config_is_read_once(tmp_path: Path) ->
     from pipeline.job_config import TrainJobConfig, resolve_job
 
     _write_run(tmp_path, "20250101T000000Z-old", ["a", "b"], commit=True, config_digest="old")
-    _write_run(tmp_path, "20250102T000000Z-new", ["a", "b", "c"], commit=True,
-               config_digest="new")
+    _write_run(tmp_path, "20250102T000000Z-new", ["a", "b", "c"], commit=True, config_digest="new")
     assert newest_config_digest(str(tmp_path)) == "new"
     assert len(read_features_table(str(tmp_path))) == 5  # the raw table holds both
     assert len(read_features_table(str(tmp_path), config_digest="old")) == 2
     assert sorted(FeatureDataset(str(tmp_path)).image_ids) == ["a", "b", "c"]
     assert sorted(FeatureDataset(str(tmp_path), config_digest="old").image_ids) == ["a", "b"]
-    corpus = describe_corpus(resolve_job(TrainJobConfig, "train_smoke",
-                                         [f"input.uri={tmp_path}", "train.val_fraction=0.0"]))
+    corpus = describe_corpus(
+        resolve_job(
+            TrainJobConfig, "train_smoke", [f"input.uri={tmp_path}", "train.val_fraction=0.0"]
+        )
+    )
     assert corpus.config_digests == ["new"] and corpus.train_images == 3
-    chosen = describe_corpus(resolve_job(TrainJobConfig, "train_smoke", [
-        f"input.uri={tmp_path}", "input.config_digest=old", "train.val_fraction=0.0"]))
+    chosen = describe_corpus(
+        resolve_job(
+            TrainJobConfig,
+            "train_smoke",
+            [f"input.uri={tmp_path}", "input.config_digest=old", "train.val_fraction=0.0"],
+        )
+    )
     assert chosen.config_digests == ["old"] and chosen.train_images == 2
 
 
@@ -117,16 +142,31 @@ def test_raw_minus_artifact() -> None:
 def test_run_meta_writes_back_the_json_it_read() -> None:
     """Every key a job sets, unknown keys of a newer writer and nulls survive a read and a
     write (a seal copies a run's meta); unset fields stay absent."""
-    stored = {"model": "m", "weights": "hub", "weights_digest": "w", "layer": 11,
-              "config_digest": "c", "channels": 8, "method": "dvt-fit", "patch_size": 16,
-              "grid": 7, "aspect": "keep", "upsample": 2, "artifact_model": "file:///a",
-              "artifact_model_sha256": "s", "from_a_newer_writer": [1], "denoiser_uri": None}
+    stored = {
+        "model": "m",
+        "weights": "hub",
+        "weights_digest": "w",
+        "layer": 11,
+        "config_digest": "c",
+        "channels": 8,
+        "method": "dvt-fit",
+        "patch_size": 16,
+        "grid": 7,
+        "aspect": "keep",
+        "upsample": 2,
+        "artifact_model": "file:///a",
+        "artifact_model_sha256": "s",
+        "from_a_newer_writer": [1],
+        "denoiser_uri": None,
+    }
     meta = RunMeta.from_dict(stored)
     assert meta.to_dict() == stored and dict(meta) == stored and meta["grid"] == 7
     assert meta.grid == 7 and meta.denoiser_uri is None and meta.denoiser_digest is None
     assert RunMeta.from_dict(None).to_dict() == {} == RunMeta().to_dict()
-    assert RunMeta(method="denoiser", aspect="keep").to_dict() == {"method": "denoiser",
-                                                                  "aspect": "keep"}
+    assert RunMeta(method="denoiser", aspect="keep").to_dict() == {
+        "method": "denoiser",
+        "aspect": "keep",
+    }
 
 
 def test_feature_table_builds_the_schema() -> None:
@@ -135,9 +175,20 @@ def test_feature_table_builds_the_schema() -> None:
     maps = np.ones((2, *GRID, CHANNELS), np.float32)
     hr = np.ones((2, 2 * GRID[0], 2 * GRID[1], CHANNELS), np.float32)
     meta = RunMeta(model="m", weights_digest="w", layer=3, config_digest="c", method="dvt-fit")
-    table = feature_table(meta, "1.0", image_ids=["a", "b"], source_uris=["u", "v"],
-                          widths=[1, 2], heights=[3, 4], metrics=[{"r2": 1.0, "x": 2}] * 2,
-                          raw=maps, clean=maps, artifact=maps, clean_hr=hr, dtype="float32")
+    table = feature_table(
+        meta,
+        "1.0",
+        image_ids=["a", "b"],
+        source_uris=["u", "v"],
+        widths=[1, 2],
+        heights=[3, 4],
+        metrics=[{"r2": 1.0, "x": 2}] * 2,
+        raw=maps,
+        clean=maps,
+        artifact=maps,
+        clean_hr=hr,
+        dtype="float32",
+    )
     assert table.schema == features_schema(GRID, CHANNELS, "float32", True, 2)
     assert table["grid_h"].to_pylist() == [GRID[0]] * 2 and table["layer"].to_pylist() == [3, 3]
     assert table["metrics"][0].as_py()["r2"] == 1.0 and "x" not in table["metrics"][0].as_py()

@@ -39,8 +39,9 @@ def test_shift_views_map_back_to_the_full_view(photos: dict[str, np.ndarray]) ->
     torch.testing.assert_close(merged, _patch_means(full[None], 16)[0], atol=1e-5, rtol=0)
     # a pattern on the view's grid is removed before mapping back
     pattern = torch.randn(8, 8, 3)
-    torch.testing.assert_close(merge_shift_views(tokens + pattern, views, cfg.pad, pattern),
-                               merged, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        merge_shift_views(tokens + pattern, views, cfg.pad, pattern), merged, atol=1e-5, rtol=0
+    )
 
 
 def test_decomposition_recovers_content_and_artifact() -> None:
@@ -53,23 +54,25 @@ def test_decomposition_recovers_content_and_artifact() -> None:
     own = prior + 0.5 * torch.randn(grid, grid, channels, generator=gen)  # this image's G
     tokens = []
     for v in views:  # the padded "scene" is seen through each window; flips mirror it
-        window = content[v.dy:v.dy + grid, v.dx:v.dx + grid]
+        window = content[v.dy : v.dy + grid, v.dx : v.dx + grid]
         tokens.append((window.flip(1) if v.flip else window) + own)
     tokens = torch.stack(tokens)
-    inner = content[pad:pad + grid, pad:pad + grid]
+    inner = content[pad : pad + grid, pad : pad + grid]
     fixed, g_fixed = decompose_shift_views(tokens, views, pad, prior, float("inf"))
     torch.testing.assert_close(g_fixed, prior)
     torch.testing.assert_close(fixed, merge_shift_views(tokens, views, pad, prior))
-    fitted, g_fit = decompose_shift_views(tokens, views, pad, prior, prior_weight=0.1,
-                                          iterations=200)
+    fitted, g_fit = decompose_shift_views(
+        tokens, views, pad, prior, prior_weight=0.1, iterations=200
+    )
     err_fixed = (fixed - inner).norm() / inner.norm()
     err_fit = (fitted - inner).norm() / inner.norm()
     assert err_fit < 0.1 < err_fixed  # the image's own G is found, so F is cleaner
     assert (g_fit - own).norm() / own.norm() < 0.1
 
 
-def test_tta_tokens_and_calibration_on_a_vit(tiny_vit: FeatureExtractor,
-                                             photos: dict[str, np.ndarray]) -> None:
+def test_tta_tokens_and_calibration_on_a_vit(
+    tiny_vit: FeatureExtractor, photos: dict[str, np.ndarray]
+) -> None:
     size = 16 * 7
     model = calibrate(tiny_vit, photos, size, crops_per_photo=3, seed=0)
     assert model.pattern.shape == (7, 7, tiny_vit.embed_dim) and model.samples == 9
@@ -98,7 +101,8 @@ def test_tta_tokens_and_calibration_on_a_vit(tiny_vit: FeatureExtractor,
 
 
 def test_shift_method_in_the_engine_and_artifact_model_storage(
-        tiny_vit: FeatureExtractor, photos: dict[str, np.ndarray], tmp_path) -> None:
+    tiny_vit: FeatureExtractor, photos: dict[str, np.ndarray], tmp_path
+) -> None:
     from pipeline import clean_images
     from pipeline.models.artifact_model import read_artifact_model, write_artifact_model
     from pipeline.store import artifact_model_uri
@@ -111,12 +115,16 @@ def test_shift_method_in_the_engine_and_artifact_model_storage(
     # 600 x 400 at 112 px, aspect kept: 7 x 11 tokens, the square pattern resampled to them
     assert res.ok and res.clean.shape == res.raw.shape == res.artifact.shape == (7, 11, 64)
     assert 0.0 < res.metrics["r2"] <= 1.0 and res.metrics["seconds"] > 0
-    (fixed,) = clean_images(tiny_vit, [photos["coffee"]], "shift_smoke", artifact_model=model,
-                            overrides=["shift.prior_weight=.inf"])
+    (fixed,) = clean_images(
+        tiny_vit,
+        [photos["coffee"]],
+        "shift_smoke",
+        artifact_model=model,
+        overrides=["shift.prior_weight=.inf"],
+    )
     np.testing.assert_allclose(fixed.artifact, model.pattern_for((7, 11)), rtol=1e-6)  # G = prior
     uri = artifact_model_uri(str(tmp_path), "test_vit", "abc" * 8, size, "0123456789abcdef")
-    assert uri == artifact_model_uri(str(tmp_path), "test_vit", "abc" * 8, size,
-                                     "0123456789abcdef")
+    assert uri == artifact_model_uri(str(tmp_path), "test_vit", "abc" * 8, size, "0123456789abcdef")
     sha = write_artifact_model(uri, model)
     back, sha_back = read_artifact_model(uri)
     assert sha_back == sha and back.samples == model.samples and back.source == "calibration"
@@ -124,8 +132,9 @@ def test_shift_method_in_the_engine_and_artifact_model_storage(
     assert not list(tmp_path.rglob("*.tmp-*"))  # nothing left of the atomic write
 
 
-def test_field_fit_with_the_artifact_prior(tiny_vit: FeatureExtractor,
-                                           photos: dict[str, np.ndarray]) -> None:
+def test_field_fit_with_the_artifact_prior(
+    tiny_vit: FeatureExtractor, photos: dict[str, np.ndarray]
+) -> None:
     """fit.prior_weight > 0 needs the artifact model and holds G to its pattern; at 0 the model
     is ignored (the same fit as without it)."""
     from pipeline import clean_images
@@ -139,8 +148,9 @@ def test_field_fit_with_the_artifact_prior(tiny_vit: FeatureExtractor,
     (free,) = clean_images(tiny_vit, image, "smoke", overrides=common)
     (ignored,) = clean_images(tiny_vit, image, "smoke", overrides=common, artifact_model=model)
     np.testing.assert_array_equal(free.clean, ignored.clean)
-    (held,) = clean_images(tiny_vit, image, "smoke", artifact_model=model,
-                           overrides=[*common, "fit.prior_weight=1000"])
+    (held,) = clean_images(
+        tiny_vit, image, "smoke", artifact_model=model, overrides=[*common, "fit.prior_weight=1000"]
+    )
     pattern = model.pattern_for(held.artifact.shape[:2])  # the image's kept-aspect grid
     scale = np.linalg.norm(pattern, axis=-1).mean()
     assert held.ok and np.linalg.norm(held.artifact - pattern, axis=-1).mean() < 0.05 * scale

@@ -63,11 +63,18 @@ def test_the_solve_finds_a_planted_edge_inside_the_patches() -> None:
     truth, guide, pattern, tokens, cells = _planted()
     fine = truth.shape[:2]
     averaged = shift_average_fine(tokens, cells, pattern, fine)
-    solved = solve_fine_content(tokens, cells, pattern, fine, guide_weights(guide, 0.1), 1.0,
-                                start=averaged)
-    unguided = solve_fine_content(tokens, cells, pattern, fine,
-                                  guide_weights(torch.zeros_like(guide), 0.1), 1.0,
-                                  start=averaged)
+    solved = solve_fine_content(
+        tokens, cells, pattern, fine, guide_weights(guide, 0.1), 1.0, start=averaged
+    )
+    unguided = solve_fine_content(
+        tokens,
+        cells,
+        pattern,
+        fine,
+        guide_weights(torch.zeros_like(guide), 0.1),
+        1.0,
+        start=averaged,
+    )
     assert solved.relative_residual < 1e-3
     assert _error(solved.content, truth) < 0.01 * _error(averaged, truth)
     assert _error(solved.content, truth) < 0.1 * _error(unguided.content, truth)
@@ -99,8 +106,11 @@ def test_views_are_the_full_view_shifted_by_fractions_of_a_patch() -> None:
     rgb = rgb.clip(0, 255).astype(np.uint8)  # smooth: rendering at 2x and back is close
     for patch, scale in ((14, 2), (16, 4), (14, 4)):
         size = (5 * patch, 6 * patch)
-        views = [SubView(2 * scale, 2 * scale, False), SubView(2 * scale + 1, 2 * scale, False),
-                 SubView(3 * scale - 1, 2 * scale + 1, True)]
+        views = [
+            SubView(2 * scale, 2 * scale, False),
+            SubView(2 * scale + 1, 2 * scale, False),
+            SubView(3 * scale - 1, 2 * scale + 1, True),
+        ]
         pixels, guide = render_subpatch_views(rgb, size, patch, scale, 2, views)
         assert guide.shape == (3, 5 * scale, 6 * scale)
         full = full_view_pixels(rgb, size)
@@ -126,25 +136,38 @@ def test_pooled_clean_hr_is_as_clean_as_clean(dinov2: FeatureExtractor, estimato
 
     rng = np.random.default_rng(0)
     photos = [sample_photo(name) for name in EVALUATION_PHOTOS]
-    model = calibrate(dinov2, [sample_photo(n) for n in ("coins", "moon", "clock", "brick")],
-                      112, 32)
+    model = calibrate(
+        dinov2, [sample_photo(n) for n in ("coins", "moon", "clock", "brick")], 112, 32
+    )
     crops, groups = [], []
     for p, photo in enumerate(photos):
         for _ in range(3):
             crops.append(random_crop(photo, rng, (0.4, 0.9)))
             groups.append(p)
-    results = clean_images(dinov2, crops, "shift", overrides=[
-        "image_size=112", "resize.aspect=square", "upsample=2", f"hr.estimator={estimator}"],
-        artifact_model=model)
+    results = clean_images(
+        dinov2,
+        crops,
+        "shift",
+        overrides=[
+            "image_size=112",
+            "resize.aspect=square",
+            "upsample=2",
+            f"hr.estimator={estimator}",
+        ],
+        artifact_model=model,
+    )
     raw = np.stack([r.raw for r in results])
     clean = np.stack([r.clean for r in results])
     pooled = np.stack([pool_fine(r.clean_hr, 2) for r in results])
     assert results[0].clean_hr.shape == (16, 16, 384)
-    cos = (pooled * clean).sum(-1) / np.linalg.norm(pooled, axis=-1) / np.linalg.norm(
-        clean, axis=-1)
+    cos = (
+        (pooled * clean).sum(-1) / np.linalg.norm(pooled, axis=-1) / np.linalg.norm(clean, axis=-1)
+    )
     assert cos.mean() > 0.97
-    pev = {name: position_explained_variance(x, np.asarray(groups))
-           for name, x in (("raw", raw), ("clean", clean), ("pooled", pooled))}
+    pev = {
+        name: position_explained_variance(x, np.asarray(groups))
+        for name, x in (("raw", raw), ("clean", clean), ("pooled", pooled))
+    }
     assert pev["pooled"].value < pev["clean"].value + 2 * pev["clean"].stderr
     assert pev["pooled"].value < 0.5 * pev["raw"].value
 
@@ -165,9 +188,18 @@ def test_clean_hr_column_end_to_end(tmp_path: Path, photos: dict[str, np.ndarray
     for name, photo in photos.items():
         Image.fromarray(photo).resize((128, 96)).save(src / f"{name}.png")
     out = str(tmp_path / "out")
-    summary = run_clean_job(resolve_clean_job("smoke", [
-        f"input.uri={src}", f"output.uri={out}", "preset=shift_smoke", "engine.upsample=2",
-        "calibration.crops_per_image=2"]))
+    summary = run_clean_job(
+        resolve_clean_job(
+            "smoke",
+            [
+                f"input.uri={src}",
+                f"output.uri={out}",
+                "preset=shift_smoke",
+                "engine.upsample=2",
+                "calibration.crops_per_image=2",
+            ],
+        )
+    )
     assert summary["done"] == 3
     table = read_features_table(out, ["clean", "clean_hr"])
     clean, hr = column_to_numpy(table["clean"]), column_to_numpy(table["clean_hr"])

@@ -38,26 +38,35 @@ def _crops(folder: Path, count: int) -> None:
         scale = rng.uniform(0.4, 0.9)
         h, w = int(height * scale), int(width * scale)
         y, x = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
-        crop = np.ascontiguousarray(photo[y:y + h, x:x + w])
+        crop = np.ascontiguousarray(photo[y : y + h, x : x + w])
         Image.fromarray(crop).resize((160, int(160 * h / w))).save(folder / f"c{i:03d}.jpg")
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory: pytest.TempPathFactory, dinov2_weights: Path,
-           local_ray: None) -> tuple[Path, Path]:
+def corpus(
+    tmp_path_factory: pytest.TempPathFactory, dinov2_weights: Path, local_ray: None
+) -> tuple[Path, Path]:
     """(images, features): 24 crops through clean_dataset with the real DINOv2-S/14 weights."""
     root = tmp_path_factory.mktemp("corpus")
     _crops(root / "images", 24)
-    cfg = resolve_clean_job("smoke", [
-        f"input.uri={root / 'images'}", f"output.uri={root / 'features'}",
-        "model.name=vit_small_patch14_dinov2", f"model.weights={dinov2_weights}",
-        "engine.fit.steps=120", "engine.views.num_views=8"])
+    cfg = resolve_clean_job(
+        "smoke",
+        [
+            f"input.uri={root / 'images'}",
+            f"output.uri={root / 'features'}",
+            "model.name=vit_small_patch14_dinov2",
+            f"model.weights={dinov2_weights}",
+            "engine.fit.steps=120",
+            "engine.views.num_views=8",
+        ],
+    )
     assert run_clean_job(cfg)["done"] == 24
     return root / "images", root / "features"
 
 
-def _kill_a_train_worker_after_first_checkpoint(run_dir: Path, stop: threading.Event,
-                                                killed: list[int]) -> None:
+def _kill_a_train_worker_after_first_checkpoint(
+    run_dir: Path, stop: threading.Event, killed: list[int]
+) -> None:
     snapshot = run_dir / "checkpoint_manager_snapshot.json"
     while not stop.is_set() and not killed:
         # the checkpoint counts once registered in the snapshot, not when its folder appears
@@ -92,12 +101,16 @@ def test_train_kill_resume_export_and_denoise(corpus: tuple[Path, Path], tmp_pat
     storage = tmp_path / "training"
     overrides = [f"input.uri={features}", f"run.storage_path={storage}", "run.name=t1"]
     stop, killed = threading.Event(), []
-    watcher = threading.Thread(target=_kill_a_train_worker_after_first_checkpoint,
-                               args=(storage / "t1", stop, killed), daemon=True)
+    watcher = threading.Thread(
+        target=_kill_a_train_worker_after_first_checkpoint,
+        args=(storage / "t1", stop, killed),
+        daemon=True,
+    )
     watcher.start()
     try:
-        summary = run_train_job(resolve_job(TrainJobConfig, "train_smoke",
-                                            [*overrides, "train.epochs=4"]))
+        summary = run_train_job(
+            resolve_job(TrainJobConfig, "train_smoke", [*overrides, "train.epochs=4"])
+        )
     finally:
         stop.set()
         watcher.join()
@@ -118,15 +131,17 @@ def test_train_kill_resume_export_and_denoise(corpus: tuple[Path, Path], tmp_pat
     assert again["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-4)
 
     # a re-submission with the same name resumes from the last checkpoint
-    more = run_train_job(resolve_job(TrainJobConfig, "train_smoke",
-                                     [*overrides, "train.epochs=5"]))
+    more = run_train_job(resolve_job(TrainJobConfig, "train_smoke", [*overrides, "train.epochs=5"]))
     assert more["steps"] == 5 * steps_per_epoch
     assert more["resumed_at_steps"][-1] == summary["steps"]
 
     # the online path: committed rows with the schema of clean_dataset
     out = tmp_path / "denoised"
-    cfg = resolve_job(DenoiseJobConfig, "denoise_smoke", [
-        f"input.uri={images}", f"output.uri={out}", f"denoiser.uri={export}"])
+    cfg = resolve_job(
+        DenoiseJobConfig,
+        "denoise_smoke",
+        [f"input.uri={images}", f"output.uri={out}", f"denoiser.uri={export}"],
+    )
     result = run_denoise_job(cfg)
     assert result["done"] == 24 and result["method"] == "denoiser"
     methods = read_features_table(str(out), ["method"])["method"].to_pylist()
@@ -137,8 +152,9 @@ def test_train_kill_resume_export_and_denoise(corpus: tuple[Path, Path], tmp_pat
     assert len({tuple(denoised[i]["raw"].shape[:2]) for i in range(len(denoised))}) > 1
     by_id = {stage1.image_ids[i]: i for i in range(len(stage1))}
     for i in range(len(denoised)):
-        torch.testing.assert_close(denoised[i]["raw"], stage1[by_id[denoised.image_ids[i]]]["raw"],
-                                   atol=2e-2, rtol=0)
+        torch.testing.assert_close(
+            denoised[i]["raw"], stage1[by_id[denoised.image_ids[i]]]["raw"], atol=2e-2, rtol=0
+        )
     model = DenoisedViT.from_pretrained(str(export), device="cpu")
     first = sorted(images.glob("*.jpg"))[0]
     rgb = np.asarray(Image.open(first).convert("RGB"))
@@ -152,18 +168,30 @@ def test_train_kill_resume_export_and_denoise(corpus: tuple[Path, Path], tmp_pat
     assert run_denoise_job(cfg)["done"] == 0
 
 
-def test_s3_storage_and_another_grid(corpus: tuple[Path, Path], s3_endpoint: str,
-                                     tmp_path: Path) -> None:
+def test_s3_storage_and_another_grid(
+    corpus: tuple[Path, Path], s3_endpoint: str, tmp_path: Path
+) -> None:
     """Checkpoints and export on S3; a denoiser trained on one token grid runs on another."""
     import s3fs
 
     images, features = corpus
     s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir("training")
     options = f"{{endpoint_url: '{s3_endpoint}'}}"
-    summary = run_train_job(resolve_job(TrainJobConfig, "train_smoke", [
-        f"input.uri={features}", "run.storage_path=s3://training/dvt", "run.name=s3run",
-        f"run.storage_options={options}", "train.epochs=1", "compute.workers=1",
-        "train.init=zero"]))
+    summary = run_train_job(
+        resolve_job(
+            TrainJobConfig,
+            "train_smoke",
+            [
+                f"input.uri={features}",
+                "run.storage_path=s3://training/dvt",
+                "run.name=s3run",
+                f"run.storage_options={options}",
+                "train.epochs=1",
+                "compute.workers=1",
+                "train.init=zero",
+            ],
+        )
+    )
     assert summary["export"] == "s3://training/dvt/s3run/export" and summary["start"] == "zero"
     assert summary["checkpoint"].startswith("training/dvt/s3run/epoch-0001")
     storage = {"endpoint_url": s3_endpoint}
@@ -175,10 +203,19 @@ def test_s3_storage_and_another_grid(corpus: tuple[Path, Path], s3_endpoint: str
     few.mkdir()
     for path in sorted(images.glob("*.jpg"))[:4]:
         (few / path.name).write_bytes(path.read_bytes())
-    result = run_denoise_job(resolve_job(DenoiseJobConfig, "denoise_smoke", [
-        f"input.uri={few}", f"output.uri={tmp_path / 'den'}",
-        f"denoiser.uri={summary['export']}", f"denoiser.storage_options={options}",
-        "image_size=168"]))
+    result = run_denoise_job(
+        resolve_job(
+            DenoiseJobConfig,
+            "denoise_smoke",
+            [
+                f"input.uri={few}",
+                f"output.uri={tmp_path / 'den'}",
+                f"denoiser.uri={summary['export']}",
+                f"denoiser.storage_options={options}",
+                "image_size=168",
+            ],
+        )
+    )
     assert result["done"] == 4
     grids = read_features_table(str(tmp_path / "den"), ["grid_h", "grid_w"]).to_pylist()
     assert {min(g["grid_h"], g["grid_w"]) for g in grids} == {12}  # 168 px: the short side

@@ -15,46 +15,139 @@ ROOT = Path(__file__).resolve().parents[1]
 NOWHERE = "/nonexistent/dvt-input"
 
 CASES = [
-    ("clean_dataset", ["--input", NOWHERE, "--output", "{tmp}/out", "--job", "smoke"],
-     "does not exist"),
-    ("clean_dataset", ["--input", "{tmp}", "--output", "{tmp}/out", "--job", "smoke",
-                       "compute.actorz=2"], "unknown key 'actorz'"),
-    ("clean_dataset", ["--input", "{tmp}", "--output", "{tmp}/out", "--job", "smoke",
-                       "compute.actors=-1"], "compute.actors must be >= 1"),
+    (
+        "clean_dataset",
+        ["--input", NOWHERE, "--output", "{tmp}/out", "--job", "smoke"],
+        "does not exist",
+    ),
+    (
+        "clean_dataset",
+        ["--input", "{tmp}", "--output", "{tmp}/out", "--job", "smoke", "compute.actorz=2"],
+        "unknown key 'actorz'",
+    ),
+    (
+        "clean_dataset",
+        ["--input", "{tmp}", "--output", "{tmp}/out", "--job", "smoke", "compute.actors=-1"],
+        "compute.actors must be >= 1",
+    ),
     ("train_denoiser", ["--input", NOWHERE, "--job", "train_smoke"], "no committed stage-1"),
-    ("train_denoiser", ["--input", "{tmp}", "--job", "train_smoke", "train.epochz=1"],
-     "unknown key 'epochz'"),
-    ("train_denoiser", ["--input", "{tmp}", "--job", "train_smoke", "train.init=ones"],
-     "train.init must be one of"),
-    ("denoise_dataset", ["--input", NOWHERE, "--output", "{tmp}/out", "--denoiser", "{tmp}",
-                         "--job", "denoise_smoke"], "does not exist"),
-    ("denoise_dataset", ["--input", "{tmp}/in", "--output", "{tmp}/out", "--denoiser",
-                         "{tmp}", "--job", "denoise_smoke"], "no exported denoiser"),
-    ("denoise_dataset", ["--input", "{tmp}", "--output", "{tmp}/out", "--denoiser", "{tmp}",
-                         "--job", "denoise_smoke", "batch_size=0"], "batch_size must be >= 1"),
+    (
+        "train_denoiser",
+        ["--input", "{tmp}", "--job", "train_smoke", "train.epochz=1"],
+        "unknown key 'epochz'",
+    ),
+    (
+        "train_denoiser",
+        ["--input", "{tmp}", "--job", "train_smoke", "train.init=ones"],
+        "train.init must be one of",
+    ),
+    (
+        "denoise_dataset",
+        [
+            "--input",
+            NOWHERE,
+            "--output",
+            "{tmp}/out",
+            "--denoiser",
+            "{tmp}",
+            "--job",
+            "denoise_smoke",
+        ],
+        "does not exist",
+    ),
+    (
+        "denoise_dataset",
+        [
+            "--input",
+            "{tmp}/in",
+            "--output",
+            "{tmp}/out",
+            "--denoiser",
+            "{tmp}",
+            "--job",
+            "denoise_smoke",
+        ],
+        "no exported denoiser",
+    ),
+    (
+        "denoise_dataset",
+        [
+            "--input",
+            "{tmp}",
+            "--output",
+            "{tmp}/out",
+            "--denoiser",
+            "{tmp}",
+            "--job",
+            "denoise_smoke",
+            "batch_size=0",
+        ],
+        "batch_size must be >= 1",
+    ),
     ("evaluate", ["--features", NOWHERE, "--out", "{tmp}/r"], "no committed stage-1 runs"),
-    ("evaluate", ["--features", "{tmp}", "--out", "{tmp}/r", "probez=false"],
-     "unknown key 'probez'"),
-    ("evaluate", ["--features", "{tmp}", "--out", "{tmp}/r", "max_photos=3"],
-     "max_photos must be >= 8"),
+    (
+        "evaluate",
+        ["--features", "{tmp}", "--out", "{tmp}/r", "probez=false"],
+        "unknown key 'probez'",
+    ),
+    (
+        "evaluate",
+        ["--features", "{tmp}", "--out", "{tmp}/r", "max_photos=3"],
+        "max_photos must be >= 8",
+    ),
     ("gc_output", ["--output", NOWHERE], "does not exist"),
-    ("clean_dataset", ["--input", "{tmp}", "--output", "{tmp}/out", "--job", "nope"],
-     "no job preset 'nope'"),
-    ("clean_dataset", ["--input", "{tmp}/in", "--output", "{tmp}/out", "--job", "smoke",
-                       "input.exclude=[raw/*]"], "no input file under"),
-    ("clean_dataset", ["--input", "{tmp}/in", "--output", "{tmp}/out", "--job", "smoke",
-                       "input.include=[*.png,*.webp]"], "matches input.include=['*.png'"),
-    ("clean_dataset", ["--input", "{tmp}/in", "--output", "{tmp}/out", "--job", "smoke",
-                       "input.storage_options={{a: [}}"], "not valid YAML"),
+    (
+        "clean_dataset",
+        ["--input", "{tmp}", "--output", "{tmp}/out", "--job", "nope"],
+        "no job preset 'nope'",
+    ),
+    (
+        "clean_dataset",
+        ["--input", "{tmp}/in", "--output", "{tmp}/out", "--job", "smoke", "input.exclude=[raw/*]"],
+        "no input file under",
+    ),
+    (
+        "clean_dataset",
+        [
+            "--input",
+            "{tmp}/in",
+            "--output",
+            "{tmp}/out",
+            "--job",
+            "smoke",
+            "input.include=[*.png,*.webp]",
+        ],
+        "matches input.include=['*.png'",
+    ),
+    (
+        "clean_dataset",
+        [
+            "--input",
+            "{tmp}/in",
+            "--output",
+            "{tmp}/out",
+            "--job",
+            "smoke",
+            "input.storage_options={{a: [}}",
+        ],
+        "not valid YAML",
+    ),
 ]
 
 
 @pytest.mark.parametrize("entry", ["job", "dvt"])
-@pytest.mark.parametrize(("job", "argv", "message"), CASES,
-                         ids=[f"{c[0]}-{c[2].split()[0]}" for c in CASES])
-def test_a_user_error_is_one_line_and_exit_2(entry: str, job: str, argv: list[str], message: str,
-                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("job", "argv", "message"), CASES, ids=[f"{c[0]}-{c[2].split()[0]}" for c in CASES]
+)
+def test_a_user_error_is_one_line_and_exit_2(
+    entry: str,
+    job: str,
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import ray
 
     ray_before = ray.is_initialized()  # the suite's own Ray may be up already

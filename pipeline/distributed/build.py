@@ -51,25 +51,44 @@ def _trained_already(cfg: TrainJobConfig, export_uri: str) -> bool:
     return meta.get("job") == json.loads(json.dumps(redact(config_to_dict(cfg))))  # as stored
 
 
-def _train_step(cfg: BuildJobConfig, overrides: list[str], sample_uri: str, export_uri: str,
-                storage_options: dict[str, Any]) -> dict[str, Any]:
+def _train_step(
+    cfg: BuildJobConfig,
+    overrides: list[str],
+    sample_uri: str,
+    export_uri: str,
+    storage_options: dict[str, Any],
+) -> dict[str, Any]:
     """Train on the committed sample unless its export is already there; the summary."""
     base = resolve_job(TrainJobConfig, cfg.train_job, overrides)
     base = dataclasses.replace(
-        base, input=dataclasses.replace(base.input, uri=sample_uri,
-                                        storage_options=storage_options))
+        base, input=dataclasses.replace(base.input, uri=sample_uri, storage_options=storage_options)
+    )
     corpus = describe_corpus(base)
-    key = [corpus.config_digests, corpus.train_images + corpus.val_images,
-           config_to_dict(base.train), config_to_dict(base.denoiser)]
+    key = [
+        corpus.config_digests,
+        corpus.train_images + corpus.val_images,
+        config_to_dict(base.train),
+        config_to_dict(base.denoiser),
+    ]
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    train = dataclasses.replace(base, run=dataclasses.replace(
-        base.run, name=f"{base.run.name}-{name}", export_uri=export_uri,
-        storage_options=base.run.storage_options or storage_options,
-        storage_path=base.run.storage_path or _child(sample_uri, "training")))
+    train = dataclasses.replace(
+        base,
+        run=dataclasses.replace(
+            base.run,
+            name=f"{base.run.name}-{name}",
+            export_uri=export_uri,
+            storage_options=base.run.storage_options or storage_options,
+            storage_path=base.run.storage_path or _child(sample_uri, "training"),
+        ),
+    )
     if _trained_already(train, export_uri):
         logger.info("denoiser at %s already trained on this sample: skipped", export_uri)
-        return {"skipped": True, "export": export_uri, "train_images": corpus.train_images,
-                "val_images": corpus.val_images}
+        return {
+            "skipped": True,
+            "export": export_uri,
+            "train_images": corpus.train_images,
+            "val_images": corpus.val_images,
+        }
     return {"skipped": False, **run_train_job(train)}
 
 
@@ -87,35 +106,50 @@ def run_build_job(cfg: BuildJobConfig) -> dict[str, Any]:
     sizes: list[int | None] = list(cfg.image_sizes) or [None]
     samples = cfg.size_samples or [cfg.sample] * len(sizes)
     for size, sample in zip(sizes, samples, strict=True):  # one stage-1 run per input size
-        clean = resolve_clean_job(cfg.clean_job, [*cfg.clean, *(
-            [f"engine.image_size={size}"] if size else [])])
+        clean = resolve_clean_job(
+            cfg.clean_job, [*cfg.clean, *([f"engine.image_size={size}"] if size else [])]
+        )
         clean = dataclasses.replace(
-            clean, input=dataclasses.replace(cfg.input, sample=sample),
-            output=dataclasses.replace(clean.output, uri=sample_uri,
-                                       storage_options=clean.output.storage_options or options))
+            clean,
+            input=dataclasses.replace(cfg.input, sample=sample),
+            output=dataclasses.replace(
+                clean.output,
+                uri=sample_uri,
+                storage_options=clean.output.storage_options or options,
+            ),
+        )
         start = time.perf_counter()
         steps["clean" if len(sizes) == 1 else f"clean@{size}"] = run_clean_job(clean) | {
-            "step_seconds": time.perf_counter() - start}
+            "step_seconds": time.perf_counter() - start
+        }
 
     start = time.perf_counter()
     train = [*(["input.all_configs=true"] if len(sizes) > 1 else []), *cfg.train]
     steps["train"] = _train_step(cfg, train, sample_uri, export_uri, options) | {
-        "step_seconds": time.perf_counter() - start}
+        "step_seconds": time.perf_counter() - start
+    }
 
     if cfg.denoise_all:
         denoise = resolve_job(DenoiseJobConfig, cfg.denoise_job, cfg.denoise)
         denoise = dataclasses.replace(
-            denoise, input=dataclasses.replace(cfg.input, sample=0),
-            output=dataclasses.replace(denoise.output, uri=features_uri,
-                                       storage_options=denoise.output.storage_options or options),
-            denoiser=dataclasses.replace(denoise.denoiser, uri=export_uri,
-                                         storage_options=options))
+            denoise,
+            input=dataclasses.replace(cfg.input, sample=0),
+            output=dataclasses.replace(
+                denoise.output,
+                uri=features_uri,
+                storage_options=denoise.output.storage_options or options,
+            ),
+            denoiser=dataclasses.replace(denoise.denoiser, uri=export_uri, storage_options=options),
+        )
         start = time.perf_counter()
-        steps["denoise"] = run_denoise_job(denoise) | {
-            "step_seconds": time.perf_counter() - start}
-    return {"sample": sample_uri, "denoiser": export_uri,
-            "features": features_uri if cfg.denoise_all else None,
-            "steps": steps, "seconds": time.perf_counter() - began}
+        steps["denoise"] = run_denoise_job(denoise) | {"step_seconds": time.perf_counter() - start}
+    return {
+        "sample": sample_uri,
+        "denoiser": export_uri,
+        "features": features_uri if cfg.denoise_all else None,
+        "steps": steps,
+        "seconds": time.perf_counter() - began,
+    }
 
 
 def format_build_summary(summary: dict[str, Any]) -> str:
@@ -123,13 +157,21 @@ def format_build_summary(summary: dict[str, Any]) -> str:
     lines = []
     for name, step in summary["steps"].items():
         if name == "train":
-            did = "skipped (already trained on this sample)" if step["skipped"] else (
-                f"trained on {step['train_images']} images, {step.get('steps', 0)} steps")
+            did = (
+                "skipped (already trained on this sample)"
+                if step["skipped"]
+                else (f"trained on {step['train_images']} images, {step.get('steps', 0)} steps")
+            )
         else:
-            did = (f"{step.get('done', 0)} done, {step.get('skipped_committed', 0)} already "
-                   f"committed, {step.get('quarantined', 0)} quarantined")
+            did = (
+                f"{step.get('done', 0)} done, {step.get('skipped_committed', 0)} already "
+                f"committed, {step.get('quarantined', 0)} quarantined"
+            )
         lines.append(f"{name:9s} {did}; {step['step_seconds']:.1f} s")
-    where = (f"features in {summary['features']}" if summary["features"] else
-             f"denoiser in {summary['denoiser']} (denoise_all=false)")
+    where = (
+        f"features in {summary['features']}"
+        if summary["features"]
+        else f"denoiser in {summary['denoiser']} (denoise_all=false)"
+    )
     lines.append(f"total     {summary['seconds']:.1f} s; {where}")
     return "\n".join(lines)

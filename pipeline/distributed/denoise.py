@@ -26,25 +26,38 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
         raise ConfigError("denoiser.uri (--denoiser) is required: the export of train_denoiser")
     uris = require_io(cfg.input, cfg.output)
     require_export(cfg.denoiser.uri, cfg.denoiser.storage_options)
-    model = DenoisedViT.from_pretrained(cfg.denoiser.uri, cfg.weights, device="cpu",
-                                        storage_options=cfg.denoiser.storage_options)
+    model = DenoisedViT.from_pretrained(
+        cfg.denoiser.uri, cfg.weights, device="cpu", storage_options=cfg.denoiser.storage_options
+    )
     weights, image_size = model.extractor.weights, online_image_size(model, cfg.image_size)
     digest = denoiser_digest(model.denoiser)
     method = FeatureMethod(
         stage=DenoiseImages,
-        stage_kwargs={"denoiser_uri": cfg.denoiser.uri, "weights": weights,
-                      "image_size": image_size, "batch_size": cfg.batch_size,
-                      "resize": cfg.resize,
-                      "dtype": cfg.output.dtype, "with_artifact": cfg.output.with_artifact,
-                      "torch_threads": cfg.compute.torch_threads,
-                      "storage_options": cfg.denoiser.storage_options,
-                      "weights_digest": model.extractor.weights_digest,
-                      "denoiser_digest": digest},
-        batch_size=cfg.batch_size, extractor=model.extractor, image_size=image_size,
-        settings={"method": "denoiser", "denoiser_digest": digest, "image_size": image_size,
-                  **cfg.resize.output_settings()},
+        stage_kwargs={
+            "denoiser_uri": cfg.denoiser.uri,
+            "weights": weights,
+            "image_size": image_size,
+            "batch_size": cfg.batch_size,
+            "resize": cfg.resize,
+            "dtype": cfg.output.dtype,
+            "with_artifact": cfg.output.with_artifact,
+            "torch_threads": cfg.compute.torch_threads,
+            "storage_options": cfg.denoiser.storage_options,
+            "weights_digest": model.extractor.weights_digest,
+            "denoiser_digest": digest,
+        },
+        batch_size=cfg.batch_size,
+        extractor=model.extractor,
+        image_size=image_size,
+        settings={
+            "method": "denoiser",
+            "denoiser_digest": digest,
+            "image_size": image_size,
+            **cfg.resize.output_settings(),
+        },
         resize=cfg.resize,
-        meta=RunMeta(denoiser_digest=digest, denoiser_uri=cfg.denoiser.uri,
-                     aspect=cfg.resize.aspect))
-    return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method,
-                           uris)
+        meta=RunMeta(
+            denoiser_digest=digest, denoiser_uri=cfg.denoiser.uri, aspect=cfg.resize.aspect
+        ),
+    )
+    return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method, uris)

@@ -14,5 +14,6 @@ from pipeline.job_config import EvaluateConfig, InputConfig
 
 def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     """Write the report folder under ``cfg.out``; return its metrics."""
-    return job.run_evaluation(cfg, fit=run_clean_job,
-                              list_photos=lambda uri: list_images(InputConfig(uri=uri)))
+    return job.run_evaluation(
+        cfg, fit=run_clean_job, list_photos=lambda uri: list_images(InputConfig(uri=uri))
+    )

@@ -58,8 +58,10 @@ def list_images(inputs: InputConfig) -> list[str]:
     does not exist or nothing matches."""
     fs, root = filesystem(inputs.uri, inputs.storage_options)
     if not fs.exists(root):
-        raise MissingInput(f"input {inputs.uri} does not exist: check --input (input.uri) and "
-                           "input.storage_options")
+        raise MissingInput(
+            f"input {inputs.uri} does not exist: check --input (input.uri) and "
+            "input.storage_options"
+        )
     uris = []
     try:
         paths = sorted(fs.find(root))
@@ -75,9 +77,11 @@ def list_images(inputs: InputConfig) -> list[str]:
             continue
         uris.append(full_uri(fs, path))
     if not uris:
-        raise MissingInput(f"no input file under {inputs.uri} matches input.include="
-                           f"{inputs.include} and input.exclude={inputs.exclude} "
-                           f"({len(paths)} files listed): check the patterns")
+        raise MissingInput(
+            f"no input file under {inputs.uri} matches input.include="
+            f"{inputs.include} and input.exclude={inputs.exclude} "
+            f"({len(paths)} files listed): check the patterns"
+        )
     if 0 < inputs.sample < len(uris):  # evenly spread: first, ..., near the last
         uris = [uris[k * len(uris) // inputs.sample] for k in range(inputs.sample)]
     return uris
@@ -91,8 +95,11 @@ def init_ray(address: str | None, local_num_cpus: int) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    ray.init(num_cpus=local_num_cpus, include_dashboard=False,
-             _temp_dir=os.environ.get("DVT_RAY_TMP", "/tmp/dvt-ray"))
+    ray.init(
+        num_cpus=local_num_cpus,
+        include_dashboard=False,
+        _temp_dir=os.environ.get("DVT_RAY_TMP", "/tmp/dvt-ray"),
+    )
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,7 @@ class FeatureMethod:
         """The largest a stored row's tensors can be: 2 or 3 (h, w, C) columns (and clean_hr,
         s*s times one) at the most tokens an image of any aspect gets."""
         tokens = self.resize.max_tokens(self.square_grid)
-        columns = (3 if with_artifact else 2) + (self.upsample ** 2 if self.upsample > 1 else 0)
+        columns = (3 if with_artifact else 2) + (self.upsample**2 if self.upsample > 1 else 0)
         return int(columns * tokens * self.extractor.embed_dim * np.dtype(dtype).itemsize)
 
 
@@ -150,9 +157,14 @@ def _stop_main_thread(reason: str) -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
-                    compute: ComputeConfig, method: FeatureMethod, uris: list[str]
-                    ) -> dict[str, Any]:
+def run_feature_job(
+    job: dict[str, Any],
+    inputs: InputConfig,
+    output: OutputConfig,
+    compute: ComputeConfig,
+    method: FeatureMethod,
+    uris: list[str],
+) -> dict[str, Any]:
     """Run one pass over ``uris`` (``require_io``'s listing of ``inputs``) into a new committed
     run under ``output.uri``.
 
@@ -162,70 +174,116 @@ def run_feature_job(job: dict[str, Any], inputs: InputConfig, output: OutputConf
     """
     start = time.perf_counter()
     extractor = method.extractor
-    digest = output_digest(extractor.model_name, extractor.weights_digest, method.settings,
-                           output.dtype, output.with_artifact)
+    digest = output_digest(
+        extractor.model_name,
+        extractor.weights_digest,
+        method.settings,
+        output.dtype,
+        output.with_artifact,
+    )
     meta = dataclasses.replace(
-        method.meta, model=extractor.model_name, weights=extractor.weights,
-        weights_digest=extractor.weights_digest, layer=extractor.layer, config_digest=digest,
-        channels=extractor.embed_dim, method=method.stage.method,
+        method.meta,
+        model=extractor.model_name,
+        weights=extractor.weights,
+        weights_digest=extractor.weights_digest,
+        layer=extractor.layer,
+        config_digest=digest,
+        channels=extractor.embed_dim,
+        method=method.stage.method,
         patch_size=extractor.patch_size,
-        grid=method.square_grid)  # a square input's grid; rows hold their own grid_h, grid_w
+        grid=method.square_grid,
+    )  # a square input's grid; rows hold their own grid_h, grid_w
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:8]}-{uuid.uuid4().hex[:6]}"
-    lease = OutputLease(output.uri, run_id, output.lease_ttl_s, output.storage_options,
-                        on_lost=_stop_main_thread)
+    lease = OutputLease(
+        output.uri, run_id, output.lease_ttl_s, output.storage_options, on_lost=_stop_main_thread
+    )
     lease.acquire()  # before the output is read: a concurrent refresh stops here
     try:
         sealed = seal_dead_runs(output.uri, output.storage_options, run_id)
         if sealed:
-            logger.warning("sealed %d dead run(s) (their committed work counts): %s",
-                           len(sealed), ", ".join(sealed))
-        return _run_leased(job, inputs, output, compute, method, uris, run_id, digest, meta,
-                           lease, start)
+            logger.warning(
+                "sealed %d dead run(s) (their committed work counts): %s",
+                len(sealed),
+                ", ".join(sealed),
+            )
+        return _run_leased(
+            job, inputs, output, compute, method, uris, run_id, digest, meta, lease, start
+        )
     except KeyboardInterrupt:
         if lease.lost:
-            raise LeaseLost(f"{lease.lost}. The graph was stopped; what this run committed "
-                            "before counts, and the run that takes the output over goes on "
-                            "from there") from None
+            raise LeaseLost(
+                f"{lease.lost}. The graph was stopped; what this run committed "
+                "before counts, and the run that takes the output over goes on "
+                "from there"
+            ) from None
         raise
     finally:
         lease.release()
 
 
-def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
-                compute: ComputeConfig, method: FeatureMethod, uris: list[str], run_id: str,
-                digest: str, meta: RunMeta, lease: OutputLease, start: float
-                ) -> dict[str, Any]:
+def _run_leased(
+    job: dict[str, Any],
+    inputs: InputConfig,
+    output: OutputConfig,
+    compute: ComputeConfig,
+    method: FeatureMethod,
+    uris: list[str],
+    run_id: str,
+    digest: str,
+    meta: RunMeta,
+    lease: OutputLease,
+    start: float,
+) -> dict[str, Any]:
     """The body of ``run_feature_job`` while this run holds the output's lease."""
     out_fs, out_root = filesystem(output.uri, output.storage_options)
     run_path = run_folder(out_root, run_id)
-    write_run_config(out_fs, run_path, {"job": redact(job), "meta": meta.to_dict(),
-                                        "run_id": run_id, "code_version": __version__})
+    write_run_config(
+        out_fs,
+        run_path,
+        {"job": redact(job), "meta": meta.to_dict(), "run_id": run_id, "code_version": __version__},
+    )
     logger.info("run %s: %d input files, config %s", run_id, len(uris), digest)
 
     init_ray(compute.ray_address, compute.local_num_cpus)
     # every file stays under the target, whatever the aspects of its rows
     row_bytes = method.max_row_bytes(output.dtype, output.with_artifact)
     rows_per_file = max(1, output.target_file_mb * 2**20 // row_bytes)
-    sink = FeatureSink(run_folder(output.uri.rstrip("/"), run_id),
-                       output.storage_options, meta, output.dtype, output.with_artifact,
-                       rows_per_file)
+    sink = FeatureSink(
+        run_folder(output.uri.rstrip("/"), run_id),
+        output.storage_options,
+        meta,
+        output.dtype,
+        output.with_artifact,
+        rows_per_file,
+    )
     graph = Graph(inputs, output, compute, method, digest, sink)
     with ProgressLog(out_fs, run_path, len(uris), compute.progress_s):
         results = [graph.run(uris)]
     missing = _unaccounted(uris, results)
     retried_alone = len(missing)
     if missing:  # workers died on every retry: each input once more, alone
-        logger.warning("%d input(s) lost with workers that died on every retry; trying them "
-                       "one at a time", len(missing))
+        logger.warning(
+            "%d input(s) lost with workers that died on every retry; trying them one at a time",
+            len(missing),
+        )
         results.append(graph.run(missing, alone=True))
         missing = _unaccounted(missing, results[-1:])
     if missing:  # whatever still kills its worker is set aside; the run finishes
-        logger.error("quarantined %d input(s) that killed a worker on every attempt: %s",
-                     len(missing), ", ".join(missing[:5]))
-        results.append(sink.commit_failures(
-            missing, "worker", f"{CRASHED_WORKER} (the reader or the {method.stage.stage} "
-            f"actor died on it {compute.max_task_retries + 1} times, alone)", "WorkerCrashed",
-            task=LOST_TASK))
+        logger.error(
+            "quarantined %d input(s) that killed a worker on every attempt: %s",
+            len(missing),
+            ", ".join(missing[:5]),
+        )
+        results.append(
+            sink.commit_failures(
+                missing,
+                "worker",
+                f"{CRASHED_WORKER} (the reader or the {method.stage.stage} "
+                f"actor died on it {compute.max_task_retries + 1} times, alone)",
+                "WorkerCrashed",
+                task=LOST_TASK,
+            )
+        )
     result = merge_results(results)
     records = [r for _, r in read_commit_records(out_fs, run_path)]
     manifest = manifest_from_records(run_id, digest, meta, records)
@@ -233,14 +291,18 @@ def _run_leased(job: dict[str, Any], inputs: InputConfig, output: OutputConfig,
     repeats = len(manifest.image_ids) - unique  # one image under two URIs, in two tasks
     wall = time.perf_counter() - start
     summary = {
-        "run_id": run_id, "method": method.stage.method, "inputs": len(uris),
-        "done": unique, "skipped_committed": result["skipped"],
+        "run_id": run_id,
+        "method": method.stage.method,
+        "inputs": len(uris),
+        "done": unique,
+        "skipped_committed": result["skipped"],
         "quarantined": sum(q.rows for q in manifest.quarantine),
         "duplicates_in_run": result["duplicates"] + repeats,
         "seconds": wall,
         "images_per_second": unique / wall if wall else 0.0,
         "seconds_per_image": result["fit_seconds"] / max(1, result["done"]),
-        "config_digest": digest, "commit_records": len(records),
+        "config_digest": digest,
+        "commit_records": len(records),
         "retried_alone": retried_alone,
     }
     lease.check()  # a run whose lease went stale never commits
@@ -291,8 +353,14 @@ class ProgressLog:
             wall = time.perf_counter() - self.started
             rate = done / wall
             left = f"about {(self.total - done) / rate / 60:.0f} min left" if rate else ""
-            logger.info("progress: %d of %d inputs committed in %.0f s (%.2f images/s) %s",
-                        done, self.total, wall, rate, left)
+            logger.info(
+                "progress: %d of %d inputs committed in %.0f s (%.2f images/s) %s",
+                done,
+                self.total,
+                wall,
+                rate,
+                left,
+            )
 
 
 CRASHED_WORKER = "crashed a worker on every attempt"
@@ -303,8 +371,7 @@ LOST_TASK = 99_999
 def _unaccounted(uris: list[str], results: list[dict[str, Any]]) -> list[str]:
     """The inputs no write task reported (done, skipped or quarantined) in ``results``."""
     handled = np.concatenate([r["handled"] for r in results])
-    return [u for u, seen in zip(uris, np.isin(uri_keys(uris), handled), strict=True)
-            if not seen]
+    return [u for u, seen in zip(uris, np.isin(uri_keys(uris), handled), strict=True) if not seen]
 
 
 class Graph:
@@ -312,8 +379,15 @@ class Graph:
     stage (actor pool, GPUs from config) -> the committing sink; ``run`` passes it over some
     inputs and returns the write tasks' merged counters."""
 
-    def __init__(self, inputs: InputConfig, output: OutputConfig, compute: ComputeConfig,
-                 method: FeatureMethod, digest: str, sink: FeatureSink) -> None:
+    def __init__(
+        self,
+        inputs: InputConfig,
+        output: OutputConfig,
+        compute: ComputeConfig,
+        method: FeatureMethod,
+        digest: str,
+        sink: FeatureSink,
+    ) -> None:
         self.inputs, self.output, self.compute, self.method = inputs, output, compute, method
         self.digest, self.sink = digest, sink
 
@@ -321,7 +395,7 @@ class Graph:
         """Pass the graph over ``uris``; ``alone``: one image a batch and one task in flight
         per actor, so that an actor killed by one image takes no other image down with it."""
         context = ray.data.DataContext.get_current()  # a dataset keeps the context it was
-        errored_before = context.max_errored_blocks   # made in: set it before, restore after
+        errored_before = context.max_errored_blocks  # made in: set it before, restore after
         context.max_errored_blocks = -1
         self.sink.result = {}
         try:
@@ -343,36 +417,53 @@ class Graph:
         # finite restarts and retries (Ray Data's default is forever, which would stall the
         # run while its lease is renewed); a block whose worker died on every retry is
         # dropped (max_errored_blocks) and its inputs found missing by the driver
-        retries: dict[str, Any] = {"ray_remote_args_fn": functools.partial(
-            dict, max_restarts=compute.max_restarts, max_task_retries=compute.max_task_retries)}
-        ds: ray.data.Dataset = ray.data.from_items([{"source_uri": u} for u in uris],
-                                 override_num_blocks=max(1, min(len(uris), 64)))
+        retries: dict[str, Any] = {
+            "ray_remote_args_fn": functools.partial(
+                dict, max_restarts=compute.max_restarts, max_task_retries=compute.max_task_retries
+            )
+        }
+        ds: ray.data.Dataset = ray.data.from_items(
+            [{"source_uri": u} for u in uris], override_num_blocks=max(1, min(len(uris), 64))
+        )
         ds = ds.map_batches(
-            ReadImages, batch_size=read_batch_size,
+            ReadImages,
+            batch_size=read_batch_size,
             fn_constructor_kwargs={
-                "input_uri": inputs.uri, "storage_options": inputs.storage_options,
-                "max_bytes": inputs.max_bytes, "max_pixels": inputs.max_pixels,
+                "input_uri": inputs.uri,
+                "storage_options": inputs.storage_options,
+                "max_bytes": inputs.max_bytes,
+                "max_pixels": inputs.max_pixels,
                 "min_side": method.extractor.patch_size,
-                "decode_timeout_s": inputs.decode_timeout_s, "output_uri": output.uri,
+                "decode_timeout_s": inputs.decode_timeout_s,
+                "output_uri": output.uri,
                 "output_storage_options": output.storage_options,
-                "config_digest": self.digest},
+                "config_digest": self.digest,
+            },
             compute=ray.data.ActorPoolStrategy(size=compute.readers, **in_flight),
-            num_cpus=compute.reader_num_cpus, **retries)
+            num_cpus=compute.reader_num_cpus,
+            **retries,
+        )
         # One call at a time per actor, run on the actor's own thread: by default Ray Data
         # hands the UDF to a helper thread, where torch's CPU kernels kept ~1.6 of 2 cores
         # busy instead of 2 (the fit ran 15-25 % slower than in a plain process).
-        memory: dict[str, Any] = {"memory": int(compute.memory_gb * 2**30)
-                                  } if compute.memory_gb else {}
+        memory: dict[str, Any] = (
+            {"memory": int(compute.memory_gb * 2**30)} if compute.memory_gb else {}
+        )
         return ds.map_batches(
-            method.stage, batch_size=stage_batch_size,
+            method.stage,
+            batch_size=stage_batch_size,
             fn_constructor_kwargs=method.stage_kwargs,
-            compute=ray.data.ActorPoolStrategy(size=compute.actors,
-                                               enable_true_multi_threading=True,
-                                               max_concurrent_calls_per_actor=1,
-                                               **in_flight),
+            compute=ray.data.ActorPoolStrategy(
+                size=compute.actors,
+                enable_true_multi_threading=True,
+                max_concurrent_calls_per_actor=1,
+                **in_flight,
+            ),
             num_cpus=compute.num_cpus,
             num_gpus=compute.num_gpus or None,
-            **memory, **retries)
+            **memory,
+            **retries,
+        )
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -381,7 +472,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     for key in ("inputs", "done", "skipped_committed", "quarantined", "duplicates_in_run"):
         lines.append(f"  {key:<22} {summary[key]}")
     lines.append(f"  {'images/s':<22} {summary['images_per_second']:.3f}")
-    lines.append(f"  {'s/image (' + summary['method'] + ')':<22} "
-                 f"{summary['seconds_per_image']:.2f}")
+    lines.append(
+        f"  {'s/image (' + summary['method'] + ')':<22} {summary['seconds_per_image']:.2f}"
+    )
     lines.append(f"  {'wall seconds':<22} {summary['seconds']:.1f}")
     return "\n".join(lines)

@@ -28,23 +28,41 @@ COUNTERS = ("done", "skipped", "errors", "duplicates", "fit_seconds")
 def empty_result() -> dict[str, Any]:
     """What a write task (or a whole run) reports when it wrote nothing; ``handled`` holds
     ``uri_keys`` of every input it accounted for (done, skipped or quarantined)."""
-    return {"done": 0, "skipped": 0, "errors": 0, "duplicates": 0, "fit_seconds": 0.0,
-            "handled": np.empty(0, np.uint64)}
+    return {
+        "done": 0,
+        "skipped": 0,
+        "errors": 0,
+        "duplicates": 0,
+        "fit_seconds": 0.0,
+        "handled": np.empty(0, np.uint64),
+    }
 
 
 def uri_keys(uris: Iterable[str]) -> np.ndarray:
     """8-byte keys of input URIs (uint64): what the driver keeps to find inputs that no write
     task accounted for (8 MB for 1 M inputs)."""
-    return np.fromiter((int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(),
-                                       "little") for u in uris), dtype=np.uint64)
+    return np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "little")
+            for u in uris
+        ),
+        dtype=np.uint64,
+    )
 
 
 class FeatureSink(Datasink):
     """Writes one run's feature and quarantine Parquet files, each task's followed by its
     commit record (the driver closes the run afterwards)."""
 
-    def __init__(self, run_uri: str, storage_options: dict[str, Any], meta: RunMeta,
-                 dtype: str, with_artifact: bool, rows_per_file: int) -> None:
+    def __init__(
+        self,
+        run_uri: str,
+        storage_options: dict[str, Any],
+        meta: RunMeta,
+        dtype: str,
+        with_artifact: bool,
+        rows_per_file: int,
+    ) -> None:
         self.run_uri = run_uri
         self.storage_options = storage_options
         self.meta = meta  # model, weights_digest, layer, config_digest, channels, ...
@@ -70,12 +88,19 @@ class FeatureSink(Datasink):
             return np.frombuffer(flat, dtype=self.dtype).reshape(shape)
 
         return feature_table(
-            self.meta, __version__, image_ids=rows["image_id"], source_uris=rows["source_uri"],
-            widths=rows["width"], heights=rows["height"],
+            self.meta,
+            __version__,
+            image_ids=rows["image_id"],
+            source_uris=rows["source_uri"],
+            widths=rows["width"],
+            heights=rows["height"],
             metrics=[json.loads(m) for m in rows["metrics"].to_pylist()],
-            raw=tensors("raw"), clean=tensors("clean"),
+            raw=tensors("raw"),
+            clean=tensors("clean"),
             artifact=tensors("artifact") if self.with_artifact else None,
-            clean_hr=tensors("clean_hr", upsample) if upsample > 1 else None, dtype=self.dtype)
+            clean_hr=tensors("clean_hr", upsample) if upsample > 1 else None,
+            dtype=self.dtype,
+        )
 
     def write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
         """One write task: its rows -> one feature file per token grid (one, unless the
@@ -85,18 +110,29 @@ class FeatureSink(Datasink):
         tables = [t for t in tables if len(t)]
         if not tables:
             return empty_result()
-        return self.commit_rows(pa.concat_tables(tables, promote_options="permissive"),
-                                ctx.task_idx)
+        return self.commit_rows(
+            pa.concat_tables(tables, promote_options="permissive"), ctx.task_idx
+        )
 
-    def commit_failures(self, uris: Sequence[str], stage: str, reason: str,
-                        error_class: str, task: int) -> dict[str, Any]:
+    def commit_failures(
+        self, uris: Sequence[str], stage: str, reason: str, error_class: str, task: int
+    ) -> dict[str, Any]:
         """Quarantine inputs the driver found no row for (their workers died on every
         attempt), with the same files and commit record as a write task's."""
         n = len(uris)
-        return self.commit_rows(pa.table({
-            "source_uri": list(uris), "image_id": [""] * n, "status": [RowStatus.ERROR] * n,
-            "stage": [stage] * n, "reason": [reason] * n, "error_class": [error_class] * n}),
-            task)
+        return self.commit_rows(
+            pa.table(
+                {
+                    "source_uri": list(uris),
+                    "image_id": [""] * n,
+                    "status": [RowStatus.ERROR] * n,
+                    "stage": [stage] * n,
+                    "reason": [reason] * n,
+                    "error_class": [error_class] * n,
+                }
+            ),
+            task,
+        )
 
     def commit_rows(self, rows: pa.Table, task: int) -> dict[str, Any]:
         """Rows of the stages (``RowStatus`` done / skipped / error) -> feature files, a
@@ -112,28 +148,38 @@ class FeatureSink(Datasink):
             data, digest = table_bytes(table)
             name = f"part-{task:05d}-{digest[:16]}.parquet"
             put_atomic(fs, posixpath.join(run_path, name), data)
-            files.append(FileEntry(name, len(group), digest,
-                                   tuple(group["image_id"].to_pylist()), len(data),
-                                   (int(group["grid_h"][0].as_py()),
-                                    int(group["grid_w"][0].as_py()))))
+            files.append(
+                FileEntry(
+                    name,
+                    len(group),
+                    digest,
+                    tuple(group["image_id"].to_pylist()),
+                    len(data),
+                    (int(group["grid_h"][0].as_py()), int(group["grid_w"][0].as_py())),
+                )
+            )
             out["fit_seconds"] += float(sum(m["seconds"] for m in table["metrics"].to_pylist()))
         failed = rows.filter(pa.array(status == RowStatus.ERROR))
         if len(failed):
-            quarantine = pa.table({
-                "source_uri": failed["source_uri"],
-                "image_id": [i or None for i in failed["image_id"].to_pylist()],
-                "stage": failed["stage"], "reason": failed["reason"],
-                "error_class": failed["error_class"],
-                "config_digest": [self.meta.config_digest] * len(failed),
-            }, schema=QUARANTINE_SCHEMA)
+            quarantine = pa.table(
+                {
+                    "source_uri": failed["source_uri"],
+                    "image_id": [i or None for i in failed["image_id"].to_pylist()],
+                    "stage": failed["stage"],
+                    "reason": failed["reason"],
+                    "error_class": failed["error_class"],
+                    "config_digest": [self.meta.config_digest] * len(failed),
+                },
+                schema=QUARANTINE_SCHEMA,
+            )
             data, digest = table_bytes(quarantine)
             name = f"quarantine-{task:05d}-{digest[:16]}.parquet"
             put_atomic(fs, posixpath.join(run_path, name), data)
-            quarantined.append(QuarantineEntry(name, len(failed), digest,
-                                               tuple(failed["source_uri"].to_pylist())))
+            quarantined.append(
+                QuarantineEntry(name, len(failed), digest, tuple(failed["source_uri"].to_pylist()))
+            )
         if files or quarantined:
-            write_commit_record(fs, run_path, CommitRecord(task, tuple(files),
-                                                           tuple(quarantined)))
+            write_commit_record(fs, run_path, CommitRecord(task, tuple(files), tuple(quarantined)))
         out["done"], out["errors"] = len(done), len(failed)  # duplicates set above
         out["skipped"] = int((status == RowStatus.SKIPPED).sum())
         out["handled"] = uri_keys(rows["source_uri"].to_pylist())

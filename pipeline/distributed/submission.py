@@ -14,8 +14,14 @@ from datetime import UTC, datetime
 SLOTS = {"none": "", "daily": "%Y%m%d", "hourly": "%Y%m%dT%H", "minutely": "%Y%m%dT%H%M"}
 
 
-def submission_id(job: str, input_uri: str, output_uri: str, overrides: list[str],
-                  slot: str = "hourly", now: datetime | None = None) -> str:
+def submission_id(
+    job: str,
+    input_uri: str,
+    output_uri: str,
+    overrides: list[str],
+    slot: str = "hourly",
+    now: datetime | None = None,
+) -> str:
     """dvt-<job>-<slot>-<16 hex>: the same for the same run in the same time slot."""
     if slot not in SLOTS:
         raise ValueError(f"slot {slot!r} is not one of {sorted(SLOTS)}")

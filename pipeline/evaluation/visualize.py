@@ -14,8 +14,9 @@ def pca_basis(features: list[np.ndarray], components: int = 3) -> tuple[np.ndarr
     return mean, vt[:components].T
 
 
-def pca_rgb(features: np.ndarray, mean: np.ndarray, basis: np.ndarray,
-            lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def pca_rgb(
+    features: np.ndarray, mean: np.ndarray, basis: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
     """(h, w, C) features projected on ``basis`` and scaled by [lo, hi] to (h, w, 3) uint8."""
     proj = (features.reshape(-1, features.shape[-1]) - mean) @ basis
     scaled = (proj - lo) / np.maximum(hi - lo, 1e-8)
@@ -43,14 +44,16 @@ def panel_row(panels: list[tuple[str, np.ndarray]], height: int = 224) -> Image.
     for title, array in panels:
         image = Image.fromarray(array)
         width = max(1, round(image.width * height / image.height))
-        resample = (Image.Resampling.NEAREST if image.height < height // 4
-                    else Image.Resampling.BILINEAR)
+        resample = (
+            Image.Resampling.NEAREST if image.height < height // 4 else Image.Resampling.BILINEAR
+        )
         tile = Image.new("RGB", (width, height + 18), "white")
         tile.paste(image.resize((width, height), resample), (0, 18))
         ImageDraw.Draw(tile).text((4, 3), title, fill="black")
         tiles.append(tile)
-    row = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), height + 18),
-                    "white")
+    row = Image.new(
+        "RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), height + 18), "white"
+    )
     x = 0
     for tile in tiles:
         row.paste(tile, (x, 0))
@@ -58,8 +61,13 @@ def panel_row(panels: list[tuple[str, np.ndarray]], height: int = 224) -> Image.
     return row
 
 
-def feature_figure(photo: np.ndarray, raw: np.ndarray, clean: np.ndarray,
-                   artifact: np.ndarray, denoised: np.ndarray | None = None) -> Image.Image:
+def feature_figure(
+    photo: np.ndarray,
+    raw: np.ndarray,
+    clean: np.ndarray,
+    artifact: np.ndarray,
+    denoised: np.ndarray | None = None,
+) -> Image.Image:
     """Photo | PCA raw | PCA clean | [PCA denoised] | PCA of G | norm raw | norm clean."""
     maps = [raw, clean] + ([denoised] if denoised is not None else [])
     rgbs = shared_pca_images(maps)
@@ -68,6 +76,9 @@ def feature_figure(photo: np.ndarray, raw: np.ndarray, clean: np.ndarray,
     panels = [("photo", photo), ("raw (PCA)", rgbs[0]), ("clean F (PCA)", rgbs[1])]
     if denoised is not None:
         panels.append(("denoised (PCA)", rgbs[2]))
-    panels += [("artifact G (PCA)", g_rgb), ("|raw|", norm_image(raw, vmax)),
-               ("|clean|", norm_image(clean, vmax))]
+    panels += [
+        ("artifact G (PCA)", g_rgb),
+        ("|raw|", norm_image(raw, vmax)),
+        ("|clean|", norm_image(clean, vmax)),
+    ]
     return panel_row(panels)

@@ -61,11 +61,15 @@ class ArtifactModel:
     def check(self, extractor: FeatureExtractor, image_size: int) -> None:
         """Refuse to apply the pattern to another model, weights or input size."""
         if (extractor.model_name, extractor.weights_digest, image_size) != (
-                self.model, self.weights_digest, self.image_size):
+            self.model,
+            self.weights_digest,
+            self.image_size,
+        ):
             raise ValueError(
                 f"artifact model of {self.model} (weights {self.weights_digest[:12]}) at "
                 f"{self.image_size} px cannot clean {extractor.model_name} (weights "
-                f"{extractor.weights_digest[:12]}) at {image_size} px: calibrate one for them")
+                f"{extractor.weights_digest[:12]}) at {image_size} px: calibrate one for them"
+            )
 
     def pattern_for(self, grid: Sequence[int]) -> np.ndarray:
         """(h, w, C) float32 the pattern on an (h, w) token grid: the estimate itself on its
@@ -76,8 +80,9 @@ class ArtifactModel:
         if (grid_h, grid_w) == (height, width):
             return self.pattern
         flat = torch.from_numpy(self.pattern).reshape(1, height * width, channels)
-        resampled = resample_abs_pos_embed(flat, new_size=[grid_h, grid_w],
-                                           old_size=[height, width], num_prefix_tokens=0)
+        resampled = resample_abs_pos_embed(
+            flat, new_size=[grid_h, grid_w], old_size=[height, width], num_prefix_tokens=0
+        )
         return resampled.reshape(grid_h, grid_w, channels).numpy()
 
     def subtract(self, tokens: np.ndarray) -> np.ndarray:
@@ -87,9 +92,15 @@ class ArtifactModel:
         return tokens.astype(np.float32) - self.pattern_for(tokens.shape[-3:-1])
 
 
-def calibrate(extractor: FeatureExtractor, photos: Sequence[np.ndarray] | Mapping[str, np.ndarray],
-              image_size: int, crops_per_photo: int = 20, seed: int = 0,
-              scale: tuple[float, float] = (0.3, 0.9), batch_size: int = 16) -> ArtifactModel:
+def calibrate(
+    extractor: FeatureExtractor,
+    photos: Sequence[np.ndarray] | Mapping[str, np.ndarray],
+    image_size: int,
+    crops_per_photo: int = 20,
+    seed: int = 0,
+    scale: tuple[float, float] = (0.3, 0.9),
+    batch_size: int = 16,
+) -> ArtifactModel:
     """The per-position mean of raw tokens over ``crops_per_photo`` random crops of each photo.
 
     photos: (H, W, 3) uint8 RGB images of varied content (at least a few; 100+ crops in all
@@ -99,47 +110,71 @@ def calibrate(extractor: FeatureExtractor, photos: Sequence[np.ndarray] | Mappin
     if not images or crops_per_photo < 1:
         raise ValueError("calibration needs at least one photo and one crop per photo")
     if len(images) * crops_per_photo < MIN_CALIBRATION_CROPS:
-        logger.warning("artifact model from only %d crops of %d images: their own content stays "
-                       "in the pattern; calibrate on more photos (>= %d crops)",
-                       len(images) * crops_per_photo, len(images), MIN_CALIBRATION_CROPS)
+        logger.warning(
+            "artifact model from only %d crops of %d images: their own content stays "
+            "in the pattern; calibrate on more photos (>= %d crops)",
+            len(images) * crops_per_photo,
+            len(images),
+            MIN_CALIBRATION_CROPS,
+        )
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     crops = [random_crop(photo, rng, scale) for photo in images for _ in range(crops_per_photo)]
     total: torch.Tensor | None = None
     for begin in range(0, len(crops), batch_size):
-        batch = crops[begin:begin + batch_size]
+        batch = crops[begin : begin + batch_size]
         pixels = torch.stack([full_view_pixels(c, image_size) for c in batch])
         tokens = extractor(pixels).double().sum(0)
         total = tokens if total is None else total + tokens
     assert total is not None
     pattern = (total / len(crops)).float().cpu().numpy()
     seconds = time.perf_counter() - start
-    logger.info("calibrated %s at %d px on %d crops in %.1f s", extractor.model_name, image_size,
-                len(crops), seconds)
-    return ArtifactModel(extractor.model_name, extractor.weights_digest, image_size, pattern,
-                         len(crops), "calibration", seconds)
+    logger.info(
+        "calibrated %s at %d px on %d crops in %.1f s",
+        extractor.model_name,
+        image_size,
+        len(crops),
+        seconds,
+    )
+    return ArtifactModel(
+        extractor.model_name,
+        extractor.weights_digest,
+        image_size,
+        pattern,
+        len(crops),
+        "calibration",
+        seconds,
+    )
 
 
-def from_artifacts(artifacts: Sequence[np.ndarray], model: str, weights_digest: str,
-                   image_size: int) -> ArtifactModel:
+def from_artifacts(
+    artifacts: Sequence[np.ndarray], model: str, weights_digest: str, image_size: int
+) -> ArtifactModel:
     """The mean of stage-1 artifact maps G (each (h, w, C)) of many images."""
     if not len(artifacts):
         raise ValueError("no artifact maps to average")
     pattern = np.mean(np.stack([np.asarray(a, dtype=np.float32) for a in artifacts]), axis=0)
-    return ArtifactModel(model, weights_digest, image_size, pattern.astype(np.float32),
-                         len(artifacts), "stage1-G")
+    return ArtifactModel(
+        model, weights_digest, image_size, pattern.astype(np.float32), len(artifacts), "stage1-G"
+    )
 
 
-def write_artifact_model(uri: str, model: ArtifactModel,
-                         storage_options: dict[str, Any] | None = None) -> str:
+def write_artifact_model(
+    uri: str, model: ArtifactModel, storage_options: dict[str, Any] | None = None
+) -> str:
     """Store ``model`` at ``uri`` atomically (safetensors: the pattern, and its facts as
     metadata); returns the sha256 of the bytes, which identifies the pattern."""
     from safetensors.numpy import save
 
-    meta = {"model": model.model, "weights_digest": model.weights_digest,
-            "image_size": str(model.image_size), "samples": str(model.samples),
-            "source": model.source, "seconds": repr(model.seconds),
-            "dvt_schema_version": str(SCHEMA_VERSION)}
+    meta = {
+        "model": model.model,
+        "weights_digest": model.weights_digest,
+        "image_size": str(model.image_size),
+        "samples": str(model.samples),
+        "source": model.source,
+        "seconds": repr(model.seconds),
+        "dvt_schema_version": str(SCHEMA_VERSION),
+    }
     data = save({"pattern": np.ascontiguousarray(model.pattern, dtype=np.float32)}, meta)
     fs, path = filesystem(uri, storage_options)
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
@@ -147,8 +182,9 @@ def write_artifact_model(uri: str, model: ArtifactModel,
     return hashlib.sha256(data).hexdigest()
 
 
-def read_artifact_model(uri: str, storage_options: dict[str, Any] | None = None
-                        ) -> tuple[ArtifactModel, str]:
+def read_artifact_model(
+    uri: str, storage_options: dict[str, Any] | None = None
+) -> tuple[ArtifactModel, str]:
     """An artifact model written by ``write_artifact_model`` and the sha256 of its bytes."""
     from safetensors.numpy import load
 
@@ -156,9 +192,15 @@ def read_artifact_model(uri: str, storage_options: dict[str, Any] | None = None
     with fs.open(path, "rb") as fh:
         data = fh.read()
     # safetensors: an 8-byte little-endian header length, then the JSON header
-    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     meta = header.get("__metadata__") or {}
-    model = ArtifactModel(meta["model"], meta["weights_digest"], int(meta["image_size"]),
-                          load(data)["pattern"], int(meta["samples"]), meta["source"],
-                          float(meta.get("seconds", "0")))
+    model = ArtifactModel(
+        meta["model"],
+        meta["weights_digest"],
+        int(meta["image_size"]),
+        load(data)["pattern"],
+        int(meta["samples"]),
+        meta["source"],
+        float(meta.get("seconds", "0")),
+    )
     return model, hashlib.sha256(data).hexdigest()

@@ -36,16 +36,18 @@ BASELINE_TTA = ShiftConfig(views=10, pad=2, flip_prob=0.5)
 """The shift averaging a user would pick: 10 views, offsets of 0-4 patches, half flipped."""
 
 
-def raw_tokens(extractor: FeatureExtractor, images: Sequence[np.ndarray], size: int
-               ) -> np.ndarray:
+def raw_tokens(extractor: FeatureExtractor, images: Sequence[np.ndarray], size: int) -> np.ndarray:
     """(N, K, K, C) raw tokens of each (H, W, 3) uint8 image's full view, one at a time."""
-    return np.stack([extractor(full_view_pixels(im, size)[None])[0].cpu().numpy()
-                     for im in images])
+    return np.stack([extractor(full_view_pixels(im, size)[None])[0].cpu().numpy() for im in images])
 
 
-def baseline_outputs(extractor: FeatureExtractor, images: Sequence[np.ndarray], size: int,
-                     model: ArtifactModel, tta: ShiftConfig = BASELINE_TTA
-                     ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def baseline_outputs(
+    extractor: FeatureExtractor,
+    images: Sequence[np.ndarray],
+    size: int,
+    model: ArtifactModel,
+    tta: ShiftConfig = BASELINE_TTA,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """raw, calib, tta and calib+tta tokens (N, K, K, C) of ``images``, and each one's seconds
     per image (image i's shifted views are drawn with seed i)."""
     model.check(extractor, size)
@@ -57,8 +59,9 @@ def baseline_outputs(extractor: FeatureExtractor, images: Sequence[np.ndarray], 
     pattern = torch.from_numpy(model.pattern).to(extractor.device)
     for name, pat in (("tta", None), ("calib+tta", pattern)):
         start = time.perf_counter()
-        outputs[name] = np.stack([tta_tokens(extractor, im, size, tta, i, pat).numpy()
-                                  for i, im in enumerate(images)])
+        outputs[name] = np.stack(
+            [tta_tokens(extractor, im, size, tta, i, pat).numpy() for i, im in enumerate(images)]
+        )
         seconds[name] = (time.perf_counter() - start) / len(images)
     return outputs, seconds
 
@@ -70,9 +73,14 @@ def bilinear_fine(tokens: np.ndarray, scale: int) -> np.ndarray:
     return up[0].permute(1, 2, 0).numpy()
 
 
-def joint_bilateral_fine(tokens: np.ndarray, colours: torch.Tensor, scale: int,
-                         sigma_space: float = 1.0, sigma_colour: float = 0.1,
-                         radius: int = 2) -> np.ndarray:
+def joint_bilateral_fine(
+    tokens: np.ndarray,
+    colours: torch.Tensor,
+    scale: int,
+    sigma_space: float = 1.0,
+    sigma_colour: float = 0.1,
+    radius: int = 2,
+) -> np.ndarray:
     """Joint bilateral upsampling of (h, w, C) ``tokens`` to (s*h, s*w, C), guided by the
     image's fine-cell colours (3, s*h, s*w): each cell is the mean of the tokens within
     ``radius`` tokens, weighted by exp(-d^2 / 2 sigma_space^2) (d: distance of the cell's
@@ -84,8 +92,10 @@ def joint_bilateral_fine(tokens: np.ndarray, colours: torch.Tensor, scale: int,
     token_colour = F.avg_pool2d(colours[None].float(), scale)[0].permute(1, 2, 0)  # (h, w, 3)
     centre = (torch.arange(height * scale) + 0.5) / scale - 0.5  # cell centres, token units
     centre_x = (torch.arange(width * scale) + 0.5) / scale - 0.5
-    home_y, home_x = torch.div(torch.arange(height * scale), scale, rounding_mode="floor"), \
-        torch.div(torch.arange(width * scale), scale, rounding_mode="floor")
+    home_y, home_x = (
+        torch.div(torch.arange(height * scale), scale, rounding_mode="floor"),
+        torch.div(torch.arange(width * scale), scale, rounding_mode="floor"),
+    )
     total = torch.zeros(height * scale, width * scale, channels)
     norm = torch.zeros(height * scale, width * scale, 1)
     for dy in range(-radius, radius + 1):
@@ -95,37 +105,67 @@ def joint_bilateral_fine(tokens: np.ndarray, colours: torch.Tensor, scale: int,
             ty_c, tx_c = ty.clamp(0, height - 1), tx.clamp(0, width - 1)
             dist = (centre - ty.float())[:, None] ** 2 + (centre_x - tx.float())[None, :] ** 2
             near = token_colour[ty_c][:, tx_c]  # (s*h, s*w, 3)
-            weight = torch.exp(-dist / (2 * sigma_space ** 2)) * torch.exp(
-                -(guide - near).pow(2).sum(-1) / (2 * sigma_colour ** 2)) * inside
+            weight = (
+                torch.exp(-dist / (2 * sigma_space**2))
+                * torch.exp(-(guide - near).pow(2).sum(-1) / (2 * sigma_colour**2))
+                * inside
+            )
             total += weight[..., None] * x[ty_c][:, tx_c]
             norm += weight[..., None]
     return (total / norm.clamp_min(1e-12)).numpy()
 
 
-def subpatch_average(extractor: FeatureExtractor, rgb: np.ndarray, size: int, scale: int,
-                     hr_views: int, model: ArtifactModel, seed: int) -> np.ndarray:
+def subpatch_average(
+    extractor: FeatureExtractor,
+    rgb: np.ndarray,
+    size: int,
+    scale: int,
+    hr_views: int,
+    model: ArtifactModel,
+    seed: int,
+) -> np.ndarray:
     """Sub-patch shift averaging of one (H, W, 3) uint8 image at ``size`` px, (s*K, s*K, C):
     the 10 shift views and ``hr_views`` more at the other phases (the views ``clean_hr``
     sees), the artifact model removed from each."""
     grid = size // extractor.patch_size
     tokens, views = shift_view_tokens(extractor, rgb, size, BASELINE_TTA, seed)
-    all_tokens, cells, _ = subpatch_view_tokens(extractor, rgb, (grid, grid), scale, tokens,
-                                                views, hr_views, BASELINE_TTA.pad,
-                                                BASELINE_TTA.flip_prob, seed + 1)
+    all_tokens, cells, _ = subpatch_view_tokens(
+        extractor,
+        rgb,
+        (grid, grid),
+        scale,
+        tokens,
+        views,
+        hr_views,
+        BASELINE_TTA.pad,
+        BASELINE_TTA.flip_prob,
+        seed + 1,
+    )
     pattern = torch.from_numpy(model.pattern_for((grid, grid))).to(all_tokens.device)
-    return shift_average_fine(all_tokens, cells, pattern, (grid * scale, grid * scale)
-                              ).cpu().numpy()
+    return (
+        shift_average_fine(all_tokens, cells, pattern, (grid * scale, grid * scale)).cpu().numpy()
+    )
 
 
-FINE_BASELINES = ("raw_bilinear", "calib+tta_bilinear", "calib+tta_joint_bilateral",
-                  "subpatch_average")
+FINE_BASELINES = (
+    "raw_bilinear",
+    "calib+tta_bilinear",
+    "calib+tta_joint_bilateral",
+    "subpatch_average",
+)
 """The free upsamplers ``clean_hr`` stands beside, as named in reports."""
 
 
-def fine_baseline_outputs(extractor: FeatureExtractor, images: Sequence[np.ndarray], size: int,
-                          scale: int, model: ArtifactModel, raw: np.ndarray,
-                          calib_tta: np.ndarray, hr_views: int
-                          ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def fine_baseline_outputs(
+    extractor: FeatureExtractor,
+    images: Sequence[np.ndarray],
+    size: int,
+    scale: int,
+    model: ArtifactModel,
+    raw: np.ndarray,
+    calib_tta: np.ndarray,
+    hr_views: int,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """``FINE_BASELINES`` (N, s*K, s*K, C) of square ``images`` whose raw and calib+tta tokens
     (N, K, K, C) are given, and each one's seconds per image beyond those tokens."""
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in FINE_BASELINES}
@@ -137,12 +177,16 @@ def fine_baseline_outputs(extractor: FeatureExtractor, images: Sequence[np.ndarr
             spent[name] += time.perf_counter() - start
         start = time.perf_counter()
         colours = cell_colours(rgb, (size, size), extractor.patch_size, scale)
-        outputs["calib+tta_joint_bilateral"].append(joint_bilateral_fine(calib_tta[i], colours,
-                                                                         scale))
+        outputs["calib+tta_joint_bilateral"].append(
+            joint_bilateral_fine(calib_tta[i], colours, scale)
+        )
         spent["calib+tta_joint_bilateral"] += time.perf_counter() - start
         start = time.perf_counter()
-        outputs["subpatch_average"].append(subpatch_average(extractor, rgb, size, scale,
-                                                            hr_views, model, i))
+        outputs["subpatch_average"].append(
+            subpatch_average(extractor, rgb, size, scale, hr_views, model, i)
+        )
         spent["subpatch_average"] += time.perf_counter() - start
-    return ({k: np.stack(v) for k, v in outputs.items()},
-            {k: v / len(images) for k, v in spent.items()})
+    return (
+        {k: np.stack(v) for k, v in outputs.items()},
+        {k: v / len(images) for k, v in spent.items()},
+    )

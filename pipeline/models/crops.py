@@ -20,7 +20,7 @@ class CropBox:
 
     def apply(self, array: np.ndarray) -> np.ndarray:
         """Cut (H, W, ...) ``array`` (a photo or its label map) the same way."""
-        crop = array[self.y:self.y + self.h, self.x:self.x + self.w]
+        crop = array[self.y : self.y + self.h, self.x : self.x + self.w]
         return np.ascontiguousarray(crop[:, ::-1] if self.flip else crop)
 
     def to_photo(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -35,8 +35,9 @@ class CropBox:
         return (1.0 - u if self.flip else u), v
 
 
-def random_crop_box(height: int, width: int, rng: np.random.Generator,
-                    scale: tuple[float, float] = (0.3, 0.9)) -> CropBox:
+def random_crop_box(
+    height: int, width: int, rng: np.random.Generator, scale: tuple[float, float] = (0.3, 0.9)
+) -> CropBox:
     """A random place, scale (share of each side) and horizontal flip in a height x width image."""
     s = rng.uniform(*scale)
     h, w = max(16, int(height * s)), max(16, int(width * s))
@@ -44,8 +45,9 @@ def random_crop_box(height: int, width: int, rng: np.random.Generator,
     return CropBox(y, x, h, w, bool(rng.random() < 0.5))
 
 
-def random_crop(photo: np.ndarray, rng: np.random.Generator,
-                scale: tuple[float, float] = (0.3, 0.9)) -> np.ndarray:
+def random_crop(
+    photo: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.3, 0.9)
+) -> np.ndarray:
     """A random place, scale (share of each side) and horizontal flip of (H, W, 3) ``photo``."""
     return random_crop_box(photo.shape[0], photo.shape[1], rng, scale).apply(photo)
 

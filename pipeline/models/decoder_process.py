@@ -108,8 +108,10 @@ class DecoderProcess:
             path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
             self._child = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.models.decoder_process"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                env={**os.environ, "PYTHONPATH": path})
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": path},
+            )
         return self._child
 
     def _kill(self) -> str:
@@ -139,8 +141,11 @@ class DecoderProcess:
         fd = child.stdout.fileno()
         for i in [i for i, slot in enumerate(out) if slot is None]:
             try:  # one image at a time: neither side ever blocks on a full pipe
-                _write_frame(child.stdin, {"max_pixels": self.max_pixels,
-                                           "min_side": self.min_side}, batch[i])
+                _write_frame(
+                    child.stdin,
+                    {"max_pixels": self.max_pixels, "min_side": self.min_side},
+                    batch[i],
+                )
             except OSError as err:  # a broken pipe: the child died
                 raise DecoderDied(self._kill()) from err
             deadline = time.monotonic() + self.timeout_s if self.timeout_s else None
@@ -148,10 +153,18 @@ class DecoderProcess:
                 header, pixels = _read_frame(fd, deadline)
             except DecoderDied as err:
                 how = self._kill()
-                raise DecoderDied(f"took longer than {self.timeout_s:g} s and was killed"
-                                  if str(err) == "timed out" else how) from None
-            out[i] = Decoded(pixels, header.get("height", 0), header.get("width", 0),
-                             header.get("error_class", ""), header.get("reason", ""))
+                raise DecoderDied(
+                    f"took longer than {self.timeout_s:g} s and was killed"
+                    if str(err) == "timed out"
+                    else how
+                ) from None
+            out[i] = Decoded(
+                pixels,
+                header.get("height", 0),
+                header.get("width", 0),
+                header.get("error_class", ""),
+                header.get("reason", ""),
+            )
 
     def decode(self, batch: list[bytes]) -> list[Decoded]:
         """Each encoded image decoded to RGB, or its error; a crash costs only its image."""
@@ -167,8 +180,9 @@ class DecoderProcess:
                     out[suspect] = alone[0]
                 except DecoderDied as again:
                     logger.warning("an input killed the decoder twice (%s; %s)", first, again)
-                    out[suspect] = Decoded(error_class="DecoderCrashed",
-                                           reason=f"{CRASHED}: the decoder {again}")
+                    out[suspect] = Decoded(
+                        error_class="DecoderCrashed", reason=f"{CRASHED}: the decoder {again}"
+                    )
         return [slot for slot in out if slot is not None]
 
     def close(self) -> None:
@@ -199,13 +213,15 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> None:
         except DecoderDied:
             return  # the parent closed the pipe
         try:
-            rgb = decode_image(data, max_pixels=header["max_pixels"],
-                               min_side=header["min_side"])
+            rgb = decode_image(data, max_pixels=header["max_pixels"], min_side=header["min_side"])
         except Exception as err:  # the image's own error, reported, never fatal
             _write_frame(out, {"error_class": type(err).__name__, "reason": str(err)[:500]})
             continue
-        _write_frame(out, {"height": int(rgb.shape[0]), "width": int(rgb.shape[1])},
-                     np.ascontiguousarray(rgb).data)
+        _write_frame(
+            out,
+            {"height": int(rgb.shape[0]), "width": int(rgb.shape[1])},
+            np.ascontiguousarray(rgb).data,
+        )
 
 
 if __name__ == "__main__":

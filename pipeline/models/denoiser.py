@@ -103,7 +103,8 @@ class Denoiser(nn.Module):
         self.block = Block(cfg.channels, cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True)
         self.more_blocks = nn.ModuleList(  # none at depth 1: the method's single block
             Block(cfg.channels, cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True)
-            for _ in range(cfg.depth - 1))
+            for _ in range(cfg.depth - 1)
+        )
         self._resampled: dict[tuple, torch.Tensor] = {}
         for block in (self.block, *self.more_blocks):  # identity at start
             for layer in (block.attn.proj, block.mlp.fc2):
@@ -119,8 +120,12 @@ class Denoiser(nn.Module):
         height, width, channels = pattern.shape
         flat = pattern.reshape(1, height * width, channels).float()
         if (height, width) != (self.cfg.grid, self.cfg.grid):
-            flat = resample_abs_pos_embed(flat, new_size=[self.cfg.grid, self.cfg.grid],
-                                          old_size=[height, width], num_prefix_tokens=0)
+            flat = resample_abs_pos_embed(
+                flat,
+                new_size=[self.cfg.grid, self.cfg.grid],
+                old_size=[height, width],
+                num_prefix_tokens=0,
+            )
         self.pos_embed.copy_(-flat)
 
     def positional_embedding(self, height: int, width: int) -> torch.Tensor:
@@ -129,21 +134,28 @@ class Denoiser(nn.Module):
         if (height, width) == (grid, grid):
             return self.pos_embed
         if torch.is_grad_enabled():
-            return resample_abs_pos_embed(self.pos_embed, new_size=[height, width],
-                                          old_size=[grid, grid], num_prefix_tokens=0)
+            return resample_abs_pos_embed(
+                self.pos_embed, new_size=[height, width], old_size=[grid, grid], num_prefix_tokens=0
+            )
         # inference: resample once per grid (and per update of the embedding), not per batch
         key = (height, width, self.pos_embed._version, self.pos_embed.device)
         if key not in self._resampled:
-            self._resampled = {key: resample_abs_pos_embed(
-                self.pos_embed.detach(), new_size=[height, width], old_size=[grid, grid],
-                num_prefix_tokens=0)}
+            self._resampled = {
+                key: resample_abs_pos_embed(
+                    self.pos_embed.detach(),
+                    new_size=[height, width],
+                    old_size=[grid, grid],
+                    num_prefix_tokens=0,
+                )
+            }
         return self._resampled[key]
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, h, w, C) -> (B, h, w, C) in the same dtype."""
         if tokens.ndim != 4 or tokens.shape[-1] != self.cfg.channels:
-            raise ValueError(f"expected tokens (B, h, w, {self.cfg.channels}), "
-                             f"got {tuple(tokens.shape)}")
+            raise ValueError(
+                f"expected tokens (B, h, w, {self.cfg.channels}), got {tuple(tokens.shape)}"
+            )
         batch, height, width, channels = tokens.shape
         x = tokens.reshape(batch, height * width, channels)
         x = self.block(x + self.positional_embedding(height, width).to(x.dtype))
@@ -152,9 +164,13 @@ class Denoiser(nn.Module):
         return x.reshape(batch, height, width, channels)
 
 
-def save_denoiser(denoiser: Denoiser, uri: str, meta: dict[str, Any],
-                  storage_options: dict[str, Any] | None = None,
-                  dtype: torch.dtype | None = None) -> None:
+def save_denoiser(
+    denoiser: Denoiser,
+    uri: str,
+    meta: dict[str, Any],
+    storage_options: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
     """Write ``denoiser.safetensors`` then ``denoiser.json`` (config, ``meta`` and the weights'
     sha256) under ``uri``, each atomically: a crash leaves the old export or the new one, and a
     JSON that does not match its weights (a crash between the two) is refused on load.
@@ -162,24 +178,31 @@ def save_denoiser(denoiser: Denoiser, uri: str, meta: dict[str, Any],
     back as float32."""
     fs, root = filesystem(uri, storage_options)
     fs.makedirs(root, exist_ok=True)
-    state = {k: v.detach().cpu().to(dtype or v.dtype).contiguous()
-             for k, v in denoiser.state_dict().items()}
+    state = {
+        k: v.detach().cpu().to(dtype or v.dtype).contiguous()
+        for k, v in denoiser.state_dict().items()
+    }
     weights = save_safetensors(state)
     put_atomic(fs, posixpath.join(root, WEIGHTS_FILE), weights)
-    doc = {"format": "dvt-denoiser/1", "config": dataclasses.asdict(denoiser.cfg), **meta,
-           "weights_sha256": hashlib.sha256(weights).hexdigest()}
+    doc = {
+        "format": "dvt-denoiser/1",
+        "config": dataclasses.asdict(denoiser.cfg),
+        **meta,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+    }
     put_atomic(fs, posixpath.join(root, META_FILE), json.dumps(doc, indent=2).encode())
 
 
-def read_denoiser_meta(uri: str, storage_options: dict[str, Any] | None = None
-                       ) -> dict[str, Any]:
+def read_denoiser_meta(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON beside an exported denoiser (a folder, a URI or a shipped name)."""
     uri = resolve_denoiser(uri)
     fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     path = posixpath.join(root, META_FILE)
     if not fs.exists(path):
-        raise FileNotFoundError(f"no exported denoiser at {uri} (missing {META_FILE}; shipped "
-                                f"denoisers: {', '.join(shipped_denoisers()) or 'none'})")
+        raise FileNotFoundError(
+            f"no exported denoiser at {uri} (missing {META_FILE}; shipped "
+            f"denoisers: {', '.join(shipped_denoisers()) or 'none'})"
+        )
     with fs.open(path, "rb") as fh:
         return json.load(fh)
 
@@ -192,8 +215,9 @@ def require_export(uri: str, storage_options: dict[str, Any] | None = None) -> N
         raise MissingInput(f"{err}: check --denoiser (denoiser.uri)") from err
 
 
-def load_denoiser(uri: str, device: str | torch.device = "cpu",
-                  storage_options: dict[str, Any] | None = None) -> Denoiser:
+def load_denoiser(
+    uri: str, device: str | torch.device = "cpu", storage_options: dict[str, Any] | None = None
+) -> Denoiser:
     """An exported denoiser (folder path, URI or shipped name), in eval mode, float32;
     ``.meta`` holds its JSON."""
     uri = resolve_denoiser(uri)
@@ -204,8 +228,10 @@ def load_denoiser(uri: str, device: str | torch.device = "cpu",
         data = fh.read()
     expected = meta.get("weights_sha256")
     if expected and hashlib.sha256(data).hexdigest() != expected:
-        raise ValueError(f"the denoiser at {uri} is incomplete: {WEIGHTS_FILE} does not match "
-                         f"{META_FILE} (an export was interrupted); export it again")
+        raise ValueError(
+            f"the denoiser at {uri} is incomplete: {WEIGHTS_FILE} does not match "
+            f"{META_FILE} (an export was interrupted); export it again"
+        )
     state = {k: v.float() for k, v in load_safetensors(data).items()}  # nothing is unpickled
     denoiser = Denoiser(cfg)
     denoiser.load_state_dict(state, strict=True)
@@ -219,16 +245,22 @@ class DenoisedViT(nn.Module):
     def __init__(self, extractor: FeatureExtractor, denoiser: Denoiser) -> None:
         super().__init__()
         if extractor.embed_dim != denoiser.cfg.channels:
-            raise ValueError(f"{extractor.model_name} has {extractor.embed_dim} channels, the "
-                             f"denoiser expects {denoiser.cfg.channels}")
+            raise ValueError(
+                f"{extractor.model_name} has {extractor.embed_dim} channels, the "
+                f"denoiser expects {denoiser.cfg.channels}"
+            )
         self.extractor = extractor
         self.vit = extractor.model  # registered so .to() and .state_dict() see it
         self.denoiser = denoiser.to(extractor.device)
 
     @classmethod
-    def from_pretrained(cls, uri: str, weights: str | None = None,
-                        device: str | torch.device | None = None,
-                        storage_options: dict[str, Any] | None = None) -> DenoisedViT:
+    def from_pretrained(
+        cls,
+        uri: str,
+        weights: str | None = None,
+        device: str | torch.device | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> DenoisedViT:
         """Build the ViT the denoiser was trained on and load both. ``uri``: an export folder
         (path or URI) or a shipped name (``"dinov2_vits14"``).
 
@@ -238,12 +270,14 @@ class DenoisedViT(nn.Module):
         """
         denoiser = load_denoiser(uri, "cpu", storage_options)
         meta = denoiser.meta
-        extractor = load_extractor(meta["model"], weights or meta.get("weights", "hub"),
-                                   device=device)
+        extractor = load_extractor(
+            meta["model"], weights or meta.get("weights", "hub"), device=device
+        )
         if meta.get("weights_digest") and extractor.weights_digest != meta["weights_digest"]:
             raise ValueError(
                 f"ViT weights digest {extractor.weights_digest[:12]} differs from the "
-                f"{meta['weights_digest'][:12]} the denoiser at {uri} was trained on")
+                f"{meta['weights_digest'][:12]} the denoiser at {uri} was trained on"
+            )
         return cls(extractor, denoiser)
 
     @torch.inference_mode()

@@ -65,6 +65,7 @@ def similarity_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per image, the mean squared difference between the (h*w, h*w) cosine-similarity
     matrices of predicted and target tokens: what nearest-neighbour matching reads, beside
     the per-token values L_dist reads. (B, h, w, C) pairs -> (B,)."""
+
     def gram(x: torch.Tensor) -> torch.Tensor:
         unit = F.normalize(x.flatten(1, 2).float(), dim=-1)
         return unit @ unit.transpose(1, 2)
@@ -88,10 +89,16 @@ def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
     return warmup_cosine(step, total_steps, cfg.warmup_fraction, cfg.min_lr_fraction)
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               batch: Sequence[tuple[torch.Tensor, torch.Tensor]], step: int, total_steps: int,
-               cfg: TrainConfig, lr: float,
-               clip_params: Iterable[torch.nn.Parameter] | None = None) -> float:
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    step: int,
+    total_steps: int,
+    cfg: TrainConfig,
+    lr: float,
+    clip_params: Iterable[torch.nn.Parameter] | None = None,
+) -> float:
     """One optimiser step on a batch of raw -> target tokens; the batch loss (mean over its
     images).
 
@@ -124,9 +131,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     return loss
 
 
-def train_denoiser(denoiser: torch.nn.Module,
-                   pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig
-                   ) -> list[float]:
+def train_denoiser(
+    denoiser: torch.nn.Module, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig
+) -> list[float]:
     """Train ``denoiser`` in a plain loop (no Ray) on raw -> target pairs, one (N_g, h_g, w_g,
     C) pair per token grid (several grids: several input sizes), the same steps as the Ray
     Train job on one worker: every epoch shuffles all images together and each step's batch
@@ -135,8 +142,10 @@ def train_denoiser(denoiser: torch.nn.Module,
         raise ValueError("no training pairs")
     for raw, target in pairs:
         if raw.shape != target.shape or raw.ndim != 4:
-            raise ValueError(f"raw {tuple(raw.shape)} and target {tuple(target.shape)} must be "
-                             "one (N, h, w, C) shape")
+            raise ValueError(
+                f"raw {tuple(raw.shape)} and target {tuple(target.shape)} must be "
+                "one (N, h, w, C) shape"
+            )
     owner = torch.cat([torch.full((len(raw),), g) for g, (raw, _) in enumerate(pairs)])
     local = torch.cat([torch.arange(len(raw)) for raw, _ in pairs])
     batch = min(cfg.batch_size, len(owner))
@@ -151,7 +160,7 @@ def train_denoiser(denoiser: torch.nn.Module,
         order = torch.randperm(len(owner), generator=gen)
         epoch = 0.0
         for k in range(steps_per_epoch):
-            picked = order[k * batch:(k + 1) * batch]
+            picked = order[k * batch : (k + 1) * batch]
             groups = []
             for g, (raw, target) in enumerate(pairs):
                 idx = local[picked[owner[picked] == g]]
@@ -175,8 +184,13 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch
     no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         (decay if param.ndim >= 2 and "pos_embed" not in name else no_decay).append(param)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+    )
 
 
 class ValidationSums:
@@ -194,18 +208,34 @@ class ValidationSums:
         """raw, pred, target (B, h, w, C) of one batch."""
         raw, pred, target = raw.float(), pred.float(), target.float()
         n, tokens = raw.shape[0], raw.shape[0] * raw.shape[1] * raw.shape[2]
-        self.values += torch.tensor([
-            float(denoise_loss(pred, target)) * n, float(denoise_loss(raw, target)) * n,
-            float(token_cosine(pred, target).sum()), float(token_cosine(raw, target).sum()),
-            float(tokens), float(n),
-        ], dtype=torch.float64)
+        self.values += torch.tensor(
+            [
+                float(denoise_loss(pred, target)) * n,
+                float(denoise_loss(raw, target)) * n,
+                float(token_cosine(pred, target).sum()),
+                float(token_cosine(raw, target).sum()),
+                float(tokens),
+                float(n),
+            ],
+            dtype=torch.float64,
+        )
 
     def metrics(self) -> dict[str, float]:
         """val_loss and val_raw_loss (means over images), val_cos and val_raw_cos (per token)."""
         loss, raw_loss, cos, raw_cos, tokens, n = self.values.tolist()
         if n == 0:
             nan = float("nan")
-            return {"val_loss": nan, "val_raw_loss": nan, "val_cos": nan, "val_raw_cos": nan,
-                    "val_images": 0}
-        return {"val_loss": loss / n, "val_raw_loss": raw_loss / n, "val_cos": cos / tokens,
-                "val_raw_cos": raw_cos / tokens, "val_images": int(n)}
+            return {
+                "val_loss": nan,
+                "val_raw_loss": nan,
+                "val_cos": nan,
+                "val_raw_cos": nan,
+                "val_images": 0,
+            }
+        return {
+            "val_loss": loss / n,
+            "val_raw_loss": raw_loss / n,
+            "val_cos": cos / tokens,
+            "val_raw_cos": raw_cos / tokens,
+            "val_images": int(n),
+        }

@@ -77,8 +77,12 @@ def extract_views(
     the image's token grid (``views.token_grid``)."""
     patch = extractor.patch_size
     grid_h, grid_w = token_grid(cfg.resize, rgb.shape[:2], size, patch)
-    layout = sample_layout(rgb.shape[:2], cfg.views, derive_seed(image_id, cfg.seed, "views"),
-                           view_aspect=grid_w / grid_h)
+    layout = sample_layout(
+        rgb.shape[:2],
+        cfg.views,
+        derive_seed(image_id, cfg.seed, "views"),
+        view_aspect=grid_w / grid_h,
+    )
     image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).to(extractor.device)
     store_dtype = torch.float16 if extractor.device.type == "cuda" else torch.float32
     chunks = []
@@ -103,8 +107,7 @@ def _clean_batch(
     ``prior``'s pattern when the preset asks for it), package the results."""
     start = time.perf_counter()
     extracted = [
-        extract_views(extractor, rgb, iid, cfg, size)
-        for rgb, iid in zip(images, ids, strict=True)
+        extract_views(extractor, rgb, iid, cfg, size) for rgb, iid in zip(images, ids, strict=True)
     ]
     features = torch.stack([t for t, _ in extracted])
     coords = torch.stack([c for _, c in extracted])
@@ -134,46 +137,78 @@ def _clean_batch(
     return results
 
 
-def _shift_one(extractor: FeatureExtractor, rgb: np.ndarray, image_id: str, cfg: EngineConfig,
-               size: int, prior: ArtifactModel) -> CleanResult:
+def _shift_one(
+    extractor: FeatureExtractor,
+    rgb: np.ndarray,
+    image_id: str,
+    cfg: EngineConfig,
+    size: int,
+    prior: ArtifactModel,
+) -> CleanResult:
     """The shift decomposition of one image: raw = the full view's tokens, clean = F, artifact
     = this image's G (near the artifact model's pattern)."""
     start = time.perf_counter()
     patch = extractor.patch_size
     grid = token_grid(cfg.resize, rgb.shape[:2], size, patch)
-    tokens, views = shift_view_tokens(extractor, rgb, (grid[0] * patch, grid[1] * patch),
-                                      cfg.shift, derive_seed(image_id, cfg.seed, "shift"),
-                                      cfg.vit_batch_size)
+    tokens, views = shift_view_tokens(
+        extractor,
+        rgb,
+        (grid[0] * patch, grid[1] * patch),
+        cfg.shift,
+        derive_seed(image_id, cfg.seed, "shift"),
+        cfg.vit_batch_size,
+    )
     extract_seconds = time.perf_counter() - start
     pattern = torch.from_numpy(prior.pattern_for(grid)).to(tokens.device)
-    content, artifact = decompose_shift_views(tokens, views, cfg.shift.pad, pattern,
-                                              cfg.shift.prior_weight, cfg.shift.iterations)
+    content, artifact = decompose_shift_views(
+        tokens, views, cfg.shift.pad, pattern, cfg.shift.prior_weight, cfg.shift.iterations
+    )
     clean_hr: torch.Tensor | None = None
     hr_metrics: dict[str, Any] = {}
     if cfg.upsample > 1:
-        clean_hr, hr_metrics = fine_content(extractor, rgb, image_id, cfg, grid, tokens, views,
-                                            content, artifact)
+        clean_hr, hr_metrics = fine_content(
+            extractor, rgb, image_id, cfg, grid, tokens, views, content, artifact
+        )
     raw = tokens[0].float()
     err = (raw - content - artifact).pow(2).sum()
     var = (raw - raw.mean((0, 1))).pow(2).sum().clamp_min(1e-12)
-    metrics = {"final_loss": float(err / raw[..., 0].numel()), "r2": float(1 - err / var),
-               "artifact_ratio": float(artifact.norm(dim=-1).mean() / raw.norm(dim=-1).mean()),
-               "extract_seconds": extract_seconds,
-               "fit_seconds": time.perf_counter() - start - extract_seconds}
+    metrics = {
+        "final_loss": float(err / raw[..., 0].numel()),
+        "r2": float(1 - err / var),
+        "artifact_ratio": float(artifact.norm(dim=-1).mean() / raw.norm(dim=-1).mean()),
+        "extract_seconds": extract_seconds,
+        "fit_seconds": time.perf_counter() - start - extract_seconds,
+    }
     metrics |= hr_metrics
     metrics["seconds"] = time.perf_counter() - start
-    ok = bool(torch.isfinite(content).all() and torch.isfinite(artifact).all()
-              and (clean_hr is None or torch.isfinite(clean_hr).all()))
-    return CleanResult(image_id, raw.cpu().numpy(), content.cpu().numpy(),
-                       artifact.cpu().numpy(), metrics, ok,
-                       None if ok else "decomposition is not finite",
-                       None if clean_hr is None else clean_hr.cpu().numpy())
+    ok = bool(
+        torch.isfinite(content).all()
+        and torch.isfinite(artifact).all()
+        and (clean_hr is None or torch.isfinite(clean_hr).all())
+    )
+    return CleanResult(
+        image_id,
+        raw.cpu().numpy(),
+        content.cpu().numpy(),
+        artifact.cpu().numpy(),
+        metrics,
+        ok,
+        None if ok else "decomposition is not finite",
+        None if clean_hr is None else clean_hr.cpu().numpy(),
+    )
 
 
-def fine_content(extractor: FeatureExtractor, rgb: np.ndarray, image_id: str, cfg: EngineConfig,
-                 grid: tuple[int, int], tokens: torch.Tensor, views: list[ShiftView],
-                 content: torch.Tensor, artifact: torch.Tensor
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
+def fine_content(
+    extractor: FeatureExtractor,
+    rgb: np.ndarray,
+    image_id: str,
+    cfg: EngineConfig,
+    grid: tuple[int, int],
+    tokens: torch.Tensor,
+    views: list[ShiftView],
+    content: torch.Tensor,
+    artifact: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """clean_hr (s*h, s*w, C) of one image from its shift views' tokens (phase 0) and
     ``cfg.hr.views`` more at the other sub-patch phases, G held at the shift decomposition's
     ``artifact``, by ``cfg.hr.estimator`` (the solve starts from ``content`` upsampled). Also
@@ -181,20 +216,41 @@ def fine_content(extractor: FeatureExtractor, rgb: np.ndarray, image_id: str, cf
     start = time.perf_counter()
     scale = cfg.upsample
     all_tokens, cells, guide = subpatch_view_tokens(
-        extractor, rgb, grid, scale, tokens, views, cfg.hr.views, cfg.shift.pad,
-        cfg.shift.flip_prob, derive_seed(image_id, cfg.seed, "subpatch"), cfg.vit_batch_size)
+        extractor,
+        rgb,
+        grid,
+        scale,
+        tokens,
+        views,
+        cfg.hr.views,
+        cfg.shift.pad,
+        cfg.shift.flip_prob,
+        derive_seed(image_id, cfg.seed, "subpatch"),
+        cfg.vit_batch_size,
+    )
     fine = (grid[0] * scale, grid[1] * scale)
     if cfg.hr.estimator == "average":
         averaged = shift_average_fine(all_tokens, cells, artifact, fine)
         return averaged, {"hr_seconds": time.perf_counter() - start}
-    first = F.interpolate(content.permute(2, 0, 1)[None].float(), size=fine, mode="bilinear",
-                          align_corners=False)[0].permute(1, 2, 0)
-    solve = solve_fine_content(all_tokens, cells, artifact, fine,
-                               guide_weights(guide, cfg.hr.sigma), cfg.hr.smooth, first,
-                               cfg.hr.iterations, cfg.hr.tolerance)
-    return solve.content, {"hr_seconds": time.perf_counter() - start,
-                           "hr_iterations": float(solve.iterations),
-                           "hr_residual": solve.relative_residual}
+    first = F.interpolate(
+        content.permute(2, 0, 1)[None].float(), size=fine, mode="bilinear", align_corners=False
+    )[0].permute(1, 2, 0)
+    solve = solve_fine_content(
+        all_tokens,
+        cells,
+        artifact,
+        fine,
+        guide_weights(guide, cfg.hr.sigma),
+        cfg.hr.smooth,
+        first,
+        cfg.hr.iterations,
+        cfg.hr.tolerance,
+    )
+    return solve.content, {
+        "hr_seconds": time.perf_counter() - start,
+        "hr_iterations": float(solve.iterations),
+        "hr_residual": solve.relative_residual,
+    }
 
 
 def clean_images(
@@ -228,9 +284,11 @@ def clean_images(
     results: list[CleanResult] = []
     if cfg.needs_artifact_model:
         if artifact_model is None:
-            raise ValueError(f"preset {cfg.name!r} needs an artifact model: pass "
-                             "artifact_model=pipeline.models.artifact_model.calibrate(extractor, "
-                             "photos, image_size)")
+            raise ValueError(
+                f"preset {cfg.name!r} needs an artifact model: pass "
+                "artifact_model=pipeline.models.artifact_model.calibrate(extractor, "
+                "photos, image_size)"
+            )
         artifact_model.check(extractor, size)
     else:
         artifact_model = None  # a fit without a prior ignores it
@@ -243,10 +301,13 @@ def clean_images(
         logger.info("cleaned %d images (preset %s)", len(results), cfg.name)
         return results
     by_index: dict[int, CleanResult] = {}
-    for batch in fit_batches([token_grid(cfg.resize, rgb.shape[:2], size, extractor.patch_size)
-                              for rgb in rgbs], cfg.images_per_fit):
-        cleaned = _clean_batch(extractor, [rgbs[i] for i in batch], [ids[i] for i in batch],
-                               cfg, size, artifact_model)
+    for batch in fit_batches(
+        [token_grid(cfg.resize, rgb.shape[:2], size, extractor.patch_size) for rgb in rgbs],
+        cfg.images_per_fit,
+    ):
+        cleaned = _clean_batch(
+            extractor, [rgbs[i] for i in batch], [ids[i] for i in batch], cfg, size, artifact_model
+        )
         by_index.update(zip(batch, cleaned, strict=True))
         logger.info("cleaned %d/%d images (preset %s)", len(by_index), len(rgbs), cfg.name)
     return [by_index[i] for i in range(len(rgbs))]
@@ -259,5 +320,6 @@ def fit_batches(grids: Sequence[tuple[int, int]], images_per_fit: int) -> list[l
     for i, grid in enumerate(grids):
         groups.setdefault((int(grid[0]), int(grid[1])), []).append(i)
     step = max(1, images_per_fit)
-    return [members[k:k + step] for members in groups.values()
-            for k in range(0, len(members), step)]
+    return [
+        members[k : k + step] for members in groups.values() for k in range(0, len(members), step)
+    ]

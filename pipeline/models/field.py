@@ -94,8 +94,11 @@ class BatchedGridEncoding(nn.Module):
             if 0 < max_resolution < resolution:
                 feats.append(grid.new_zeros(grid.shape[0], level.shape[1], 1, grid.shape[2]))
             else:
-                feats.append(F.grid_sample(level, grid, mode="bilinear", padding_mode="border",
-                                           align_corners=True))  # (B, F, 1, N)
+                feats.append(
+                    F.grid_sample(
+                        level, grid, mode="bilinear", padding_mode="border", align_corners=True
+                    )
+                )  # (B, F, 1, N)
         return torch.cat(feats, dim=1).squeeze(2).transpose(1, 2)
 
 

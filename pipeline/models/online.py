@@ -30,9 +30,14 @@ def online_image_size(model: DenoisedViT, image_size: int | None = None) -> int:
     return size
 
 
-def denoise_images(model: DenoisedViT, images: Sequence[ImageLike], image_size: int | None = None,
-                   batch_size: int = 16, ids: Sequence[str] | None = None,
-                   resize: ResizeConfig | None = None) -> list[CleanResult]:
+def denoise_images(
+    model: DenoisedViT,
+    images: Sequence[ImageLike],
+    image_size: int | None = None,
+    batch_size: int = 16,
+    ids: Sequence[str] | None = None,
+    resize: ResizeConfig | None = None,
+) -> list[CleanResult]:
     """Raw and denoised tokens (h, w, C) of each image; ``artifact`` is raw - clean.
 
     image_size: the input size (square side, or short side with the aspect kept; default: the
@@ -51,8 +56,9 @@ def denoise_images(model: DenoisedViT, images: Sequence[ImageLike], image_size: 
     for chunk in fit_batches(grids, batch_size):
         began = time.perf_counter()
         grid_h, grid_w = grids[chunk[0]]
-        pixels = torch.stack([full_view_pixels(rgbs[i], (grid_h * patch, grid_w * patch))
-                              for i in chunk])
+        pixels = torch.stack(
+            [full_view_pixels(rgbs[i], (grid_h * patch, grid_w * patch)) for i in chunk]
+        )
         raw = model.extractor(pixels)
         vit_seconds = time.perf_counter() - began
         with torch.inference_mode():
@@ -62,7 +68,12 @@ def denoise_images(model: DenoisedViT, images: Sequence[ImageLike], image_size: 
             r, c = raw[b].cpu().numpy(), clean[b].cpu().numpy()
             ok = bool(np.isfinite(c).all())
             results[index] = CleanResult(
-                image_id=ids[index], raw=r, clean=c, artifact=r - c,
+                image_id=ids[index],
+                raw=r,
+                clean=c,
+                artifact=r - c,
                 metrics={"extract_seconds": vit_seconds / len(chunk), "seconds": seconds},
-                ok=ok, error=None if ok else "denoiser output is not finite")
+                ok=ok,
+                error=None if ok else "denoiser output is not finite",
+            )
     return [results[i] for i in range(len(rgbs))]

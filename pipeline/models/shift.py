@@ -44,21 +44,24 @@ def shift_layout(cfg: ShiftConfig, seed: int) -> list[ShiftView]:
     return views
 
 
-def render_shift_views(full: torch.Tensor, views: list[ShiftView], patch: int, pad: int
-                       ) -> torch.Tensor:
+def render_shift_views(
+    full: torch.Tensor, views: list[ShiftView], patch: int, pad: int
+) -> torch.Tensor:
     """(3, H, W) full-view pixels -> (V, 3, H, W) shifted (and mirrored) views."""
     height, width = full.shape[-2:]
     padded = F.pad(full[None], [pad * patch] * 4, mode="reflect")[0] if pad else full
     out = []
     for v in views:
-        window = padded[:, v.dy * patch:v.dy * patch + height,
-                        v.dx * patch:v.dx * patch + width]
+        window = padded[
+            :, v.dy * patch : v.dy * patch + height, v.dx * patch : v.dx * patch + width
+        ]
         out.append(window.flip(-1) if v.flip else window)
     return torch.stack(out)
 
 
-def merge_shift_views(tokens: torch.Tensor, views: list[ShiftView], pad: int,
-                      pattern: torch.Tensor | None = None) -> torch.Tensor:
+def merge_shift_views(
+    tokens: torch.Tensor, views: list[ShiftView], pad: int, pattern: torch.Tensor | None = None
+) -> torch.Tensor:
     """(V, h, w, C) tokens of the shifted views -> (h, w, C) mean on the full view's grid.
 
     ``pattern`` (h, w, C), on the view's own grid (an artifact model), is subtracted from every
@@ -68,9 +71,14 @@ def merge_shift_views(tokens: torch.Tensor, views: list[ShiftView], pad: int,
     return decompose_shift_views(tokens, views, pad, prior, math.inf)[0]
 
 
-def shift_view_tokens(extractor: FeatureExtractor, rgb: np.ndarray, size: int | tuple[int, int],
-                      cfg: ShiftConfig, seed: int, chunk: int = 32
-                      ) -> tuple[torch.Tensor, list[ShiftView]]:
+def shift_view_tokens(
+    extractor: FeatureExtractor,
+    rgb: np.ndarray,
+    size: int | tuple[int, int],
+    cfg: ShiftConfig,
+    seed: int,
+    chunk: int = 32,
+) -> tuple[torch.Tensor, list[ShiftView]]:
     """(V, h, w, C) tokens of the shifted views of one (H, W, 3) uint8 image whose full view is
     ``size`` px ((height, width); an int: square), view 0 the full view (the raw tokens), and
     the views."""
@@ -78,23 +86,30 @@ def shift_view_tokens(extractor: FeatureExtractor, rgb: np.ndarray, size: int | 
     if cfg.pad * patch >= min((size, size) if isinstance(size, int) else size):
         raise ValueError(f"shift.pad {cfg.pad} patches is not smaller than the {size} px view")
     views = shift_layout(cfg, seed)
-    pixels = render_shift_views(full_view_pixels(rgb, size).to(extractor.device), views, patch,
-                                cfg.pad)
-    tokens = torch.cat([extractor(pixels[k:k + chunk]) for k in range(0, len(views), chunk)])
+    pixels = render_shift_views(
+        full_view_pixels(rgb, size).to(extractor.device), views, patch, cfg.pad
+    )
+    tokens = torch.cat([extractor(pixels[k : k + chunk]) for k in range(0, len(views), chunk)])
     return tokens, views
 
 
-def tta_tokens(extractor: FeatureExtractor, rgb: np.ndarray, size: int | tuple[int, int],
-               cfg: ShiftConfig, seed: int, pattern: torch.Tensor | None = None
-               ) -> torch.Tensor:
+def tta_tokens(
+    extractor: FeatureExtractor,
+    rgb: np.ndarray,
+    size: int | tuple[int, int],
+    cfg: ShiftConfig,
+    seed: int,
+    pattern: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(h, w, C) shift-averaged tokens of one (H, W, 3) uint8 image at ``size`` px, with
     ``pattern`` (an artifact model's, on the view grid) removed from each view when given."""
     tokens, views = shift_view_tokens(extractor, rgb, size, cfg, seed)
     return merge_shift_views(tokens, views, cfg.pad, pattern).cpu()
 
 
-def _image_index(views: list[ShiftView], grid: tuple[int, int], pad: int,
-                 device: torch.device) -> torch.Tensor:
+def _image_index(
+    views: list[ShiftView], grid: tuple[int, int], pad: int, device: torch.device
+) -> torch.Tensor:
     """(V, h*w) long: the full-view token each view token sees (flat), -1 where it sees the
     reflected border."""
     grid_h, grid_w = grid
@@ -109,9 +124,14 @@ def _image_index(views: list[ShiftView], grid: tuple[int, int], pad: int,
     return torch.stack(out)
 
 
-def decompose_shift_views(tokens: torch.Tensor, views: list[ShiftView], pad: int,
-                          prior: torch.Tensor, prior_weight: float, iterations: int = 20
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+def decompose_shift_views(
+    tokens: torch.Tensor,
+    views: list[ShiftView],
+    pad: int,
+    prior: torch.Tensor,
+    prior_weight: float,
+    iterations: int = 20,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Split shifted views' tokens into content F on the full view's grid and an artifact G on
     the view's grid, y_v[a, b] ~= F[where (a, b) of view v looks] + G[a, b], in closed form.
 
@@ -129,13 +149,16 @@ def decompose_shift_views(tokens: torch.Tensor, views: list[ShiftView], pad: int
     flat_index = index.clamp_min(0)
     prior_flat = prior.float().reshape(grid_h * grid_w, channels).to(y.device)
     cover = torch.zeros(grid_h * grid_w, device=y.device).index_add_(
-        0, flat_index[valid], torch.ones(int(valid.sum()), device=y.device))[:, None]
+        0, flat_index[valid], torch.ones(int(valid.sum()), device=y.device)
+    )[:, None]
     seen = valid.float().sum(0)[:, None]  # (T, 1) views whose token (a, b) sees the image
 
     def content_given(art: torch.Tensor) -> torch.Tensor:
         residual = (y - art[None])[valid]  # (n, C)
-        return y.new_zeros(grid_h * grid_w, channels).index_add_(
-            0, flat_index[valid], residual) / cover
+        return (
+            y.new_zeros(grid_h * grid_w, channels).index_add_(0, flat_index[valid], residual)
+            / cover
+        )
 
     art = prior_flat
     if not math.isinf(prior_weight):

@@ -47,8 +47,7 @@ class SubView:
     flip: bool
 
 
-def phase_views(count: int, scale: int, pad: int, flip_prob: float, seed: int
-                ) -> list[SubView]:
+def phase_views(count: int, scale: int, pad: int, flip_prob: float, seed: int) -> list[SubView]:
     """``count`` views at the sub-patch phases other than 0 (the whole-patch shift views are
     phase 0), cycling through the s*s - 1 of them so each is seen about equally often; their
     whole-patch offsets (0 .. 2*pad - 1 patches) and flips drawn from ``seed``."""
@@ -67,8 +66,9 @@ def from_shift_views(views: list[ShiftView], scale: int) -> list[SubView]:
     return [SubView(v.dy * scale, v.dx * scale, v.flip) for v in views]
 
 
-def render_subpatch_views(rgb: np.ndarray, size: tuple[int, int], patch: int, scale: int,
-                          pad: int, views: list[SubView]) -> tuple[torch.Tensor, torch.Tensor]:
+def render_subpatch_views(
+    rgb: np.ndarray, size: tuple[int, int], patch: int, scale: int, pad: int, views: list[SubView]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(V, 3, H, W) pixels of ``views`` of an (H0, W0, 3) uint8 image whose full view is
     ``size`` = (H, W) px, and (3, s*h, s*w) the mean colour of each fine cell of the full view.
 
@@ -83,8 +83,9 @@ def render_subpatch_views(rgb: np.ndarray, size: tuple[int, int], patch: int, sc
     padded = F.pad(full[None], [border] * 4, mode="reflect")[0] if pad else full
     windows: list[torch.Tensor] = []
     for v in views:
-        window = padded[:, v.my * cell:v.my * cell + height * k,
-                        v.mx * cell:v.mx * cell + width * k]
+        window = padded[
+            :, v.my * cell : v.my * cell + height * k, v.mx * cell : v.mx * cell + width * k
+        ]
         windows.append(window.flip(-1) if v.flip else window)
     pixels = torch.stack(windows) if windows else full.new_zeros(0, 3, height, width)
     if k > 1 and windows:
@@ -92,16 +93,20 @@ def render_subpatch_views(rgb: np.ndarray, size: tuple[int, int], patch: int, sc
     return pixels, F.avg_pool2d(full[None], cell)[0]
 
 
-def cell_colours(rgb: np.ndarray, size: tuple[int, int], patch: int, scale: int
-                 ) -> torch.Tensor:
+def cell_colours(rgb: np.ndarray, size: tuple[int, int], patch: int, scale: int) -> torch.Tensor:
     """(3, s*h, s*w) the mean colour (in [0, 1]) of each fine cell of the full view of an
     (H0, W0, 3) uint8 image at ``size`` = (H, W) px: what guides the solve and the joint
     bilateral baseline."""
     return render_subpatch_views(rgb, size, patch, scale, 0, [])[1]
 
 
-def cell_index(views: list[SubView], grid: tuple[int, int], scale: int, pad: int,
-               device: torch.device | str = "cpu") -> torch.Tensor:
+def cell_index(
+    views: list[SubView],
+    grid: tuple[int, int],
+    scale: int,
+    pad: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """(V, h*w, s*s) long: the flat fine cells (of the s*h x s*w grid) under each view token,
     -1 for tokens whose window leaves the image (it sees the reflected border)."""
     grid_h, grid_w = grid
@@ -127,7 +132,7 @@ def guide_weights(guide: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torc
     (H-1, W) and horizontal (H, W-1), exp(-|I_p - I_q|^2 / (2 sigma^2))."""
     vertical = (guide[:, 1:] - guide[:, :-1]).pow(2).sum(0)
     horizontal = (guide[:, :, 1:] - guide[:, :, :-1]).pow(2).sum(0)
-    return (torch.exp(-vertical / (2 * sigma ** 2)), torch.exp(-horizontal / (2 * sigma ** 2)))
+    return (torch.exp(-vertical / (2 * sigma**2)), torch.exp(-horizontal / (2 * sigma**2)))
 
 
 def _laplacian(x: torch.Tensor, wv: torch.Tensor, wh: torch.Tensor) -> torch.Tensor:
@@ -142,8 +147,9 @@ def _laplacian(x: torch.Tensor, wv: torch.Tensor, wh: torch.Tensor) -> torch.Ten
     return out
 
 
-def valid_view_tokens(tokens: torch.Tensor, cells: torch.Tensor, artifact: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def valid_view_tokens(
+    tokens: torch.Tensor, cells: torch.Tensor, artifact: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The view tokens that see the image only: their cells (N, s*s) and their values minus
     the artifact (N, C), float32."""
     channels = tokens.shape[-1]
@@ -152,22 +158,40 @@ def valid_view_tokens(tokens: torch.Tensor, cells: torch.Tensor, artifact: torch
     return cells.reshape(-1, cells.shape[-1])[valid], values
 
 
-def subpatch_view_tokens(extractor: FeatureExtractor, rgb: np.ndarray, grid: tuple[int, int],
-                         scale: int, shift_tokens: torch.Tensor, shift_views: list[ShiftView],
-                         count: int, pad: int, flip_prob: float, seed: int, chunk: int = 32
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def subpatch_view_tokens(
+    extractor: FeatureExtractor,
+    rgb: np.ndarray,
+    grid: tuple[int, int],
+    scale: int,
+    shift_tokens: torch.Tensor,
+    shift_views: list[ShiftView],
+    count: int,
+    pad: int,
+    flip_prob: float,
+    seed: int,
+    chunk: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The tokens of an image's shift views (phase 0, already extracted) and of ``count``
     views at the other phases (``phase_views``, drawn from ``seed``): (V, h, w, C) tokens,
     their (V, h*w, s*s) cells and the (3, s*h, s*w) cell colours."""
     patch = extractor.patch_size
     extra = phase_views(count, scale, pad, flip_prob, seed)
-    pixels, guide = render_subpatch_views(rgb, (grid[0] * patch, grid[1] * patch), patch,
-                                          scale, pad, extra)
+    pixels, guide = render_subpatch_views(
+        rgb, (grid[0] * patch, grid[1] * patch), patch, scale, pad, extra
+    )
     pixels = pixels.to(extractor.device)
-    tokens = torch.cat([shift_tokens, *(extractor(pixels[k:k + chunk]).to(shift_tokens.dtype)
-                                        for k in range(0, len(extra), chunk))])
-    cells = cell_index(from_shift_views(shift_views, scale) + extra, grid, scale, pad,
-                       tokens.device)
+    tokens = torch.cat(
+        [
+            shift_tokens,
+            *(
+                extractor(pixels[k : k + chunk]).to(shift_tokens.dtype)
+                for k in range(0, len(extra), chunk)
+            ),
+        ]
+    )
+    cells = cell_index(
+        from_shift_views(shift_views, scale) + extra, grid, scale, pad, tokens.device
+    )
     return tokens, cells, guide.to(tokens.device)
 
 
@@ -181,10 +205,17 @@ class SubpatchSolve:
     relative_residual: float
 
 
-def solve_fine_content(tokens: torch.Tensor, cells: torch.Tensor, artifact: torch.Tensor,
-                       fine: tuple[int, int], weights: tuple[torch.Tensor, torch.Tensor],
-                       smooth: float, start: torch.Tensor | None = None, iterations: int = 200,
-                       tolerance: float = 1e-4) -> SubpatchSolve:
+def solve_fine_content(
+    tokens: torch.Tensor,
+    cells: torch.Tensor,
+    artifact: torch.Tensor,
+    fine: tuple[int, int],
+    weights: tuple[torch.Tensor, torch.Tensor],
+    smooth: float,
+    start: torch.Tensor | None = None,
+    iterations: int = 200,
+    tolerance: float = 1e-4,
+) -> SubpatchSolve:
     """F_hr minimising sum over valid view tokens |mean_cells F_hr - (y - G)|^2 + smoothness.
 
     tokens (V, h, w, C); cells (V, h*w, s*s) from ``cell_index``; artifact (h, w, C) the G
@@ -199,8 +230,9 @@ def solve_fine_content(tokens: torch.Tensor, cells: torch.Tensor, artifact: torc
     per_cell = cells.shape[-1]
     index, y = valid_view_tokens(tokens, cells, artifact)
     cover = torch.zeros(fine_h * fine_w, device=y.device).index_add_(
-        0, index.flatten(), torch.ones(index.numel(), device=y.device))
-    lam = smooth * float(cover.mean()) / per_cell ** 2
+        0, index.flatten(), torch.ones(index.numel(), device=y.device)
+    )
+    lam = smooth * float(cover.mean()) / per_cell**2
     wv, wh = (w.to(y.device) for w in weights)
     degree = torch.zeros(fine_h, fine_w, device=y.device)
     degree[1:] += wv
@@ -210,18 +242,22 @@ def solve_fine_content(tokens: torch.Tensor, cells: torch.Tensor, artifact: torc
 
     def scatter(values: torch.Tensor) -> torch.Tensor:  # B^T: token values -> their cells
         out = values.new_zeros(fine_h * fine_w, channels)
-        return out.index_add_(0, index.flatten(),
-                              (values / per_cell).repeat_interleave(per_cell, dim=0))
+        return out.index_add_(
+            0, index.flatten(), (values / per_cell).repeat_interleave(per_cell, dim=0)
+        )
 
     def apply(x: torch.Tensor) -> torch.Tensor:  # (B^T B + lam L) x
         means = x[index].mean(1)  # (N, C)
         lap = _laplacian(x.reshape(fine_h, fine_w, channels), wv, wh).reshape(-1, channels)
         return scatter(means) + lam * lap
 
-    inverse_diagonal = 1.0 / (cover / per_cell ** 2 + lam * degree.flatten()).clamp_min(1e-12)
+    inverse_diagonal = 1.0 / (cover / per_cell**2 + lam * degree.flatten()).clamp_min(1e-12)
     rhs = scatter(y)
-    x = (start.float().reshape(-1, channels).to(y.device) if start is not None
-         else torch.zeros_like(rhs))
+    x = (
+        start.float().reshape(-1, channels).to(y.device)
+        if start is not None
+        else torch.zeros_like(rhs)
+    )
     residual = rhs - apply(x)
     z = inverse_diagonal[:, None] * residual
     direction = z.clone()
@@ -243,8 +279,9 @@ def solve_fine_content(tokens: torch.Tensor, cells: torch.Tensor, artifact: torc
     return SubpatchSolve(x.reshape(fine_h, fine_w, channels), done, relative)
 
 
-def shift_average_fine(tokens: torch.Tensor, cells: torch.Tensor, artifact: torch.Tensor,
-                       fine: tuple[int, int]) -> torch.Tensor:
+def shift_average_fine(
+    tokens: torch.Tensor, cells: torch.Tensor, artifact: torch.Tensor, fine: tuple[int, int]
+) -> torch.Tensor:
     """(s*h, s*w, C) each fine cell's mean over the views of the tokens whose window holds it,
     ``artifact`` (h, w, C) removed from every view first: sub-patch shift averaging (each view
     shifted back onto the fine grid and averaged): the ``average`` estimator, and with the
@@ -255,7 +292,8 @@ def shift_average_fine(tokens: torch.Tensor, cells: torch.Tensor, artifact: torc
     cell_rows, y = valid_view_tokens(tokens, cells, artifact)
     index = cell_rows.flatten()
     sums = y.new_zeros(fine_h * fine_w, channels).index_add_(
-        0, index, y.repeat_interleave(per_cell, dim=0))
+        0, index, y.repeat_interleave(per_cell, dim=0)
+    )
     cover = y.new_zeros(fine_h * fine_w).index_add_(0, index, torch.ones_like(index, dtype=y.dtype))
     return (sums / cover.clamp_min(1.0)[:, None]).reshape(fine_h, fine_w, channels)
 

@@ -67,8 +67,9 @@ class ViewLayout:
         return coords.float()
 
 
-def token_grid(cfg: ResizeConfig, image_hw: Sequence[int], size: int, patch: int
-               ) -> tuple[int, int]:
+def token_grid(
+    cfg: ResizeConfig, image_hw: Sequence[int], size: int, patch: int
+) -> tuple[int, int]:
     """The (h, w) token grid of the model input of an image of ``image_hw`` pixels.
 
     ``square``: size / patch per side, whatever the image. ``keep``: the short side at
@@ -87,13 +88,16 @@ def token_grid(cfg: ResizeConfig, image_hw: Sequence[int], size: int, patch: int
     if short_tokens * long_tokens > budget:
         scale = math.sqrt(budget / (short_tokens * long_tokens))
         short_tokens = max(1, math.floor(short_tokens * scale))
-        long_tokens = max(short_tokens, min(math.floor(short_tokens * long / short + 0.5),
-                                            math.floor(budget / short_tokens)))
+        long_tokens = max(
+            short_tokens,
+            min(math.floor(short_tokens * long / short + 0.5), math.floor(budget / short_tokens)),
+        )
     return (short_tokens, long_tokens) if height < width else (long_tokens, short_tokens)
 
 
-def sample_layout(image_hw: tuple[int, int], cfg: ViewConfig, seed: int,
-                  view_aspect: float = 1.0) -> ViewLayout:
+def sample_layout(
+    image_hw: tuple[int, int], cfg: ViewConfig, seed: int, view_aspect: float = 1.0
+) -> ViewLayout:
     """Sample ``cfg.num_views`` views (full image first) deterministically from ``seed``.
 
     view_aspect: width / height of the input the views are resized to; crops draw their aspect
@@ -132,8 +136,11 @@ def sample_layout(image_hw: tuple[int, int], cfg: ViewConfig, seed: int,
 
 
 def render_views(
-    image: torch.Tensor, layout: ViewLayout, size: int | tuple[int, int], start: int = 0,
-    stop: int | None = None
+    image: torch.Tensor,
+    layout: ViewLayout,
+    size: int | tuple[int, int],
+    start: int = 0,
+    stop: int | None = None,
 ) -> torch.Tensor:
     """Pixels of views [start, stop): (N, 3, H, W) float in [0, 1], (H, W) = ``size`` (an int:
     square).
@@ -157,8 +164,9 @@ def resize_pixels(pixels: torch.Tensor, size: int | tuple[int, int]) -> torch.Te
     one resize every stage uses for a view (antialiased bilinear), so raw tokens agree wherever
     they are computed."""
     out_hw = (size, size) if isinstance(size, int) else tuple(size)
-    resized = F.interpolate(pixels, size=out_hw, mode="bilinear", antialias=True,
-                            align_corners=False)
+    resized = F.interpolate(
+        pixels, size=out_hw, mode="bilinear", antialias=True, align_corners=False
+    )
     return resized.clamp_(0.0, 1.0)
 
 

@@ -33,8 +33,10 @@ def _unwrap(obj: object) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "module"):
             inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(
-                isinstance(v, torch.Tensor) for v in inner.values()
+            if (
+                isinstance(inner, dict)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
             ):
                 return inner
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -45,7 +45,8 @@ def require_digest(what: str, uri: str, expected: str, loaded: str) -> None:
             f"{what} at {uri} changed while the run went on: the driver recorded digest "
             f"{expected[:16]}, this worker loaded {loaded[:16]}. Nothing it would compute "
             "matches the run's config digest; put the file back, or start a new run with the "
-            "new file")
+            "new file"
+        )
 
 
 class CleanImages:
@@ -54,10 +55,19 @@ class CleanImages:
     method = "dvt-fit"
     stage = "fit"  # the quarantine's stage name of this stage's failures
 
-    def __init__(self, model_name: str, weights: str, engine: EngineConfig, dtype: str,
-                 with_artifact: bool, torch_threads: int = 0, artifact_model_uri: str = "",
-                 artifact_storage_options: dict[str, Any] | None = None,
-                 weights_digest: str = "", artifact_model_sha256: str = "") -> None:
+    def __init__(
+        self,
+        model_name: str,
+        weights: str,
+        engine: EngineConfig,
+        dtype: str,
+        with_artifact: bool,
+        torch_threads: int = 0,
+        artifact_model_uri: str = "",
+        artifact_storage_options: dict[str, Any] | None = None,
+        weights_digest: str = "",
+        artifact_model_sha256: str = "",
+    ) -> None:
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.extractor = load_extractor(model_name, weights=weights)
         require_digest("the ViT weights", weights, weights_digest, self.extractor.weights_digest)
@@ -66,14 +76,16 @@ class CleanImages:
         self.with_artifact = with_artifact
         self.artifact_model = None
         if artifact_model_uri:
-            self.artifact_model, sha = read_artifact_model(artifact_model_uri,
-                                                           artifact_storage_options)
+            self.artifact_model, sha = read_artifact_model(
+                artifact_model_uri, artifact_storage_options
+            )
             require_digest("the artifact model", artifact_model_uri, artifact_model_sha256, sha)
 
     def features(self, images: list[np.ndarray], ids: list[str]) -> list[CleanResult]:
         """One result per image, in order (the work of this stage)."""
-        return clean_images(self.extractor, images, self.engine, ids=ids,
-                            artifact_model=self.artifact_model)
+        return clean_images(
+            self.extractor, images, self.engine, ids=ids, artifact_model=self.artifact_model
+        )
 
     def __call__(self, batch: Batch) -> Batch:
         """One output row per input row (``done``, passed through, or ``error``)."""
@@ -81,9 +93,22 @@ class CleanImages:
             return self._rows(batch)
         except Exception as err:  # a bug of this stage: every row says so
             logger.exception("%s failed on a batch of %d", self.method, len(batch["source_uri"]))
-            return failed_rows(batch["source_uri"], self.stage, err, {
-                "width": 0, "height": 0, "raw": b"", "clean": b"", "artifact": b"",
-                "clean_hr": b"", "metrics": "", "grid_h": 0, "grid_w": 0})
+            return failed_rows(
+                batch["source_uri"],
+                self.stage,
+                err,
+                {
+                    "width": 0,
+                    "height": 0,
+                    "raw": b"",
+                    "clean": b"",
+                    "artifact": b"",
+                    "clean_hr": b"",
+                    "metrics": "",
+                    "grid_h": 0,
+                    "grid_w": 0,
+                },
+            )
 
     def _rows(self, batch: Batch) -> Batch:
         n = len(batch["source_uri"])
@@ -94,12 +119,14 @@ class CleanImages:
         todo = [i for i in range(n) if batch["status"][i] == RowStatus.OK]
         images = [
             np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(
-                int(batch["height"][i]), int(batch["width"][i]), 3)
+                int(batch["height"][i]), int(batch["width"][i]), 3
+            )
             for i in todo
         ]
         try:
-            results = self.features(images, [str(batch["image_id"][i]) for i in todo]
-                                    ) if todo else []
+            results = (
+                self.features(images, [str(batch["image_id"][i]) for i in todo]) if todo else []
+            )
         except Exception as err:  # a failure of the whole batch quarantines its images
             logger.exception("%s failed for %d images", self.method, len(todo))
             for i in todo:
@@ -132,18 +159,30 @@ class DenoiseImages(CleanImages):
     method = "denoiser"
     stage = "denoise"
 
-    def __init__(self, denoiser_uri: str, weights: str, image_size: int, batch_size: int,
-                 dtype: str, with_artifact: bool, torch_threads: int = 0,
-                 storage_options: dict[str, Any] | None = None,
-                 resize: ResizeConfig | None = None, weights_digest: str = "",
-                 denoiser_digest: str = "") -> None:
+    def __init__(
+        self,
+        denoiser_uri: str,
+        weights: str,
+        image_size: int,
+        batch_size: int,
+        dtype: str,
+        with_artifact: bool,
+        torch_threads: int = 0,
+        storage_options: dict[str, Any] | None = None,
+        resize: ResizeConfig | None = None,
+        weights_digest: str = "",
+        denoiser_digest: str = "",
+    ) -> None:
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
-        self.model = DenoisedViT.from_pretrained(denoiser_uri, weights=weights,
-                                                 storage_options=storage_options)
-        require_digest("the ViT weights", weights, weights_digest,
-                       self.model.extractor.weights_digest)
-        require_digest("the denoiser", denoiser_uri, denoiser_digest,
-                       digest_of(self.model.denoiser))
+        self.model = DenoisedViT.from_pretrained(
+            denoiser_uri, weights=weights, storage_options=storage_options
+        )
+        require_digest(
+            "the ViT weights", weights, weights_digest, self.model.extractor.weights_digest
+        )
+        require_digest(
+            "the denoiser", denoiser_uri, denoiser_digest, digest_of(self.model.denoiser)
+        )
         self.image_size = image_size
         self.resize = resize or ResizeConfig()
         self.batch_size = batch_size
@@ -152,5 +191,6 @@ class DenoiseImages(CleanImages):
 
     def features(self, images: list[np.ndarray], ids: list[str]) -> list[CleanResult]:
         """One result per image, in order: the ViT's tokens through the denoiser."""
-        return denoise_images(self.model, images, self.image_size, self.batch_size, ids=ids,
-                              resize=self.resize)
+        return denoise_images(
+            self.model, images, self.image_size, self.batch_size, ids=ids, resize=self.resize
+        )

@@ -24,8 +24,16 @@ from pipeline.store.readers import IdSet
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
-PASSTHROUGH = ("source_uri", "image_id", "status", "stage", "reason", "error_class",
-               "width", "height")
+PASSTHROUGH = (
+    "source_uri",
+    "image_id",
+    "status",
+    "stage",
+    "reason",
+    "error_class",
+    "width",
+    "height",
+)
 
 
 def object_column(values: list[Any]) -> np.ndarray:
@@ -40,10 +48,14 @@ def failed_rows(uris: np.ndarray, stage: str, err: Exception, empty: dict[str, A
     Ray Data would retry the batch, and a block that still fails is taken for a worker that
     died), with ``empty`` values for the stage's other columns."""
     n = len(uris)
-    rows: dict[str, Any] = {"source_uri": list(uris), "image_id": [""] * n,
-                            "status": [RowStatus.ERROR] * n, "stage": [stage] * n,
-                            "reason": [f"{type(err).__name__}: {err}"[:500]] * n,
-                            "error_class": [type(err).__name__] * n}
+    rows: dict[str, Any] = {
+        "source_uri": list(uris),
+        "image_id": [""] * n,
+        "status": [RowStatus.ERROR] * n,
+        "stage": [stage] * n,
+        "reason": [f"{type(err).__name__}: {err}"[:500]] * n,
+        "error_class": [type(err).__name__] * n,
+    }
     rows |= {key: [value] * n for key, value in empty.items()}
     out = {key: object_column(values) for key, values in rows.items()}
     for key, value in empty.items():
@@ -81,9 +93,18 @@ class ReadImages:
     decodes, and this actor lives on.
     """
 
-    def __init__(self, input_uri: str, storage_options: dict[str, Any], max_bytes: int,
-                 max_pixels: int, min_side: int, decode_timeout_s: float, output_uri: str,
-                 output_storage_options: dict[str, Any], config_digest: str) -> None:
+    def __init__(
+        self,
+        input_uri: str,
+        storage_options: dict[str, Any],
+        max_bytes: int,
+        max_pixels: int,
+        min_side: int,
+        decode_timeout_s: float,
+        output_uri: str,
+        output_storage_options: dict[str, Any],
+        config_digest: str,
+    ) -> None:
         self.fs, _ = filesystem(input_uri, storage_options)
         self.max_bytes = max_bytes
         self.decoder = DecoderProcess(max_pixels, min_side, decode_timeout_s)
@@ -92,14 +113,25 @@ class ReadImages:
 
     def _read(self, uri: str) -> tuple[dict[str, Any], bytes]:
         """The row of one input before decoding, and its bytes when they are to be decoded."""
-        row: dict[str, Any] = {"source_uri": uri, "image_id": "", "status": RowStatus.ERROR,
-                               "stage": "", "reason": "", "error_class": "", "width": 0,
-                               "height": 0, "pixels": b""}
+        row: dict[str, Any] = {
+            "source_uri": uri,
+            "image_id": "",
+            "status": RowStatus.ERROR,
+            "stage": "",
+            "reason": "",
+            "error_class": "",
+            "width": 0,
+            "height": 0,
+            "pixels": b"",
+        }
         try:
             data = read_input(self.fs, uri, self.max_bytes)
         except Exception as err:  # any storage failure is this input's, not the job's
-            return row | {"stage": "read", "reason": str(err)[:500],
-                          "error_class": type(err).__name__}, b""
+            return row | {
+                "stage": "read",
+                "reason": str(err)[:500],
+                "error_class": type(err).__name__,
+            }, b""
         row["image_id"] = hashlib.sha256(data).hexdigest()
         if row["image_id"] in self.done_ids:
             return row | {"status": RowStatus.SKIPPED}, b""
@@ -111,21 +143,29 @@ class ReadImages:
             return self._rows(batch)
         except Exception as err:  # a bug of this stage: every row says so
             logger.exception("the read stage failed on a batch of %d", len(batch["source_uri"]))
-            return failed_rows(batch["source_uri"], "read", err,
-                               {"width": 0, "height": 0, "pixels": b""})
+            return failed_rows(
+                batch["source_uri"], "read", err, {"width": 0, "height": 0, "pixels": b""}
+            )
 
     def _rows(self, batch: Batch) -> Batch:
         read = [self._read(str(uri)) for uri in batch["source_uri"]]
         rows = [row for row, _ in read]
         todo = [i for i, row in enumerate(rows) if row["status"] == RowStatus.READ]
-        for i, decoded in zip(todo, self.decoder.decode([read[i][1] for i in todo]),
-                              strict=True):
+        for i, decoded in zip(todo, self.decoder.decode([read[i][1] for i in todo]), strict=True):
             if decoded.ok:
-                rows[i] |= {"status": RowStatus.OK, "width": decoded.width,
-                            "height": decoded.height, "pixels": decoded.pixels}
+                rows[i] |= {
+                    "status": RowStatus.OK,
+                    "width": decoded.width,
+                    "height": decoded.height,
+                    "pixels": decoded.pixels,
+                }
             else:
-                rows[i] |= {"status": RowStatus.ERROR, "stage": "decode", "reason": decoded.reason,
-                            "error_class": decoded.error_class}
+                rows[i] |= {
+                    "status": RowStatus.ERROR,
+                    "stage": "decode",
+                    "reason": decoded.reason,
+                    "error_class": decoded.error_class,
+                }
         out = {key: object_column([r[key] for r in rows]) for key in rows[0]} if rows else {}
         for key in ("width", "height"):
             out[key] = np.asarray([r[key] for r in rows], dtype=np.int32)

@@ -28,7 +28,6 @@ TENSOR_COLUMNS = ("raw", "clean", "artifact", "clean_hr")
 METRIC_FIELDS = ("final_loss", "r2", "artifact_ratio", "extract_seconds", "fit_seconds", "seconds")
 
 
-
 class RowStatus(enum.StrEnum):
     """Where an input row stands between the stages of a feature job (the ``status`` column of
     their batches): plain strings in Arrow columns, so the values never change."""
@@ -45,14 +44,16 @@ class RowStatus(enum.StrEnum):
     """Failed (``stage``, ``reason``, ``error_class`` say how): the sink quarantines it."""
 
 
-QUARANTINE_SCHEMA = pa.schema([
-    pa.field("source_uri", pa.string(), nullable=False),
-    pa.field("image_id", pa.string()),
-    pa.field("stage", pa.string(), nullable=False),  # read | decode | fit
-    pa.field("reason", pa.string(), nullable=False),
-    pa.field("error_class", pa.string(), nullable=False),
-    pa.field("config_digest", pa.string(), nullable=False),
-])
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("image_id", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),  # read | decode | fit
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("error_class", pa.string(), nullable=False),
+        pa.field("config_digest", pa.string(), nullable=False),
+    ]
+)
 
 
 def tensor_type(shape: Sequence[int], dtype: str = "float16") -> pa.FixedShapeTensorType:
@@ -60,8 +61,13 @@ def tensor_type(shape: Sequence[int], dtype: str = "float16") -> pa.FixedShapeTe
     return pa.fixed_shape_tensor(pa.from_numpy_dtype(np.dtype(dtype)), list(shape))
 
 
-def features_schema(grid: tuple[int, int], channels: int, dtype: str = "float16",
-                    with_artifact: bool = True, upsample: int = 1) -> pa.Schema:
+def features_schema(
+    grid: tuple[int, int],
+    channels: int,
+    dtype: str = "float16",
+    with_artifact: bool = True,
+    upsample: int = 1,
+) -> pa.Schema:
     """Schema of one feature file: metadata columns, metrics, and (h, w, C) tensors; with
     ``upsample`` = s > 1 also ``clean_hr``, (s*h, s*w, C) content finer than a patch."""
     shape = (grid[0], grid[1], channels)
@@ -85,13 +91,19 @@ def features_schema(grid: tuple[int, int], channels: int, dtype: str = "float16"
     if with_artifact:
         fields.append(pa.field("artifact", tensor_type(shape, dtype)))
     if upsample > 1:
-        fields.append(pa.field("clean_hr", tensor_type(
-            (grid[0] * upsample, grid[1] * upsample, channels), dtype), nullable=False))
+        fields.append(
+            pa.field(
+                "clean_hr",
+                tensor_type((grid[0] * upsample, grid[1] * upsample, channels), dtype),
+                nullable=False,
+            )
+        )
     return pa.schema(fields, metadata={"dvt_schema_version": str(SCHEMA_VERSION)})
 
 
-def tensor_array(arrays: np.ndarray | Sequence[np.ndarray], dtype: str = "float16"
-                 ) -> pa.ExtensionArray:
+def tensor_array(
+    arrays: np.ndarray | Sequence[np.ndarray], dtype: str = "float16"
+) -> pa.ExtensionArray:
     """Same-shape numpy arrays (a sequence, or stacked as one (N, ...) array) as a fixed-shape
     tensor column of ``dtype``."""
     stacked = arrays if isinstance(arrays, np.ndarray) else np.stack(arrays)
@@ -105,10 +117,21 @@ Tensors: TypeAlias = np.ndarray | Sequence[np.ndarray]
 """(h, w, C) maps of the rows: stacked as (N, h, w, C), or one array a row."""
 
 
-def feature_table(meta: RunMeta, code_version: str, *, image_ids: Column, source_uris: Column,
-                  widths: Column, heights: Column, metrics: Sequence[Mapping[str, Any]],
-                  raw: Tensors, clean: Tensors, artifact: Tensors | None = None,
-                  clean_hr: Tensors | None = None, dtype: str = "float16") -> pa.Table:
+def feature_table(
+    meta: RunMeta,
+    code_version: str,
+    *,
+    image_ids: Column,
+    source_uris: Column,
+    widths: Column,
+    heights: Column,
+    metrics: Sequence[Mapping[str, Any]],
+    raw: Tensors,
+    clean: Tensors,
+    artifact: Tensors | None = None,
+    clean_hr: Tensors | None = None,
+    dtype: str = "float16",
+) -> pa.Table:
     """The rows of one feature file (at least one row, one token grid) as a table of
     ``features_schema``: the one place where feature rows are built.
 
@@ -126,11 +149,18 @@ def feature_table(meta: RunMeta, code_version: str, *, image_ids: Column, source
     schema = features_schema((grid_h, grid_w), channels, dtype, artifact is not None, upsample)
     n = len(tensors["raw"])
     columns = {
-        "image_id": image_ids, "source_uri": source_uris, "width": widths, "height": heights,
-        "model": [meta.model] * n, "weights_digest": [meta.weights_digest] * n,
-        "layer": [meta.layer] * n, "config_digest": [meta.config_digest] * n,
-        "method": [meta.method] * n, "code_version": [code_version] * n,
-        "grid_h": [grid_h] * n, "grid_w": [grid_w] * n,
+        "image_id": image_ids,
+        "source_uri": source_uris,
+        "width": widths,
+        "height": heights,
+        "model": [meta.model] * n,
+        "weights_digest": [meta.weights_digest] * n,
+        "layer": [meta.layer] * n,
+        "config_digest": [meta.config_digest] * n,
+        "method": [meta.method] * n,
+        "code_version": [code_version] * n,
+        "grid_h": [grid_h] * n,
+        "grid_w": [grid_w] * n,
         "metrics": [{k: m.get(k) for k in METRIC_FIELDS} for m in metrics],
         **tensors,
     }

@@ -18,8 +18,9 @@ from typing import Any
 import fsspec
 
 
-def filesystem(uri: str, storage_options: dict[str, Any] | None = None
-               ) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(
+    uri: str, storage_options: dict[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     """fsspec filesystem and bare path for a URI (credentials from the environment)."""
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     return fs, path.rstrip("/")
@@ -52,10 +53,12 @@ class DamagedFile(OSError):
 
 def damaged(path: str, what: str) -> DamagedFile:
     """A ``DamagedFile`` for ``path``: what is wrong with it, and how to mend the output."""
-    return DamagedFile(f"{path}: {what}. The output was changed or damaged after this file "
-                       "was committed (a power loss, a copy cut short, another writer): "
-                       "restore the file, or move its run folder away and run the job again, "
-                       "which fits that run's images anew")
+    return DamagedFile(
+        f"{path}: {what}. The output was changed or damaged after this file "
+        "was committed (a power loss, a copy cut short, another writer): "
+        "restore the file, or move its run folder away and run the job again, "
+        "which fits that run's images anew"
+    )
 
 
 def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:

@@ -37,11 +37,16 @@ def orphaned_files(uri: str, storage_options: dict[str, Any] | None = None) -> l
         if run.state == "open":
             continue
         if run.damaged:
-            logger.warning("gc leaves run %s alone: its control file %s is damaged",
-                           posixpath.basename(run.path), run.damaged)
+            logger.warning(
+                "gc leaves run %s alone: its control file %s is damaged",
+                posixpath.basename(run.path),
+                run.damaged,
+            )
             continue
-        keep = {posixpath.join(run.path, n) for n in (CONFIG_FILE, SUMMARY_FILE, MANIFEST,
-                                                     COMMITTED, SEALED)}
+        keep = {
+            posixpath.join(run.path, n)
+            for n in (CONFIG_FILE, SUMMARY_FILE, MANIFEST, COMMITTED, SEALED)
+        }
         keep.update(run.feature_files + run.quarantine_files)
         if run.state == "committed":  # its records made the manifest: all of them are kept
             keep.update(fs.find(posixpath.join(run.path, COMMITS_DIR)))
@@ -54,8 +59,9 @@ def orphaned_files(uri: str, storage_options: dict[str, Any] | None = None) -> l
     return orphans
 
 
-def remove_files(uri: str, paths: Sequence[str], storage_options: dict[str, Any] | None = None
-                 ) -> None:
+def remove_files(
+    uri: str, paths: Sequence[str], storage_options: dict[str, Any] | None = None
+) -> None:
     """Delete ``paths`` (from ``orphaned_files``) of the output's filesystem."""
     fs, _ = filesystem(uri, storage_options)
     for path in paths:
@@ -71,8 +77,13 @@ class GcReport:
     removed: bool
 
 
-def gc_output(uri: str, storage_options: dict[str, Any] | None = None, *, delete: bool = False,
-              lease_ttl_s: float = 900.0) -> GcReport:
+def gc_output(
+    uri: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    delete: bool = False,
+    lease_ttl_s: float = 900.0,
+) -> GcReport:
     """Under the output's lease (so no run is going): seal dead runs, then list, and with
     ``delete`` remove, every file no manifest or seal lists. Committed data is never touched:
     readers return the same rows before and after. Raises ``LeaseHeld`` while a run holds it."""

@@ -34,8 +34,9 @@ def run_folder(output_root: str, run_id: str) -> str:
     return posixpath.join(output_root, RUNS_DIR, run_id)
 
 
-def artifact_model_uri(output_uri: str, model: str, weights_digest: str, image_size: int,
-                       settings_digest: str) -> str:
+def artifact_model_uri(
+    output_uri: str, model: str, weights_digest: str, image_size: int, settings_digest: str
+) -> str:
     """Where an output keeps the artifact model of (model, weights, input size) estimated with
     the settings of ``settings_digest``: a deterministic name, so every later run (a refresh,
     a re-run after a crash) finds and reuses the same model instead of estimating another."""

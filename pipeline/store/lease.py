@@ -78,9 +78,14 @@ class OutputLease:
     (a newer generation appeared, or renewals failed for ``GIVE_UP`` of the TTL).
     """
 
-    def __init__(self, uri: str, owner: str, ttl_seconds: float = 900.0,
-                 storage_options: dict[str, Any] | None = None,
-                 on_lost: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        owner: str,
+        ttl_seconds: float = 900.0,
+        storage_options: dict[str, Any] | None = None,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
         self.fs, root = filesystem(uri, storage_options)
         self.folder = posixpath.join(root, LEASES_DIR)
         self.owner = owner
@@ -100,20 +105,30 @@ class OutputLease:
         if not self.fs.exists(self.folder):
             return None
         self.fs.invalidate_cache(self.folder)
-        generations = sorted(int(m.group(1)) for p in self.fs.ls(self.folder, detail=False)
-                             if (m := _NAME.search(p)))
+        generations = sorted(
+            int(m.group(1)) for p in self.fs.ls(self.folder, detail=False) if (m := _NAME.search(p))
+        )
         if not generations:
             return None
         path = self._path(generations[-1])
         try:
             doc = json.loads(read_bytes(self.fs, path))
-            return LeaseRecord(generations[-1], path, str(doc["owner"]), float(doc["ttl_s"]),
-                               bool(doc.get("released", False)))
+            return LeaseRecord(
+                generations[-1],
+                path,
+                str(doc["owner"]),
+                float(doc["ttl_s"]),
+                bool(doc.get("released", False)),
+            )
         except FileNotFoundError:
             raise
         except (ValueError, KeyError, TypeError) as err:  # empty, cut short or foreign
-            logger.warning("lease file %s cannot be parsed (%s): held until it is %g s old",
-                           path, err, self.ttl)
+            logger.warning(
+                "lease file %s cannot be parsed (%s): held until it is %g s old",
+                path,
+                err,
+                self.ttl,
+            )
             return LeaseRecord(generations[-1], path, None, None)
 
     def _age(self, path: str) -> float:
@@ -129,8 +144,14 @@ class OutputLease:
         return now - written
 
     def _doc(self, released: bool = False) -> bytes:
-        return json.dumps({"owner": self.owner, "ttl_s": self.ttl, "released": released,
-                           "written_by_holder_clock": time.time()}).encode()
+        return json.dumps(
+            {
+                "owner": self.owner,
+                "ttl_s": self.ttl,
+                "released": released,
+                "written_by_holder_clock": time.time(),
+            }
+        ).encode()
 
     def acquire(self) -> None:
         """Take the next generation, or raise ``LeaseHeld`` while a live lease exists."""
@@ -141,18 +162,24 @@ class OutputLease:
             age = self._age(latest.path)
             if age <= ttl:
                 holder = latest.owner or "unknown (its lease file cannot be parsed)"
-                raise LeaseHeld(f"output is leased by run {holder} (renewed {age:.0f} s ago; "
-                                f"stale after {ttl:g} s without renewal); this refresh does "
-                                "nothing")
-            logger.warning("taking over the stale lease of run %s (not renewed for %.0f s)",
-                           latest.owner or "unknown", age)
+                raise LeaseHeld(
+                    f"output is leased by run {holder} (renewed {age:.0f} s ago; "
+                    f"stale after {ttl:g} s without renewal); this refresh does "
+                    "nothing"
+                )
+            logger.warning(
+                "taking over the stale lease of run %s (not renewed for %.0f s)",
+                latest.owner or "unknown",
+                age,
+            )
         self.generation = (latest.generation if latest else 0) + 1
         try:
             create_exclusive(self.fs, self._path(self.generation), self._doc())
         except FileExistsError as err:
             raise LeaseHeld("another run took the output's lease at the same moment") from err
-        self._renewer = threading.Thread(target=self._renew_loop, daemon=True,
-                                         name=f"lease-{self.generation}")
+        self._renewer = threading.Thread(
+            target=self._renew_loop, daemon=True, name=f"lease-{self.generation}"
+        )
         self._renewer.start()
         logger.info("lease %d on %s taken by %s", self.generation, self.folder, self.owner)
 
@@ -172,12 +199,19 @@ class OutputLease:
                 failures += 1
                 left = GIVE_UP * self.ttl - (time.monotonic() - last_renewed)
                 if left <= 0:
-                    self._lose(f"run {self.owner} could not renew its lease on {self.folder} "
-                               f"for {GIVE_UP * self.ttl:.0f} s (last error: {err})")
+                    self._lose(
+                        f"run {self.owner} could not renew its lease on {self.folder} "
+                        f"for {GIVE_UP * self.ttl:.0f} s (last error: {err})"
+                    )
                     return
                 wait = min(left, period, 2.0 ** (failures - 1))
-                logger.warning("renewal of lease %d failed (%s: %s); retrying in %.1f s",
-                               self.generation, type(err).__name__, err, wait)
+                logger.warning(
+                    "renewal of lease %d failed (%s: %s); retrying in %.1f s",
+                    self.generation,
+                    type(err).__name__,
+                    err,
+                    wait,
+                )
                 continue
             last_renewed, failures, wait = time.monotonic(), 0, period
 
@@ -192,11 +226,16 @@ class OutputLease:
         if self.lost:
             raise LeaseLost(self.lost)
         latest = self._latest()
-        if latest is None or latest.generation != self.generation or (
-                latest.owner is not None and latest.owner != self.owner):
+        if (
+            latest is None
+            or latest.generation != self.generation
+            or (latest.owner is not None and latest.owner != self.owner)
+        ):
             holder = (latest.owner or "another run") if latest else "nobody"
-            raise LeaseLost(f"run {self.owner} lost the lease on {self.folder} to {holder}; "
-                            "nothing more is committed")
+            raise LeaseLost(
+                f"run {self.owner} lost the lease on {self.folder} to {holder}; "
+                "nothing more is committed"
+            )
 
     def release(self) -> None:
         """Mark the lease released so the next run need not wait for its expiry."""

@@ -65,8 +65,11 @@ class RunMeta(Mapping[str, Any]):
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object as stored: the fields that are set, then the kept extra keys."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name != "extra" and getattr(self, f.name) is not None}
+        out = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "extra" and getattr(self, f.name) is not None
+        }
         out.update((k, v) for k, v in self.extra.items() if k not in out)
         return out
 

@@ -61,8 +61,9 @@ def _is_sha256(text: str) -> bool:
     return len(text) == 64 and _HEX.issuperset(text)
 
 
-def committed_ids(uri: str, config_digest: str | None = None,
-                  storage_options: dict[str, Any] | None = None) -> set[str]:
+def committed_ids(
+    uri: str, config_digest: str | None = None, storage_options: dict[str, Any] | None = None
+) -> set[str]:
     """Image ids already committed under ``uri`` (for one config digest, if given)."""
     runs = select_runs(uri, storage_options, config_digest=config_digest)
     return {i for run in runs for i in run.image_ids}
@@ -95,9 +96,16 @@ def _owned_files(runs: Sequence[CommittedRun]) -> list[OwnedFile]:
             repeated = done.intersection(entry.image_ids)
             done.update(entry.image_ids)
             if len(repeated) < len(entry.image_ids):
-                out.append(OwnedFile(posixpath.join(run.path, entry.path), frozenset(repeated),
-                                     entry.grid, entry.rows - len(repeated), entry.bytes,
-                                     entry.image_ids))
+                out.append(
+                    OwnedFile(
+                        posixpath.join(run.path, entry.path),
+                        frozenset(repeated),
+                        entry.grid,
+                        entry.rows - len(repeated),
+                        entry.bytes,
+                        entry.image_ids,
+                    )
+                )
     return out
 
 
@@ -110,8 +118,9 @@ def _file_grid(fs: fsspec.AbstractFileSystem, owned: OwnedFile) -> tuple[int, in
     return int(shape[0]), int(shape[1])
 
 
-def _files_by_grid(fs: fsspec.AbstractFileSystem, files: Sequence[OwnedFile]
-                   ) -> dict[tuple[int, int], list[OwnedFile]]:
+def _files_by_grid(
+    fs: fsspec.AbstractFileSystem, files: Sequence[OwnedFile]
+) -> dict[tuple[int, int], list[OwnedFile]]:
     """Files grouped by token grid, grids in order of first appearance."""
     groups: dict[tuple[int, int], list[OwnedFile]] = {}
     for owned in files:
@@ -119,8 +128,13 @@ def _files_by_grid(fs: fsspec.AbstractFileSystem, files: Sequence[OwnedFile]
     return groups
 
 
-def _one_grid(fs: fsspec.AbstractFileSystem, uri: str, files: Sequence[OwnedFile],
-              columns: Sequence[str] | None, grid: Sequence[int] | None) -> list[OwnedFile]:
+def _one_grid(
+    fs: fsspec.AbstractFileSystem,
+    uri: str,
+    files: Sequence[OwnedFile],
+    columns: Sequence[str] | None,
+    grid: Sequence[int] | None,
+) -> list[OwnedFile]:
     """The files of token grid ``grid``; with None, all of them where no tensor column is read
     or they share one grid, else a ValueError that says how to read a folder of several."""
     if grid is None and columns is not None and not set(columns) & set(TENSOR_COLUMNS):
@@ -130,22 +144,26 @@ def _one_grid(fs: fsspec.AbstractFileSystem, uri: str, files: Sequence[OwnedFile
         return groups.get((int(grid[0]), int(grid[1])), [])
     if len(groups) > 1:
         listed = ", ".join(f"{h}x{w}" for h, w in groups)
-        raise ValueError(f"rows under {uri} have {len(groups)} token grids ({listed}): tensors "
-                         "of different shapes do not stack; pass grid=(h, w), or read them "
-                         "with read_feature_groups() or FeatureDataset")
+        raise ValueError(
+            f"rows under {uri} have {len(groups)} token grids ({listed}): tensors "
+            "of different shapes do not stack; pass grid=(h, w), or read them "
+            "with read_feature_groups() or FeatureDataset"
+        )
     return list(files)
 
 
-def _read_tables(fs: fsspec.AbstractFileSystem, files: Sequence[OwnedFile],
-                 columns: Sequence[str] | None) -> Iterator[pa.Table]:
+def _read_tables(
+    fs: fsspec.AbstractFileSystem, files: Sequence[OwnedFile], columns: Sequence[str] | None
+) -> Iterator[pa.Table]:
     """Each file's table, without the rows of the ids it is to leave out, checked against its
     record (size, rows, image ids); ``DamagedFile`` naming the file when it differs."""
     for owned in files:
         yield _read_owned(fs, owned, columns)
 
 
-def _read_owned(fs: fsspec.AbstractFileSystem, owned: OwnedFile,
-                columns: Sequence[str] | None) -> pa.Table:
+def _read_owned(
+    fs: fsspec.AbstractFileSystem, owned: OwnedFile, columns: Sequence[str] | None
+) -> pa.Table:
     path, leave_out = owned.path, owned.leave_out
     wanted = list(columns) if columns else None
     check_ids = owned.ids is not None or bool(leave_out)
@@ -165,8 +183,11 @@ def _read_owned(fs: fsspec.AbstractFileSystem, owned: OwnedFile,
             raise
         raise damaged(path, f"cannot be read as Parquet ({err})") from None
     if owned.ids is not None and tuple(table["image_id"].to_pylist()) != owned.ids:
-        raise damaged(path, f"{table.num_rows} rows whose image ids differ from the "
-                             f"{len(owned.ids)} its record lists")
+        raise damaged(
+            path,
+            f"{table.num_rows} rows whose image ids differ from the "
+            f"{len(owned.ids)} its record lists",
+        )
     if leave_out:
         keep = pc.invert(pc.is_in(table["image_id"], pa.array(sorted(leave_out))))
         table = table.filter(keep)
@@ -179,10 +200,15 @@ def _concat(tables: list[pa.Table]) -> pa.Table | None:
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 
-def read_features_table(uri: str, columns: Sequence[str] | None = None,
-                        storage_options: dict[str, Any] | None = None, *,
-                        method: str | None = None, config_digest: str | None = None,
-                        grid: Sequence[int] | None = None) -> pa.Table:
+def read_features_table(
+    uri: str,
+    columns: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    method: str | None = None,
+    config_digest: str | None = None,
+    grid: Sequence[int] | None = None,
+) -> pa.Table:
     """The committed feature rows under ``uri`` as one pyarrow Table (only the runs of
     ``method`` / ``config_digest`` when given, only the rows of token grid ``grid`` = (h, w)
     when given; tensors of a folder of several grids need ``grid`` or
@@ -197,10 +223,14 @@ def read_features_table(uri: str, columns: Sequence[str] | None = None,
     return table
 
 
-def read_feature_groups(uri: str, columns: Sequence[str] | None = None,
-                        storage_options: dict[str, Any] | None = None, *,
-                        method: str | None = None, config_digest: str | None = None
-                        ) -> dict[tuple[int, int], pa.Table]:
+def read_feature_groups(
+    uri: str,
+    columns: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    method: str | None = None,
+    config_digest: str | None = None,
+) -> dict[tuple[int, int], pa.Table]:
     """The committed feature rows under ``uri``, one pyarrow Table per token grid (h, w):
     images of other aspects have other grids, and their tensors do not stack."""
     fs, _ = filesystem(uri, storage_options)
@@ -212,9 +242,15 @@ def read_feature_groups(uri: str, columns: Sequence[str] | None = None,
     return {g: t for g, t in tables.items() if t is not None and len(t)}
 
 
-def sample_features_table(uri: str, count: int, storage_options: dict[str, Any] | None = None,
-                          *, method: str | None = None, config_digest: str | None = None,
-                          grid: Sequence[int] | None = None) -> pa.Table:
+def sample_features_table(
+    uri: str,
+    count: int,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    method: str | None = None,
+    config_digest: str | None = None,
+    grid: Sequence[int] | None = None,
+) -> pa.Table:
     """Up to ``count`` committed rows spread evenly over the files, reading only the files
     they come from (pictures and checks on a large corpus without loading all of it). Rows of
     one token grid: ``grid``, or in a folder of several the grid with the most rows."""
@@ -238,8 +274,7 @@ def sample_features_table(uri: str, count: int, storage_options: dict[str, Any] 
     return table.take(spread_indices(len(table), count))
 
 
-def _rows_by_grid(groups: dict[tuple[int, int], list[OwnedFile]]
-                  ) -> dict[tuple[int, int], int]:
+def _rows_by_grid(groups: dict[tuple[int, int], list[OwnedFile]]) -> dict[tuple[int, int], int]:
     """Rows per token grid of files grouped by ``_files_by_grid``."""
     return {grid: sum(owned.rows for owned in files) for grid, files in groups.items()}
 
@@ -252,29 +287,44 @@ def spread_indices(length: int, count: int) -> np.ndarray:
 def read_quarantine_table(uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
     """Every quarantined input (uri, stage, reason, error class) of the committed runs."""
     fs, _ = filesystem(uri, storage_options)
-    files = [OwnedFile(posixpath.join(run.path, q.path), frozenset(), None, q.rows, 0)
-             for run in committed_runs(uri, storage_options) for q in run.manifest.quarantine]
+    files = [
+        OwnedFile(posixpath.join(run.path, q.path), frozenset(), None, q.rows, 0)
+        for run in committed_runs(uri, storage_options)
+        for q in run.manifest.quarantine
+    ]
     return _concat(list(_read_tables(fs, files, None))) or QUARANTINE_SCHEMA.empty_table()
 
 
-def read_committed_files(batch: pa.Table, uri: str, storage_options: dict[str, Any] | None,
-                         columns: Sequence[str] | None) -> pa.Table:
+def read_committed_files(
+    batch: pa.Table, uri: str, storage_options: dict[str, Any] | None, columns: Sequence[str] | None
+) -> pa.Table:
     """Ray Data's read of committed feature files: a batch of ``{"path", "leave_out", "size",
     "ids"}`` rows (one per file) -> the files' rows without the ids each is to leave out,
     checked against their records (the same code as every other reader). Plain Python: the
     store imports no Ray."""
     fs, _ = filesystem(uri, storage_options)
-    files = [OwnedFile(path, frozenset(leave_out), None, 0, size, tuple(ids))
-             for path, leave_out, size, ids in zip(
-                 batch["path"].to_pylist(), batch["leave_out"].to_pylist(),
-                 batch["size"].to_pylist(), batch["ids"].to_pylist(), strict=True)]
+    files = [
+        OwnedFile(path, frozenset(leave_out), None, 0, size, tuple(ids))
+        for path, leave_out, size, ids in zip(
+            batch["path"].to_pylist(),
+            batch["leave_out"].to_pylist(),
+            batch["size"].to_pylist(),
+            batch["ids"].to_pylist(),
+            strict=True,
+        )
+    ]
     return pa.concat_tables(list(_read_tables(fs, files, columns)))
 
 
-def read_features(uri: str, columns: Sequence[str] | None = None,
-                  storage_options: dict[str, Any] | None = None, *,
-                  method: str | None = None, config_digest: str | None = None,
-                  grid: Sequence[int] | None = None) -> Any:
+def read_features(
+    uri: str,
+    columns: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    method: str | None = None,
+    config_digest: str | None = None,
+    grid: Sequence[int] | None = None,
+) -> Any:
     """A Ray Dataset of the committed rows (``iter_torch_batches`` yields (B, h, w, C)).
 
     ``method`` ("dvt-fit", or a denoiser's method name) and ``config_digest`` keep only the
@@ -291,27 +341,46 @@ def read_features(uri: str, columns: Sequence[str] | None = None,
     runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
     files = _one_grid(fs, uri, _owned_files(runs), columns, grid)
     if not files:
-        raise FileNotFoundError(f"no committed feature runs under {uri} (method={method}, "
-                                f"config_digest={config_digest}, grid={grid})")
-    items = [{"path": owned.path, "leave_out": sorted(owned.leave_out), "size": owned.size,
-              "ids": list(owned.ids or ())} for owned in files]
+        raise FileNotFoundError(
+            f"no committed feature runs under {uri} (method={method}, "
+            f"config_digest={config_digest}, grid={grid})"
+        )
+    items = [
+        {
+            "path": owned.path,
+            "leave_out": sorted(owned.leave_out),
+            "size": owned.size,
+            "ids": list(owned.ids or ()),
+        }
+        for owned in files
+    ]
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         read_committed_files,  # type: ignore[arg-type]  # Ray's stubs omit fn_kwargs' args
-        batch_size=1, batch_format="pyarrow",
-        fn_kwargs={"uri": uri, "storage_options": storage_options,
-                   "columns": list(columns) if columns else None})
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={
+            "uri": uri,
+            "storage_options": storage_options,
+            "columns": list(columns) if columns else None,
+        },
+    )
 
 
-def feature_grids(uri: str, storage_options: dict[str, Any] | None = None, *,
-                  method: str | None = None, config_digest: str | None = None
-                  ) -> dict[tuple[int, int], int]:
+def feature_grids(
+    uri: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    method: str | None = None,
+    config_digest: str | None = None,
+) -> dict[tuple[int, int], int]:
     """Rows per token grid (h, w) of the committed rows, grids in order of first appearance."""
     runs = select_runs(uri, storage_options, method=method, config_digest=config_digest)
     return run_grids(uri, runs, storage_options)
 
 
-def run_grids(uri: str, runs: Sequence[CommittedRun],
-              storage_options: dict[str, Any] | None = None) -> dict[tuple[int, int], int]:
+def run_grids(
+    uri: str, runs: Sequence[CommittedRun], storage_options: dict[str, Any] | None = None
+) -> dict[tuple[int, int], int]:
     """``feature_grids`` of runs already selected (no second listing of the output)."""
     fs, _ = filesystem(uri, storage_options)
     return _rows_by_grid(_files_by_grid(fs, _owned_files(runs)))
@@ -327,12 +396,18 @@ class FeatureDataset:
     appears twice with two different targets.
     """
 
-    def __init__(self, uri: str, tensors: Sequence[str] = ("raw", "clean"),
-                 storage_options: dict[str, Any] | None = None, *,
-                 config_digest: str | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        tensors: Sequence[str] = ("raw", "clean"),
+        storage_options: dict[str, Any] | None = None,
+        *,
+        config_digest: str | None = None,
+    ) -> None:
         digest = config_digest or newest_config_digest(uri, storage_options)
-        groups = read_feature_groups(uri, ["image_id", *tensors], storage_options,
-                                     config_digest=digest)
+        groups = read_feature_groups(
+            uri, ["image_id", *tensors], storage_options, config_digest=digest
+        )
         self.image_ids: list[str] = []
         self._arrays: list[dict[str, np.ndarray]] = []
         self._where: list[tuple[int, int]] = []  # (group, row in it) of item i

@@ -53,9 +53,14 @@ class FileEntry:
     def from_dict(cls, doc: dict[str, Any]) -> FileEntry:
         """An entry as a record stores it (older records lack size and grid)."""
         grid = doc.get("grid")
-        return cls(doc["path"], int(doc.get("rows", len(doc["image_ids"]))),
-                   doc.get("sha256", ""), tuple(doc["image_ids"]), int(doc.get("bytes", 0)),
-                   (int(grid[0]), int(grid[1])) if grid else None)
+        return cls(
+            doc["path"],
+            int(doc.get("rows", len(doc["image_ids"]))),
+            doc.get("sha256", ""),
+            tuple(doc["image_ids"]),
+            int(doc.get("bytes", 0)),
+            (int(grid[0]), int(grid[1])) if grid else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -70,14 +75,21 @@ class QuarantineEntry:
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> QuarantineEntry:
         """An entry as a record stores it."""
-        return cls(doc["path"], int(doc.get("rows", len(doc["uris"]))), doc.get("sha256", ""),
-                   tuple(doc["uris"]))
+        return cls(
+            doc["path"],
+            int(doc.get("rows", len(doc["uris"]))),
+            doc.get("sha256", ""),
+            tuple(doc["uris"]),
+        )
 
 
-def _entries_doc(files: Sequence[FileEntry], quarantine: Sequence[QuarantineEntry]
-                 ) -> dict[str, Any]:
-    return {"files": [dataclasses.asdict(f) for f in files],
-            "quarantine": [dataclasses.asdict(q) for q in quarantine]}
+def _entries_doc(
+    files: Sequence[FileEntry], quarantine: Sequence[QuarantineEntry]
+) -> dict[str, Any]:
+    return {
+        "files": [dataclasses.asdict(f) for f in files],
+        "quarantine": [dataclasses.asdict(q) for q in quarantine],
+    }
 
 
 @dataclass(frozen=True)
@@ -91,8 +103,9 @@ class CommitRecord:
 
     def to_bytes(self) -> bytes:
         """The record's JSON (sorted keys: the same files give the same bytes)."""
-        return json.dumps({"task": self.task, **_entries_doc(self.files, self.quarantine)},
-                          sort_keys=True).encode()
+        return json.dumps(
+            {"task": self.task, **_entries_doc(self.files, self.quarantine)}, sort_keys=True
+        ).encode()
 
     @property
     def name(self) -> str:
@@ -103,8 +116,11 @@ class CommitRecord:
     def from_bytes(cls, data: bytes) -> CommitRecord:
         """A record from its JSON (``KeyError`` / ``ValueError`` when damaged)."""
         doc = json.loads(data)
-        return cls(int(doc["task"]), tuple(FileEntry.from_dict(f) for f in doc["files"]),
-                   tuple(QuarantineEntry.from_dict(q) for q in doc["quarantine"]))
+        return cls(
+            int(doc["task"]),
+            tuple(FileEntry.from_dict(f) for f in doc["files"]),
+            tuple(QuarantineEntry.from_dict(q) for q in doc["quarantine"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -122,18 +138,29 @@ class Manifest:
 
     def to_bytes(self) -> bytes:
         """The manifest's JSON, as ``_manifest.json`` and ``_SEALED`` hold it."""
-        return json.dumps({"run_id": self.run_id, "config_digest": self.config_digest,
-                           "schema_version": self.schema_version, "meta": self.meta.to_dict(),
-                           **_entries_doc(self.files, self.quarantine),
-                           "summary": self.summary}).encode()
+        return json.dumps(
+            {
+                "run_id": self.run_id,
+                "config_digest": self.config_digest,
+                "schema_version": self.schema_version,
+                "meta": self.meta.to_dict(),
+                **_entries_doc(self.files, self.quarantine),
+                "summary": self.summary,
+            }
+        ).encode()
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Manifest:
         """A manifest from its parsed JSON (older versions lack run id, summary and version)."""
-        return cls(doc.get("run_id", ""), doc["config_digest"], RunMeta.from_dict(doc.get("meta")),
-                   tuple(FileEntry.from_dict(f) for f in doc.get("files", [])),
-                   tuple(QuarantineEntry.from_dict(q) for q in doc.get("quarantine", [])),
-                   doc.get("summary") or {}, int(doc.get("schema_version", 1)))
+        return cls(
+            doc.get("run_id", ""),
+            doc["config_digest"],
+            RunMeta.from_dict(doc.get("meta")),
+            tuple(FileEntry.from_dict(f) for f in doc.get("files", [])),
+            tuple(QuarantineEntry.from_dict(q) for q in doc.get("quarantine", [])),
+            doc.get("summary") or {},
+            int(doc.get("schema_version", 1)),
+        )
 
     @property
     def image_ids(self) -> list[str]:
@@ -183,8 +210,9 @@ class CommittedRun:
         return self.manifest.image_ids
 
 
-def write_run_config(fs: fsspec.AbstractFileSystem, run_path: str, resolved: dict[str, Any]
-                     ) -> None:
+def write_run_config(
+    fs: fsspec.AbstractFileSystem, run_path: str, resolved: dict[str, Any]
+) -> None:
     """``config.json``: the resolved job config and the run's meta (written first)."""
     fs.makedirs(run_path, exist_ok=True)
     put_atomic(fs, posixpath.join(run_path, CONFIG_FILE), json.dumps(resolved, indent=2).encode())
@@ -195,8 +223,7 @@ def read_run_config(fs: fsspec.AbstractFileSystem, run_path: str) -> dict[str, A
     return read_json(fs, posixpath.join(run_path, CONFIG_FILE))
 
 
-def write_commit_record(fs: fsspec.AbstractFileSystem, run_path: str, record: CommitRecord
-                        ) -> str:
+def write_commit_record(fs: fsspec.AbstractFileSystem, run_path: str, record: CommitRecord) -> str:
     """Make a write task's files visible (call after they landed); the record's name."""
     put_atomic(fs, posixpath.join(run_path, COMMITS_DIR, record.name), record.to_bytes())
     return record.name
@@ -211,8 +238,9 @@ def commit_record_names(fs: fsspec.AbstractFileSystem, run_path: str) -> list[st
     return [posixpath.basename(p) for p in fs.ls(folder, detail=False) if p.endswith(".json")]
 
 
-def read_commit_records(fs: fsspec.AbstractFileSystem, run_path: str,
-                        names: Sequence[str] | None = None) -> list[tuple[str, CommitRecord]]:
+def read_commit_records(
+    fs: fsspec.AbstractFileSystem, run_path: str, names: Sequence[str] | None = None
+) -> list[tuple[str, CommitRecord]]:
     """(name, record) of a run's commit records, sorted by name (all, or just ``names``)."""
     folder = posixpath.join(run_path, COMMITS_DIR)
     names = sorted(commit_record_names(fs, run_path) if names is None else names)
@@ -222,15 +250,24 @@ def read_commit_records(fs: fsspec.AbstractFileSystem, run_path: str,
         try:
             records.append((name, CommitRecord.from_bytes(blob)))
         except (ValueError, KeyError, TypeError) as err:  # its task's files stay unread
-            logger.warning("%s", damaged(posixpath.join(folder, name),
-                                          f"a commit record of {len(blob)} bytes that cannot "
-                                          f"be parsed ({err}); its files are left out"))
+            logger.warning(
+                "%s",
+                damaged(
+                    posixpath.join(folder, name),
+                    f"a commit record of {len(blob)} bytes that cannot "
+                    f"be parsed ({err}); its files are left out",
+                ),
+            )
     return records
 
 
-def manifest_from_records(run_id: str, config_digest: str, meta: RunMeta,
-                          records: Sequence[CommitRecord], summary: dict[str, Any] | None = None
-                          ) -> Manifest:
+def manifest_from_records(
+    run_id: str,
+    config_digest: str,
+    meta: RunMeta,
+    records: Sequence[CommitRecord],
+    summary: dict[str, Any] | None = None,
+) -> Manifest:
     """The manifest of a run as the union of its commit records (a file listed twice, by a
     retried task, counts once)."""
     files: dict[str, FileEntry] = {}
@@ -238,14 +275,21 @@ def manifest_from_records(run_id: str, config_digest: str, meta: RunMeta,
     for record in records:
         files.update((f.path, f) for f in record.files if f.path not in files)
         quarantine.update((q.path, q) for q in record.quarantine if q.path not in quarantine)
-    return Manifest(run_id, config_digest, meta, tuple(files.values()),
-                    tuple(quarantine.values()), summary or {})
+    return Manifest(
+        run_id,
+        config_digest,
+        meta,
+        tuple(files.values()),
+        tuple(quarantine.values()),
+        summary or {},
+    )
 
 
 def commit_run(fs: fsspec.AbstractFileSystem, run_path: str, manifest: Manifest) -> None:
     """Close a finished run: summary, manifest, then ``_COMMITTED`` (written last)."""
-    put_atomic(fs, posixpath.join(run_path, SUMMARY_FILE),
-               json.dumps(manifest.summary, indent=2).encode())
+    put_atomic(
+        fs, posixpath.join(run_path, SUMMARY_FILE), json.dumps(manifest.summary, indent=2).encode()
+    )
     put_atomic(fs, posixpath.join(run_path, MANIFEST), manifest.to_bytes())
     put_atomic(fs, posixpath.join(run_path, COMMITTED), manifest.run_id.encode())
 
@@ -257,9 +301,12 @@ def _run_ids(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
     fs.invalidate_cache(runs_root)
     if not fs.exists(runs_root):
         return []
-    ids = sorted(name for entry in fs.ls(runs_root, detail=True)
-                 if entry["type"] == "directory"  # stray files (.DS_Store ...) are no runs
-                 and not (name := posixpath.basename(entry["name"].rstrip("/"))).startswith("."))
+    ids = sorted(
+        name
+        for entry in fs.ls(runs_root, detail=True)
+        if entry["type"] == "directory"  # stray files (.DS_Store ...) are no runs
+        and not (name := posixpath.basename(entry["name"].rstrip("/"))).startswith(".")
+    )
     for run_id in ids:
         fs.invalidate_cache(run_folder(root, run_id))
     return ids
@@ -276,12 +323,17 @@ def _open_manifest(fs: fsspec.AbstractFileSystem, run_path: str) -> Manifest | N
         return None
     meta = RunMeta.from_dict(resolved.get("meta"))
     records = [r for _, r in read_commit_records(fs, run_path)]
-    return manifest_from_records(resolved.get("run_id", posixpath.basename(run_path)),
-                                 meta.config_digest or "", meta, records)
+    return manifest_from_records(
+        resolved.get("run_id", posixpath.basename(run_path)),
+        meta.config_digest or "",
+        meta,
+        records,
+    )
 
 
-def seal_dead_runs(uri: str, storage_options: dict[str, Any] | None, current_run_id: str
-                   ) -> list[str]:
+def seal_dead_runs(
+    uri: str, storage_options: dict[str, Any] | None, current_run_id: str
+) -> list[str]:
     """Called by a run that holds the output's lease, before it lists what is committed: every
     other run without a marker is dead (only the lease holder runs), and gets ``_SEALED``, the
     manifest of the records it had. A record such a run writes later (it lost its lease and
@@ -290,8 +342,11 @@ def seal_dead_runs(uri: str, storage_options: dict[str, Any] | None, current_run
     sealed = []
     for run_id in _run_ids(fs, root):
         path = run_folder(root, run_id)
-        if run_id == current_run_id or fs.exists(posixpath.join(path, COMMITTED)) or \
-                fs.exists(posixpath.join(path, SEALED)):
+        if (
+            run_id == current_run_id
+            or fs.exists(posixpath.join(path, COMMITTED))
+            or fs.exists(posixpath.join(path, SEALED))
+        ):
             continue
         if fs.exists(posixpath.join(path, CONFIG_FILE)):
             manifest = _open_manifest(fs, path)
@@ -310,18 +365,24 @@ def list_runs(fs: fsspec.AbstractFileSystem, root: str) -> list[CommittedRun]:
     runs = []
     for run_id in _run_ids(fs, root):
         path = run_folder(root, run_id)
-        for marker, listing, state in ((COMMITTED, MANIFEST, "committed"),
-                                       (SEALED, SEALED, "sealed")):
+        for marker, listing, state in (
+            (COMMITTED, MANIFEST, "committed"),
+            (SEALED, SEALED, "sealed"),
+        ):
             if fs.exists(posixpath.join(path, marker)):
                 control = posixpath.join(path, listing)
                 try:
-                    runs.append(CommittedRun(path, Manifest.from_doc(read_json(fs, control)),
-                                             state))
+                    runs.append(
+                        CommittedRun(path, Manifest.from_doc(read_json(fs, control)), state)
+                    )
                 except (DamagedFile, FileNotFoundError, KeyError, TypeError) as err:
                     # the commit records the manifest (or seal) was made from still count
-                    logger.warning("%s; the run is read from its commit records instead",
-                                   err if isinstance(err, DamagedFile)
-                                   else damaged(control, f"unreadable ({err!r})"))
+                    logger.warning(
+                        "%s; the run is read from its commit records instead",
+                        err
+                        if isinstance(err, DamagedFile)
+                        else damaged(control, f"unreadable ({err!r})"),
+                    )
                     manifest = _open_manifest(fs, path)
                     if manifest is not None:
                         runs.append(CommittedRun(path, manifest, state, damaged=control))
@@ -332,27 +393,37 @@ def list_runs(fs: fsspec.AbstractFileSystem, root: str) -> list[CommittedRun]:
     return runs
 
 
-def committed_runs(uri: str, storage_options: dict[str, Any] | None = None
-                   ) -> list[CommittedRun]:
+def committed_runs(uri: str, storage_options: dict[str, Any] | None = None) -> list[CommittedRun]:
     """Every run under an output URI with committed work, oldest first (run ids sort by time).
     Unlisted files (of a task that died before its record, or written after a seal) are never
     read."""
     fs, root = filesystem(uri, storage_options)
-    return [run for run in list_runs(fs, root) if run.state == "committed"
-            or run.manifest.files or run.manifest.quarantine]
+    return [
+        run
+        for run in list_runs(fs, root)
+        if run.state == "committed" or run.manifest.files or run.manifest.quarantine
+    ]
 
 
-def select_runs(uri: str, storage_options: dict[str, Any] | None = None, *,
-                method: str | None = None, config_digest: str | None = None
-                ) -> list[CommittedRun]:
+def select_runs(
+    uri: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    method: str | None = None,
+    config_digest: str | None = None,
+) -> list[CommittedRun]:
     """The committed runs under ``uri`` whose rows came from ``method`` / ``config_digest``."""
-    return [run for run in committed_runs(uri, storage_options)
-            if (config_digest is None or run.config_digest == config_digest)
-            and (method is None or run.meta.method == method)]
+    return [
+        run
+        for run in committed_runs(uri, storage_options)
+        if (config_digest is None or run.config_digest == config_digest)
+        and (method is None or run.meta.method == method)
+    ]
 
 
-def newest_config_digest(uri: str, storage_options: dict[str, Any] | None = None, *,
-                         method: str | None = None) -> str:
+def newest_config_digest(
+    uri: str, storage_options: dict[str, Any] | None = None, *, method: str | None = None
+) -> str:
     """The config digest of the newest committed run under ``uri`` (of ``method``, if given):
     what a reader takes when a folder holds rows of several configs and none was chosen."""
     runs = select_runs(uri, storage_options, method=method)
