@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
-from pipeline.config import ConfigError, MissingInput, config_to_dict, redact
+from pipeline.config import ConfigError, config_to_dict, redact
 from pipeline.distributed.features import init_ray
 from pipeline.job_config import TrainJobConfig
 from pipeline.models.artifact_model import read_artifact_model
@@ -46,9 +46,9 @@ from pipeline.models.denoiser_train import (
     peak_lr,
     train_step,
 )
-from pipeline.store import column_to_numpy, read_features, sample_features_table, select_runs
+from pipeline.store import column_to_numpy, read_features, sample_features_table
 from pipeline.store.readers import run_grids
-from pipeline.store.runs import newest_config
+from pipeline.store.runs import newest_config, stage1_runs
 
 logger = logging.getLogger(__name__)
 
@@ -118,17 +118,12 @@ def describe_corpus(cfg: TrainJobConfig) -> Corpus:
     another config holds each image twice, once per config, with different targets; with
     ``input.all_configs`` every config's runs are pooled (stage 1 at several input sizes).
     """
-    runs = select_runs(
+    runs = stage1_runs(
         cfg.input.uri,
         cfg.input.storage_options,
-        method="dvt-fit",
-        config_digest=cfg.input.config_digest,
+        cfg.input.config_digest,
+        "--input (input.uri) and input.config_digest",
     )
-    if not runs:
-        raise MissingInput(
-            f"no committed stage-1 runs under {cfg.input.uri} "
-            f"(config_digest={cfg.input.config_digest})"
-        )
     if not cfg.input.all_configs:
         newest, runs, others = newest_config(runs)
         if others:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 
-from pipeline.config import ConfigError, MissingInput, apply_overrides, drop_redacted, from_dict
+from pipeline.config import ConfigError, apply_overrides, drop_redacted, from_dict
 from pipeline.evaluation.metrics import (
     MatchCount,
     crop_pair_matching,
@@ -68,11 +68,10 @@ from pipeline.store import (
     raw_minus_artifact,
     read_features_table,
     sample_features_table,
-    select_runs,
 )
 from pipeline.store.fs import filesystem
 from pipeline.store.readers import spread_indices
-from pipeline.store.runs import read_run_config
+from pipeline.store.runs import read_run_config, stage1_runs
 
 logger = logging.getLogger(__name__)
 
@@ -82,16 +81,12 @@ MIN_PAIR_OVERLAP = 0.25
 def _features_job(cfg: EvaluateConfig) -> tuple[CleanJobConfig, str, str]:
     """The job config saved with the evaluated runs (latest digest unless one is given), its
     digest, and its artifact model's URI ("" for the field method)."""
-    runs = select_runs(
+    runs = stage1_runs(
         cfg.features.uri,
         cfg.features.storage_options,
-        method="dvt-fit",
-        config_digest=cfg.features.config_digest,
+        cfg.features.config_digest,
+        "--features (features.uri) and features.config_digest",
     )
-    if not runs:
-        raise MissingInput(
-            f"no committed stage-1 runs under {cfg.features.uri}: check --features (features.uri)"
-        )
     run = runs[-1]
     fs, _ = filesystem(cfg.features.uri, cfg.features.storage_options)
     saved = read_run_config(fs, run.path)

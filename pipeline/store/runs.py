@@ -20,6 +20,7 @@ from typing import Any
 
 import fsspec
 
+from pipeline.config import MissingInput
 from pipeline.store.format import SCHEMA_VERSION
 from pipeline.store.fs import DamagedFile, damaged, filesystem, put_atomic, read_json, read_many
 from pipeline.store.layout import (
@@ -419,6 +420,18 @@ def select_runs(
         if (config_digest is None or run.config_digest == config_digest)
         and (method is None or run.meta.method == method)
     ]
+
+
+def stage1_runs(
+    uri: str, storage_options: dict[str, Any] | None, config_digest: str | None, flag: str
+) -> list[CommittedRun]:
+    """The committed stage-1 (``dvt-fit``) runs under ``uri`` (of ``config_digest`` when given);
+    ``MissingInput`` when there are none, naming the option to check (``flag``)."""
+    runs = select_runs(uri, storage_options, method="dvt-fit", config_digest=config_digest)
+    if not runs:
+        of = f" of config {config_digest}" if config_digest else ""
+        raise MissingInput(f"no committed stage-1 runs{of} under {uri}: check {flag}")
+    return runs
 
 
 def newest_config_digest(
