@@ -107,8 +107,16 @@ def test_lower_layers_import_only_downward(layer: str) -> None:
                 )
 
 
-STORE_IMPORTS = ("numpy", "pyarrow", "fsspec", "pipeline.config", "pipeline.store")
-"""What the store may import besides the standard library (``sys.stdlib_module_names``)."""
+STORE_IMPORTS = (
+    "numpy",
+    "pyarrow",
+    "fsspec",
+    "safetensors.numpy",
+    "pipeline.config",
+    "pipeline.store",
+)
+"""What the store may import besides the standard library (``sys.stdlib_module_names``);
+safetensors' numpy half for artifact-model files, inside their functions."""
 STORE_LAZY = {
     ("store/readers.py", "read_features"): "ray",
     ("store/readers.py", "__getitem__"): "torch",
@@ -118,9 +126,9 @@ tensors of ``FeatureDataset`` items."""
 
 
 def test_store_imports_only_its_formats() -> None:
-    """The on-disk contract needs only the standard library, numpy, pyarrow, fsspec and the
-    configs: never a model, a stage, the evaluation, the job configs or the Ray layer, so a
-    reader of the outputs installs and loads nothing heavier."""
+    """The on-disk contract needs only the standard library, numpy, pyarrow, fsspec,
+    safetensors (numpy) and the configs: never a model, a stage, the evaluation, the job
+    configs or the Ray layer, so a reader of the outputs installs and loads nothing heavier."""
     for path in sorted((PACKAGE / "store").glob("*.py")):
         name = str(path.relative_to(PACKAGE))
         for module, function in imported_modules(ast.parse(path.read_text())):
@@ -165,6 +173,7 @@ def test_reader_and_writer_tasks_never_import_torch() -> None:
     code = (
         "import sys\n"
         "import pipeline, pipeline.stages.read, pipeline.distributed.sink\n"
+        "assert not hasattr(pipeline, 'no_such_name')  # a probe loads nothing either\n"
         "heavy = sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules)\n"
         "from pipeline import clean_images, load_extractor\n"
         "print(heavy, 'torch' in sys.modules, callable(clean_images))"
@@ -183,6 +192,7 @@ def test_public_names_are_the_api_modules() -> None:
 
     names = [n for n in vars(pipeline.api) if not n.startswith("_") and n != "annotations"]
     assert len(names) == 14 and "clean_images" in names and "DenoisedViT" in names
+    assert sorted(names) == pipeline.__all__  # read from api.py's source, without importing it
     for name in names:
         assert getattr(pipeline, name) is getattr(pipeline.api, name)
         assert getattr(pipeline, name).__name__ == name

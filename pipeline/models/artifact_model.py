@@ -10,16 +10,13 @@ pattern that every image shares is the model's. Two estimates of it:
 
 ``raw - pattern`` (``ArtifactModel.subtract``) is then an artifact-free output for the whole
 corpus and for new images; ``pipeline.models.shift`` subtracts it view by view.
-``write_artifact_model`` / ``read_artifact_model`` keep it as a safetensors file (at
-``pipeline.store.artifact_model_uri`` under an output) through the store's atomic writes.
+``write_artifact_model`` / ``read_artifact_model`` keep it as a file of the store
+(``pipeline.store.artifacts``, at ``artifact_model_uri`` under an output).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import posixpath
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,8 +29,7 @@ from timm.layers import resample_abs_pos_embed
 from pipeline.models.crops import random_crop
 from pipeline.models.views import full_view_pixels
 from pipeline.models.vit import FeatureExtractor
-from pipeline.store.format import SCHEMA_VERSION
-from pipeline.store.fs import filesystem, put_atomic
+from pipeline.store.artifacts import read_pattern_file, write_pattern_file
 
 logger = logging.getLogger(__name__)
 
@@ -162,45 +158,31 @@ def from_artifacts(
 def write_artifact_model(
     uri: str, model: ArtifactModel, storage_options: dict[str, Any] | None = None
 ) -> str:
-    """Store ``model`` at ``uri`` atomically (safetensors: the pattern, and its facts as
-    metadata); returns the sha256 of the bytes, which identifies the pattern."""
-    from safetensors.numpy import save
-
-    meta = {
+    """Store ``model`` at ``uri`` atomically (``pipeline.store.artifacts``: the pattern, and
+    its facts as metadata); returns the sha256 of the bytes, which identifies the pattern."""
+    facts = {
         "model": model.model,
         "weights_digest": model.weights_digest,
         "image_size": str(model.image_size),
         "samples": str(model.samples),
         "source": model.source,
         "seconds": repr(model.seconds),
-        "dvt_schema_version": str(SCHEMA_VERSION),
     }
-    data = save({"pattern": np.ascontiguousarray(model.pattern, dtype=np.float32)}, meta)
-    fs, path = filesystem(uri, storage_options)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    put_atomic(fs, path, data)
-    return hashlib.sha256(data).hexdigest()
+    return write_pattern_file(uri, model.pattern, facts, storage_options)
 
 
 def read_artifact_model(
     uri: str, storage_options: dict[str, Any] | None = None
 ) -> tuple[ArtifactModel, str]:
     """An artifact model written by ``write_artifact_model`` and the sha256 of its bytes."""
-    from safetensors.numpy import load
-
-    fs, path = filesystem(uri, storage_options)
-    with fs.open(path, "rb") as fh:
-        data = fh.read()
-    # safetensors: an 8-byte little-endian header length, then the JSON header
-    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-    meta = header.get("__metadata__") or {}
+    pattern, facts, sha = read_pattern_file(uri, storage_options)
     model = ArtifactModel(
-        meta["model"],
-        meta["weights_digest"],
-        int(meta["image_size"]),
-        load(data)["pattern"],
-        int(meta["samples"]),
-        meta["source"],
-        float(meta.get("seconds", "0")),
+        facts["model"],
+        facts["weights_digest"],
+        int(facts["image_size"]),
+        pattern,
+        int(facts["samples"]),
+        facts["source"],
+        float(facts.get("seconds", "0")),
     )
-    return model, hashlib.sha256(data).hexdigest()
+    return model, sha

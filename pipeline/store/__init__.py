@@ -1,8 +1,9 @@
 """The on-disk contract of feature outputs, one module per concern:
 
 - ``layout``: the names of an output's folders and files (runs, control files, artifact models);
-- ``format``: the Arrow format (tensor columns, the features schema, ``feature_table``, the
-  stages' ``RowStatus``, Parquet bytes);
+- ``format``: the Arrow format (tensor columns, the features schema, ``feature_table``,
+  Parquet bytes);
+- ``artifacts``: artifact-model files (a pattern and its facts, safetensors);
 - ``meta``: ``RunMeta``, what a run records about how its rows were made;
 - ``fs``: filesystems, atomic writes and reads, ``DamagedFile``;
 - ``runs``: the run protocol (commit records, manifests, seals, the listing of runs);
@@ -19,7 +20,6 @@ from pipeline.store.format import (
     QUARANTINE_SCHEMA,
     SCHEMA_VERSION,
     TENSOR_COLUMNS,
-    RowStatus,
     column_to_numpy,
     feature_table,
     features_schema,
@@ -57,7 +57,6 @@ __all__ = [
     "FeatureDataset",
     "GcReport",
     "Manifest",
-    "RowStatus",
     "RunMeta",
     "artifact_model_uri",
     "column_to_numpy",
