@@ -17,7 +17,8 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from pipeline import __version__
-from pipeline.store import QUARANTINE_SCHEMA, RowStatus, RunMeta, feature_table
+from pipeline.stages.read import RowStatus
+from pipeline.store import QUARANTINE_SCHEMA, RunMeta, feature_table
 from pipeline.store.format import table_bytes
 from pipeline.store.fs import filesystem, put_atomic
 from pipeline.store.runs import CommitRecord, FileEntry, QuarantineEntry, write_commit_record

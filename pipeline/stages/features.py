@@ -2,10 +2,9 @@
 
 They take the read stage's rows (``pipeline.stages.read.ReadImages``) and return batches as dicts of
 numpy columns, and import no Ray, so they run the same under Ray Data's actor pools and in a
-plain loop. Every input row comes out as exactly one row with a ``status``
-(``pipeline.store.RowStatus``): ``done`` (features in ``raw``/``clean``/``artifact`` as bytes),
-``skipped`` (already committed for this config) or ``error`` (with ``stage``, ``reason``,
-``error_class``).
+plain loop. Every input row comes out as exactly one row with a ``status`` (``RowStatus``):
+``done`` (features in ``raw``/``clean``/``artifact`` as bytes), ``skipped`` (already committed
+for this config) or ``error`` (with ``stage``, ``reason``, ``error_class``).
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ from pipeline.models.denoiser import denoiser_digest as digest_of
 from pipeline.models.engine import CleanResult, clean_images
 from pipeline.models.online import denoise_images
 from pipeline.models.vit import load_extractor
-from pipeline.stages.read import PASSTHROUGH, Batch, failed_rows, object_column
-from pipeline.store import RowStatus
+from pipeline.stages.read import PASSTHROUGH, Batch, RowStatus, failed_rows, object_column
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ column is a scalar or binary.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import logging
 from typing import Any
@@ -17,13 +18,31 @@ import fsspec
 import numpy as np
 
 from pipeline.models.decoder_process import DecoderProcess
-from pipeline.store import RowStatus, committed_ids
+from pipeline.store import committed_ids
 from pipeline.store.fs import filesystem
 from pipeline.store.readers import IdSet
 
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
+
+
+class RowStatus(enum.StrEnum):
+    """Where an input row stands between the stages of a feature job (the ``status`` column of
+    their batches): plain strings in Arrow columns, so the values never change."""
+
+    READ = "read"
+    """Its bytes were read and its id computed; not decoded yet."""
+    OK = "ok"
+    """Decoded: pixels ready for the feature stage."""
+    DONE = "done"
+    """Features computed: the sink writes it to a feature file."""
+    SKIPPED = "skipped"
+    """Already committed for this config: nothing to do."""
+    ERROR = "error"
+    """Failed (``stage``, ``reason``, ``error_class`` say how): the sink quarantines it."""
+
+
 PASSTHROUGH = (
     "source_uri",
     "image_id",

@@ -8,7 +8,6 @@ files.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import io
 from collections.abc import Mapping, Sequence
@@ -26,22 +25,6 @@ file, recorded in its ``FileEntry``); 2: per-task commit records (``_commits/``)
 Runs of versions 1 and 2 (one square grid) read as before."""
 TENSOR_COLUMNS = ("raw", "clean", "artifact", "clean_hr")
 METRIC_FIELDS = ("final_loss", "r2", "artifact_ratio", "extract_seconds", "fit_seconds", "seconds")
-
-
-class RowStatus(enum.StrEnum):
-    """Where an input row stands between the stages of a feature job (the ``status`` column of
-    their batches): plain strings in Arrow columns, so the values never change."""
-
-    READ = "read"
-    """Its bytes were read and its id computed; not decoded yet."""
-    OK = "ok"
-    """Decoded: pixels ready for the feature stage."""
-    DONE = "done"
-    """Features computed: the sink writes it to a feature file."""
-    SKIPPED = "skipped"
-    """Already committed for this config: nothing to do."""
-    ERROR = "error"
-    """Failed (``stage``, ``reason``, ``error_class`` say how): the sink quarantines it."""
 
 
 QUARANTINE_SCHEMA = pa.schema(
