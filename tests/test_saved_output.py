@@ -39,7 +39,7 @@ def test_saved_runs_and_ids_read_the_same(output: str) -> None:
     runs = committed_runs(output)
     assert [[r.manifest.run_id, r.state] for r in runs] == EXPECTED["runs"]
     assert runs[0].manifest.config_digest == EXPECTED["config_digest"]
-    assert dict(runs[0].manifest.meta) == EXPECTED["meta"]
+    assert runs[0].manifest.meta.to_dict() == EXPECTED["meta"]
     assert sorted(committed_ids(output)) == EXPECTED["committed_ids"]
     assert sorted(committed_ids(output, EXPECTED["config_digest"])) == EXPECTED["committed_ids"]
     assert not committed_ids(output, "0" * 16)  # another config committed nothing

@@ -5,17 +5,17 @@ the readers, training and evaluation."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 
 @dataclass(frozen=True)
-class RunMeta(Mapping[str, Any]):
+class RunMeta:
     """A run's facts. A field that is None is absent from the JSON (a job that does not set it,
     a run sealed before its config, or an older run), so every manifest written so far reads,
-    and writes back, as the same JSON object (``from_dict`` / ``to_dict``). Read-only mapping
-    of that JSON object too (``dict(meta)``, ``meta["grid"]``)."""
+    and writes back, as the same JSON object (``from_dict`` / ``to_dict``): the same keys and
+    values (the keys in field order)."""
 
     model: str | None = None
     """timm model name of the ViT (e.g. ``vit_small_patch14_dinov2``)."""
@@ -72,12 +72,3 @@ class RunMeta(Mapping[str, Any]):
         }
         out.update((k, v) for k, v in self.extra.items() if k not in out)
         return out
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())

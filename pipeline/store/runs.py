@@ -16,7 +16,7 @@ import logging
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import fsspec
 
@@ -169,7 +169,8 @@ class Manifest:
         return [i for f in self.files for i in f.image_ids]
 
 
-RUN_STATES = ("committed", "sealed", "open")
+RunState = Literal["committed", "sealed", "open"]
+"""How a run's work was found: its manifest (committed), its seal or its commit records."""
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ class CommittedRun:
 
     path: str
     manifest: Manifest
-    state: str = "committed"
+    state: RunState = "committed"
     damaged: str = ""
     """A control file of the run (manifest or seal) found damaged: the run was read from its
     commit records instead, and gc leaves the run alone."""
@@ -366,10 +367,11 @@ def list_runs(fs: fsspec.AbstractFileSystem, root: str) -> list[CommittedRun]:
     runs = []
     for run_id in _run_ids(fs, root):
         path = run_folder(root, run_id)
-        for marker, listing, state in (
+        closed: tuple[tuple[str, str, RunState], ...] = (
             (COMMITTED, MANIFEST, "committed"),
             (SEALED, SEALED, "sealed"),
-        ):
+        )
+        for marker, listing, state in closed:
             if fs.exists(posixpath.join(path, marker)):
                 control = posixpath.join(path, listing)
                 try:
