@@ -12,7 +12,8 @@ Public API (``pipeline.api`` lists it)::
 
 Layers (``tests/test_layout.py`` holds them): ``models`` (torch/numpy, never Ray), ``store``
 (the on-disk contract and its readers), ``evaluation`` (measures, report), ``distributed``
-(the Ray layer), ``config`` / ``job_config`` / ``presets`` (configs).
+(the Ray layer), ``stages`` (the Ray-free stages it maps), ``config`` / ``job_config`` /
+``presets`` (configs), ``cli`` (the ``dvt`` command).
 
 The public names load on first use: a process that needs only the store (a Parquet reader,
 a Ray reader or writer task) never imports torch or timm.
@@ -20,7 +21,9 @@ a Ray reader or writer task) never imports torch or timm.
 
 from __future__ import annotations
 
+import ast
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,23 +32,29 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def _api() -> dict[str, Any]:
-    """The public names and their values (imports ``pipeline.api``: torch, timm)."""
-    api = importlib.import_module("pipeline.api")
-    return {
-        name: value
-        for name, value in vars(api).items()
-        if not name.startswith("_") and name != "annotations"
-    }
+def _api_names() -> list[str]:
+    """The names ``pipeline/api.py`` imports, read from its source (importing it would load
+    torch and timm)."""
+    tree = ast.parse((Path(__file__).parent / "api.py").read_text())
+    return sorted(
+        alias.asname or alias.name
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module != "__future__"
+        for alias in node.names
+    )
+
+
+__all__ = _api_names()
 
 
 def __getattr__(name: str) -> Any:
     """A public name, imported from ``pipeline.api`` on first use."""
-    if name.startswith("_") or name not in (names := _api()):
+    if name not in __all__:
         raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
-    globals()[name] = names[name]
-    return names[name]
+    value = getattr(importlib.import_module("pipeline.api"), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_api()})
+    return sorted({*globals(), *__all__})
