@@ -113,71 +113,12 @@ def _quickstart_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="job overrides, e.g. preset=smoke")
 
 
-def draw_figures(
-    features: Path, config_digest: str, photos: dict[str, Any], figures: Path
-) -> set[str]:
-    """One figure per committed photo of the run's config, whatever its token grid (photos of
-    other aspects have other grids and are read grid by grid); the names drawn."""
-    from pipeline.evaluation.visualize import feature_figure
-    from pipeline.store import column_to_numpy, read_feature_groups
-
-    groups = read_feature_groups(
-        str(features), ["source_uri", "raw", "clean", "artifact"], config_digest=config_digest
-    )
-    drawn = set()
-    for table in groups.values():
-        raw, clean, artifact = (column_to_numpy(table[c]) for c in ("raw", "clean", "artifact"))
-        for i, uri in enumerate(table["source_uri"].to_pylist()):
-            name = Path(uri).stem
-            if name in photos:
-                feature_figure(photos[name], raw[i], clean[i], artifact[i]).save(
-                    figures / f"{name}.png"
-                )
-                drawn.add(name)
-    return drawn
-
-
 def _quickstart(args: argparse.Namespace) -> None:
-    from PIL import Image
-
-    from pipeline.distributed.clean import run_clean_job
     from pipeline.distributed.features import format_summary
-    from pipeline.evaluation.samples import CALIBRATION_PHOTOS, sample_photo, sample_photos
-    from pipeline.job_config import resolve_clean_job
+    from pipeline.distributed.quickstart import run_quickstart
 
-    photos = sample_photos(args.photos)
-    folder = args.out / "photos"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, photo in photos.items():
-        if not (folder / f"{name}.png").exists():
-            Image.fromarray(photo).save(folder / f"{name}.png")
-    calibration = args.out / "calibration"  # other bundled photos for the artifact model
-    calibration.mkdir(parents=True, exist_ok=True)
-    for name in CALIBRATION_PHOTOS:
-        if not (calibration / f"{name}.png").exists():
-            Image.fromarray(sample_photo(name)).save(calibration / f"{name}.png")
-    cfg = resolve_clean_job(
-        "quickstart",
-        [
-            f"input.uri={folder}",
-            f"output.uri={args.out / 'features'}",
-            f"calibration.uri={calibration}",
-            "calibration.crops_per_image=15",
-            *args.overrides,
-        ],
-    )
-    summary = run_clean_job(cfg)
+    summary = run_quickstart(args.photos, args.out, args.overrides)
     print(format_summary(summary))
-
-    figures = args.out / "figures"
-    figures.mkdir(exist_ok=True)
-    drawn = draw_figures(args.out / "features", summary["config_digest"], photos, figures)
-    missing = sorted(set(photos) - drawn)
-    if missing:  # quarantined inputs have no features (the summary counts them)
-        logging.warning("no features, so no figure, for: %s", ", ".join(missing))
-    logging.info(
-        "features in %s, figures in %s", (args.out / "features").resolve(), figures.resolve()
-    )
 
 
 # clean: jobs/clean_dataset.py
@@ -285,11 +226,15 @@ def _build(args: argparse.Namespace) -> None:
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--features", help="output URI of clean_dataset (committed runs)")
-    parser.add_argument("--denoiser", help="exported denoiser to evaluate beside raw and clean")
-    parser.add_argument("--out", help="report folder")
-    parser.add_argument("--job", default="evaluate", help="job preset name or YAML path")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    _job_arguments(
+        parser,
+        "evaluate",
+        [
+            ("features", "output URI of clean_dataset (committed runs)"),
+            ("denoiser", "exported denoiser to evaluate beside raw and clean"),
+            ("out", "report folder"),
+        ],
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -465,3 +410,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     top = dvt_parser()
     top.parse_args(argv)  # --help (exit 0), or no or an unknown command (exit 2)
     top.error("the command comes first: dvt <command> [flags]")
+
+
+if __name__ == "__main__":  # python -m pipeline.cli <command> ...
+    main()
