@@ -415,7 +415,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except ConfigError:
+    except ConfigError as err:  # the config's own checks: say where in a nested config
+        if where and not str(err).startswith(where):
+            raise ConfigError(f"{where}: {err}") from err
         raise
     except (TypeError, ValueError) as err:  # a value the config's own checks refuse
         raise ConfigError(f"{where + ': ' if where else ''}{err}") from err

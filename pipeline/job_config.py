@@ -177,7 +177,7 @@ class ComputeConfig:
     """Times a batch is retried on a restarted actor before the run fails with the error."""
     progress_s: float = 60.0
     """Seconds between the driver's progress lines (images committed so far, images per
-    second, time left); 0: none."""
+    second, the most time left); 0: none."""
 
     def __post_init__(self) -> None:
         check_range(

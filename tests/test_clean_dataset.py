@@ -74,10 +74,8 @@ def test_end_to_end_local(
     summary = run_clean_job(_job(str(photo_dir), str(out), "compute.progress_s=0.2"))
     assert (summary["inputs"], summary["done"], summary["quarantined"]) == (3, 3, 0)
     # the driver logged progress while the graph ran, counted from the commit records
-    assert any(
-        r.getMessage().startswith("progress: ") and " of 3 inputs committed" in r.getMessage()
-        for r in caplog.records
-    )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress: ")]
+    assert lines and all(" of 3 listed inputs committed" in line for line in lines)
     run_path = run_folder(str(out), summary["run_id"])
     assert ProgressLog(LocalFileSystem(), run_path, 3, 0).poll() == 3
     assert ProgressLog(LocalFileSystem(), str(tmp_path / "no-run"), 3, 0).poll() == 0

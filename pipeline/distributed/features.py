@@ -259,15 +259,15 @@ def _run_leased(
     graph = Graph(inputs, output, compute, method, digest, sink)
     with ProgressLog(out_fs, run_path, len(uris), compute.progress_s):
         results = [graph.run(uris)]
-    missing = _unaccounted(uris, results)
-    retried_alone = len(missing)
-    if missing:  # workers died on every retry: each input once more, alone
-        logger.warning(
-            "%d input(s) lost with workers that died on every retry; trying them one at a time",
-            len(missing),
-        )
-        results.append(graph.run(missing, alone=True))
-        missing = _unaccounted(missing, results[-1:])
+        missing = _unaccounted(uris, results)
+        retried_alone = len(missing)
+        if missing:  # workers died on every retry: each input once more, alone
+            logger.warning(
+                "%d input(s) lost with workers that died on every retry; trying them one at a time",
+                len(missing),
+            )
+            results.append(graph.run(missing, alone=True))
+            missing = _unaccounted(missing, results[-1:])
     if missing:  # whatever still kills its worker is set aside; the run finishes
         logger.error(
             "quarantined %d input(s) that killed a worker on every attempt: %s",
@@ -312,9 +312,10 @@ def _run_leased(
 
 class ProgressLog:
     """A driver thread that logs, every ``interval_s``, how many of a run's inputs its write
-    tasks have committed (images and quarantined inputs), the rate and the time left; it
+    tasks have committed (images and quarantined inputs), the rate and the most time left; it
     reads only the commit records that landed since its last look. Inputs skipped as
-    already committed by an earlier run are not counted: the count is this run's work."""
+    already committed by an earlier run are not counted (this run's work is), so on a
+    refresh the time left is an upper bound."""
 
     def __init__(self, fs: Any, run_path: str, total: int, interval_s: float) -> None:
         self.fs, self.run_path, self.total, self.interval_s = fs, run_path, total, interval_s
@@ -352,9 +353,11 @@ class ProgressLog:
                 continue
             wall = time.perf_counter() - self.started
             rate = done / wall
-            left = f"about {(self.total - done) / rate / 60:.0f} min left" if rate else ""
+            # inputs an earlier run committed are skipped, far faster than a fit: the rest
+            # takes at most this long
+            left = f", at most {(self.total - done) / rate / 60:.0f} min left" if rate else ""
             logger.info(
-                "progress: %d of %d inputs committed in %.0f s (%.2f images/s) %s",
+                "progress: %d of %d listed inputs committed in %.0f s (%.2f images/s%s)",
                 done,
                 self.total,
                 wall,

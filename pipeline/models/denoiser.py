@@ -34,7 +34,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from pipeline.config import MissingInput
+from pipeline.config import ConfigError, MissingInput, check_range
 from pipeline.models.vit import FeatureExtractor, load_extractor
 from pipeline.models.weights import state_dict_digest
 from pipeline.store.fs import filesystem, put_atomic
@@ -83,6 +83,19 @@ class DenoiserConfig:
         """Attention heads: ``num_heads``, or one per 64 channels."""
         return self.num_heads or max(1, self.channels // 64)
 
+    def __post_init__(self) -> None:
+        # channels and grid are 0 in a training job's config until the corpus gives them
+        check_range(
+            self,
+            "denoiser.",
+            {"channels": 0, "grid": 0, "num_heads": 0, "depth": 1},
+            above={"mlp_ratio": 0},
+        )
+        if self.channels % self.heads:
+            raise ConfigError(
+                f"denoiser.channels {self.channels} is not divisible by {self.heads} heads"
+            )
+
 
 class Denoiser(nn.Module):
     """Raw tokens (B, h, w, C) -> denoised tokens (B, h, w, C), any h and w: the positional
@@ -93,13 +106,9 @@ class Denoiser(nn.Module):
 
     def __init__(self, cfg: DenoiserConfig) -> None:
         super().__init__()
-        if cfg.channels % cfg.heads:
-            raise ValueError(f"channels {cfg.channels} not divisible by {cfg.heads} heads")
         self.cfg = cfg
         self.meta = {}
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid * cfg.grid, cfg.channels))
-        if cfg.depth < 1:
-            raise ValueError(f"denoiser depth must be at least 1, got {cfg.depth}")
         self.block = Block(cfg.channels, cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True)
         self.more_blocks = nn.ModuleList(  # none at depth 1: the method's single block
             Block(cfg.channels, cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True)
