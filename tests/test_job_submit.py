@@ -31,12 +31,13 @@ def _free_port() -> int:
 
 
 def _readme_submit_command() -> str:
-    """The README's ``ray job submit`` of clean_dataset against a local head, joined."""
+    """The ``ray job submit`` of clean_dataset against a local head in docs/operations.md,
+    joined."""
     from test_readme import readme_commands
 
     (command,) = [
         c
-        for c in readme_commands()
+        for c in readme_commands((ROOT / "docs" / "operations.md").read_text())
         if c.startswith("ray job submit --runtime-env")
         and "jobs/clean_dataset.py" in c
         and "$PWD" in c
@@ -45,8 +46,8 @@ def _readme_submit_command() -> str:
 
 
 def test_ray_job_submit_quickstart(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
-    """The README's command as written (run by bash in a checkout-like folder, with
-    RAY_ADDRESS exported as the README says), shortened by ``--job smoke``; then the same run
+    """The command of docs/operations.md as written (run by bash in a checkout-like folder, with
+    RAY_ADDRESS exported as the page says), shortened by ``--job smoke``; then the same run
     under a submission id, and Ray refusing that id a second time."""
     for name in ("jobs", "conf", "pipeline", "pyproject.toml"):
         (tmp_path / name).symlink_to(ROOT / name)

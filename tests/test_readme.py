@@ -39,11 +39,11 @@ SHORTENED = {
 """What each job's README command gets appended: the README says so, word for word."""
 
 
-def readme_commands() -> list[str]:
-    """Every command of the README's bash blocks, in order: continuation lines joined,
-    comments dropped, ``a && b`` chains split."""
+def readme_commands(text: str = README) -> list[str]:
+    """Every command of the bash blocks of a markdown text (the README's by default), in
+    order: continuation lines joined, comments dropped, ``a && b`` chains split."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
             if line and not line.startswith("#"):
@@ -70,6 +70,15 @@ def test_ci_runs_the_first_two_commands_as_written() -> None:
     assert tests in ci and quickstart in ci  # whole lines, verbatim
     assert ci.index(tests) < ci.index(quickstart)  # the suite first, then the front door
     assert any("outputs/quickstart/figures" in line for line in ci)  # pictures checked
+
+
+def test_the_readme_is_a_front_page() -> None:
+    """At most 250 lines: the rest lives in docs/, and every relative link resolves."""
+    assert len(README.splitlines()) <= 250
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if not re.match(r"[a-z]+://", target):
+                assert (page.parent / target).exists(), f"{page.name} links {target}"
 
 
 def test_every_job_has_a_local_command_and_its_shortening_is_documented() -> None:
