@@ -49,7 +49,7 @@ from bench_baselines import (
 )
 
 from pipeline import clean_images, load_extractor
-from pipeline.config import ShiftConfig
+from pipeline.engine_config import ShiftConfig
 from pipeline.evaluation.metrics import (
     paired_difference,
     position_explained_variance,

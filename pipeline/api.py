@@ -4,11 +4,11 @@ torch or timm."""
 
 from __future__ import annotations
 
-from pipeline.config import EngineConfig as EngineConfig
-from pipeline.config import FieldConfig as FieldConfig
-from pipeline.config import FitConfig as FitConfig
-from pipeline.config import ViewConfig as ViewConfig
-from pipeline.config import engine_preset as engine_preset
+from pipeline.engine_config import EngineConfig as EngineConfig
+from pipeline.engine_config import FieldConfig as FieldConfig
+from pipeline.engine_config import FitConfig as FitConfig
+from pipeline.engine_config import ViewConfig as ViewConfig
+from pipeline.engine_config import engine_preset as engine_preset
 from pipeline.models.denoiser import DenoisedViT as DenoisedViT
 from pipeline.models.denoiser import Denoiser as Denoiser
 from pipeline.models.denoiser import DenoiserConfig as DenoiserConfig

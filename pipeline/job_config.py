@@ -16,20 +16,17 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from pipeline.config import (
-    MIN_PEV_PHOTOS,
     ConfigError,
-    EngineConfig,
-    ResizeConfig,
     apply_overrides,
     check_choices,
     check_range,
     config_to_dict,
-    engine_preset,
     from_dict,
     neutral_at,
     parse_override,
     preset_path,
 )
+from pipeline.engine_config import EngineConfig, ResizeConfig, engine_preset
 from pipeline.models.denoiser import DenoiserConfig
 from pipeline.models.denoiser_train import TrainConfig
 
@@ -412,6 +409,11 @@ class BuildJobConfig:
             )
         if any(count < 0 for count in self.size_samples):
             raise ConfigError(f"size_samples must be at least 0, got {self.size_samples}")
+
+
+MIN_PEV_PHOTOS = 8
+"""Fewest photos the position-explained variance is estimated from (its splits halve the
+photos; its jackknife leaves one out): the evaluation job refuses fewer."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import ConfigError, ResizeConfig, engine_preset
+from pipeline.config import ConfigError
+from pipeline.engine_config import ResizeConfig, engine_preset
 from pipeline.models.artifact_model import ArtifactModel
 from pipeline.models.denoiser import Denoiser, DenoiserConfig
 from pipeline.models.engine import clean_images, fit_batches

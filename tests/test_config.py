@@ -10,15 +10,13 @@ import pytest
 from pipeline.config import (
     NEUTRAL,
     ConfigError,
-    EngineConfig,
-    FitConfig,
     apply_overrides,
     config_digest,
     config_to_dict,
-    engine_preset,
     from_dict,
     output_digest,
 )
+from pipeline.engine_config import EngineConfig, FitConfig, engine_preset
 from pipeline.job_config import OutputConfig
 
 
@@ -188,9 +186,9 @@ def test_a_new_neutral_field_leaves_digests_unchanged() -> None:
 
 
 def test_a_bumped_method_version_changes_the_digest(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline import config
+    from pipeline import engine_config
 
-    monkeypatch.setitem(config.METHOD_VERSIONS, "field", 2)
+    monkeypatch.setitem(engine_config.METHOD_VERSIONS, "field", 2)
     assert _fast_digest(_fast()) != FAST_OUTPUT_DIGEST
 
 

@@ -301,7 +301,7 @@ def test_denoised_vit_refuses_other_weights(tiny_vit: FeatureExtractor, tmp_path
 def test_both_stages_share_one_loss_and_schedule() -> None:
     """The denoiser's loss is the fit's per-image L_dist averaged over the batch, and both
     schedules are one function (pipeline.models.objectives)."""
-    from pipeline.config import FitConfig
+    from pipeline.engine_config import FitConfig
     from pipeline.models.objectives import feature_distance, warmup_cosine
 
     pred, target = torch.randn(2, 2, 5, 5, 8).unbind(0)

@@ -274,7 +274,7 @@ def test_weights_replaced_during_a_run_stop_it_with_a_clear_error(tmp_path: Path
 
 
 def test_a_stage_refuses_an_artifact_model_that_changed(tmp_path: Path) -> None:
-    from pipeline.config import engine_preset
+    from pipeline.engine_config import engine_preset
     from pipeline.models.artifact_model import ArtifactModel, write_artifact_model
     from pipeline.models.vit import load_extractor
     from pipeline.stages.features import CleanImages, LoadedOtherBytes

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import EngineConfig, ViewConfig, engine_preset
+from pipeline.engine_config import EngineConfig, ViewConfig, engine_preset
 from pipeline.models.field import BatchedGridEncoding
 from pipeline.models.fit import FitResult, fit_batch
 from pipeline.models.views import sample_layout

@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 RAY_FREE = ("models", "store", "evaluation", "stages")
 """Subpackages that import neither Ray nor ``pipeline.distributed``."""
-RAY_FREE_TOP = ("config.py", "job_config.py", "api.py", "__init__.py")
+RAY_FREE_TOP = ("config.py", "engine_config.py", "job_config.py", "api.py", "__init__.py")
 ENTRY = "cli.py"
 """The top layer, the ``dvt`` command that the job files run: Ray-free when imported (``dvt
 --help`` is quick); each command imports the Ray layer inside its function."""
@@ -72,15 +72,17 @@ def test_lower_layers_never_import_ray(path: Path) -> None:
 
 LAYER_IMPORTS = {
     "config": {"config"},
+    "engine_config": {"config", "engine_config"},
     "store": {"config", "store"},
-    "models": {"config", "store", "models"},
-    "job_config": {"config", "store", "models", "job_config"},
-    "stages": {"config", "store", "models", "job_config", "stages"},
-    "evaluation": {"config", "store", "models", "job_config", "evaluation"},
+    "models": {"config", "engine_config", "store", "models"},
+    "job_config": {"config", "engine_config", "store", "models", "job_config"},
+    "stages": {"config", "engine_config", "store", "models", "job_config", "stages"},
+    "evaluation": {"config", "engine_config", "store", "models", "job_config", "evaluation"},
 }
-"""Layer -> the layers its modules may import, lowest first: the configs, the on-disk contract,
-the models, the job configs, then the Ray-free stages and the evaluation side by side (neither
-imports the other). Nothing below ``distributed`` imports it (``test_lower_layers_never_...``)."""
+"""Layer -> the layers its modules may import, lowest first: the config machinery, the engine's
+configs (the on-disk contract needs neither the engine nor anything above), the models, the job
+configs, then the Ray-free stages and the evaluation side by side (neither imports the other).
+Nothing below ``distributed`` imports it (``test_lower_layers_never_...``)."""
 
 
 def layer_of(module: str) -> str:

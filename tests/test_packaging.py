@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 USE_THE_WHEEL = textwrap.dedent("""
     import pipeline
     from pipeline import clean_images, load_extractor
-    from pipeline.config import engine_preset, preset_names
+    from pipeline.config import preset_names
+    from pipeline.engine_config import engine_preset
     from pipeline.job_config import resolve_clean_job
     from pipeline.evaluation.samples import sample_photo
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import ShiftConfig
+from pipeline.engine_config import ShiftConfig
 from pipeline.models.artifact_model import calibrate, from_artifacts
 from pipeline.models.shift import (
     ShiftView,

@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import ResizeConfig
 from pipeline.distributed.clean import run_clean_job
 from pipeline.distributed.denoise import run_denoise_job
 from pipeline.distributed.train import run_train_job
+from pipeline.engine_config import ResizeConfig
 from pipeline.evaluation.samples import sample_photos
 from pipeline.job_config import DenoiseJobConfig, TrainJobConfig, resolve_clean_job, resolve_job
 from pipeline.models.denoiser import DenoisedViT, load_denoiser

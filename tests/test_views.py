@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.config import ViewConfig
+from pipeline.engine_config import ViewConfig
 from pipeline.models.views import derive_seed, render_views, sample_layout
 
 

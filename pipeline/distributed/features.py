@@ -30,8 +30,9 @@ import ray
 import ray.data
 
 from pipeline import __version__
-from pipeline.config import ConfigError, MissingInput, ResizeConfig, output_digest, redact
+from pipeline.config import ConfigError, MissingInput, output_digest, redact
 from pipeline.distributed.sink import FeatureSink, empty_result, merge_results, uri_keys
+from pipeline.engine_config import ResizeConfig
 from pipeline.job_config import ComputeConfig, InputConfig, OutputConfig
 from pipeline.models.vit import FeatureExtractor
 from pipeline.stages.features import CleanImages, LoadedOtherBytes

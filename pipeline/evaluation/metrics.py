@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import MIN_PEV_PHOTOS
+from pipeline.job_config import MIN_PEV_PHOTOS
 from pipeline.models.crops import CropBox
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ShiftConfig
+from pipeline.engine_config import ShiftConfig
 from pipeline.models.artifact_model import ArtifactModel
 from pipeline.models.shift import shift_view_tokens, tta_tokens
 from pipeline.models.subpatch import cell_colours, shift_average_fine, subpatch_view_tokens

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import EngineConfig, engine_preset
+from pipeline.engine_config import EngineConfig, engine_preset
 from pipeline.models.artifact_model import ArtifactModel
 from pipeline.models.fit import fit_batch
 from pipeline.models.images import ImageLike, content_id, to_rgb

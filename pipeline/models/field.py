@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import FieldConfig
+from pipeline.engine_config import FieldConfig
 
 
 def _per_image(

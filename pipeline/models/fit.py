@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import FieldConfig, FitConfig
+from pipeline.engine_config import FieldConfig, FitConfig
 from pipeline.models.field import BatchedMLP, BatchedNeuralField
 from pipeline.models.objectives import feature_distance, warmup_cosine
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pipeline.config import ResizeConfig
+from pipeline.engine_config import ResizeConfig
 from pipeline.models.denoiser import DenoisedViT
 from pipeline.models.engine import CleanResult, fit_batches
 from pipeline.models.images import ImageLike, content_id, to_rgb

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ShiftConfig
+from pipeline.engine_config import ShiftConfig
 from pipeline.models.views import full_view_pixels
 from pipeline.models.vit import FeatureExtractor
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ResizeConfig, ViewConfig
+from pipeline.engine_config import ResizeConfig, ViewConfig
 
 
 def derive_seed(image_id: str, seed: int, purpose: str) -> int:

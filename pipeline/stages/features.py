@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError, EngineConfig, ResizeConfig
+from pipeline.config import ConfigError
+from pipeline.engine_config import EngineConfig, ResizeConfig
 from pipeline.models.artifact_model import read_artifact_model
 from pipeline.models.denoiser import DenoisedViT
 from pipeline.models.denoiser import denoiser_digest as digest_of
