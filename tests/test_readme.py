@@ -105,12 +105,18 @@ def _scratch(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.timeout(1500)  # a dozen jobs, each starting its own local Ray
+@pytest.mark.timeout(1500)  # a dozen jobs
+@pytest.mark.usefixtures("local_ray")
 def test_the_readme_commands_run_as_written(tmp_path: Path, dinov2_weights: Path) -> None:
     """Quickstart, clean, train, denoise, evaluate, gc and submission ids, one after another
-    as a new user would type them, each with its smoke shortening appended."""
+    as a new user would type them, each with its smoke shortening appended. They join the
+    session's Ray through ``RAY_ADDRESS``, as the README says a job joins a cluster (each
+    starting its own local Ray would cost the suite minutes; CI runs the quickstart alone, as
+    written, starting its own)."""
+    import ray
+
     scratch = _scratch(tmp_path)
-    env = dict(os.environ, DVT_RAY_TMP=f"/tmp/dvt-readme-{os.getpid()}")
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
     outputs: dict[str, str] = {}
     for job, command in local_job_commands():
         extra = SHORTENED[job].format(weights=shlex.quote(str(dinov2_weights)))

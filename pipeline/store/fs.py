@@ -40,6 +40,15 @@ def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return f"{protocol}://{path}"
 
 
+def absolute_uri(uri: str) -> str:
+    """A local path made absolute against this process's working directory, so that the
+    workers of a Ray cluster (which run elsewhere) read and write where the user meant; a URI
+    with a scheme, and "", unchanged."""
+    if not uri or "://" in uri:
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
     """A small file's bytes in one GET, with no ETag cached by an earlier listing (a file
     rewritten since, like the lease, would fail that ETag's If-Match on S3)."""
