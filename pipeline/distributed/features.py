@@ -322,12 +322,13 @@ class ProgressLog:
         self.fs, self.run_path, self.total, self.interval_s = fs, run_path, total, interval_s
         self.seen: set[str] = set()
         self.committed = 0
+        self.started = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="progress")
 
     def __enter__(self) -> ProgressLog:
+        self.started = time.perf_counter()
         if self.interval_s > 0:
-            self.started = time.perf_counter()
             self._thread.start()
         return self
 

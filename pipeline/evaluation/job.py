@@ -232,10 +232,8 @@ def _rows_by_name(uri: str, digest: str) -> dict[str, dict[str, np.ndarray]]:
     return rows
 
 
-def _denoise(denoiser: Denoiser | None, raw: np.ndarray) -> np.ndarray | None:
-    """raw (h, w, C) or (N, h, w, C) -> denoised tokens of the same shape (None: no denoiser)."""
-    if denoiser is None:
-        return None
+def _denoise(denoiser: Denoiser, raw: np.ndarray) -> np.ndarray:
+    """raw (h, w, C) or (N, h, w, C) -> denoised tokens of the same shape."""
     batch = raw[None] if raw.ndim == 3 else raw
     with torch.no_grad():
         out = denoiser(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
@@ -408,9 +406,7 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos)
     if denoiser is not None:
         began = time.perf_counter()
         for row in rows.values():
-            denoised = _denoise(denoiser, row["raw"])
-            assert denoised is not None  # a denoiser was given
-            row["denoised"] = denoised
+            row["denoised"] = _denoise(denoiser, row["raw"])
         denoise_seconds = (time.perf_counter() - began) / len(rows)
     # the corpus's G (rows spread over it) for raw - mean G, figures and G agreement
     table = sample_features_table(
@@ -512,7 +508,8 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos)
         clean = column_to_numpy(table["clean"][i : i + 1])[0].astype(np.float32)
         g = artifacts[i] if has_g else np.zeros_like(raw)
         name = f"image-{k:02d}-{Path(uris[i]).stem[:32]}.png"
-        feature_figure(photo, raw, clean, g, _denoise(denoiser, raw)).save(figures_dir / name)
+        denoised = _denoise(denoiser, raw) if denoiser is not None else None
+        feature_figure(photo, raw, clean, g, denoised).save(figures_dir / name)
         figures.append(f"figures/{name}")
     if has_g and len(artifacts) >= 2:
         pick = spread_indices(len(table), 8)
