@@ -15,6 +15,9 @@ Run: python bench/bench_denoiser_recipe.py [--sizes 224 518] [--crops 100 20] [-
    and crop-pair matching against ``shift`` on the same crops (paired, jackknife over photos),
    stereo on the Middlebury motorcycle pair, and seconds per image (the ViT forward, plus the
    block's for denoisers). ``--denoiser`` scores exported denoisers the same way.
+4. ``--smoothing S`` adds, for every output (the baselines and ``shift`` too), a row of its
+   tokens through the Gaussian low-pass of S tokens (``smooth_tokens``), so the trade it makes
+   is seen on every output alike. ``--eval-seed`` draws another set of 40 evaluation crops.
 
 Prints one markdown table per size and writes JSON.
 """
@@ -53,7 +56,13 @@ from pipeline.evaluation.samples import (
 )
 from pipeline.models.artifact_model import ArtifactModel, calibrate
 from pipeline.models.crops import random_crop
-from pipeline.models.denoiser import Denoiser, DenoiserConfig, load_denoiser, save_denoiser
+from pipeline.models.denoiser import (
+    Denoiser,
+    DenoiserConfig,
+    load_denoiser,
+    save_denoiser,
+    smooth_tokens,
+)
 from pipeline.models.denoiser_train import TrainConfig, train_denoiser
 from pipeline.models.vit import FeatureExtractor
 
@@ -138,12 +147,13 @@ def free_outputs(
 
 
 def evaluation_outputs(
-    ext: FeatureExtractor, size: int, cache: Path, model: ArtifactModel
+    ext: FeatureExtractor, size: int, cache: Path, model: ArtifactModel, seed: int = 0
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Outputs of the 40 evaluation crops (``free_outputs``), seconds each (cached)."""
-    path = cache / f"eval_{size}.npz"
+    """Outputs of the 40 evaluation crops of ``seed`` (``free_outputs``), seconds each
+    (cached)."""
+    path = cache / (f"eval_{size}.npz" if seed == 0 else f"eval_{size}_seed{seed}.npz")
     if not path.exists():
-        crops = eval_crops({n: sample_photo(n) for n in EVALUATION_PHOTOS}, 4, 0)
+        crops = eval_crops({n: sample_photo(n) for n in EVALUATION_PHOTOS}, 4, seed)
         outputs, seconds = free_outputs(ext, [c for _, _, c in crops], size, model)
         _save(path, **outputs, **{f"seconds/{k}": np.float64(v) for k, v in seconds.items()})
     with np.load(path) as data:
@@ -284,6 +294,14 @@ def main() -> None:
         default=[],
         help="[ROW=]an exported denoiser (folder, URI or shipped name), scored too",
     )
+    parser.add_argument(
+        "--smoothing",
+        type=float,
+        action="append",
+        default=[],
+        help="sigma in tokens (repeatable): every output also scored smoothed by it",
+    )
+    parser.add_argument("--eval-seed", type=int, default=0, help="seed of the 40 evaluation crops")
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/denoiser_recipe.json"))
@@ -293,7 +311,9 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     ext = load_extractor("vit_small_patch14_dinov2", weights=str(SHARED_WEIGHTS), device="cpu")
     models = {s: artifact_model(ext, s, args.cache) for s in args.sizes}
-    evals = {s: evaluation_outputs(ext, s, args.cache, models[s]) for s in args.sizes}
+    evals = {
+        s: evaluation_outputs(ext, s, args.cache, models[s], args.eval_seed) for s in args.sizes
+    }
     targets = (
         {
             s: training_targets(ext, s, n, args.cache, models[s])  # only to train variants
@@ -302,12 +322,13 @@ def main() -> None:
         if args.variant
         else {}
     )
-    crops = eval_crops({n: sample_photo(n) for n in EVALUATION_PHOTOS}, 4, 0)
+    crops = eval_crops({n: sample_photo(n) for n in EVALUATION_PHOTOS}, 4, args.eval_seed)
     pairs = crop_pairs(crops)
     groups = np.asarray([n for n, _, _ in crops])
     report: dict[str, Any] = {
         "command": "python bench/bench_denoiser_recipe.py " + " ".join(sys.argv[1:]),
         "training_crops": {s: len(t[0]) for s, t in targets.items()},
+        "eval_seed": args.eval_seed,
         "sizes": {},
     }
     denoisers = {}
@@ -337,6 +358,7 @@ def main() -> None:
             n: score(outputs[n], stereo[n], disparity, ref, crops, pairs, groups, seconds[n])
             for n in ("raw", "calib", "calib+tta", "shift")
         }
+        tokens = {n: (outputs[n], stereo[n], seconds[n]) for n in rows}
         raw = torch.from_numpy(outputs["raw"])
         for name, (denoiser, train_seconds, losses) in denoisers.items():
             began = time.perf_counter()
@@ -345,10 +367,20 @@ def main() -> None:
             block = (time.perf_counter() - began) / len(raw)
             with torch.no_grad():
                 pair = denoiser(torch.from_numpy(stereo["raw"])).numpy()
+            tokens[name] = (feats.numpy(), pair, seconds["raw"] + block)
             rows[name] = score(
-                feats.numpy(), pair, disparity, ref, crops, pairs, groups, seconds["raw"] + block
+                *tokens[name][:2], disparity, ref, crops, pairs, groups, tokens[name][2]
             )
             rows[name] |= {"train_seconds": train_seconds, "losses": losses, "block_seconds": block}
+        for sigma in args.smoothing:  # the same low-pass on every output's tokens
+            for name, (feats, pair, secs) in list(tokens.items()):
+                began = time.perf_counter()
+                smooth = smooth_tokens(torch.from_numpy(feats), sigma).numpy()
+                extra = (time.perf_counter() - began) / len(feats)
+                pair = smooth_tokens(torch.from_numpy(pair), sigma).numpy()
+                rows[f"{name}, smoothed {sigma:g}"] = score(
+                    smooth, pair, disparity, ref, crops, pairs, groups, secs + extra
+                )
         report["sizes"][size] = rows
         print(
             f"\n{size} px: {len(crops)} crops, {len(pairs)} pairs\n\n| output | PEV | - shift "

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pipeline import EngineConfig, FeatureExtractor, ViewConfig
+from pipeline.config import ConfigError
 from pipeline.models.denoiser import (
     DenoisedViT,
     Denoiser,
@@ -19,6 +20,7 @@ from pipeline.models.denoiser import (
     resolve_denoiser,
     save_denoiser,
     shipped_denoisers,
+    smooth_tokens,
 )
 from pipeline.models.denoiser_train import (
     TrainConfig,
@@ -58,6 +60,41 @@ def test_untrained_denoiser_is_identity() -> None:
     tokens = torch.randn(2, 6, 6, 64)
     assert torch.allclose(model(tokens), tokens)
     assert model.cfg.heads == 1 and Denoiser(DenoiserConfig(channels=384)).cfg.heads == 6
+
+
+def test_smoothing_is_a_normalised_gaussian_over_the_grid() -> None:
+    """A spike spreads as the separable Gaussian of the given sigma (tokens), weights summing
+    to one; constant features and sigma 0 are left as they are; each channel stays alone."""
+    tokens = torch.zeros(1, 9, 9, 2)
+    tokens[0, 4, 4, 0] = 1.0
+    out = smooth_tokens(tokens, 0.5)
+    weights = torch.exp(-(torch.tensor([1.0, 0.0, 1.0]) ** 2) / (2 * 0.5**2))
+    weights = weights / weights.sum()
+    torch.testing.assert_close(out[0, 3:6, 3:6, 0], weights[:, None] * weights[None, :])
+    assert out[0, :, :, 0].sum().item() == pytest.approx(1.0)
+    assert out[0, :, :, 1].abs().max() == 0 and out[0, :3].abs().max() == 0  # radius 1 at 0.5
+    wide = smooth_tokens(tokens, 1.0)[0, :, :, 0]
+    assert wide[4, 6] > 0 and wide[4, 7] == 0  # radius ceil(2 sigma) = 2
+    flat = torch.full((2, 5, 7, 3), 0.7)
+    torch.testing.assert_close(smooth_tokens(flat, 0.8), flat)  # edges repeat, not zero
+    assert smooth_tokens(tokens, 0.0) is tokens
+    assert smooth_tokens(tokens.half(), 0.5).dtype == torch.float16
+
+
+def test_a_smoothing_denoiser_smooths_its_own_output(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Denoiser(DenoiserConfig(channels=64, grid=6))
+    torch.nn.init.normal_(model.block.mlp.fc2.weight, std=0.1)  # not the identity
+    save_denoiser(model, str(tmp_path), {})
+    plain = load_denoiser(str(tmp_path))
+    smooth = load_denoiser(str(tmp_path), smoothing=0.5)
+    tokens = torch.randn(2, 6, 7, 64)
+    assert plain.smoothing == 0 and smooth.smoothing == 0.5
+    torch.testing.assert_close(smooth(tokens), smooth_tokens(plain(tokens), 0.5))
+    assert not torch.allclose(smooth(tokens), plain(tokens))
+    for bad in (-0.1, math.inf, math.nan):
+        with pytest.raises(ConfigError, match="smoothing"):
+            Denoiser(DenoiserConfig(channels=64, grid=6), smoothing=bad)
 
 
 def test_runs_at_other_grids() -> None:

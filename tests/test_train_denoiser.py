@@ -19,10 +19,10 @@ from pipeline.distributed.train import run_train_job
 from pipeline.engine_config import ResizeConfig
 from pipeline.evaluation.samples import sample_photos
 from pipeline.job_config import DenoiseJobConfig, TrainJobConfig, resolve_clean_job, resolve_job
-from pipeline.models.denoiser import DenoisedViT, load_denoiser
+from pipeline.models.denoiser import DenoisedViT, load_denoiser, smooth_tokens
 from pipeline.models.denoiser_train import ValidationSums, is_validation
 from pipeline.models.views import full_view_pixels, token_grid
-from pipeline.store import FeatureDataset, column_to_numpy, read_features_table
+from pipeline.store import FeatureDataset, column_to_numpy, committed_runs, read_features_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
@@ -166,6 +166,31 @@ def test_train_kill_resume_export_and_denoise(corpus: tuple[Path, Path], tmp_pat
     np.testing.assert_allclose(clean.astype(np.float32), direct, atol=2e-2)
     # a refresh with the same denoiser does nothing
     assert run_denoise_job(cfg)["done"] == 0
+    # smoothing its output is another method: a new run, recorded, the same tokens smoothed
+    smooth_cfg = resolve_job(
+        DenoiseJobConfig,
+        "denoise_smoke",
+        [
+            f"input.uri={images}",
+            f"output.uri={out}",
+            f"denoiser.uri={export}",
+            "denoiser.smoothing=0.5",
+        ],
+    )
+    assert run_denoise_job(smooth_cfg)["done"] == 24
+    runs = {r.meta.denoiser_smoothing: r for r in committed_runs(str(out))}
+    assert set(runs) == {None, 0.5}
+    smooth = read_features_table(
+        str(out),
+        ["source_uri", "clean"],
+        config_digest=runs[0.5].config_digest,
+        grid=(grid_h, grid_w),
+    )
+    smoothed = column_to_numpy(smooth["clean"])[
+        {Path(u).name: i for i, u in enumerate(smooth["source_uri"].to_pylist())}[first.name]
+    ]
+    expected = smooth_tokens(torch.from_numpy(direct)[None], 0.5)[0].numpy()
+    np.testing.assert_allclose(smoothed.astype(np.float32), expected, atol=2e-2)
 
 
 def test_s3_storage_and_another_grid(

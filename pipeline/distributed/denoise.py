@@ -27,10 +27,15 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
     uris = require_io(cfg.input, cfg.output)
     require_export(cfg.denoiser.uri, cfg.denoiser.storage_options)
     model = DenoisedViT.from_pretrained(
-        cfg.denoiser.uri, cfg.weights, device="cpu", storage_options=cfg.denoiser.storage_options
+        cfg.denoiser.uri,
+        cfg.weights,
+        device="cpu",
+        storage_options=cfg.denoiser.storage_options,
+        smoothing=cfg.denoiser.smoothing,
     )
     weights, image_size = model.extractor.weights, online_image_size(model, cfg.image_size)
     digest = denoiser_digest(model.denoiser)
+    smoothing = cfg.denoiser.smoothing or None  # recorded, and digested, only when used
     method = FeatureMethod(
         stage=DenoiseImages,
         stage_kwargs={
@@ -43,6 +48,7 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
             "with_artifact": cfg.output.with_artifact,
             "torch_threads": cfg.compute.torch_threads,
             "storage_options": cfg.denoiser.storage_options,
+            "smoothing": cfg.denoiser.smoothing,
             "weights_digest": model.extractor.weights_digest,
             "denoiser_digest": digest,
         },
@@ -52,12 +58,16 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
         settings={
             "method": "denoiser",
             "denoiser_digest": digest,
+            **({"smoothing": smoothing} if smoothing else {}),
             "image_size": image_size,
             **cfg.resize.output_settings(),
         },
         resize=cfg.resize,
         meta=RunMeta(
-            denoiser_digest=digest, denoiser_uri=cfg.denoiser.uri, aspect=cfg.resize.aspect
+            denoiser_digest=digest,
+            denoiser_uri=cfg.denoiser.uri,
+            denoiser_smoothing=smoothing,
+            aspect=cfg.resize.aspect,
         ),
     )
     return run_feature_job(config_to_dict(cfg), cfg.input, cfg.output, cfg.compute, method, uris)

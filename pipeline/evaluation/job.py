@@ -375,7 +375,11 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos)
     out = Path(cfg.out)
     extractor = load_extractor(job.model.name, job.model.weights, device="cpu")
     denoiser = (
-        load_denoiser(cfg.denoiser.uri, storage_options=cfg.denoiser.storage_options)
+        load_denoiser(
+            cfg.denoiser.uri,
+            storage_options=cfg.denoiser.storage_options,
+            smoothing=cfg.denoiser.smoothing,
+        )
         if cfg.denoiser.uri
         else None
     )

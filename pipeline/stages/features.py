@@ -171,10 +171,11 @@ class DenoiseImages(CleanImages):
         resize: ResizeConfig | None = None,
         weights_digest: str = "",
         denoiser_digest: str = "",
+        smoothing: float = 0.0,
     ) -> None:
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.model = DenoisedViT.from_pretrained(
-            denoiser_uri, weights=weights, storage_options=storage_options
+            denoiser_uri, weights=weights, storage_options=storage_options, smoothing=smoothing
         )
         require_digest(
             "the ViT weights", weights, weights_digest, self.model.extractor.weights_digest

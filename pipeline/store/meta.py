@@ -48,6 +48,8 @@ class RunMeta:
     """Digest of the denoiser that made the rows (``denoise_dataset``)."""
     denoiser_uri: str | None = None
     """Where that denoiser was loaded from (``denoise_dataset``)."""
+    denoiser_smoothing: float | None = None
+    """The low-pass (tokens) applied to that denoiser's output; set only when above 0."""
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     """Keys this version does not know (a newer writer's), and known keys stored as null: kept
     so that a run read and written back (a seal) loses nothing."""
