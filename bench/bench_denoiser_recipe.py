@@ -297,7 +297,7 @@ def main() -> None:
         type=int,
         nargs="+",
         default=[100, 20],
-        help="training crops per photo at each size",
+        help="training crops per photo at each size (0: scored there, not trained on)",
     )
     parser.add_argument(
         "--variant",
@@ -350,6 +350,7 @@ def main() -> None:
         {
             s: training_targets(ext, s, n, args.cache, models[s], training)  # to train variants
             for s, n in zip(args.sizes, args.crops, strict=True)
+            if n > 0  # 0: scored at that size, not trained on it
         }
         if args.variant
         else {}

@@ -275,9 +275,8 @@ class DenoiserSourceConfig:
     """fsspec options for reading it; credentials come from the environment."""
     smoothing: float = 0.0
     """Standard deviation in tokens of a Gaussian low-pass of the denoiser's output; 0: none.
-    It trades position-explained variance for crop-pair matching and stereo: 0.5 lifts the
-    shipped denoiser's matching from 0.95x to 1.01x ``shift``'s at 224 px, its PEV staying
-    below ``shift``'s (docs/denoiser.md)."""
+    A trade, the same on any output: higher crop-pair matching and stereo for a higher
+    position-explained variance (figures in docs/denoiser.md)."""
 
     def __post_init__(self) -> None:
         absolute_paths(self, "uri", only_existing=True)

