@@ -96,6 +96,17 @@ def _val_metrics(export: Path, features: Path, fraction: float) -> dict[str, flo
     return sums.metrics()
 
 
+def _clean_tokens(
+    out: Path, file_name: str, grid: tuple[int, int], config_digest: str | None = None
+) -> np.ndarray:
+    """The committed ``clean`` tokens (h, w, C) float32 of the input named ``file_name``."""
+    table = read_features_table(
+        str(out), ["source_uri", "clean"], config_digest=config_digest, grid=grid
+    )
+    names = [Path(u).name for u in table["source_uri"].to_pylist()]
+    return column_to_numpy(table["clean"])[names.index(file_name)].astype(np.float32)
+
+
 def test_train_kill_resume_export_and_denoise(corpus: tuple[Path, Path], tmp_path: Path) -> None:
     images, features = corpus
     storage = tmp_path / "training"
@@ -160,10 +171,8 @@ def test_train_kill_resume_export_and_denoise(corpus: tuple[Path, Path], tmp_pat
     rgb = np.asarray(Image.open(first).convert("RGB"))
     grid_h, grid_w = token_grid(ResizeConfig(), rgb.shape[:2], 8 * 14, 14)
     direct = model(full_view_pixels(rgb, (grid_h * 14, grid_w * 14))[None])[0].numpy()
-    table = read_features_table(str(out), ["source_uri", "clean"], grid=(grid_h, grid_w))
-    uri_order = {Path(u).name: i for i, u in enumerate(table["source_uri"].to_pylist())}
-    clean = column_to_numpy(table["clean"])[uri_order[first.name]]
-    np.testing.assert_allclose(clean.astype(np.float32), direct, atol=2e-2)
+    clean = _clean_tokens(out, first.name, (grid_h, grid_w))
+    np.testing.assert_allclose(clean, direct, atol=2e-2)
     # a refresh with the same denoiser does nothing
     assert run_denoise_job(cfg)["done"] == 0
     # smoothing its output is another method: a new run, recorded, the same tokens smoothed
@@ -180,17 +189,9 @@ def test_train_kill_resume_export_and_denoise(corpus: tuple[Path, Path], tmp_pat
     assert run_denoise_job(smooth_cfg)["done"] == 24
     runs = {r.meta.denoiser_smoothing: r for r in committed_runs(str(out))}
     assert set(runs) == {None, 0.5}
-    smooth = read_features_table(
-        str(out),
-        ["source_uri", "clean"],
-        config_digest=runs[0.5].config_digest,
-        grid=(grid_h, grid_w),
-    )
-    smoothed = column_to_numpy(smooth["clean"])[
-        {Path(u).name: i for i, u in enumerate(smooth["source_uri"].to_pylist())}[first.name]
-    ]
+    smoothed = _clean_tokens(out, first.name, (grid_h, grid_w), runs[0.5].config_digest)
     expected = smooth_tokens(torch.from_numpy(direct)[None], 0.5)[0].numpy()
-    np.testing.assert_allclose(smoothed.astype(np.float32), expected, atol=2e-2)
+    np.testing.assert_allclose(smoothed, expected, atol=2e-2)
 
 
 def test_s3_storage_and_another_grid(
