@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from pipeline.evaluation.samples import sample_photos
-from pipeline.store import read_feature_groups, read_features_table
+from pipeline.store import column_to_numpy, read_feature_groups, read_features_table
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,43 +108,46 @@ def _scratch(tmp_path: Path) -> Path:
 @pytest.mark.timeout(1500)  # a dozen jobs
 @pytest.mark.usefixtures("local_ray")
 def test_the_readme_commands_run_as_written(tmp_path: Path, dinov2_weights: Path) -> None:
-    """Quickstart, clean, train, denoise, evaluate, gc and submission ids, one after another
-    as a new user would type them, each with its smoke shortening appended. They join the
-    session's Ray through ``RAY_ADDRESS``, as the README says a job joins a cluster (each
-    starting its own local Ray would cost the suite minutes; CI runs the quickstart alone, as
-    written, starting its own)."""
+    """Quickstart, clean, train, denoise, evaluate, build, gc and submission ids, one after
+    another as a new user would type them, each with its smoke shortening appended; evaluate
+    and build_features run twice (the second reuses or skips what the first committed). They
+    join the session's Ray through ``RAY_ADDRESS``, as the README says a job joins a cluster
+    (each starting its own local Ray would cost the suite minutes; CI runs the quickstart
+    alone, as written, starting its own)."""
     import ray
 
     scratch = _scratch(tmp_path)
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
     outputs: dict[str, str] = {}
-    for job, command in local_job_commands():
-        extra = SHORTENED[job].format(weights=shlex.quote(str(dinov2_weights)))
+
+    def run(command: str) -> str:
         done = subprocess.run(
-            ["bash", "-c", f"{command} {extra}"],
+            ["bash", "-c", command],
             cwd=scratch,
             env=env,
             capture_output=True,
             text=True,
             timeout=900,
         )
-        assert done.returncode == 0, f"{command} {extra}\n{done.stderr[-4000:]}"
-        outputs[job] = outputs.get(job, "") + done.stdout
-        _check(job, command, scratch, done.stdout)
+        assert done.returncode == 0, f"{command}\n{done.stderr[-4000:]}"
+        return done.stdout
+
+    for job, command in local_job_commands():
+        command += " " + SHORTENED[job].format(weights=shlex.quote(str(dinov2_weights)))
+        stdout = run(command)
+        outputs[job] = outputs.get(job, "") + stdout
+        _check(job, command, scratch, stdout)
         if job == "evaluate" and "--denoiser" in command:  # again: the fitted evaluation
             # inputs are reused, same figures
             first = json.loads((scratch / "outputs/report/metrics.json").read_text())
-            again = subprocess.run(
-                ["bash", "-c", f"{command} {extra}"],
-                cwd=scratch,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=900,
-            )
-            assert again.returncode == 0, again.stderr[-3000:]
+            run(command)
             second = json.loads((scratch / "outputs/report/metrics.json").read_text())
             assert second["pev"] == pytest.approx(first["pev"])
+        if job == "build_features":  # again: every step skips its committed work
+            steps = json.loads(run(command).strip().splitlines()[-1])["steps"]
+            assert steps["clean"]["done"] == 0 and steps["clean"]["skipped_committed"] == 4
+            assert steps["train"]["skipped"]
+            assert steps["denoise"]["done"] == 0 and steps["denoise"]["skipped_committed"] == 8
     assert set(outputs) == set(SHORTENED)
 
 
@@ -180,10 +183,16 @@ def _check(job: str, command: str, scratch: Path, stdout: str) -> None:
         _check_report(scratch / "outputs" / "report")
     elif job == "build_features":  # the sample cleaned, a denoiser, every photo denoised
         export = scratch / "built/denoiser/denoiser.safetensors"
-        groups = read_feature_groups(str(scratch / "built/features"), ["method"])
+        groups = read_feature_groups(str(scratch / "built/features"), ["method", "clean"])
         assert export.is_file() and sum(t.num_rows for t in groups.values()) == 8
-        summary = json.loads(stdout.strip().splitlines()[-1])
-        assert summary["steps"]["clean"]["done"] == 4
+        for table in groups.values():  # mixed aspects: a table per token grid
+            assert set(table["method"].to_pylist()) == {"denoiser"}
+            assert np.isfinite(column_to_numpy(table["clean"]).astype(np.float32)).all()
+        steps = json.loads(stdout.strip().splitlines()[-1])["steps"]
+        assert steps["clean"]["done"] == steps["clean"]["inputs"] == 4  # the sample only
+        assert not steps["train"]["skipped"] and steps["train"]["steps"] > 0
+        assert steps["denoise"]["done"] == 8  # every photo
+        assert "clean     4 done" in stdout and "denoise   8 done" in stdout
     elif job == "gc_output":
         assert json.loads(stdout.strip().splitlines()[-1])["removed"] == ("--delete" in command)
     elif job == "submission_id":
