@@ -74,6 +74,15 @@ def eval_crops(
     return out
 
 
+def calibration_model(
+    ext: FeatureExtractor, size: int, crops_per_photo: int, seed: int
+) -> ArtifactModel:
+    """The artifact model of ``crops_per_photo`` random crops of each calibration photo (none
+    evaluated) at ``size``: calib's, and the one ``shift`` runs with in every bench."""
+    photos = {n: sample_photo(n) for n in CALIBRATION_PHOTOS}
+    return calibrate(ext, photos, size, crops_per_photo=crops_per_photo, seed=seed)
+
+
 def crop_pairs(crops: list[tuple[str, CropBox, np.ndarray]]) -> list[tuple[int, int]]:
     """Ordered pairs of crops of one photo that overlap by at least ``MIN_OVERLAP``."""
     return [
@@ -243,13 +252,7 @@ def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[
     crops = eval_crops(photos, args.crops, args.seed)
     groups = [name for name, _, _ in crops]
     keys = [f"{name}-{k % args.crops}" for k, (name, _, _) in enumerate(crops)]
-    model = calibrate(
-        ext,
-        {n: sample_photo(n) for n in CALIBRATION_PHOTOS},
-        size,
-        crops_per_photo=args.calib_crops,
-        seed=args.seed + 1,
-    )
+    model = calibration_model(ext, size, args.calib_crops, args.seed + 1)
     denoisers = train_denoisers(ext, size, model, args) if args.denoiser_crops else {}
     outputs, seconds = outputs_for(
         ext, [c for _, _, c in crops], keys, size, model, groups, args, denoisers

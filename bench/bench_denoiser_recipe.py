@@ -40,6 +40,7 @@ import torch
 from bench_baselines import (
     SHARED_WEIGHTS,
     SQUARE,
+    calibration_model,
     crop_pairs,
     eval_crops,
     pair_matching,
@@ -57,7 +58,7 @@ from pipeline.evaluation.samples import (
     WHEEL_PHOTOS,
     sample_photo,
 )
-from pipeline.models.artifact_model import ArtifactModel, calibrate
+from pipeline.models.artifact_model import ArtifactModel
 from pipeline.models.crops import random_crop
 from pipeline.models.denoiser import (
     Denoiser,
@@ -83,9 +84,7 @@ def artifact_model(ext: FeatureExtractor, size: int, cache: Path) -> ArtifactMod
     """The calibration photos' artifact model at ``size`` (cached)."""
     path = cache / f"model_{size}.npz"
     if not path.exists():
-        model = calibrate(
-            ext, {n: sample_photo(n) for n in CALIBRATION_PHOTOS}, size, crops_per_photo=32, seed=1
-        )
+        model = calibration_model(ext, size, 32, seed=1)
         _save(path, pattern=model.pattern)
     with np.load(path) as data:
         return ArtifactModel(

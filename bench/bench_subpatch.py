@@ -43,6 +43,7 @@ import torch
 from bench_baselines import (
     SHARED_WEIGHTS,
     SQUARE,
+    calibration_model,
     crop_pairs,
     eval_crops,
     pair_matching,
@@ -65,11 +66,10 @@ from pipeline.evaluation.probes import (
     voc_sample,
 )
 from pipeline.evaluation.samples import (
-    CALIBRATION_PHOTOS,
     EVALUATION_PHOTOS,
     sample_photo,
 )
-from pipeline.models.artifact_model import ArtifactModel, calibrate
+from pipeline.models.artifact_model import ArtifactModel
 from pipeline.models.baselines import (
     BASELINE_TTA,
     FINE_BASELINES,
@@ -309,13 +309,7 @@ def measure(args: argparse.Namespace, ext: FeatureExtractor, size: int) -> dict[
     photos = {n: sample_photo(n) for n in EVALUATION_PHOTOS[: args.photos]}
     crops = eval_crops(photos, args.crops, args.seed)
     groups = [name for name, _, _ in crops]
-    model = calibrate(
-        ext,
-        {n: sample_photo(n) for n in CALIBRATION_PHOTOS},
-        size,
-        crops_per_photo=args.calib_crops,
-        seed=args.seed + 1,
-    )
+    model = calibration_model(ext, size, args.calib_crops, args.seed + 1)
     images = [c for _, _, c in crops]
     fine, seconds, tokens = fine_outputs(ext, images, size, scale, model, args)
     pairs = crop_pairs(crops)
