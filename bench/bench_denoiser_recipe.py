@@ -72,6 +72,8 @@ from pipeline.models.vit import FeatureExtractor
 
 CACHE = Path("/tmp/dvt-recipe")
 CHUNK = 25
+CALIBRATION_CROPS = 32
+"""Crops of each calibration photo in the cached artifact model (``artifact_model``)."""
 
 
 def _save(path: Path, **arrays: Any) -> None:
@@ -84,7 +86,7 @@ def artifact_model(ext: FeatureExtractor, size: int, cache: Path) -> ArtifactMod
     """The calibration photos' artifact model at ``size`` (cached)."""
     path = cache / f"model_{size}.npz"
     if not path.exists():
-        model = calibration_model(ext, size, 32, seed=1)
+        model = calibration_model(ext, size, CALIBRATION_CROPS, seed=1)
         _save(path, pattern=model.pattern)
     with np.load(path) as data:
         return ArtifactModel(
@@ -92,7 +94,7 @@ def artifact_model(ext: FeatureExtractor, size: int, cache: Path) -> ArtifactMod
             ext.weights_digest,
             size,
             data["pattern"],
-            samples=32 * len(CALIBRATION_PHOTOS),
+            samples=CALIBRATION_CROPS * len(CALIBRATION_PHOTOS),
             source="calibration",
         )
 
