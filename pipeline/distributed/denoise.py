@@ -32,10 +32,12 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
         device="cpu",
         storage_options=cfg.denoiser.storage_options,
         smoothing=cfg.denoiser.smoothing,
+        flip=cfg.denoiser.flip,
     )
     weights, image_size = model.extractor.weights, online_image_size(model, cfg.image_size)
     digest = denoiser_digest(model.denoiser)
     smoothing = cfg.denoiser.smoothing or None  # recorded, and digested, only when used
+    flip = cfg.denoiser.flip or None
     method = FeatureMethod(
         stage=DenoiseImages,
         stage_kwargs={
@@ -49,6 +51,7 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
             "torch_threads": cfg.compute.torch_threads,
             "storage_options": cfg.denoiser.storage_options,
             "smoothing": cfg.denoiser.smoothing,
+            "flip": cfg.denoiser.flip,
             "weights_digest": model.extractor.weights_digest,
             "denoiser_digest": digest,
         },
@@ -59,6 +62,7 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
             "method": "denoiser",
             "denoiser_digest": digest,
             **({"smoothing": smoothing} if smoothing else {}),
+            **({"flip": True} if flip else {}),
             "image_size": image_size,
             **cfg.resize.output_settings(),
         },
@@ -67,6 +71,7 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
             denoiser_digest=digest,
             denoiser_uri=cfg.denoiser.uri,
             denoiser_smoothing=smoothing,
+            denoiser_flip=flip,
             aspect=cfg.resize.aspect,
         ),
     )

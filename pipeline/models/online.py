@@ -59,10 +59,10 @@ def denoise_images(
         pixels = torch.stack(
             [full_view_pixels(rgbs[i], (grid_h * patch, grid_w * patch)) for i in chunk]
         )
-        raw = model.extractor(pixels)
+        views = model.extract(pixels)
+        raw = views[: len(chunk)]  # the images' own tokens; the rest are their mirrors
         vit_seconds = time.perf_counter() - began
-        with torch.inference_mode():
-            clean = model.denoiser(raw).float()
+        clean = model.denoise(views)
         seconds = (time.perf_counter() - began) / len(chunk)
         for b, index in enumerate(chunk):
             r, c = raw[b].cpu().numpy(), clean[b].cpu().numpy()

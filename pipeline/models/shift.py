@@ -93,6 +93,13 @@ def shift_view_tokens(
     return tokens, views
 
 
+def mirror_mean(tokens: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """The two-view average on an image's grid: tokens (B, h, w, C) of images and ``mirrored``
+    (B, h, w, C) of the same images mirrored left-right (whose token column j sees what column
+    w - 1 - j of the image sees, for sides that are whole patches) -> (B, h, w, C)."""
+    return (tokens + mirrored.flip(-2)) / 2
+
+
 def tta_tokens(
     extractor: FeatureExtractor,
     rgb: np.ndarray,

@@ -172,10 +172,15 @@ class DenoiseImages(CleanImages):
         weights_digest: str = "",
         denoiser_digest: str = "",
         smoothing: float = 0.0,
+        flip: bool = False,
     ) -> None:
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.model = DenoisedViT.from_pretrained(
-            denoiser_uri, weights=weights, storage_options=storage_options, smoothing=smoothing
+            denoiser_uri,
+            weights=weights,
+            storage_options=storage_options,
+            smoothing=smoothing,
+            flip=flip,
         )
         require_digest(
             "the ViT weights", weights, weights_digest, self.model.extractor.weights_digest

@@ -50,6 +50,8 @@ class RunMeta:
     """Where that denoiser was loaded from (``denoise_dataset``)."""
     denoiser_smoothing: float | None = None
     """The low-pass (tokens) applied to that denoiser's output; set only when above 0."""
+    denoiser_flip: bool | None = None
+    """True when that denoiser's output was averaged with its mirrored image's; set only then."""
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     """Keys this version does not know (a newer writer's), and known keys stored as null: kept
     so that a run read and written back (a seal) loses nothing."""
