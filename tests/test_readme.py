@@ -137,12 +137,19 @@ def test_the_readme_commands_run_as_written(tmp_path: Path, dinov2_weights: Path
         stdout = run(command)
         outputs[job] = outputs.get(job, "") + stdout
         _check(job, command, scratch, stdout)
-        if job == "evaluate" and "--denoiser" in command:  # again: the fitted evaluation
-            # inputs are reused, same figures
+        if job == "evaluate" and "--denoiser" in command:  # again, the denoiser mirror-
+            # averaged: the fitted evaluation inputs are reused, the same figures but its own
             first = json.loads((scratch / "outputs/report/metrics.json").read_text())
-            run(command)
+            run(command + " denoiser.flip=true")
             second = json.loads((scratch / "outputs/report/metrics.json").read_text())
-            assert second["pev"] == pytest.approx(first["pev"])
+            assert first["denoiser_flip"] is False and second["denoiser_flip"] is True
+            assert (
+                "averaged with its mirrored image"
+                in (scratch / "outputs/report/report.md").read_text()
+            )
+            same = {m: v for m, v in first["pev"].items() if m != "denoised"}
+            assert {m: second["pev"][m] for m in same} == pytest.approx(same)
+            assert second["pev"]["denoised"] != pytest.approx(first["pev"]["denoised"])
         if job == "build_features":  # again: every step skips its committed work
             steps = json.loads(run(command).strip().splitlines()[-1])["steps"]
             assert steps["clean"]["done"] == 0 and steps["clean"]["skipped_committed"] == 4

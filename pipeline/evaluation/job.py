@@ -61,7 +61,9 @@ from pipeline.models.crops import CropBox, overlap_share, random_crop_box
 from pipeline.models.denoiser import Denoiser, load_denoiser, require_export
 from pipeline.models.engine import resolve_image_size
 from pipeline.models.images import decode_image
+from pipeline.models.shift import mirror_mean
 from pipeline.models.subpatch import pool_fine
+from pipeline.models.views import full_view_pixels
 from pipeline.models.vit import FeatureExtractor, load_extractor
 from pipeline.store import (
     column_to_numpy,
@@ -232,12 +234,27 @@ def _rows_by_name(uri: str, digest: str) -> dict[str, dict[str, np.ndarray]]:
     return rows
 
 
-def _denoise(denoiser: Denoiser, raw: np.ndarray) -> np.ndarray:
-    """raw (h, w, C) or (N, h, w, C) -> denoised tokens of the same shape."""
+def _denoise(denoiser: Denoiser, raw: np.ndarray, mirrored: np.ndarray | None = None) -> np.ndarray:
+    """raw (h, w, C) or (N, h, w, C) -> denoised tokens of the same shape; with ``mirrored``,
+    the raw tokens of the same images mirrored, the two-view mean (``DenoisedViT`` flip)."""
     batch = raw[None] if raw.ndim == 3 else raw
     with torch.no_grad():
-        out = denoiser(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
-    return out[0] if raw.ndim == 3 else out
+        out = denoiser(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+        if mirrored is not None:
+            other = mirrored[None] if mirrored.ndim == 3 else mirrored
+            out = mirror_mean(
+                out, denoiser(torch.from_numpy(np.ascontiguousarray(other, dtype=np.float32)))
+            )
+    return out[0].numpy() if raw.ndim == 3 else out.numpy()
+
+
+def _mirrored_raw(
+    extractor: FeatureExtractor, rgb: np.ndarray, grid: tuple[int, int]
+) -> np.ndarray:
+    """Raw tokens (h, w, C) of (H, W, 3) ``rgb``'s full view on ``grid``, mirrored left-right."""
+    patch = extractor.patch_size
+    view = full_view_pixels(rgb, (grid[0] * patch, grid[1] * patch))[None]
+    return extractor(view.flip(-1))[0].cpu().numpy().astype(np.float32)
 
 
 def _shift(
@@ -246,18 +263,19 @@ def _shift(
     denoiser: Denoiser | None,
     size: int,
     shift: int,
+    flip: bool = False,
 ) -> dict[str, float]:
-    """Shift consistency of raw and denoised tokens, averaged over photos."""
-    from pipeline.models.views import full_view_pixels
-
+    """Shift consistency of raw and denoised tokens (with ``flip``, averaged with the mirrored
+    pair's), averaged over photos."""
     scores: dict[str, list[float]] = {"raw": [], "denoised": []}
     for photo in photos.values():
         a, b = shifted_pair(photo, size, extractor.patch_size, shift)
-        raw = extractor(torch.stack([full_view_pixels(a, size), full_view_pixels(b, size)]))
-        scores["raw"].append(shift_consistency(raw[0].numpy(), raw[1].numpy(), (shift, shift)))
+        pixels = torch.stack([full_view_pixels(a, size), full_view_pixels(b, size)])
+        raw = extractor(pixels).numpy()
+        scores["raw"].append(shift_consistency(raw[0], raw[1], (shift, shift)))
         if denoiser is not None:
-            with torch.no_grad():
-                den = denoiser(raw).numpy()
+            mirrored = extractor(pixels.flip(-1)).numpy() if flip else None
+            den = _denoise(denoiser, raw, mirrored)
             scores["denoised"].append(shift_consistency(den[0], den[1], (shift, shift)))
     return {k: float(np.mean(v)) for k, v in scores.items() if v}
 
@@ -409,8 +427,14 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos)
     denoise_seconds = 0.0
     if denoiser is not None:
         began = time.perf_counter()
-        for row in rows.values():
-            row["denoised"] = _denoise(denoiser, row["raw"])
+        if cfg.denoiser.flip and set(rows) != set(images):
+            raise RuntimeError("the evaluation inputs and their stage-1 rows differ")
+        for name, row in rows.items():
+            grid_hw = row["raw"].shape[:2]
+            mirrored = (
+                _mirrored_raw(extractor, images[name], grid_hw) if cfg.denoiser.flip else None
+            )
+            row["denoised"] = _denoise(denoiser, row["raw"], mirrored)
         denoise_seconds = (time.perf_counter() - began) / len(rows)
     # the corpus's G (rows spread over it) for raw - mean G, figures and G agreement
     table = sample_features_table(
@@ -449,6 +473,8 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos)
         "features_uri": cfg.features.uri,
         "config_digest": digest,
         "denoiser_uri": cfg.denoiser.uri or None,
+        "denoiser_smoothing": cfg.denoiser.smoothing if cfg.denoiser.uri else None,
+        "denoiser_flip": cfg.denoiser.flip if cfg.denoiser.uri else None,
         "image_size": size,
         "methods": methods,
         "pev": {m: e.value for m, e in pev.items()},
@@ -456,7 +482,7 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos)
         "pev_crops": len(crop_names),
         "pev_photos": len(set(groups)),
         "matching": _matching(rows, boxes, methods),
-        "shift": _shift(photos, extractor, denoiser, size, cfg.shift_patches),
+        "shift": _shift(photos, extractor, denoiser, size, cfg.shift_patches, cfg.denoiser.flip),
         "shift_patches": cfg.shift_patches,
         "seconds_per_image": seconds,
         "calibration": {
@@ -495,7 +521,7 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos)
     }
     if "fine" in metrics:  # clean_hr is made in the same pass as clean
         metrics["fine"]["seconds_per_image"]["clean_hr"] = metrics["seconds_per_image"]["clean"]
-    if denoiser is not None:  # the ViT forward, then the denoiser block
+    if denoiser is not None:  # the ViT forward, then the block (with flip: the mirror's too)
         metrics["seconds_per_image"]["denoised"] = seconds["raw"] + denoise_seconds
     shown = spread_indices(len(table), cfg.figures)
     metrics["g_agreement"] = g_agreement(list(artifacts)) if has_g else float("nan")
@@ -512,7 +538,10 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos)
         clean = column_to_numpy(table["clean"][i : i + 1])[0].astype(np.float32)
         g = artifacts[i] if has_g else np.zeros_like(raw)
         name = f"image-{k:02d}-{Path(uris[i]).stem[:32]}.png"
-        denoised = _denoise(denoiser, raw) if denoiser is not None else None
+        denoised = None
+        if denoiser is not None:
+            flipped = _mirrored_raw(extractor, photo, raw.shape[:2]) if cfg.denoiser.flip else None
+            denoised = _denoise(denoiser, raw, flipped)
         feature_figure(photo, raw, clean, g, denoised).save(figures_dir / name)
         figures.append(f"figures/{name}")
     if has_g and len(artifacts) >= 2:

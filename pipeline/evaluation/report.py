@@ -185,6 +185,12 @@ def write_report(folder: Path, metrics: dict[str, Any], figures: list[str]) -> N
         f"Model `{metrics['model']}` (weights digest `{metrics['weights_digest'][:12]}`), "
         f"features from `{metrics['features_uri']}` (config `{metrics['config_digest']}`)"
         + (f", denoiser `{metrics['denoiser_uri']}`" if metrics.get("denoiser_uri") else "")
+        + (
+            f" smoothed {metrics['denoiser_smoothing']:g}"
+            if metrics.get("denoiser_smoothing")
+            else ""
+        )
+        + (" averaged with its mirrored image" if metrics.get("denoiser_flip") else "")
         + f"; input {metrics['image_size']} px.",
         "",
         "## Summary",
