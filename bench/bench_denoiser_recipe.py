@@ -62,7 +62,7 @@ from pipeline.evaluation.samples import (
     sample_photo,
 )
 from pipeline.models.artifact_model import ArtifactModel
-from pipeline.models.baselines import raw_tokens
+from pipeline.models.baselines import calib_flip, raw_tokens
 from pipeline.models.crops import random_crop
 from pipeline.models.denoiser import (
     Denoiser,
@@ -447,8 +447,8 @@ def main() -> None:
             )
             model = models[size]
             tokens["calib+flip"] = (
-                two_view(outputs["calib"], model.subtract(mirrored)),
-                two_view(stereo["calib"], model.subtract(mirrored_pair)),
+                calib_flip(model, outputs["raw"], mirrored),
+                calib_flip(model, stereo["raw"], mirrored_pair),
                 seconds["calib"] + mirror_seconds,
             )
         for name, (denoiser, train_seconds, losses) in denoisers.items():

@@ -241,6 +241,7 @@ def _check_report(out: Path) -> None:
         "calib",
         "tta",
         "calib+tta",
+        "calib+flip",
         "raw_minus_mean_g",
     ]
     assert saved["pev_crops"] == 16 and saved["pev_photos"] == 8
@@ -275,6 +276,7 @@ def _check_report(out: Path) -> None:
         "minus raw's on the same views",
         "Crop-pair matching",
         "calib+tta",
+        "calib+flip",
         "raw - mean G",
         "seconds per image",
     ):

@@ -199,12 +199,12 @@ def _add_baselines(
     model: ArtifactModel,
     mean_g: np.ndarray | None,
 ) -> dict[str, float]:
-    """Add calib, tta, calib+tta (and raw - mean G of the corpus) to every row; return each
-    one's seconds per image."""
+    """Add calib, tta, calib+tta, calib+flip (and raw - mean G of the corpus) to every row;
+    return each one's seconds per image."""
     names = sorted(images)
     outputs, seconds = baseline_outputs(extractor, [images[n] for n in names], size, model)
     for i, name in enumerate(names):
-        for method in ("calib", "tta", "calib+tta"):
+        for method in ("calib", "tta", "calib+tta", "calib+flip"):
             rows[name][method] = outputs[method][i]
         if mean_g is not None:
             rows[name]["raw_minus_mean_g"] = rows[name]["raw"] - mean_g

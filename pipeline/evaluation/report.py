@@ -26,6 +26,7 @@ METHODS = (
     "calib",
     "tta",
     "calib+tta",
+    "calib+flip",
     "raw_minus_mean_g",
 )
 METHOD_LABELS = {"raw_minus_g": "raw - G", "raw_minus_mean_g": "raw - mean G"}
@@ -47,7 +48,8 @@ DEFINITIONS = {
     "raw tokens over random crops of bundled calibration photos the evaluation "
     "never scores (no training); tta = the mean over 10 views shifted by whole "
     "patches (reflect padding of 2 patches) and half flipped, mapped back to the "
-    "image's grid; calib+tta = both; raw - mean G = raw minus the mean stage-1 G of "
+    "image's grid; calib+tta = both; calib+flip = calib of the image and of its mirror, "
+    "averaged on the image's grid (two forwards); raw - mean G = raw minus the mean stage-1 G of "
     "the corpus (empty when no G is stored).",
     "g_agreement": "G agreement: mean pairwise cosine of the artifact maps G estimated "
     "independently per image. Well above 0 means G is the model's positional "

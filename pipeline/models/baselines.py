@@ -4,6 +4,8 @@ evaluation job and the benches use (model code: torch, no Ray).
 - ``calib``: raw minus the artifact model's pattern (no training);
 - ``tta``: the mean over shifted and flipped views (``pipeline.models.shift``);
 - ``calib+tta``: the same with the pattern subtracted from every view;
+- ``calib+flip``: calib of the image and of its mirror, averaged on the image's grid (two
+  forwards, ``shift.mirror_mean``);
 - ``raw - mean G``: raw minus the mean of stage-1 G's (``artifact_model.from_artifacts``).
 
 At s x s cells per token (what ``clean_hr`` stands beside):
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 
 from pipeline.engine_config import ShiftConfig
 from pipeline.models.artifact_model import ArtifactModel
-from pipeline.models.shift import shift_view_tokens, tta_tokens
+from pipeline.models.shift import mirror_mean, shift_view_tokens, tta_tokens
 from pipeline.models.subpatch import cell_colours, shift_average_fine, subpatch_view_tokens
 from pipeline.models.views import full_view_pixels
 from pipeline.models.vit import FeatureExtractor
@@ -52,8 +54,8 @@ def baseline_outputs(
     model: ArtifactModel,
     tta: ShiftConfig = BASELINE_TTA,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """raw, calib, tta and calib+tta tokens (N, K, K, C) of ``images``, and each one's seconds
-    per image (image i's shifted views are drawn with seed i)."""
+    """raw, calib, tta, calib+tta and calib+flip tokens (N, K, K, C) of ``images``, and each
+    one's seconds per image (image i's shifted views are drawn with seed i)."""
     model.check(extractor, size)
     start = time.perf_counter()
     raw = raw_tokens(extractor, images, size)
@@ -67,7 +69,17 @@ def baseline_outputs(
             [tta_tokens(extractor, im, size, tta, i, pat).numpy() for i, im in enumerate(images)]
         )
         seconds[name] = (time.perf_counter() - start) / len(images)
+    start = time.perf_counter()
+    outputs["calib+flip"] = calib_flip(model, raw, raw_tokens(extractor, images, size, mirror=True))
+    seconds["calib+flip"] = seconds["raw"] + (time.perf_counter() - start) / len(images)
     return outputs, seconds
+
+
+def calib_flip(model: ArtifactModel, raw: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    """calib+flip of raw tokens (N, K, K, C) and of the same images mirrored (N, K, K, C): the
+    artifact model removed from each view, the two averaged on the images' grid."""
+    views = (torch.from_numpy(model.subtract(v)) for v in (raw, mirrored))
+    return mirror_mean(*views).numpy()
 
 
 def bilinear_fine(tokens: np.ndarray, scale: int) -> np.ndarray:
