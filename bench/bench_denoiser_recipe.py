@@ -22,7 +22,8 @@ Run: python bench/bench_denoiser_recipe.py [--sizes 224 518] [--crops 100 20] [-
    is seen on every output alike. ``--eval-seed`` draws another set of 40 evaluation crops.
 5. ``--flip`` adds the two-view outputs, each the mean of an image's tokens and its mirrored
    image's mapped back (``shift.mirror_mean``; two ViT forwards): ``calib+flip`` (the free
-   baseline at that cost) and, for every denoiser, ``NAME+flip`` (``DenoisedViT(flip=True)``).
+   baseline at that cost) and, for every denoiser, ``NAME+flip`` (``DenoisedViT(flip=True)``),
+   each also paired against calib+flip (``vs_calib_flip`` in the JSON).
 
 Prints one markdown table per size and writes JSON.
 """
@@ -314,8 +315,10 @@ def score(
     return {
         "pev": pev.value,
         "pev_se": pev.stderr,
+        "pev_replicates": pev.replicates,
         "matching": match[0],
         "matching_se": match[1],
+        "matching_replicates": match[2],
         "seconds_per_image": seconds,
         "stereo": pair[0],
         "stereo_vs_raw": paired_difference(pair[0], pair[2], *ref["stereo_raw"]),
@@ -479,6 +482,17 @@ def main() -> None:
         for name in two_views:
             feats, pair, secs = tokens[name]
             rows[name] = score(feats, pair, disparity, ref, crops, pairs, groups, secs)
+        for name in two_views[1:]:  # each denoiser's two views against calib's, paired
+            rows[name]["vs_calib_flip"] = {
+                measure: paired_difference(
+                    rows[name][measure],
+                    rows[name][f"{measure}_replicates"],
+                    rows["calib+flip"][measure],
+                    rows["calib+flip"][f"{measure}_replicates"],
+                )
+                for measure in ("pev", "matching")
+            }
+            logging.info("%d px, %s - calib+flip: %s", size, name, rows[name]["vs_calib_flip"])
         for sigma in args.smoothing:  # the same low-pass on every output's tokens
             for name, (feats, pair, secs) in list(tokens.items()):
                 began = time.perf_counter()
