@@ -160,7 +160,7 @@ def free_outputs(
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """raw, calib, calib+tta and ``shift`` tokens (N, K, K, C) of ``images``, seconds each."""
     outputs, seconds = with_shift(ext, images, size, model)
-    del outputs["tta"]
+    del outputs["tta"], outputs["calib+flip"]  # calib+flip: ``--flip``, from a cached mirror
     return outputs, seconds
 
 

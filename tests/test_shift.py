@@ -106,20 +106,19 @@ def test_mirror_mean_and_the_calib_flip_baseline(
     tiny_vit: FeatureExtractor, photos: dict[str, np.ndarray]
 ) -> None:
     """Features that follow content are their own mirror mean; calib+flip mirrors with its
-    input (the pattern is removed from each view on the view's grid) and costs two forwards."""
+    input (the pattern is removed from each view on the view's grid)."""
     pixels = full_view_pixels(photos["chelsea"], (64, 96))[None]
     content = _patch_means(pixels, 16)
     torch.testing.assert_close(mirror_mean(content, _patch_means(pixels.flip(-1), 16)), content)
     size = 16 * 5
     model = calibrate(tiny_vit, photos, size, crops_per_photo=2, seed=0)
     image = photos["astronaut"]
-    outputs, seconds = baseline_outputs(tiny_vit, [image, image[:, ::-1].copy()], size, model)
+    outputs, _ = baseline_outputs(tiny_vit, [image, image[:, ::-1].copy()], size, model)
     plain, mirrored = outputs["calib+flip"]
     np.testing.assert_allclose(mirrored, plain[:, ::-1], atol=1e-5)
     expected = (outputs["calib"][0] + outputs["calib"][1][:, ::-1]) / 2
     np.testing.assert_allclose(plain, expected, atol=1e-5)
     assert not np.allclose(plain, outputs["calib"][0], atol=1e-3)
-    assert seconds["calib+flip"] > seconds["calib"]
 
 
 def test_shift_method_in_the_engine_and_artifact_model_storage(

@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.config import output_digest
 from pipeline.distributed.clean import run_clean_job
-from pipeline.distributed.denoise import run_denoise_job
+from pipeline.distributed.denoise import denoise_settings, run_denoise_job
 from pipeline.distributed.train import run_train_job
 from pipeline.engine_config import ResizeConfig
 from pipeline.evaluation.samples import sample_photos
@@ -198,6 +199,24 @@ def test_train_kill_resume_export_and_denoise(corpus: tuple[Path, Path], tmp_pat
     np.testing.assert_allclose(options, expected, atol=2e-2)
     smoothed = smooth_tokens(torch.from_numpy(direct)[None], 0.5)[0].numpy()
     assert np.abs(expected - smoothed).max() > 0.1  # the mirror is in it
+
+
+def test_each_denoiser_output_option_makes_its_own_digest() -> None:
+    """flip and smoothing each change a denoised run's config digest, alone or together, and
+    a run with neither keeps the digest it had before they existed (no keys for them)."""
+    options = [[], ["denoiser.flip=true"], ["denoiser.smoothing=0.5"]]
+    options.append(options[1] + options[2])
+    settings = [
+        denoise_settings(
+            resolve_job(DenoiseJobConfig, "denoise_smoke", ["denoiser.uri=dinov2_vits14", *o]),
+            "d" * 64,
+            112,
+        )
+        for o in options
+    ]
+    digests = {output_digest("test_vit", "w", s, "float16", False) for s in settings}
+    assert len(digests) == len(options)
+    assert "flip" not in settings[0] and "smoothing" not in settings[0]
 
 
 def test_s3_storage_and_another_grid(

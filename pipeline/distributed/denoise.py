@@ -20,6 +20,20 @@ from pipeline.stages.features import DenoiseImages
 from pipeline.store.meta import RunMeta
 
 
+def denoise_settings(cfg: DenoiseJobConfig, digest: str, image_size: int) -> dict[str, Any]:
+    """What makes a denoised run's tokens, digested into its config digest: the denoiser's
+    weights digest, its output options (only when used, so older runs keep their digests),
+    the input size and the resize."""
+    return {
+        "method": "denoiser",
+        "denoiser_digest": digest,
+        **({"smoothing": cfg.denoiser.smoothing} if cfg.denoiser.smoothing else {}),
+        **({"flip": True} if cfg.denoiser.flip else {}),
+        "image_size": image_size,
+        **cfg.resize.output_settings(),
+    }
+
+
 def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
     """The online denoiser over ``cfg.input.uri`` into a new committed run; the summary."""
     if not cfg.denoiser.uri:
@@ -36,8 +50,6 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
     )
     weights, image_size = model.extractor.weights, online_image_size(model, cfg.image_size)
     digest = denoiser_digest(model.denoiser)
-    smoothing = cfg.denoiser.smoothing or None  # recorded, and digested, only when used
-    flip = cfg.denoiser.flip or None
     method = FeatureMethod(
         stage=DenoiseImages,
         stage_kwargs={
@@ -58,20 +70,13 @@ def run_denoise_job(cfg: DenoiseJobConfig) -> dict[str, Any]:
         batch_size=cfg.batch_size,
         extractor=model.extractor,
         image_size=image_size,
-        settings={
-            "method": "denoiser",
-            "denoiser_digest": digest,
-            **({"smoothing": smoothing} if smoothing else {}),
-            **({"flip": True} if flip else {}),
-            "image_size": image_size,
-            **cfg.resize.output_settings(),
-        },
+        settings=denoise_settings(cfg, digest, image_size),
         resize=cfg.resize,
         meta=RunMeta(
             denoiser_digest=digest,
             denoiser_uri=cfg.denoiser.uri,
-            denoiser_smoothing=smoothing,
-            denoiser_flip=flip,
+            denoiser_smoothing=cfg.denoiser.smoothing or None,  # recorded only when used
+            denoiser_flip=cfg.denoiser.flip or None,
             aspect=cfg.resize.aspect,
         ),
     )

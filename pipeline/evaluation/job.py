@@ -427,13 +427,11 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos)
     denoise_seconds = 0.0
     if denoiser is not None:
         began = time.perf_counter()
-        if cfg.denoiser.flip and set(rows) != set(images):
-            raise RuntimeError("the evaluation inputs and their stage-1 rows differ")
-        for name, row in rows.items():
+        for name, row in rows.items():  # rows of inputs an earlier evaluation wrote are not
+            # scored, so they need no mirror
+            flip = cfg.denoiser.flip and name in images
             grid_hw = row["raw"].shape[:2]
-            mirrored = (
-                _mirrored_raw(extractor, images[name], grid_hw) if cfg.denoiser.flip else None
-            )
+            mirrored = _mirrored_raw(extractor, images[name], grid_hw) if flip else None
             row["denoised"] = _denoise(denoiser, row["raw"], mirrored)
         denoise_seconds = (time.perf_counter() - began) / len(rows)
     # the corpus's G (rows spread over it) for raw - mean G, figures and G agreement

@@ -337,7 +337,8 @@ class DenoisedViT(nn.Module):
     @torch.inference_mode()
     def denoise(self, views: torch.Tensor) -> torch.Tensor:
         """``extract``'s raw tokens -> denoised tokens (B, h, w, C) f32 on the images' grid;
-        with ``flip``, the mean of each image's and its mirror's (``shift.mirror_mean``)."""
+        with ``flip``, ``views`` must be ``extract``'s (2B, h, w, C), the images then their
+        mirrors, and the result is each image's mean with its mirror's (``shift.mirror_mean``)."""
         clean = self.denoiser(views).float()
         if not self.flip:
             return clean
