@@ -56,7 +56,12 @@ from pipeline.evaluation.samples import CALIBRATION_PHOTOS, sample_photo, sample
 from pipeline.evaluation.visualize import feature_figure
 from pipeline.job_config import CleanJobConfig, EvaluateConfig
 from pipeline.models.artifact_model import ArtifactModel, calibrate, from_artifacts
-from pipeline.models.baselines import FINE_BASELINES, baseline_outputs, fine_baseline_outputs
+from pipeline.models.baselines import (
+    FINE_BASELINES,
+    baseline_outputs,
+    fine_baseline_outputs,
+    raw_tokens,
+)
 from pipeline.models.crops import CropBox, overlap_share, random_crop_box
 from pipeline.models.denoiser import Denoiser, load_denoiser, require_export
 from pipeline.models.engine import resolve_image_size
@@ -252,9 +257,8 @@ def _mirrored_raw(
     extractor: FeatureExtractor, rgb: np.ndarray, grid: tuple[int, int]
 ) -> np.ndarray:
     """Raw tokens (h, w, C) of (H, W, 3) ``rgb``'s full view on ``grid``, mirrored left-right."""
-    patch = extractor.patch_size
-    view = full_view_pixels(rgb, (grid[0] * patch, grid[1] * patch))[None]
-    return extractor(view.flip(-1))[0].cpu().numpy().astype(np.float32)
+    pixels = (grid[0] * extractor.patch_size, grid[1] * extractor.patch_size)
+    return raw_tokens(extractor, [rgb], pixels, mirror=True)[0]
 
 
 def _shift(

@@ -39,10 +39,14 @@ BASELINE_TTA = ShiftConfig(views=10, pad=2, flip_prob=0.5)
 
 
 def raw_tokens(
-    extractor: FeatureExtractor, images: Sequence[np.ndarray], size: int, mirror: bool = False
+    extractor: FeatureExtractor,
+    images: Sequence[np.ndarray],
+    size: int | tuple[int, int],
+    mirror: bool = False,
 ) -> np.ndarray:
-    """(N, K, K, C) raw tokens of each (H, W, 3) uint8 image's full view, one at a time;
-    ``mirror``: of the full view mirrored left-right (on its own grid, ``shift.mirror_mean``)."""
+    """(N, h, w, C) raw tokens of each (H, W, 3) uint8 image's full view of ``size`` px (an int:
+    square; else (height, width)), one at a time; ``mirror``: of the full view mirrored
+    left-right (on its own grid, ``shift.mirror_mean``)."""
     views = (full_view_pixels(im, size)[None] for im in images)
     return np.stack([extractor(v.flip(-1) if mirror else v)[0].cpu().numpy() for v in views])
 
