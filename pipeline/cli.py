@@ -249,7 +249,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 k: metrics[k]
-                for k in ("pev", "shift", "stereo", "masks", "g_agreement")
+                for k in ("pev", "shift", "stereo", "stereo_windows", "masks", "g_agreement")
                 if k in metrics
             },
             indent=2,

@@ -478,7 +478,12 @@ class EvaluateConfig:
     figures: int = 4
     """Per-image figures drawn from the committed rows."""
     probes: bool = True
-    """Run the stereo and mask probes (fits 4 + 2 x mask_crops more images)."""
+    """Run the stereo and mask probes (fits 4 + 2 x mask_crops + 2 x stereo_windows more
+    images)."""
+    stereo_windows: int = 8
+    """Offset windows of the stereo pair scored beside the whole pair
+    (``probes.stereo_windows``: every disparity over one token, where a pattern tied to token
+    positions scores 0), each method paired against raw over windows; 0: the whole pair only."""
     mask_crops: int = 8
     """Random crops of each labelled photo for the mask probe, beside the whole photo."""
     calibration_crops: int = 15
@@ -501,6 +506,7 @@ class EvaluateConfig:
                 "shift_patches": 1,
                 "figures": 0,
                 "mask_crops": 0,
+                "stereo_windows": 0,
                 "calibration_crops": 1,
             },
         )

@@ -258,6 +258,12 @@ def _check_report(out: Path) -> None:
     for name in ("voc", "quokka", "all"):
         assert all(0.0 <= v <= 1.0 for v in saved["masks"][name].values())
     assert all(0.0 <= v <= 1.0 for v in saved["stereo"].values())
+    windows = saved["stereo_windows"]
+    assert saved["stereo_window_count"] == 2 and set(windows) == set(saved["methods"])
+    assert windows["raw"]["minus_raw"] == 0.0 == windows["raw"]["minus_raw_stderr"]
+    for s in windows.values():
+        assert 0.0 <= s["value"] <= 1.0 and s["stderr"] >= 0.0
+        assert s["minus_raw"] == pytest.approx(s["value"] - windows["raw"]["value"])
     assert np.isfinite(saved["g_agreement"])  # over the photos of the corpus's largest grid
     assert 2 <= saved["g_agreement_images"] <= 8
     assert saved["fit"]["images"] == 8
@@ -270,6 +276,7 @@ def _check_report(out: Path) -> None:
         "Position-explained variance",
         "Shift consistency",
         "Stereo probe",
+        "offset windows (- raw)",
         "Mask probe",
         "G agreement",
         "raw - G",

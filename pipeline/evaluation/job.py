@@ -28,12 +28,14 @@ from pipeline.evaluation.metrics import (
     MatchCount,
     crop_pair_matching,
     g_agreement,
+    paired_difference,
     pooled_accuracy,
     position_explained_variance,
     shift_consistency,
 )
 from pipeline.evaluation.probes import (
     MaskedImage,
+    StereoPair,
     boundary_accuracy,
     disparity_to_tokens,
     labels_to_tokens,
@@ -43,6 +45,8 @@ from pipeline.evaluation.probes import (
     prototype_miou,
     quokka,
     stereo_accuracy,
+    stereo_window_counts,
+    stereo_windows,
     voc_sample,
 )
 from pipeline.evaluation.report import (
@@ -128,6 +132,45 @@ def _mask_sets(cfg: EvaluateConfig) -> dict[str, list[MaskedImage]]:
     return {s.name: mask_views(s, cfg.mask_crops, rng) for s in (voc_sample(), quokka())}
 
 
+def _stereo_windows(cfg: EvaluateConfig) -> list[StereoPair]:
+    """``cfg.stereo_windows`` offset windows of the stereo pair (none without the probes)."""
+    if not cfg.probes or not cfg.stereo_windows:
+        return []
+    return stereo_windows(motorcycle_pair(), cfg.stereo_windows, seed=cfg.seed)
+
+
+def _window_name(k: int, side: str) -> str:
+    return f"probes/stereo_window_{k:02d}_{side}"
+
+
+def _stereo_window_scores(
+    rows: dict[str, dict[str, np.ndarray]], windows: list[StereoPair], methods: list[str]
+) -> dict[str, dict[str, float]]:
+    """Per method: stereo accuracy pooled over the windows with its error over windows, and its
+    difference from raw's on the same windows (paired)."""
+    scored = {
+        m: pooled_accuracy(
+            stereo_window_counts(
+                np.stack([rows[_window_name(k, "left")][m] for k in range(len(windows))]),
+                np.stack([rows[_window_name(k, "right")][m] for k in range(len(windows))]),
+                windows,
+            )
+        )
+        for m in methods
+    }
+    raw = scored["raw"]
+    out = {}
+    for m, (value, stderr, replicates) in scored.items():
+        diff, diff_stderr = paired_difference(value, replicates, raw[0], raw[2])
+        out[m] = {
+            "value": value,
+            "stderr": stderr,
+            "minus_raw": diff,
+            "minus_raw_stderr": diff_stderr,
+        }
+    return out
+
+
 def _photo_of(crop_name: str) -> str:
     """``crops/<photo>--<k>`` -> ``<photo>``."""
     return crop_name.removeprefix("crops/").split("--")[0]
@@ -147,6 +190,7 @@ def _input_images(
     photos: dict[str, np.ndarray],
     boxes: dict[str, CropBox],
     masks: dict[str, list[MaskedImage]],
+    windows: list[StereoPair],
     probes: bool,
 ) -> dict[str, np.ndarray]:
     """Every evaluation input by row name: the crops, and the probe images."""
@@ -154,6 +198,8 @@ def _input_images(
     if probes:
         pair = motorcycle_pair()
         images |= {"probes/stereo_left": pair.left, "probes/stereo_right": pair.right}
+        for k, window in enumerate(windows):
+            images |= {_window_name(k, "left"): window.left, _window_name(k, "right"): window.right}
         images |= {f"probes/{v.name}": v.rgb for views in masks.values() for v in views}
     return images
 
@@ -410,7 +456,8 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos)
     photos = _photos(cfg, list_photos)
     masks = _mask_sets(cfg)
     boxes = _crop_boxes(photos, cfg)
-    images = _input_images(photos, boxes, masks, cfg.probes)
+    windows = _stereo_windows(cfg)
+    images = _input_images(photos, boxes, masks, windows, cfg.probes)
     _write_inputs(out / "work" / "inputs", images)
     # the probes compare tokens position by position: every crop on one square grid
     fitted = [
@@ -497,6 +544,9 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos)
         disparity = disparity_to_tokens(motorcycle_pair().disparity, grid)
         left, right = rows["probes/stereo_left"], rows["probes/stereo_right"]
         metrics["stereo"] = {m: stereo_accuracy(left[m], right[m], disparity) for m in methods}
+        if windows:
+            metrics["stereo_windows"] = _stereo_window_scores(rows, windows, methods)
+            metrics["stereo_window_count"] = len(windows)
         metrics.update(_mask_probe(rows, masks, methods, grid))
 
     if job.engine.upsample > 1:

