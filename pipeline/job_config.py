@@ -510,3 +510,8 @@ class EvaluateConfig:
                 "calibration_crops": 1,
             },
         )
+        if self.stereo_windows == 1:
+            raise ConfigError(
+                "stereo_windows=1: use 0 (the whole pair only) or at least 2 (the error over "
+                "windows leaves one out)"
+            )

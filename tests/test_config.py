@@ -268,3 +268,19 @@ def test_relative_paths_mean_the_directory_the_job_started_in(
     assert DenoiserSourceConfig(uri="dinov2_vits14").uri == "dinov2_vits14"  # the shipped one
     (tmp_path / "dinov2_vits14").mkdir()  # a local folder of that name wins, made absolute
     assert DenoiserSourceConfig(uri="dinov2_vits14").uri == str(tmp_path / "dinov2_vits14")
+
+
+def test_the_evaluation_takes_no_windows_or_at_least_two() -> None:
+    """One stereo window has no error over windows: refused when the config loads, naming the
+    values that work; 0 and 2 load."""
+    from pipeline.job_config import EvaluateConfig, resolve_job
+
+    with pytest.raises(ConfigError, match=r"stereo_windows=1: use 0 .* or at least 2"):
+        resolve_job(EvaluateConfig, "evaluate", ["stereo_windows=1"])
+    with pytest.raises(ConfigError, match="stereo_windows must be >= 0"):
+        resolve_job(EvaluateConfig, "evaluate", ["stereo_windows=-2"])
+    for count in (0, 2):
+        assert (
+            resolve_job(EvaluateConfig, "evaluate", [f"stereo_windows={count}"]).stereo_windows
+            == count
+        )
