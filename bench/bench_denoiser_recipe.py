@@ -219,24 +219,37 @@ def mirrored_raw(
         return data["tokens"], float(data["seconds"])
 
 
+Accuracy = tuple[float, float, tuple[float, ...]]
+"""``metrics.pooled_accuracy``: value, standard error, jackknife replicates."""
+
+
 class StereoProbe(NamedTuple):
     """The stereo images scored: the Middlebury motorcycle pair, then its offset windows
     (``probes.stereo_windows``), as images [left, right, window 0 left, window 0 right, ...],
     and the pair's disparity on the token grid."""
 
+    pair: StereoPair
     windows: list[StereoPair]
     disparity: np.ndarray
 
-    @staticmethod
-    def of(count: int, grid: int) -> StereoProbe:
+    @classmethod
+    def of(cls, count: int, grid: int) -> StereoProbe:
         pair = motorcycle_pair()
-        return StereoProbe(stereo_windows(pair, count), disparity_to_tokens(pair.disparity, grid))
+        windows = stereo_windows(pair, count)
+        return cls(pair, windows, disparity_to_tokens(pair.disparity, grid))
 
     def images(self) -> list[np.ndarray]:
-        pair = motorcycle_pair()
-        return [pair.left, pair.right, *(im for w in self.windows for im in (w.left, w.right))]
+        windows = (im for w in self.windows for im in (w.left, w.right))
+        return [self.pair.left, self.pair.right, *windows]
 
-    def scores(self, tokens: np.ndarray) -> tuple[tuple, tuple]:
+    def key(self) -> str:
+        """A digest of the images and the windows' disparities (the cache's key)."""
+        digest = hashlib.sha256()
+        for array in [*self.images(), *(w.disparity for w in self.windows)]:
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()[:12]
+
+    def scores(self, tokens: np.ndarray) -> tuple[Accuracy, Accuracy]:
         """tokens (2 + 2 x windows, K, K, C) in ``images``' order -> ``pooled_accuracy`` of
         the pair (a jackknife over token rows) and of the windows (over windows)."""
         pair = pooled_accuracy(stereo_counts(tokens[0], tokens[1], self.disparity))
@@ -249,7 +262,7 @@ def stereo_outputs(
 ) -> dict[str, np.ndarray]:
     """``free_outputs`` of ``probe``'s images, and their mirrored raw tokens (``mirrored``)
     (cached)."""
-    path = cache / f"stereo_{size}_w{len(probe.windows)}.npz"
+    path = cache / f"stereo_{size}_{probe.key()}.npz"
     if not path.exists():
         images = probe.images()
         outputs, _ = free_outputs(ext, images, size, model)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,11 +207,12 @@ STEREO_WINDOW_SCALE = (0.5, 0.85)
 offset)."""
 STEREO_WINDOW_OFFSET = (0.09, 0.15)
 """The right window's offset as a share of the pair's width: with it every token disparity of
-the motorcycle pair is over one token at any square input (at least 0.09 x 16 / 0.85 = 1.7 at
-224 px), so a pattern at fixed token positions points at a wrong column."""
+the motorcycle pair is over one token on grids of 9 tokens or more (at least
+(7 + 66) px x 16 / 629 px = 1.86 tokens at 224 px), so a pattern at fixed token positions points
+at a wrong column."""
 
 
-def stereo_windows(pair: StereoPair, count: int, seed: int = 0) -> list[StereoPair]:
+def stereo_windows(pair: StereoPair, count: int, seed: int | Sequence[int] = 0) -> list[StereoPair]:
     """``count`` random windows of a rectified pair, each a pair itself: a box of the left image
     (sides ``STEREO_WINDOW_SCALE`` of the pair's, placed at random) and the same rows of the
     right image in a box moved right by ``STEREO_WINDOW_OFFSET`` of the width, so a window's
@@ -254,6 +256,8 @@ def stereo_window_counts(
         raise ValueError(
             f"{len(lefts)} left and {len(rights)} right maps for {len(windows)} windows"
         )
+    if lefts.shape[1] != lefts.shape[2]:
+        raise ValueError(f"token maps of square inputs expected, got {lefts.shape[1:3]}")
     counts = {}
     for k, (a, b, window) in enumerate(zip(lefts, rights, windows, strict=True)):
         truth = disparity_to_tokens(window.disparity, a.shape[1])
