@@ -132,33 +132,28 @@ def _mask_sets(cfg: EvaluateConfig) -> dict[str, list[MaskedImage]]:
     return {s.name: mask_views(s, cfg.mask_crops, rng) for s in (voc_sample(), quokka())}
 
 
-def _stereo_windows(cfg: EvaluateConfig) -> list[StereoPair]:
-    """``cfg.stereo_windows`` offset windows of the stereo pair (none without the probes; a
-    seed stream of their own, like the mask sets')."""
+def _stereo_windows(cfg: EvaluateConfig) -> dict[str, StereoPair]:
+    """``cfg.stereo_windows`` offset windows of the stereo pair by input name, whose left and
+    right images are ``<name>_left`` and ``<name>_right`` (none without the probes; a seed
+    stream of their own, like the mask sets'; the seed is in the names, since inputs already
+    written are reused)."""
     if not cfg.probes or not cfg.stereo_windows:
-        return []
-    return stereo_windows(motorcycle_pair(), cfg.stereo_windows, seed=[cfg.seed, 2])
-
-
-def _window_name(seed: int, k: int, side: str) -> str:
-    """A window's input name: the seed is in it, since inputs already written are reused."""
-    return f"probes/stereo_window_s{seed}_{k:02d}_{side}"
+        return {}
+    windows = stereo_windows(motorcycle_pair(), cfg.stereo_windows, seed=[cfg.seed, 2])
+    return {f"probes/stereo_window_s{cfg.seed}_{k:02d}": w for k, w in enumerate(windows)}
 
 
 def _stereo_window_scores(
-    rows: dict[str, dict[str, np.ndarray]],
-    windows: list[StereoPair],
-    methods: list[str],
-    seed: int,
+    rows: dict[str, dict[str, np.ndarray]], windows: dict[str, StereoPair], methods: list[str]
 ) -> dict[str, dict[str, float]]:
     """Per method: stereo accuracy pooled over the windows with its error over windows, and its
     difference from raw's on the same windows (paired)."""
     scored = {
         m: pooled_accuracy(
             stereo_window_counts(
-                np.stack([rows[_window_name(seed, k, "left")][m] for k in range(len(windows))]),
-                np.stack([rows[_window_name(seed, k, "right")][m] for k in range(len(windows))]),
-                windows,
+                np.stack([rows[f"{name}_left"][m] for name in windows]),
+                np.stack([rows[f"{name}_right"][m] for name in windows]),
+                list(windows.values()),
             )
         )
         for m in methods
@@ -195,20 +190,16 @@ def _input_images(
     photos: dict[str, np.ndarray],
     boxes: dict[str, CropBox],
     masks: dict[str, list[MaskedImage]],
-    windows: list[StereoPair],
+    windows: dict[str, StereoPair],
     probes: bool,
-    seed: int,
 ) -> dict[str, np.ndarray]:
     """Every evaluation input by row name: the crops, and the probe images."""
     images = {name: box.apply(photos[_photo_of(name)]) for name, box in boxes.items()}
     if probes:
         pair = motorcycle_pair()
         images |= {"probes/stereo_left": pair.left, "probes/stereo_right": pair.right}
-        for k, window in enumerate(windows):
-            images |= {
-                _window_name(seed, k, "left"): window.left,
-                _window_name(seed, k, "right"): window.right,
-            }
+        for name, window in windows.items():
+            images |= {f"{name}_left": window.left, f"{name}_right": window.right}
         images |= {f"probes/{v.name}": v.rgb for views in masks.values() for v in views}
     return images
 
@@ -466,7 +457,7 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos)
     masks = _mask_sets(cfg)
     boxes = _crop_boxes(photos, cfg)
     windows = _stereo_windows(cfg)
-    images = _input_images(photos, boxes, masks, windows, cfg.probes, cfg.seed)
+    images = _input_images(photos, boxes, masks, windows, cfg.probes)
     _write_inputs(out / "work" / "inputs", images)
     # the probes compare tokens position by position: every crop on one square grid
     fitted = [
@@ -554,7 +545,7 @@ def run_evaluation(cfg: EvaluateConfig, fit: FitInputs, list_photos: ListPhotos)
         left, right = rows["probes/stereo_left"], rows["probes/stereo_right"]
         metrics["stereo"] = {m: stereo_accuracy(left[m], right[m], disparity) for m in methods}
         if windows:
-            metrics["stereo_windows"] = _stereo_window_scores(rows, windows, methods, cfg.seed)
+            metrics["stereo_windows"] = _stereo_window_scores(rows, windows, methods)
             metrics["stereo_window_count"] = len(windows)
         metrics.update(_mask_probe(rows, masks, methods, grid))
 
