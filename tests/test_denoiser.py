@@ -21,11 +21,14 @@ from pipeline.models.denoiser import (
     save_denoiser,
     shipped_denoisers,
     smooth_tokens,
+    with_local_filter,
 )
 from pipeline.models.denoiser_train import (
+    LocalFilterFit,
     TrainConfig,
     ValidationSums,
     denoise_loss,
+    fit_local_filter,
     is_validation,
     lr_factor,
     similarity_loss,
@@ -186,6 +189,65 @@ def test_deeper_denoiser_starts_at_identity_and_keeps_the_format() -> None:
     assert set(shallow.state_dict()) < set(deep.state_dict())
     with pytest.raises(ValueError, match="depth"):
         Denoiser(DenoiserConfig(channels=64, grid=6, depth=0))
+
+
+def test_local_filter_starts_at_identity_and_mixes_by_place(tmp_path: Path) -> None:
+    """``local_kernel``: a residual depthwise filter over the grid, zero at start, adding each
+    token's neighbours by place (edges repeated); it survives an export; odd sides only."""
+    plain = Denoiser(DenoiserConfig(channels=32, grid=6))
+    model = Denoiser(DenoiserConfig(channels=32, grid=6, local_kernel=3))
+    tokens = torch.randn(2, 6, 6, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(tokens), tokens)
+        assert not [k for k in plain.state_dict() if k.startswith("local")]  # as before
+        assert model.local is not None
+        model.local.weight.zero_()
+        model.local.weight[:, 0, 1, 2] = 1.0  # the token to the right, the last one repeated
+        right = torch.cat([tokens[:, :, 1:], tokens[:, :, -1:]], dim=2)
+        assert torch.allclose(model(tokens), tokens + right, atol=1e-5)
+    save_denoiser(model, str(tmp_path / "export"), {"model": "test_vit"})
+    loaded = load_denoiser(str(tmp_path / "export"))
+    with torch.no_grad():
+        assert loaded.cfg.local_kernel == 3 and torch.equal(loaded(tokens), model(tokens))
+    for bad in (2, -1):
+        with pytest.raises(ConfigError, match="local_kernel"):
+            DenoiserConfig(channels=32, grid=6, local_kernel=bad)
+
+
+def test_a_fitted_local_filter_learns_a_blur_and_leaves_the_block_as_it_was() -> None:
+    """``with_local_filter`` adds a zero filter to a trained denoiser (same output, same meta);
+    ``fit_local_filter`` fits it alone to targets that are a spatial blur of the blocks'
+    output, on two grids, far closer than the start, and no other weight moves."""
+    torch.manual_seed(0)
+    trained = Denoiser(DenoiserConfig(channels=32, grid=6))
+    for param in trained.parameters():
+        torch.nn.init.normal_(param, std=0.05)
+    trained.meta = {"model": "test_vit"}
+    model = with_local_filter(trained, 5)
+    tokens = torch.randn(2, 6, 6, 32)
+    with torch.no_grad():
+        assert torch.equal(model(tokens), trained(tokens)) and model.meta == trained.meta
+    gen = torch.Generator().manual_seed(5)
+    pairs, held_out = [], []
+    for grid in (6, 9):
+        raw = torch.randn(48, grid, grid, 32, generator=gen)
+        with torch.no_grad():
+            pairs.append((raw, smooth_tokens(trained.blocks(raw), 0.8)))
+            val = torch.randn(8, grid, grid, 32, generator=gen)
+            held_out.append((val, smooth_tokens(trained.blocks(val), 0.8)))
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("local.")}
+    losses = fit_local_filter(model, pairs, LocalFilterFit(steps=300, lr=3e-2))
+    assert len(losses) == 3 and losses[-1] < 0.3 * losses[0]
+    with torch.no_grad():
+        for val, target in held_out:
+            start = denoise_loss(trained(val), target)
+            assert denoise_loss(model(val), target) < 0.2 * start, val.shape
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="no local filter"):
+        fit_local_filter(trained, pairs, LocalFilterFit())
+    with pytest.raises(ConfigError, match="steps"):
+        LocalFilterFit(steps=0)
 
 
 def test_start_at_a_pattern_is_the_calib_baseline_and_trains_faster() -> None:

@@ -80,6 +80,10 @@ class DenoiserConfig:
     """Hidden width of the block's MLP as a multiple of C."""
     depth: int = 1
     """Transformer blocks in a row (the method: 1); each adds about 12 C^2 weights."""
+    local_kernel: int = 0
+    """Side k (odd) of a learned local filter after the blocks: a residual depthwise k x k
+    convolution over the token grid, zero at start (k^2 C weights); 0: none. Attention mixes
+    tokens by content, this by place, which is what averaging shifted views does."""
 
     @property
     def heads(self) -> int:
@@ -91,9 +95,11 @@ class DenoiserConfig:
         check_range(
             self,
             "denoiser.",
-            {"channels": 0, "grid": 0, "num_heads": 0, "depth": 1},
+            {"channels": 0, "grid": 0, "num_heads": 0, "depth": 1, "local_kernel": 0},
             above={"mlp_ratio": 0},
         )
+        if self.local_kernel % 2 == 0 and self.local_kernel:
+            raise ConfigError(f"denoiser.local_kernel must be odd or 0, got {self.local_kernel}")
         if self.channels % self.heads:
             raise ConfigError(
                 f"denoiser.channels {self.channels} is not divisible by {self.heads} heads"
@@ -119,7 +125,8 @@ def smooth_tokens(tokens: torch.Tensor, sigma: float) -> torch.Tensor:
 
 class Denoiser(nn.Module):
     """Raw tokens (B, h, w, C) -> denoised tokens (B, h, w, C), any h and w: the positional
-    embedding added, then ``depth`` pre-norm blocks, then ``smoothing`` (none by default)."""
+    embedding added, then ``depth`` pre-norm blocks, the local filter (``local_kernel``), then
+    ``smoothing`` (none by default)."""
 
     meta: dict[str, Any]
     """What ``save_denoiser`` wrote beside the weights (set when loaded; {} when built)."""
@@ -141,7 +148,22 @@ class Denoiser(nn.Module):
             Block(cfg.channels, cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True)
             for _ in range(cfg.depth - 1)
         )
+        self.local = (  # none at 0: no weights, so older exports load as they are
+            nn.Conv2d(
+                cfg.channels,
+                cfg.channels,
+                cfg.local_kernel,
+                padding=cfg.local_kernel // 2,
+                padding_mode="replicate",
+                groups=cfg.channels,
+            )
+            if cfg.local_kernel
+            else None
+        )
         self._resampled: dict[tuple, torch.Tensor] = {}
+        if self.local is not None:
+            nn.init.zeros_(self.local.weight)
+            nn.init.zeros_(self.local.bias)
         for block in (self.block, *self.more_blocks):  # identity at start
             for layer in (block.attn.proj, block.mlp.fc2):
                 nn.init.zeros_(layer.weight)
@@ -186,8 +208,9 @@ class Denoiser(nn.Module):
             }
         return self._resampled[key]
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, h, w, C) -> (B, h, w, C) in the same dtype."""
+    def blocks(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, h, w, C) -> the blocks' output (B, h, w, C): the positional embedding
+        added, then the ``depth`` blocks (what the local filter is applied to)."""
         if tokens.ndim != 4 or tokens.shape[-1] != self.cfg.channels:
             raise ValueError(
                 f"expected tokens (B, h, w, {self.cfg.channels}), got {tuple(tokens.shape)}"
@@ -197,7 +220,32 @@ class Denoiser(nn.Module):
         x = self.block(x + self.positional_embedding(height, width).to(x.dtype))
         for block in self.more_blocks:
             x = block(x)
-        return smooth_tokens(x.reshape(batch, height, width, channels), self.smoothing)
+        return x.reshape(batch, height, width, channels)
+
+    def filtered(self, x: torch.Tensor) -> torch.Tensor:
+        """The local filter on (B, h, w, C) tokens: x plus its depthwise convolution; x itself
+        without one."""
+        if self.local is None:
+            return x
+        return x + self.local(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, h, w, C) -> (B, h, w, C) in the same dtype."""
+        return smooth_tokens(self.filtered(self.blocks(tokens)), self.smoothing)
+
+
+def with_local_filter(denoiser: Denoiser, kernel: int) -> Denoiser:
+    """A copy of ``denoiser`` with a local filter of side ``kernel`` at zero (so the same
+    output until it is fitted: ``denoiser_train.fit_local_filter``); its meta and smoothing
+    kept."""
+    cfg = dataclasses.replace(denoiser.cfg, local_kernel=kernel)
+    out = Denoiser(cfg, denoiser.smoothing)
+    state = {k: v for k, v in denoiser.state_dict().items() if not k.startswith("local.")}
+    missing, unexpected = out.load_state_dict(state, strict=False)
+    if unexpected or not all(k.startswith("local.") for k in missing):
+        raise RuntimeError(f"weights do not carry over: missing {missing}, unexpected {unexpected}")
+    out.meta = dict(denoiser.meta)
+    return out.to(denoiser.pos_embed.device)
 
 
 def save_denoiser(

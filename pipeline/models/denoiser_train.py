@@ -1,4 +1,5 @@
-"""Training pieces of the online denoiser that need no Ray: loss, schedule, split, state.
+"""Training pieces of the online denoiser that need no Ray: loss, schedule, split, state, and
+the fit of a trained denoiser's local filter alone (``fit_local_filter``).
 
 The Ray Train loop (``pipeline.distributed.train``) is a thin layer over these, so the same
 code trains in a plain loop. Targets are stage-1 ``clean`` tokens, inputs the ``raw`` tokens of
@@ -8,6 +9,7 @@ the same image; no ViT forward is needed during training.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,7 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import check_choices, check_range
+from pipeline.models.denoiser import Denoiser
 from pipeline.models.objectives import feature_distance, warmup_cosine
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,68 @@ def train_denoiser(
             epoch += train_step(denoiser, optimizer, groups, step, total, cfg, lr)
             step += 1
         losses.append(epoch / max(1, steps_per_epoch))
+    denoiser.eval()
+    return losses
+
+
+@dataclass(frozen=True)
+class LocalFilterFit:
+    """Fitting a trained denoiser's local filter alone (``fit_local_filter``)."""
+
+    steps: int = 1500
+    """Adam steps; each takes ``batch_size`` images of one token grid, the grids in turn."""
+    lr: float = 1e-2
+    """Constant learning rate of the filter's weights (they start at 0)."""
+    batch_size: int = 8
+    """Images per step."""
+    similarity_weight: float = 10.0
+    """Weight of ``similarity_loss`` beside L_dist, as in the shipped denoiser's training."""
+    seed: int = 0
+    """Seed of the batches drawn."""
+
+    def __post_init__(self) -> None:
+        check_range(self, "fit.", {"steps": 1, "batch_size": 1, "similarity_weight": 0})
+        check_range(self, "fit.", {}, above={"lr": 0})
+
+
+def fit_local_filter(
+    denoiser: Denoiser, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], cfg: LocalFilterFit
+) -> list[float]:
+    """Fit only ``denoiser``'s local filter (``with_local_filter``) on raw -> target pairs, one
+    (N_g, h_g, w_g, C) pair per token grid, everything else frozen. The blocks' outputs are
+    computed once; the grids take turns, so each gets the same share of steps whatever its
+    image count (the filter's gain is at the larger grids, where stage 1's shifted views
+    count most). The mean loss of every 100 steps."""
+    if denoiser.local is None:
+        raise ValueError("the denoiser has no local filter (denoiser.local_kernel is 0)")
+    if not pairs:
+        raise ValueError("no training pairs")
+    with torch.no_grad():
+        inputs = [
+            (
+                torch.cat([denoiser.blocks(raw[i : i + 8].float()) for i in range(0, len(raw), 8)]),
+                target.float(),
+            )
+            for raw, target in pairs
+        ]
+    optimizer = torch.optim.Adam(denoiser.local.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses, window = [], []
+    for step in range(cfg.steps):
+        x, target = inputs[step % len(inputs)]
+        idx = torch.randint(len(x), (min(cfg.batch_size, len(x)),), generator=gen)
+        pred = denoiser.filtered(x[idx])
+        loss = denoise_loss(pred, target[idx])
+        if cfg.similarity_weight:
+            loss = loss + cfg.similarity_weight * similarity_loss(pred, target[idx]).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        window.append(float(loss.detach()))
+        if len(window) == 100 or step == cfg.steps - 1:
+            losses.append(sum(window) / len(window))
+            logger.info("local filter: step %d of %d, loss %.4f", step + 1, cfg.steps, losses[-1])
+            window = []
     denoiser.eval()
     return losses
 
