@@ -148,8 +148,9 @@ class Denoiser(nn.Module):
             Block(cfg.channels, cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True)
             for _ in range(cfg.depth - 1)
         )
-        self.local = (  # none at 0: no weights, so older exports load as they are
-            nn.Conv2d(
+        self.local: nn.Conv2d | None = None  # none at 0: no weights, older exports load as-is
+        if cfg.local_kernel:
+            self.local = nn.Conv2d(
                 cfg.channels,
                 cfg.channels,
                 cfg.local_kernel,
@@ -157,13 +158,9 @@ class Denoiser(nn.Module):
                 padding_mode="replicate",
                 groups=cfg.channels,
             )
-            if cfg.local_kernel
-            else None
-        )
+            for param in self.local.parameters():  # identity at start, as the blocks
+                nn.init.zeros_(param)
         self._resampled: dict[tuple, torch.Tensor] = {}
-        if self.local is not None:
-            nn.init.zeros_(self.local.weight)
-            nn.init.zeros_(self.local.bias)
         for block in (self.block, *self.more_blocks):  # identity at start
             for layer in (block.attn.proj, block.mlp.fc2):
                 nn.init.zeros_(layer.weight)
