@@ -28,6 +28,11 @@ def test_the_shipped_denoiser_is_small_half_precision_and_documented() -> None:
     assert meta["trained_on"] and meta["command"].startswith("python bench/")
     assert all(p.dtype == torch.float32 for p in denoiser.parameters())
     assert denoiser.cfg.channels == 384
+    # its local filter, fitted on the frozen block by a command of its own
+    assert denoiser.local is not None
+    assert denoiser.cfg.local_kernel == meta["local_filter"]["kernel"] == 7
+    assert meta["local_filter"]["command"].startswith("python bench/fit_shipped_filter.py")
+    assert float(denoiser.local.weight.abs().mean()) > 1e-3  # fitted, not left at zero
 
 
 @pytest.mark.slow
