@@ -246,6 +246,8 @@ def test_a_fitted_local_filter_learns_a_blur_and_leaves_the_block_as_it_was() ->
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     with pytest.raises(ValueError, match="no local filter"):
         fit_local_filter(trained, pairs, LocalFilterFit())
+    with pytest.raises(ValueError, match="one"):
+        fit_local_filter(model, [(pairs[0][0], pairs[1][1])], LocalFilterFit())
     with pytest.raises(ConfigError, match="steps"):
         LocalFilterFit(steps=0)
 

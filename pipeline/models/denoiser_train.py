@@ -136,13 +136,8 @@ def train_step(
     return loss
 
 
-def train_denoiser(
-    denoiser: torch.nn.Module, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig
-) -> list[float]:
-    """Train ``denoiser`` in a plain loop (no Ray) on raw -> target pairs, one (N_g, h_g, w_g,
-    C) pair per token grid (several grids: several input sizes), the same steps as the Ray
-    Train job on one worker: every epoch shuffles all images together and each step's batch
-    is split by grid. The mean loss of each epoch."""
+def check_pairs(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Raise ``ValueError`` unless there are pairs and each is one (N, h, w, C) shape."""
     if not pairs:
         raise ValueError("no training pairs")
     for raw, target in pairs:
@@ -151,6 +146,16 @@ def train_denoiser(
                 f"raw {tuple(raw.shape)} and target {tuple(target.shape)} must be "
                 "one (N, h, w, C) shape"
             )
+
+
+def train_denoiser(
+    denoiser: torch.nn.Module, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig
+) -> list[float]:
+    """Train ``denoiser`` in a plain loop (no Ray) on raw -> target pairs, one (N_g, h_g, w_g,
+    C) pair per token grid (several grids: several input sizes), the same steps as the Ray
+    Train job on one worker: every epoch shuffles all images together and each step's batch
+    is split by grid. The mean loss of each epoch."""
+    check_pairs(pairs)
     owner = torch.cat([torch.full((len(raw),), g) for g, (raw, _) in enumerate(pairs)])
     local = torch.cat([torch.arange(len(raw)) for raw, _ in pairs])
     batch = min(cfg.batch_size, len(owner))
@@ -208,8 +213,7 @@ def fit_local_filter(
     count most). The mean loss of every 100 steps."""
     if denoiser.local is None:
         raise ValueError("the denoiser has no local filter (denoiser.local_kernel is 0)")
-    if not pairs:
-        raise ValueError("no training pairs")
+    check_pairs(pairs)
     with torch.no_grad():
         inputs = [
             (
