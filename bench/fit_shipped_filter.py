@@ -62,8 +62,8 @@ def main() -> None:
     losses = fit_local_filter(denoiser, pairs, cfg)
     seconds = time.perf_counter() - began
     logging.info("filter fitted in %.0f s; losses %s", seconds, [round(x, 4) for x in losses])
-    kept = ("format", "config", "weights_sha256", "local_filter")
-    meta = {k: v for k, v in denoiser.meta.items() if k not in kept}
+    rewritten = ("format", "config", "weights_sha256", "local_filter")  # save_denoiser's, ours
+    meta = {k: v for k, v in denoiser.meta.items() if k not in rewritten}
     sizes = " and ".join(
         f"{size} px ({len(raw)} crops)" for size, (raw, _) in zip(args.sizes, pairs, strict=True)
     )

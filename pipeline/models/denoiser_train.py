@@ -78,6 +78,16 @@ def similarity_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (gram(pred) - gram(target)).pow(2).mean(dim=(1, 2))
 
 
+def summed_loss(pred: torch.Tensor, target: torch.Tensor, similarity_weight: float) -> torch.Tensor:
+    """The training loss, L_dist + ``similarity_weight`` x ``similarity_loss``, summed over the
+    images of (B, h, w, C) pairs: a scalar (divided by the images of a whole step by its
+    callers, so a step split by grid weighs every image alike)."""
+    total = feature_distance(pred, target).sum()
+    if similarity_weight:
+        total = total + similarity_weight * similarity_loss(pred, target).sum()
+    return total
+
+
 def token_cosine(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-token cosine over channels: (B, h, w, C) pairs -> (B, h, w)."""
     return F.cosine_similarity(x.float(), target.float(), dim=-1)
@@ -124,10 +134,7 @@ def train_step(
         no_sync = getattr(model, "no_sync", None)  # DDP's: skip this backward's all-reduce
         with contextlib.nullcontext() if last or no_sync is None else no_sync():
             pred = model(raw)
-            part = feature_distance(pred, target).sum()
-            if cfg.similarity_weight:
-                part = part + cfg.similarity_weight * similarity_loss(pred, target).sum()
-            part = part / images
+            part = summed_loss(pred, target, cfg.similarity_weight) / images
             part.backward()
         loss += float(part.detach())
     if cfg.grad_clip > 0:
@@ -229,9 +236,7 @@ def fit_local_filter(
         x, target = inputs[step % len(inputs)]
         idx = torch.randint(len(x), (min(cfg.batch_size, len(x)),), generator=gen)
         pred = denoiser.filtered(x[idx])
-        loss = denoise_loss(pred, target[idx])
-        if cfg.similarity_weight:
-            loss = loss + cfg.similarity_weight * similarity_loss(pred, target[idx]).mean()
+        loss = summed_loss(pred, target[idx], cfg.similarity_weight) / len(idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
