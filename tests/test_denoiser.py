@@ -33,6 +33,7 @@ from pipeline.models.denoiser_train import (
     lr_factor,
     similarity_loss,
     train_denoiser,
+    two_view_targets,
 )
 from pipeline.models.engine import extract_views
 from pipeline.models.online import denoise_images
@@ -420,6 +421,40 @@ def test_flip_averages_each_image_with_its_mirror(
     np.testing.assert_allclose(two.clean, both(view)[0].numpy(), atol=1e-5)
     assert two.ok and two.clean.shape == one.clean.shape == (4, 5, tiny_vit.embed_dim)
     assert not np.allclose(two.clean, one.clean, atol=1e-3)
+
+
+def test_two_view_targets_are_flips_output_and_a_student_learns_them(
+    tiny_vit: FeatureExtractor, tmp_path: Path
+) -> None:
+    """``two_view_targets`` from raw and mirrored tokens is ``DenoisedViT(flip=True)``'s output
+    on the pixels; a student started as the teacher and trained on raw -> those targets gets
+    closer to them in one forward on images it did not see, and becomes more nearly mirror
+    equivariant (what the second view enforces); mismatched views are refused."""
+    export = _export_for(tiny_vit, tmp_path / "export")
+    both = DenoisedViT.from_pretrained(str(export), device="cpu", flip=True)
+    teacher = load_denoiser(str(export))
+    gen = torch.Generator().manual_seed(3)
+    pixels = torch.rand(40, 3, 48, 48, generator=gen)
+    with torch.no_grad():
+        raw, mirrored = tiny_vit(pixels), tiny_vit(pixels.flip(-1))
+    targets = two_view_targets(teacher, raw, mirrored, chunk=7)
+    torch.testing.assert_close(targets, both(pixels), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="differ"):
+        two_view_targets(teacher, raw, mirrored[:, :, :-1])
+
+    def gap(model: Denoiser, lo: int, hi: int) -> tuple[float, float]:
+        """(loss to the targets, mirror asymmetry) on images lo..hi."""
+        with torch.no_grad():
+            out, out_m = model(raw[lo:hi]), model(mirrored[lo:hi])
+            return float(denoise_loss(out, targets[lo:hi])), float(
+                (out - out_m.flip(-2)).pow(2).mean()
+            )
+
+    start = gap(teacher, 32, 40)
+    student = load_denoiser(str(export)).requires_grad_(True)
+    train_denoiser(student, [(raw[:32], targets[:32])], TrainConfig(epochs=40, batch_size=8, base_lr=1e-2))
+    end = gap(student, 32, 40)
+    assert end[0] < 0.92 * start[0] and end[1] < 0.5 * start[1], (start, end)
 
 
 def test_denoised_vit_refuses_other_weights(tiny_vit: FeatureExtractor, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""Training pieces of the online denoiser that need no Ray: loss, schedule, split, state, and
-the fit of a trained denoiser's local filter alone (``fit_local_filter``).
+"""Training pieces of the online denoiser that need no Ray: loss, schedule, split, state, the
+fit of a trained denoiser's local filter alone (``fit_local_filter``) and the targets that
+distil a denoiser's two-view output into its one forward (``two_view_targets``).
 
 The Ray Train loop (``pipeline.distributed.train``) is a thin layer over these, so the same
 code trains in a plain loop. Targets are stage-1 ``clean`` tokens, inputs the ``raw`` tokens of
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from pipeline.config import check_choices, check_range
 from pipeline.models.denoiser import Denoiser
 from pipeline.models.objectives import feature_distance, warmup_cosine
+from pipeline.models.shift import mirror_mean
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +249,29 @@ def fit_local_filter(
             window = []
     denoiser.eval()
     return losses
+
+
+@torch.no_grad()
+def two_view_targets(
+    teacher: Denoiser, raw: torch.Tensor, mirrored: torch.Tensor, chunk: int = 8
+) -> torch.Tensor:
+    """The teacher's two-view output (``DenoisedViT(flip=True)``): raw (N, h, w, C) tokens of
+    images and ``mirrored`` (N, h, w, C) of the same images mirrored -> (N, h, w, C) float32,
+    the mean of the teacher's output on each and the mirror's mapped back (``mirror_mean``),
+    ``chunk`` images at a time. Trained on raw -> these pairs (``train_denoiser``), a denoiser
+    learns in one forward much of what its second view adds (docs/denoiser.md)."""
+    if raw.shape != mirrored.shape:
+        raise ValueError(
+            f"raw {tuple(raw.shape)} and mirrored {tuple(mirrored.shape)} differ in shape"
+        )
+    return torch.cat(
+        [
+            mirror_mean(
+                teacher(raw[i : i + chunk].float()), teacher(mirrored[i : i + chunk].float())
+            )
+            for i in range(0, len(raw), chunk)
+        ]
+    )
 
 
 def is_validation(image_id: str, fraction: float) -> bool:
