@@ -9,7 +9,8 @@ Targets: ``bench_denoiser_recipe.training_targets`` (cached under --cache): ``--
 crops (scale 0.3-1, place, flip) of each of the 13 photos of ``DENOISER_TRAINING_PHOTOS`` (none
 evaluated or probed) at each size, square, through ``shift`` with the calibration photos'
 artifact model. ``fit_local_filter`` gives each size the same share of steps. Any filter the
-source already has is dropped first, so a rerun refits from the block alone.
+source already has is dropped first, so a rerun refits from the block alone; a source that
+``distill_shipped_two_view.py`` trained further is refused (its block is not the built one).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 from bench_baselines import SHARED_WEIGHTS
 from bench_denoiser_recipe import CACHE, artifact_model, training_targets
+from distill_shipped_two_view import DISTILLED
 
 from pipeline import load_extractor
 from pipeline.models.denoiser import load_denoiser, save_denoiser, with_local_filter
@@ -49,8 +51,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
     args.cache.mkdir(parents=True, exist_ok=True)
+    source = load_denoiser(args.denoiser)
+    if DISTILLED in source.meta:  # its block is no longer the one the filter was fitted on
+        sys.exit(f"{args.denoiser} was distilled after its filter: rebuild the block first")
     ext = load_extractor("vit_small_patch14_dinov2", weights=str(SHARED_WEIGHTS), device="cpu")
-    denoiser = with_local_filter(load_denoiser(args.denoiser), args.kernel)
+    denoiser = with_local_filter(source, args.kernel)
     pairs = []
     for size, count in zip(args.sizes, args.crops, strict=True):
         raw, clean = training_targets(

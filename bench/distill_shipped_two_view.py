@@ -1,0 +1,138 @@
+"""Distil the two-view output of the denoiser shipped for DINOv2 ViT-S/14 into its one forward
+(after ``build_shipped_denoiser.py`` and ``fit_shipped_filter.py``), stored in fp16.
+
+Run: python bench/distill_shipped_two_view.py [--rounds 2] [--sizes 224 518] [--crops 20 20]
+         [--train epochs=6 ...] [--denoiser dinov2_vits14] [--out FOLDER]
+
+The teacher is the source denoiser with ``flip`` (``DenoisedViT(flip=True)``: its output on an
+image and on the mirrored image mapped back, averaged; two ViT forwards). Its targets need no
+stage 1: ``--crops`` random crops (scale 0.3-1, place, flip) of each of the 13 photos of
+``DENOISER_TRAINING_PHOTOS`` (none evaluated or probed; other draws than the targets of the
+block and the filter) at each size, square; their raw and mirrored raw tokens are cached under
+--cache. The student starts as the teacher (block and filter) and is trained on raw -> the
+teacher's two-view tokens (``train_denoiser`` with ``--train``'s overrides of ``TrainConfig``).
+A source that was distilled already is refused, so a rerun cannot distil twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_baselines import SHARED_WEIGHTS
+from bench_denoiser_recipe import CACHE, _save
+
+from pipeline import load_extractor
+from pipeline.config import apply_overrides
+from pipeline.evaluation.samples import DENOISER_TRAINING_PHOTOS, sample_photo
+from pipeline.models.baselines import raw_tokens
+from pipeline.models.crops import random_crop
+from pipeline.models.denoiser import load_denoiser, save_denoiser
+from pipeline.models.denoiser_train import TrainConfig, train_denoiser, two_view_targets
+from pipeline.models.vit import FeatureExtractor
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = [
+    "epochs=6",
+    "batch_size=8",
+    "base_lr=4e-4",
+    "warmup_fraction=0.05",
+    "similarity_weight=10",
+]
+"""The distillation the shipped denoiser was built with: about 400 steps of 8 images, a peak
+learning rate of 7e-5 (``peak_lr`` at a batch of 8), the similarity term of its training."""
+DISTILLED = "two_view_distillation"
+"""The meta key this script writes (and refuses to find in its source)."""
+
+
+def view_tokens(
+    ext: FeatureExtractor, size: int, per_photo: int, cache: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """raw and mirrored raw tokens (N, K, K, C) float16 of ``per_photo`` random crops of each
+    training photo at ``size`` px (cached); the crops are drawn from their own seed stream."""
+    path = cache / f"views_{size}_{per_photo}.npz"
+    if not path.exists():
+        rng = np.random.default_rng([size, 1])
+        crops = [
+            random_crop(sample_photo(name), rng, (0.3, 1.0))
+            for name in DENOISER_TRAINING_PHOTOS
+            for _ in range(per_photo)
+        ]
+        began = time.perf_counter()
+        raw = raw_tokens(ext, crops, size).astype(np.float16)
+        mirrored = raw_tokens(ext, crops, size, mirror=True).astype(np.float16)
+        logging.info(
+            "%d px: %d crops, both views, in %.0f s", size, len(crops), time.perf_counter() - began
+        )
+        _save(path, raw=raw, mirrored=mirrored)
+    with np.load(path) as data:
+        return data["raw"], data["mirrored"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 518])
+    parser.add_argument(
+        "--crops", type=int, nargs="+", default=[20, 20], help="crops per photo at each size"
+    )
+    parser.add_argument("--train", nargs="*", default=RECIPE, help="TrainConfig overrides")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="distillations, each student the next teacher"
+    )
+    parser.add_argument("--denoiser", default="dinov2_vits14", help="the teacher (and start)")
+    parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--out", type=Path, default=ROOT / "pipeline/pretrained/dinov2_vits14")
+    args = parser.parse_args()
+    if len(args.crops) != len(args.sizes):
+        parser.error("--crops needs one count per --sizes entry")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(2)
+    teacher = load_denoiser(args.denoiser)
+    if DISTILLED in teacher.meta:
+        sys.exit(
+            f"{args.denoiser} was distilled already ({teacher.meta[DISTILLED]['command']}): "
+            "rebuild it first (build_shipped_denoiser.py, then fit_shipped_filter.py)"
+        )
+    cfg = apply_overrides(TrainConfig(), args.train)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    ext = load_extractor("vit_small_patch14_dinov2", weights=str(SHARED_WEIGHTS), device="cpu")
+    views = [
+        tuple(torch.from_numpy(a) for a in view_tokens(ext, size, count, args.cache))
+        for size, count in zip(args.sizes, args.crops, strict=True)
+    ]
+    student, losses, began = teacher, [], time.perf_counter()
+    for round_ in range(args.rounds):
+        pairs = [(raw, two_view_targets(student, raw, mirrored)) for raw, mirrored in views]
+        student = copy.deepcopy(student).requires_grad_(True)
+        losses += train_denoiser(student, pairs, cfg)
+        logging.info("round %d: losses %s", round_ + 1, [round(x, 4) for x in losses])
+        student.eval().requires_grad_(False)
+    seconds = time.perf_counter() - began
+    rewritten = ("format", "config", "weights_sha256")  # save_denoiser's
+    meta = {k: v for k, v in teacher.meta.items() if k not in rewritten}
+    sizes = " and ".join(
+        f"{size} px ({len(raw)} crops)" for size, (raw, _) in zip(args.sizes, views, strict=True)
+    )
+    meta[DISTILLED] = {
+        "teacher": "the block and filter above with flip (two views), frozen; each further "
+        "round's teacher is the last round's student",
+        "rounds": args.rounds,
+        "targets": f"the teacher's two-view tokens at {sizes} of the same 13 photos",
+        "train": vars(cfg),
+        "seconds": round(seconds, 1),
+        "losses": [round(x, 5) for x in losses],
+        "command": "python bench/distill_shipped_two_view.py " + " ".join(sys.argv[1:]),
+    }
+    save_denoiser(student, str(args.out), meta, dtype=torch.float16)
+    print(json.dumps({k: v for k, v in meta[DISTILLED].items() if k != "losses"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
