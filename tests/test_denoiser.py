@@ -452,7 +452,9 @@ def test_two_view_targets_are_flips_output_and_a_student_learns_them(
 
     start = gap(teacher, 32, 40)
     student = load_denoiser(str(export)).requires_grad_(True)
-    train_denoiser(student, [(raw[:32], targets[:32])], TrainConfig(epochs=40, batch_size=8, base_lr=1e-2))
+    train_denoiser(
+        student, [(raw[:32], targets[:32])], TrainConfig(epochs=40, batch_size=8, base_lr=1e-2)
+    )
     end = gap(student, 32, 40)
     assert end[0] < 0.92 * start[0] and end[1] < 0.5 * start[1], (start, end)
 
