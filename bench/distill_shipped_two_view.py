@@ -1,7 +1,7 @@
 """Distil the two-view output of the denoiser shipped for DINOv2 ViT-S/14 into its one forward
 (after ``build_shipped_denoiser.py`` and ``fit_shipped_filter.py``), stored in fp16.
 
-Run: python bench/distill_shipped_two_view.py [--rounds 2] [--sizes 224 518] [--crops 20 20]
+Run: python bench/distill_shipped_two_view.py [--rounds 3] [--sizes 224 518] [--crops 20 20]
          [--train epochs=6 ...] [--denoiser dinov2_vits14] [--out FOLDER]
 
 The teacher is the source denoiser with ``flip`` (``DenoisedViT(flip=True)``: its output on an
@@ -11,7 +11,9 @@ stage 1: ``--crops`` random crops (scale 0.3-1, place, flip) of each of the 13 p
 block and the filter) at each size, square; their raw and mirrored raw tokens are cached under
 --cache. The student starts as the teacher (block and filter) and is trained on raw -> the
 teacher's two-view tokens (``train_denoiser`` with ``--train``'s overrides of ``TrainConfig``).
-A source that was distilled already is refused, so a rerun cannot distil twice.
+A source that was distilled already resumes (``--rounds`` is the total, the settings must be
+the same; each invocation's export, and so the next round's teacher, is stored in fp16), so a
+rerun never distils twice.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def main() -> None:
     )
     parser.add_argument("--train", nargs="*", default=RECIPE, help="TrainConfig overrides")
     parser.add_argument(
-        "--rounds", type=int, default=2, help="distillations, each student the next teacher"
+        "--rounds", type=int, default=3, help="distillations, each student the next teacher"
     )
     parser.add_argument("--denoiser", default="dinov2_vits14", help="the teacher (and start)")
     parser.add_argument("--cache", type=Path, default=CACHE)
@@ -95,26 +97,27 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
     teacher = load_denoiser(args.denoiser)
-    if DISTILLED in teacher.meta:
-        sys.exit(
-            f"{args.denoiser} was distilled already ({teacher.meta[DISTILLED]['command']}): "
-            "rebuild it first (build_shipped_denoiser.py, then fit_shipped_filter.py)"
-        )
     cfg = apply_overrides(TrainConfig(), args.train)
+    crops = [[size, count] for size, count in zip(args.sizes, args.crops, strict=True)]
+    done = teacher.meta.get(DISTILLED, {})  # a distilled source resumes: --rounds is the total
+    if done and (done.get("crops") != crops or done.get("train") != vars(cfg)):
+        sys.exit(f"{args.denoiser} was distilled with other settings: rebuild it first")
+    if done.get("rounds", 0) >= args.rounds:
+        sys.exit(f"{args.denoiser} has {done['rounds']} rounds already (--rounds is the total)")
     args.cache.mkdir(parents=True, exist_ok=True)
     ext = load_extractor("vit_small_patch14_dinov2", weights=str(SHARED_WEIGHTS), device="cpu")
     views = [
         tuple(torch.from_numpy(a) for a in view_tokens(ext, size, count, args.cache))
-        for size, count in zip(args.sizes, args.crops, strict=True)
+        for size, count in crops
     ]
-    student, losses, began = teacher, [], time.perf_counter()
-    for round_ in range(args.rounds):
+    student, losses, began = teacher, list(done.get("losses", [])), time.perf_counter()
+    for round_ in range(done.get("rounds", 0), args.rounds):
         pairs = [(raw, two_view_targets(student, raw, mirrored)) for raw, mirrored in views]
         student = copy.deepcopy(student).requires_grad_(True)
         losses += train_denoiser(student, pairs, cfg)
         logging.info("round %d: losses %s", round_ + 1, [round(x, 4) for x in losses])
         student.eval().requires_grad_(False)
-    seconds = time.perf_counter() - began
+    seconds = time.perf_counter() - began + done.get("seconds", 0.0)
     rewritten = ("format", "config", "weights_sha256")  # save_denoiser's
     meta = {k: v for k, v in teacher.meta.items() if k not in rewritten}
     sizes = " and ".join(
@@ -125,10 +128,12 @@ def main() -> None:
         "round's teacher is the last round's student",
         "rounds": args.rounds,
         "targets": f"the teacher's two-view tokens at {sizes} of the same 13 photos",
+        "crops": crops,
         "train": vars(cfg),
         "seconds": round(seconds, 1),
         "losses": [round(x, 5) for x in losses],
         "command": "python bench/distill_shipped_two_view.py " + " ".join(sys.argv[1:]),
+        "resumed_from_rounds": done.get("rounds", 0),
     }
     save_denoiser(student, str(args.out), meta, dtype=torch.float16)
     print(json.dumps({k: v for k, v in meta[DISTILLED].items() if k != "losses"}, indent=2))
