@@ -33,6 +33,10 @@ def test_the_shipped_denoiser_is_small_half_precision_and_documented() -> None:
     assert denoiser.cfg.local_kernel == meta["local_filter"]["kernel"] == 7
     assert meta["local_filter"]["command"].startswith("python bench/fit_shipped_filter.py")
     assert float(denoiser.local.weight.abs().mean()) > 1e-3  # fitted, not left at zero
+    # then its two-view output distilled into its one forward, by a third command
+    distilled = meta["two_view_distillation"]
+    assert distilled["command"].startswith("python bench/distill_shipped_two_view.py")
+    assert len(distilled["losses"]) == distilled["rounds"] * distilled["train"]["epochs"] > 0
 
 
 @pytest.mark.slow
