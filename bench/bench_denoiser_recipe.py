@@ -96,6 +96,24 @@ CALIBRATION_CROPS = 32
 """Crops of each calibration photo in the cached artifact model (``artifact_model``)."""
 
 
+SHIPPED = Path(__file__).resolve().parents[1] / "pipeline/pretrained/dinov2_vits14"
+"""The shipped denoiser's folder, which its rebuild scripts write by default."""
+
+
+def parse_shipped_step(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments of a script that rebuilds a step of the shipped denoiser: ``--cache`` and
+    ``--out`` added, one ``--crops`` count per ``--sizes`` entry checked; logging and two torch
+    threads set."""
+    parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--out", type=Path, default=SHIPPED)
+    args = parser.parse_args()
+    if len(args.crops) != len(args.sizes):
+        parser.error("--crops needs one count per --sizes entry")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(2)
+    return args
+
+
 def _save(path: Path, **arrays: Any) -> None:
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **arrays)

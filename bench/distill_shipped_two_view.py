@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_baselines import SHARED_WEIGHTS
-from bench_denoiser_recipe import CACHE, _save
+from bench_denoiser_recipe import _save, parse_shipped_step
 
 from pipeline import load_extractor
 from pipeline.config import apply_overrides
@@ -40,7 +40,6 @@ from pipeline.models.denoiser import load_denoiser, save_denoiser
 from pipeline.models.denoiser_train import TrainConfig, train_denoiser, two_view_targets
 from pipeline.models.vit import FeatureExtractor
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPE = [
     "epochs=6",
     "batch_size=8",
@@ -89,13 +88,7 @@ def main() -> None:
         "--rounds", type=int, default=3, help="distillations, each student the next teacher"
     )
     parser.add_argument("--denoiser", default="dinov2_vits14", help="the teacher (and start)")
-    parser.add_argument("--cache", type=Path, default=CACHE)
-    parser.add_argument("--out", type=Path, default=ROOT / "pipeline/pretrained/dinov2_vits14")
-    args = parser.parse_args()
-    if len(args.crops) != len(args.sizes):
-        parser.error("--crops needs one count per --sizes entry")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(2)
+    args = parse_shipped_step(parser)
     teacher = load_denoiser(args.denoiser)
     cfg = apply_overrides(TrainConfig(), args.train)
     crops = [[size, count] for size, count in zip(args.sizes, args.crops, strict=True)]

@@ -20,18 +20,15 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 import torch
 from bench_baselines import SHARED_WEIGHTS
-from bench_denoiser_recipe import CACHE, artifact_model, training_targets
+from bench_denoiser_recipe import artifact_model, parse_shipped_step, training_targets
 from distill_shipped_two_view import DISTILLED
 
 from pipeline import load_extractor
 from pipeline.models.denoiser import load_denoiser, save_denoiser, with_local_filter
 from pipeline.models.denoiser_train import LocalFilterFit, fit_local_filter
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -43,13 +40,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=LocalFilterFit.steps)
     parser.add_argument("--denoiser", default="dinov2_vits14", help="the trained block")
-    parser.add_argument("--cache", type=Path, default=CACHE)
-    parser.add_argument("--out", type=Path, default=ROOT / "pipeline/pretrained/dinov2_vits14")
-    args = parser.parse_args()
-    if len(args.crops) != len(args.sizes):
-        parser.error("--crops needs one count per --sizes entry")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(2)
+    args = parse_shipped_step(parser)
     args.cache.mkdir(parents=True, exist_ok=True)
     source = load_denoiser(args.denoiser)
     if DISTILLED in source.meta:  # its block is no longer the one the filter was fitted on
