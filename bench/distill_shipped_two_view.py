@@ -50,7 +50,7 @@ RECIPE = [
 """The distillation the shipped denoiser was built with: about 400 steps of 8 images, a peak
 learning rate of 7e-5 (``peak_lr`` at a batch of 8), the similarity term of its training."""
 DISTILLED = "two_view_distillation"
-"""The meta key this script writes (and refuses to find in its source)."""
+"""The meta key this script writes (and, found in its source, resumes from)."""
 
 
 def view_tokens(
@@ -95,8 +95,9 @@ def main() -> None:
     done = teacher.meta.get(DISTILLED, {})  # a distilled source resumes: --rounds is the total
     if done and (done.get("crops") != crops or done.get("train") != vars(cfg)):
         sys.exit(f"{args.denoiser} was distilled with other settings: rebuild it first")
-    if done.get("rounds", 0) >= args.rounds:
-        sys.exit(f"{args.denoiser} has {done['rounds']} rounds already (--rounds is the total)")
+    previous = done.get("rounds", 0)
+    if previous >= args.rounds:
+        sys.exit(f"{args.denoiser} has {previous} rounds already (--rounds is the total)")
     args.cache.mkdir(parents=True, exist_ok=True)
     ext = load_extractor("vit_small_patch14_dinov2", weights=str(SHARED_WEIGHTS), device="cpu")
     views = [
@@ -104,7 +105,7 @@ def main() -> None:
         for size, count in crops
     ]
     student, losses, began = teacher, list(done.get("losses", [])), time.perf_counter()
-    for round_ in range(done.get("rounds", 0), args.rounds):
+    for round_ in range(previous, args.rounds):
         pairs = [(raw, two_view_targets(student, raw, mirrored)) for raw, mirrored in views]
         student = copy.deepcopy(student).requires_grad_(True)
         losses += train_denoiser(student, pairs, cfg)
@@ -126,7 +127,7 @@ def main() -> None:
         "seconds": round(seconds, 1),
         "losses": [round(x, 5) for x in losses],
         "command": "python bench/distill_shipped_two_view.py " + " ".join(sys.argv[1:]),
-        "resumed_from_rounds": done.get("rounds", 0),
+        "resumed_from_rounds": previous,
     }
     save_denoiser(student, str(args.out), meta, dtype=torch.float16)
     print(json.dumps({k: v for k, v in meta[DISTILLED].items() if k != "losses"}, indent=2))
