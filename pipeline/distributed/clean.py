@@ -9,17 +9,14 @@ import dataclasses
 import logging
 from typing import Any
 
-import numpy as np
-
 from pipeline.config import ConfigError, config_digest, config_to_dict
 from pipeline.distributed.features import FeatureMethod, list_images, require_io, run_feature_job
 from pipeline.job_config import CleanJobConfig, InputConfig
 from pipeline.models.artifact_model import calibrate, read_artifact_model, write_artifact_model
-from pipeline.models.decoder_process import DecoderProcess
 from pipeline.models.engine import resolve_image_size
 from pipeline.models.vit import FeatureExtractor, load_extractor
 from pipeline.stages.features import CleanImages
-from pipeline.stages.read import read_input
+from pipeline.stages.read import read_photos
 from pipeline.store import artifact_model_uri
 from pipeline.store.fs import filesystem
 from pipeline.store.meta import RunMeta
@@ -66,23 +63,15 @@ def ensure_artifact_model(
         storage_options=calib.storage_options if calib.uri else cfg.input.storage_options,
     )
     listed = list_images(source) if calib.uri else inputs
-    source_fs, _ = filesystem(source.uri, source.storage_options)
-    encoded = []
-    for photo_uri in (listed[i] for i in spread_indices(len(listed), calib.images)):
-        try:
-            encoded.append(read_input(source_fs, photo_uri, source.max_bytes))
-        except Exception as err:  # a bad input is quarantined by the run, not fatal here
-            logger.warning("calibration skips %s: %s", photo_uri, err)
-    decoder = DecoderProcess(source.max_pixels, extractor.patch_size, source.decode_timeout_s)
-    try:  # in a child process, as the readers decode: a poison photo costs only itself
-        decoded = decoder.decode(encoded)
-    finally:
-        decoder.close()
-    photos = [
-        np.frombuffer(d.pixels, np.uint8).reshape(d.height, d.width, 3) for d in decoded if d.ok
-    ]
-    for failure in (d for d in decoded if not d.ok):
-        logger.warning("calibration skips an image: %s", failure.reason)
+    photos = read_photos(
+        [listed[i] for i in spread_indices(len(listed), calib.images)],
+        source.storage_options,
+        source.max_bytes,
+        source.max_pixels,
+        extractor.patch_size,
+        source.decode_timeout_s,
+        "calibration",
+    )
     if not photos:
         raise ConfigError(
             f"no readable calibration image under {source.uri}: preset "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import fsspec
@@ -102,6 +103,37 @@ def read_input(fs: fsspec.AbstractFileSystem, uri: str, max_bytes: int) -> bytes
     if len(data) > max_bytes:
         raise InputTooLarge(f"over {max_bytes} bytes (input.max_bytes) when read")
     return data
+
+
+def read_photos(
+    uris: Sequence[str],
+    storage_options: dict[str, Any],
+    max_bytes: int,
+    max_pixels: int,
+    min_side: int,
+    decode_timeout_s: float,
+    purpose: str,
+) -> list[np.ndarray]:
+    """The (H, W, 3) uint8 photos of ``uris`` that read and decode (in a child process, as the
+    readers decode: a poison photo costs only itself); each one that does not is logged as
+    skipped by ``purpose`` (calibration, distillation), never fatal."""
+    encoded = []
+    for uri in uris:
+        try:
+            fs, _ = filesystem(uri, storage_options)
+            encoded.append(read_input(fs, uri, max_bytes))
+        except Exception as err:  # a bad input is quarantined by its feature run, not here
+            logger.warning("%s skips %s: %s", purpose, uri, err)
+    decoder = DecoderProcess(max_pixels, min_side, decode_timeout_s)
+    try:
+        decoded = decoder.decode(encoded)
+    finally:
+        decoder.close()
+    for failure in (d for d in decoded if not d.ok):
+        logger.warning("%s skips an image: %s", purpose, failure.reason)
+    return [
+        np.frombuffer(d.pixels, np.uint8).reshape(d.height, d.width, 3) for d in decoded if d.ok
+    ]
 
 
 class ReadImages:
