@@ -10,7 +10,8 @@ stage 1: ``--crops`` random crops (scale 0.3-1, place, flip) of each of the 13 p
 ``DENOISER_TRAINING_PHOTOS`` (none evaluated or probed; other draws than the targets of the
 block and the filter) at each size, square; their raw and mirrored raw tokens are cached under
 --cache. The student starts as the teacher (block and filter) and is trained on raw -> the
-teacher's two-view tokens (``train_denoiser`` with ``--train``'s overrides of ``TrainConfig``).
+teacher's two-view tokens (``denoiser_train.distil_two_view``: ``train_denoiser`` with
+``DISTILL_TRAINING``, build_features' ``distill.train`` default, and ``--train``'s overrides).
 A source that was distilled already resumes (``--rounds`` is the total, the settings must be
 the same; each invocation's export, and so the next round's teacher, is stored in fp16), so a
 rerun never distils twice.
@@ -19,7 +20,6 @@ rerun never distils twice.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import sys
@@ -34,23 +34,11 @@ from bench_denoiser_recipe import _save, parse_shipped_step
 from pipeline import load_extractor
 from pipeline.config import apply_overrides
 from pipeline.evaluation.samples import DENOISER_TRAINING_PHOTOS, sample_photo
-from pipeline.models.baselines import raw_tokens
-from pipeline.models.crops import random_crop
+from pipeline.job_config import DISTILL_TRAINING
 from pipeline.models.denoiser import load_denoiser, save_denoiser
-from pipeline.models.denoiser_train import TrainConfig, train_denoiser, two_view_targets
+from pipeline.models.denoiser_train import distil_two_view
 from pipeline.models.vit import FeatureExtractor
-
-RECIPE = [
-    "epochs=6",
-    "batch_size=8",
-    "base_lr=4e-4",
-    "warmup_fraction=0.05",
-    "similarity_weight=10",
-]
-"""The distillation the shipped denoiser was built with: about 400 steps of 8 images, a peak
-learning rate of 7e-5 (``peak_lr`` at a batch of 8), the similarity term of its training."""
-DISTILLED = "two_view_distillation"
-"""The meta key this script writes (and, found in its source, resumes from)."""
+from pipeline.stages.distill import DISTILLED, crop_views
 
 
 def view_tokens(
@@ -60,19 +48,15 @@ def view_tokens(
     training photo at ``size`` px (cached); the crops are drawn from their own seed stream."""
     path = cache / f"views_{size}_{per_photo}.npz"
     if not path.exists():
-        rng = np.random.default_rng([size, 1])
-        crops = [
-            random_crop(sample_photo(name), rng, (0.3, 1.0))
-            for name in DENOISER_TRAINING_PHOTOS
-            for _ in range(per_photo)
-        ]
+        photos = [sample_photo(name) for name in DENOISER_TRAINING_PHOTOS]
         began = time.perf_counter()
-        raw = raw_tokens(ext, crops, size).astype(np.float16)
-        mirrored = raw_tokens(ext, crops, size, mirror=True).astype(np.float16)
-        logging.info(
-            "%d px: %d crops, both views, in %.0f s", size, len(crops), time.perf_counter() - began
+        ((raw, mirrored),) = crop_views(
+            ext, photos, [size], per_photo, np.random.default_rng([size, 1])
         )
-        _save(path, raw=raw, mirrored=mirrored)
+        logging.info(
+            "%d px: %d crops, both views, in %.0f s", size, len(raw), time.perf_counter() - began
+        )
+        _save(path, raw=raw.numpy(), mirrored=mirrored.numpy())
     with np.load(path) as data:
         return data["raw"], data["mirrored"]
 
@@ -83,14 +67,16 @@ def main() -> None:
     parser.add_argument(
         "--crops", type=int, nargs="+", default=[20, 20], help="crops per photo at each size"
     )
-    parser.add_argument("--train", nargs="*", default=RECIPE, help="TrainConfig overrides")
+    parser.add_argument(
+        "--train", nargs="*", default=[], help="overrides of DISTILL_TRAINING (TrainConfig)"
+    )
     parser.add_argument(
         "--rounds", type=int, default=3, help="distillations, each student the next teacher"
     )
     parser.add_argument("--denoiser", default="dinov2_vits14", help="the teacher (and start)")
     args = parse_shipped_step(parser)
     teacher = load_denoiser(args.denoiser)
-    cfg = apply_overrides(TrainConfig(), args.train)
+    cfg = apply_overrides(DISTILL_TRAINING, args.train)
     crops = [[size, count] for size, count in zip(args.sizes, args.crops, strict=True)]
     done = teacher.meta.get(DISTILLED, {})  # a distilled source resumes: --rounds is the total
     if done and (done.get("crops") != crops or done.get("train") != vars(cfg)):
@@ -104,13 +90,9 @@ def main() -> None:
         tuple(torch.from_numpy(a) for a in view_tokens(ext, size, count, args.cache))
         for size, count in crops
     ]
-    student, losses, began = teacher, list(done.get("losses", [])), time.perf_counter()
-    for round_ in range(previous, args.rounds):
-        pairs = [(raw, two_view_targets(student, raw, mirrored)) for raw, mirrored in views]
-        student = copy.deepcopy(student).requires_grad_(True)
-        losses += train_denoiser(student, pairs, cfg)
-        logging.info("round %d: losses %s", round_ + 1, [round(x, 4) for x in losses])
-        student.eval().requires_grad_(False)
+    began = time.perf_counter()
+    student, losses = distil_two_view(teacher, views, cfg, args.rounds - previous)
+    losses = list(done.get("losses", [])) + losses
     seconds = time.perf_counter() - began + done.get("seconds", 0.0)
     rewritten = ("format", "config", "weights_sha256")  # save_denoiser's
     meta = {k: v for k, v in teacher.meta.items() if k not in rewritten}

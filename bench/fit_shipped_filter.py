@@ -24,11 +24,11 @@ import time
 import torch
 from bench_baselines import SHARED_WEIGHTS
 from bench_denoiser_recipe import artifact_model, parse_shipped_step, training_targets
-from distill_shipped_two_view import DISTILLED
 
 from pipeline import load_extractor
 from pipeline.models.denoiser import load_denoiser, save_denoiser, with_local_filter
 from pipeline.models.denoiser_train import LocalFilterFit, fit_local_filter
+from pipeline.stages.distill import DISTILLED
 
 
 def main() -> None:

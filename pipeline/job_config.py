@@ -396,6 +396,47 @@ class TrainJobConfig:
     run: TrainRunConfig = dataclasses.field(default_factory=TrainRunConfig)
 
 
+DISTILL_TRAINING = TrainConfig(
+    epochs=6, batch_size=8, base_lr=4e-4, warmup_fraction=0.05, similarity_weight=10.0
+)
+"""The distillation the shipped denoiser was built with: short (6 epochs), a batch of 8, a peak
+learning rate of 7e-5 (``peak_lr``), the similarity term of its training."""
+
+
+@dataclass(frozen=True)
+class DistillStepConfig:
+    """build_features' step after training: the trained denoiser's one forward taught its own
+    two-view output (``DenoisedViT(flip=True)``, two ViT forwards) on random crops of the sample
+    images (``denoiser_train.distil_two_view``), as the shipped denoiser was (docs/denoiser.md).
+    Needs no stage 1: the teacher makes the targets. Runs as one Ray task."""
+
+    rounds: int = 0
+    """Distillations, each round's student the next one's teacher; 0: no step (every image is
+    denoised by the trained export)."""
+    images: int = 512
+    """At most this many of the sample's images (spread over them like ``sample``); 0: all.
+    Their crops' tokens are held in memory (both views: 2.1 MB a crop at 518 px for ViT-S)."""
+    crops_per_image: int = 2
+    """Random crops (scale 0.3-1 of each side, place, flip) of each sample image at each input
+    size (``image_sizes``, else the denoise step's size), square."""
+    train: TrainConfig = dataclasses.field(default_factory=lambda: DISTILL_TRAINING)
+    """Optimisation of each round (``distill.train.epochs=8``)."""
+    num_cpus: float = 1.0
+    """CPUs reserved for the task."""
+    num_gpus: float = 0.0
+    """GPUs reserved for the task (it runs the ViT on every crop twice, then trains)."""
+    torch_threads: int = 0
+    """Intra-op threads; 0: the machine's cores."""
+
+    def __post_init__(self) -> None:
+        check_range(
+            self,
+            "distill.",
+            {"rounds": 0, "images": 0, "crops_per_image": 1, "num_gpus": 0, "torch_threads": 0},
+            above={"num_cpus": 0},
+        )
+
+
 @dataclass(frozen=True)
 class BuildJobConfig:
     """Everything jobs/build_features.py needs: stage 1 on a sample, the denoiser trained on
@@ -404,8 +445,8 @@ class BuildJobConfig:
     input: InputConfig = dataclasses.field(default_factory=InputConfig)
     """The whole dataset (``input.sample`` is ignored: ``sample`` sets stage 1's)."""
     output_uri: str = ""
-    """Root of the three outputs: ``sample/`` (stage 1), ``denoiser/`` (the export) and
-    ``features/`` (every image, denoised)."""
+    """Root of the outputs: ``sample/`` (stage 1), ``denoiser/`` (the export), ``distilled/``
+    (with ``distill.rounds``) and ``features/`` (every image, denoised)."""
     sample: int = 512
     """Images cleaned by stage 1 to train on, spread over the listing; 0: all of them."""
     image_sizes: list[int] = dataclasses.field(default_factory=list)
@@ -431,6 +472,9 @@ class BuildJobConfig:
     denoise_all: bool = True
     """Denoise every image after training; False stops at the export (a denoiser to use
     online, or to denoise other datasets with ``denoise_dataset``)."""
+    distill: DistillStepConfig = dataclasses.field(default_factory=DistillStepConfig)
+    """The optional step after training (``distill.rounds=3``): its export, ``distilled/``,
+    is the one every image is denoised with."""
 
     def __post_init__(self) -> None:
         absolute_paths(self, "output_uri")

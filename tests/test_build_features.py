@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from pipeline.distributed.features import list_images
@@ -70,3 +71,65 @@ def test_build_features_at_two_sizes_trains_one_denoiser_for_both(tmp_path: Path
     assert meta["grid"] == 7 and meta["job"]["input"]["all_configs"] is True
     assert "denoise" not in steps and not (out / "features").exists()  # denoise_all=false
     assert "denoiser in" in format_build_summary(summary)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_build_features_distils_the_export_and_denoises_with_it(tmp_path: Path) -> None:
+    """distill.rounds: after training, a Ray task teaches the export's one forward its two-view
+    output on crops of the sample (a photo that does not decode is skipped, not fatal) and
+    writes ``distilled/``; every image is denoised with that export; a rerun skips the step."""
+    from pipeline.distributed.build import format_build_summary, run_build_job
+    from pipeline.job_config import BuildJobConfig, resolve_job
+    from pipeline.models.denoiser import denoiser_digest, load_denoiser
+    from pipeline.stages.distill import DISTILLED
+    from pipeline.store import select_runs
+
+    src = _folder(tmp_path / "in", 3)
+    (src / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    overrides = [f"input.uri={src}", f"output_uri={out}", "distill.rounds=2"]
+    summary = run_build_job(resolve_job(BuildJobConfig, "build_smoke", overrides))
+    step = summary["steps"]["distill"]
+    assert not step["skipped"] and step["rounds"] == 2
+    assert step["photos"] == 3 and step["skipped_photos"] == 1 and step["crops"] == 6
+    trained, distilled = load_denoiser(str(out / "denoiser")), load_denoiser(str(out / "distilled"))
+    record = distilled.meta[DISTILLED]
+    assert len(record["losses"]) == 2 * record["config"]["train"]["epochs"]
+    assert distilled.meta["grid"] == trained.meta["grid"]  # the source's meta carried over
+    assert denoiser_digest(distilled) != denoiser_digest(trained)
+    (run,) = select_runs(str(out / "features"), method="denoiser")
+    assert run.meta.denoiser_digest == denoiser_digest(distilled)  # denoised with the student
+    assert summary["denoiser"] == str(out / "distilled")
+    assert "distill   2 rounds on 6 crops of 3 images" in format_build_summary(summary)
+
+    again = run_build_job(resolve_job(BuildJobConfig, "build_smoke", overrides))
+    assert again["steps"]["distill"]["skipped"] and again["steps"]["train"]["skipped"]
+    assert again["steps"]["denoise"]["done"] == 0
+
+
+def test_distill_key_names_what_makes_the_student(tmp_path: Path) -> None:
+    """A distilled export is reused only for the same source weights, photos, sizes and
+    settings; resources and threads do not change what is learnt."""
+    from pipeline.distributed.distill import distill_key
+    from pipeline.job_config import DistillStepConfig
+    from pipeline.models.denoiser import Denoiser, DenoiserConfig, save_denoiser
+
+    source = str(tmp_path / "export")
+    torch.manual_seed(0)
+    save_denoiser(Denoiser(DenoiserConfig(channels=8, grid=3)), source, {})
+    base = DistillStepConfig(rounds=2)
+
+    def key(cfg: DistillStepConfig = base, photos: tuple[str, ...] = ("a", "b")) -> str:
+        return distill_key(source, list(photos), [224], cfg, None, {})
+
+    same = [DistillStepConfig(rounds=2, num_cpus=4, num_gpus=1, torch_threads=3)]
+    assert all(key(cfg) == key() for cfg in same)
+    assert key(photos=("b", "a")) == key()  # the listing's order is not the sample's content
+    others = [DistillStepConfig(rounds=3), DistillStepConfig(rounds=2, crops_per_image=1)]
+    assert len({key(), *(key(cfg) for cfg in others), key(photos=("a",))}) == 4
+    assert distill_key(source, ["a", "b"], [518], base, None, {}) != key()
+    first = key()
+    torch.manual_seed(1)  # the source retrained: other weights
+    save_denoiser(Denoiser(DenoiserConfig(channels=8, grid=3)), source, {})
+    assert key() != first

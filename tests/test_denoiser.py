@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from pathlib import Path
@@ -28,6 +29,7 @@ from pipeline.models.denoiser_train import (
     TrainConfig,
     ValidationSums,
     denoise_loss,
+    distil_two_view,
     fit_local_filter,
     is_validation,
     lr_factor,
@@ -457,6 +459,38 @@ def test_two_view_targets_are_flips_output_and_a_student_learns_them(
     )
     end = gap(student, 32, 40)
     assert end[0] < 0.92 * start[0] and end[1] < 0.5 * start[1], (start, end)
+
+
+def test_distil_two_view_rounds_chain_students_and_leave_the_teacher(
+    tiny_vit: FeatureExtractor, tmp_path: Path
+) -> None:
+    """One round of ``distil_two_view`` is ``train_denoiser`` on ``two_view_targets`` (the same
+    weights); a second round is taught by the first's student, not the teacher; the teacher's
+    weights never move; no rounds is refused."""
+    export = _export_for(tiny_vit, tmp_path / "export")
+    teacher = load_denoiser(str(export))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    gen = torch.Generator().manual_seed(5)
+    pixels = torch.rand(16, 3, 48, 48, generator=gen)
+    with torch.no_grad():
+        views = [(tiny_vit(pixels), tiny_vit(pixels.flip(-1)))]
+    cfg = TrainConfig(epochs=3, batch_size=8, base_lr=1e-2)
+    one, losses = distil_two_view(teacher, views, cfg, rounds=1)
+    by_hand = load_denoiser(str(export)).requires_grad_(True)
+    train_denoiser(by_hand, [(views[0][0], two_view_targets(teacher, *views[0]))], cfg)
+    for key, value in by_hand.state_dict().items():
+        torch.testing.assert_close(one.state_dict()[key], value)
+    assert len(losses) == 3 and not any(p.requires_grad for p in one.parameters())
+    two, losses = distil_two_view(teacher, views, cfg, rounds=2)
+    second = copy.deepcopy(one).requires_grad_(True)
+    train_denoiser(second, [(views[0][0], two_view_targets(one, *views[0]))], cfg)
+    for key, value in second.state_dict().items():
+        torch.testing.assert_close(two.state_dict()[key], value)
+    assert len(losses) == 6
+    for key, value in teacher.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="rounds"):
+        distil_two_view(teacher, views, cfg, rounds=0)
 
 
 def test_denoised_vit_refuses_other_weights(tiny_vit: FeatureExtractor, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""The Ray layer of build_features: stage 1 on a sample, the denoiser trained on it, every
-image denoised; three jobs chained, one summary. With ``image_sizes``, stage 1 runs once per
+"""The Ray layer of build_features: stage 1 on a sample, the denoiser trained on it, optionally
+its one forward taught its two-view output (``distill.rounds``), every image denoised; the
+jobs chained, one summary. With ``image_sizes``, stage 1 runs once per
 input size and the training pools them (``input.all_configs``).
 
 Each step is the job of its own name (``run_clean_job``, ``run_train_job``,
@@ -22,7 +23,8 @@ from typing import Any
 from pipeline.config import ConfigError, config_to_dict, redact
 from pipeline.distributed.clean import run_clean_job
 from pipeline.distributed.denoise import run_denoise_job
-from pipeline.distributed.features import require_io
+from pipeline.distributed.distill import run_distill_step
+from pipeline.distributed.features import list_images, require_io
 from pipeline.distributed.train import describe_corpus, run_train_job
 from pipeline.job_config import (
     BuildJobConfig,
@@ -33,6 +35,7 @@ from pipeline.job_config import (
     resolve_job,
 )
 from pipeline.models.denoiser import read_denoiser_meta
+from pipeline.store.readers import spread_indices
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +132,26 @@ def run_build_job(cfg: BuildJobConfig) -> dict[str, Any]:
         "step_seconds": time.perf_counter() - start
     }
 
+    denoise = resolve_job(DenoiseJobConfig, cfg.denoise_job, cfg.denoise)
+    if cfg.distill.rounds:  # the trained export's one forward taught its two-view output
+        distilled_uri = _child(cfg.output_uri, "distilled")
+        photos = list_images(dataclasses.replace(cfg.input, sample=max(samples)))
+        if 0 < cfg.distill.images < len(photos):
+            photos = [photos[i] for i in spread_indices(len(photos), cfg.distill.images)]
+        start = time.perf_counter()
+        steps["distill"] = run_distill_step(
+            export_uri,
+            distilled_uri,
+            photos,
+            cfg.image_sizes or ([denoise.image_size] if denoise.image_size else []),
+            cfg.distill,
+            cfg.input,
+            denoise.weights,
+            options,
+        ) | {"step_seconds": time.perf_counter() - start}
+        export_uri = distilled_uri
+
     if cfg.denoise_all:
-        denoise = resolve_job(DenoiseJobConfig, cfg.denoise_job, cfg.denoise)
         denoise = dataclasses.replace(
             denoise,
             input=dataclasses.replace(cfg.input, sample=0),
@@ -145,7 +166,7 @@ def run_build_job(cfg: BuildJobConfig) -> dict[str, Any]:
         steps["denoise"] = run_denoise_job(denoise) | {"step_seconds": time.perf_counter() - start}
     return {
         "sample": sample_uri,
-        "denoiser": export_uri,
+        "denoiser": export_uri,  # the distilled one with distill.rounds
         "features": features_uri if cfg.denoise_all else None,
         "steps": steps,
         "seconds": time.perf_counter() - began,
@@ -156,7 +177,13 @@ def format_build_summary(summary: dict[str, Any]) -> str:
     """One line per step: what it did and what it cost."""
     lines = []
     for name, step in summary["steps"].items():
-        if name == "train":
+        if name == "distill":
+            did = (
+                "skipped (already distilled from this export)"
+                if step["skipped"]
+                else f"{step['rounds']} rounds on {step['crops']} crops of {step['photos']} images"
+            )
+        elif name == "train":
             did = (
                 "skipped (already trained on this sample)"
                 if step["skipped"]

@@ -1,6 +1,6 @@
 """Training pieces of the online denoiser that need no Ray: loss, schedule, split, state, the
-fit of a trained denoiser's local filter alone (``fit_local_filter``) and the targets that
-distil a denoiser's two-view output into its one forward (``two_view_targets``).
+fit of a trained denoiser's local filter alone (``fit_local_filter``) and the distillation of a
+denoiser's two-view output into its one forward (``two_view_targets``, ``distil_two_view``).
 
 The Ray Train loop (``pipeline.distributed.train``) is a thin layer over these, so the same
 code trains in a plain loop. Targets are stage-1 ``clean`` tokens, inputs the ``raw`` tokens of
@@ -10,6 +10,7 @@ the same image; no ViT forward is needed during training.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -272,6 +273,34 @@ def two_view_targets(
             for i in range(0, len(raw), chunk)
         ]
     )
+
+
+def distil_two_view(
+    teacher: Denoiser,
+    views: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    cfg: TrainConfig,
+    rounds: int,
+) -> tuple[Denoiser, list[float]]:
+    """Teach a denoiser's one forward its own two-view output: ``views`` holds, per token grid,
+    raw (N, h, w, C) tokens of images and (N, h, w, C) of the same images mirrored. Each round
+    trains a copy of the last (the first: ``teacher``, unchanged) on raw -> its
+    ``two_view_targets`` with ``train_denoiser``. The student (eval, frozen) and every epoch's
+    mean loss, round after round."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    student, losses = teacher, []
+    for round_ in range(rounds):
+        pairs = [(raw, two_view_targets(student, raw, mirrored)) for raw, mirrored in views]
+        student = copy.deepcopy(student).requires_grad_(True)
+        losses += train_denoiser(student, pairs, cfg)
+        logger.info(
+            "two-view distillation: round %d of %d, losses %s",
+            round_ + 1,
+            rounds,
+            [round(x, 4) for x in losses[-cfg.epochs :]],
+        )
+        student.eval().requires_grad_(False)
+    return student, losses
 
 
 def is_validation(image_id: str, fraction: float) -> bool:

@@ -1,0 +1,124 @@
+"""The distillation step of build_features, without Ray: an exported denoiser's one forward
+taught its own two-view output (``denoiser_train.distil_two_view``) on random crops of photos,
+written as a new export beside the source.
+
+The targets need no stage 1: for each crop the ViT runs twice (the crop and its mirror), the
+teacher maps both, and their mean on the crop's grid is what the student learns from the crop
+alone (docs/denoiser.md, "One forward taught by two").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import ConfigError, config_to_dict
+from pipeline.job_config import DistillStepConfig, InputConfig
+from pipeline.models.baselines import raw_tokens
+from pipeline.models.crops import random_crop
+from pipeline.models.denoiser import DenoisedViT, save_denoiser
+from pipeline.models.denoiser_train import distil_two_view
+from pipeline.models.online import online_image_size
+from pipeline.models.vit import FeatureExtractor, default_device
+from pipeline.stages.read import read_photos
+
+logger = logging.getLogger(__name__)
+
+DISTILLED = "two_view_distillation"
+"""The export's meta key that records a distillation (its settings, sizes, losses, seconds)."""
+CROP_SCALE = (0.3, 1.0)
+"""Share of each side a crop keeps (as the shipped denoiser's crops)."""
+REWRITTEN = ("format", "config", "weights_sha256")
+"""Meta keys ``save_denoiser`` writes itself (dropped from the source's before saving)."""
+
+
+def crop_views(
+    extractor: FeatureExtractor,
+    photos: Sequence[np.ndarray],
+    sizes: Sequence[int],
+    per_photo: int,
+    rng: np.random.Generator,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per size: raw (N, K, K, C) and mirrored raw float16 tokens of ``per_photo`` random crops
+    (``CROP_SCALE``, place, flip; drawn from ``rng``, photo by photo) of each photo, resized
+    square to that size."""
+    crops = [random_crop(p, rng, CROP_SCALE) for p in photos for _ in range(per_photo)]
+
+    def tokens(size: int, mirror: bool) -> torch.Tensor:
+        return torch.from_numpy(raw_tokens(extractor, crops, size, mirror=mirror)).half()
+
+    return [(tokens(size, False), tokens(size, True)) for size in sizes]
+
+
+def distil_export(
+    source_uri: str,
+    out_uri: str,
+    photo_uris: Sequence[str],
+    sizes: Sequence[int],
+    cfg: DistillStepConfig,
+    inputs: InputConfig,
+    weights: str | None,
+    storage_options: dict[str, Any],
+    key: str,
+) -> dict[str, Any]:
+    """Distil the export at ``source_uri`` (``cfg.rounds`` rounds) on crops of ``photo_uris``
+    at ``sizes`` px (empty: the size of the export's grid) and write it to ``out_uri`` with the
+    source's meta and a ``DISTILLED`` record (``key`` names the source, photos and settings,
+    so a rerun can skip); the summary.
+    ``inputs``: where the photos are read from and its limits; ``weights``: the ViT's weight
+    spec (None: the export's)."""
+    began = time.perf_counter()
+    torch.set_num_threads(cfg.torch_threads or os.cpu_count() or 1)
+    device = default_device()
+    model = DenoisedViT.from_pretrained(
+        source_uri, weights, device=device, storage_options=storage_options
+    )
+    sizes = list(sizes) or [online_image_size(model)]
+    photos = read_photos(
+        photo_uris,
+        inputs.storage_options,
+        inputs.max_bytes,
+        inputs.max_pixels,
+        model.extractor.patch_size,
+        inputs.decode_timeout_s,
+        "distillation",
+    )
+    if not photos:
+        raise ConfigError(f"distillation: none of the {len(photo_uris)} sample images decodes")
+    rng = np.random.default_rng(cfg.train.seed)
+    views = crop_views(model.extractor, photos, sizes, cfg.crops_per_image, rng)
+    viewed = time.perf_counter()
+    logger.info(
+        "distillation: %d crops of %d photos at %s px, both views, in %.1f s",
+        len(views[0][0]),
+        len(photos),
+        list(sizes),
+        viewed - began,
+    )
+    teacher = model.denoiser.float()
+    on_device = [(raw.to(device), mirrored.to(device)) for raw, mirrored in views]
+    student, losses = distil_two_view(teacher, on_device, cfg.train, cfg.rounds)
+    seconds = time.perf_counter() - began
+    record = {
+        "key": key,
+        "source": source_uri,
+        "rounds": cfg.rounds,
+        "sizes": list(sizes),
+        "photos": len(photos),
+        "skipped_photos": len(photo_uris) - len(photos),
+        "crops": len(views[0][0]),
+        "config": config_to_dict(cfg),
+        "view_seconds": round(viewed - began, 1),
+        "seconds": round(seconds, 1),
+        "losses": [round(x, 5) for x in losses],
+    }
+    meta = {k: v for k, v in model.denoiser.meta.items() if k not in REWRITTEN}
+    save_denoiser(student, out_uri, meta | {DISTILLED: record}, storage_options)
+    logger.info("distillation: %d rounds in %.1f s, written to %s", cfg.rounds, seconds, out_uri)
+    return {k: v for k, v in record.items() if k not in ("config", "losses")}
