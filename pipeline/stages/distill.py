@@ -51,7 +51,16 @@ def crop_views(
     crops = [random_crop(p, rng, CROP_SCALE) for p in photos for _ in range(per_photo)]
 
     def tokens(size: int, mirror: bool) -> torch.Tensor:
-        return torch.from_numpy(raw_tokens(extractor, crops, size, mirror=mirror)).half()
+        began = time.perf_counter()
+        out = torch.from_numpy(raw_tokens(extractor, crops, size, mirror=mirror)).half()
+        logger.info(
+            "%d crops at %d px%s in %.1f s",
+            len(crops),
+            size,
+            ", mirrored," if mirror else "",
+            time.perf_counter() - began,
+        )
+        return out
 
     return [(tokens(size, False), tokens(size, True)) for size in sizes]
 
