@@ -39,13 +39,17 @@ def test_input_sample_spreads_over_the_sorted_listing(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("local_ray")
 def test_build_features_at_two_sizes_trains_one_denoiser_for_both(tmp_path: Path) -> None:
     """image_sizes: one stage-1 run per size (size_samples images each) into the sample folder,
-    one training on both (the embedding on the larger grid); denoise_all=false stops there."""
+    one training on both (the embedding on the larger grid), distilled on crops at both sizes (a
+    photo that does not decode is skipped, not fatal); denoise_all=false stops there. The
+    README's command distils too, denoises with the student and skips the step on rerun."""
     from pipeline.distributed.build import format_build_summary, run_build_job
     from pipeline.job_config import BuildJobConfig, resolve_job
     from pipeline.models.denoiser import read_denoiser_meta
+    from pipeline.stages.distill import DISTILLED
     from pipeline.store import feature_grids, select_runs
 
     src = _folder(tmp_path / "in", 3)
+    (src / "zz-broken.png").write_bytes(b"not an image")  # quarantined; skipped by distill
     out = tmp_path / "out"
     cfg = resolve_job(
         BuildJobConfig,
@@ -55,9 +59,10 @@ def test_build_features_at_two_sizes_trains_one_denoiser_for_both(tmp_path: Path
             f"output_uri={out}",
             "sample=0",
             "image_sizes=[64,112]",
-            "size_samples=[3,2]",
+            "size_samples=[4,2]",  # the 64 px run lists the broken file too
             "clean=[preset=shift_smoke,calibration.crops_per_image=2,engine.resize.aspect=square]",
             "denoise_all=false",
+            "distill.rounds=1",
         ],
     )
     summary = run_build_job(cfg)
@@ -70,42 +75,14 @@ def test_build_features_at_two_sizes_trains_one_denoiser_for_both(tmp_path: Path
     meta = read_denoiser_meta(str(out / "denoiser"))
     assert meta["grid"] == 7 and meta["job"]["input"]["all_configs"] is True
     assert "denoise" not in steps and not (out / "features").exists()  # denoise_all=false
+    # distilled at both sizes on 2 crops of each sample image that decodes
+    distill = steps["distill"]
+    assert distill["photos"] == 3 and distill["skipped_photos"] == 1 and distill["crops"] == 6
+    assert distill["sizes"] == [64, 112] and summary["denoiser"] == str(out / "distilled")
+    record = read_denoiser_meta(str(out / "distilled"))[DISTILLED]
+    assert record["rounds"] == 1 and len(record["losses"]) == record["config"]["train"]["epochs"]
+    assert "distill   1 rounds on 6 crops of 3 images" in format_build_summary(summary)
     assert "denoiser in" in format_build_summary(summary)
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("local_ray")
-def test_build_features_distils_the_export_and_denoises_with_it(tmp_path: Path) -> None:
-    """distill.rounds: after training, a Ray task teaches the export's one forward its two-view
-    output on crops of the sample (a photo that does not decode is skipped, not fatal) and
-    writes ``distilled/``; every image is denoised with that export; a rerun skips the step."""
-    from pipeline.distributed.build import format_build_summary, run_build_job
-    from pipeline.job_config import BuildJobConfig, resolve_job
-    from pipeline.models.denoiser import denoiser_digest, load_denoiser
-    from pipeline.stages.distill import DISTILLED
-    from pipeline.store import select_runs
-
-    src = _folder(tmp_path / "in", 3)
-    (src / "broken.png").write_bytes(b"not an image")
-    out = tmp_path / "out"
-    overrides = [f"input.uri={src}", f"output_uri={out}", "distill.rounds=2"]
-    summary = run_build_job(resolve_job(BuildJobConfig, "build_smoke", overrides))
-    step = summary["steps"]["distill"]
-    assert not step["skipped"] and step["rounds"] == 2
-    assert step["photos"] == 3 and step["skipped_photos"] == 1 and step["crops"] == 6
-    trained, distilled = load_denoiser(str(out / "denoiser")), load_denoiser(str(out / "distilled"))
-    record = distilled.meta[DISTILLED]
-    assert len(record["losses"]) == 2 * record["config"]["train"]["epochs"]
-    assert distilled.meta["grid"] == trained.meta["grid"]  # the source's meta carried over
-    assert denoiser_digest(distilled) != denoiser_digest(trained)
-    (run,) = select_runs(str(out / "features"), method="denoiser")
-    assert run.meta.denoiser_digest == denoiser_digest(distilled)  # denoised with the student
-    assert summary["denoiser"] == str(out / "distilled")
-    assert "distill   2 rounds on 6 crops of 3 images" in format_build_summary(summary)
-
-    again = run_build_job(resolve_job(BuildJobConfig, "build_smoke", overrides))
-    assert again["steps"]["distill"]["skipped"] and again["steps"]["train"]["skipped"]
-    assert again["steps"]["denoise"]["done"] == 0
 
 
 def test_distill_key_names_what_makes_the_student(tmp_path: Path) -> None:
@@ -114,21 +91,24 @@ def test_distill_key_names_what_makes_the_student(tmp_path: Path) -> None:
     from pipeline.distributed.distill import distill_key
     from pipeline.job_config import DistillStepConfig
     from pipeline.models.denoiser import Denoiser, DenoiserConfig, save_denoiser
+    from pipeline.stages.distill import DistillTask
 
     source = str(tmp_path / "export")
     torch.manual_seed(0)
     save_denoiser(Denoiser(DenoiserConfig(channels=8, grid=3)), source, {})
     base = DistillStepConfig(rounds=2)
 
-    def key(cfg: DistillStepConfig = base, photos: tuple[str, ...] = ("a", "b")) -> str:
-        return distill_key(source, list(photos), [224], cfg, None, {})
+    def key(
+        cfg: DistillStepConfig = base, photos: tuple[str, ...] = ("a", "b"), size: int = 224
+    ) -> str:
+        task = DistillTask(source, "out", list(photos), [size], cfg, InputConfig(), None, {})
+        return distill_key(task)
 
     same = [DistillStepConfig(rounds=2, num_cpus=4, num_gpus=1, torch_threads=3)]
     assert all(key(cfg) == key() for cfg in same)
     assert key(photos=("b", "a")) == key()  # the listing's order is not the sample's content
     others = [DistillStepConfig(rounds=3), DistillStepConfig(rounds=2, crops_per_image=1)]
-    assert len({key(), *(key(cfg) for cfg in others), key(photos=("a",))}) == 4
-    assert distill_key(source, ["a", "b"], [518], base, None, {}) != key()
+    assert len({key(), *(key(cfg) for cfg in others), key(photos=("a",)), key(size=518)}) == 5
     first = key()
     torch.manual_seed(1)  # the source retrained: other weights
     save_denoiser(Denoiser(DenoiserConfig(channels=8, grid=3)), source, {})

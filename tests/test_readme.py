@@ -20,7 +20,9 @@ import pytest
 from PIL import Image
 
 from pipeline.evaluation.samples import sample_photos
-from pipeline.store import column_to_numpy, read_feature_groups, read_features_table
+from pipeline.models.denoiser import denoiser_digest, load_denoiser
+from pipeline.stages.distill import DISTILLED
+from pipeline.store import column_to_numpy, read_feature_groups, read_features_table, select_runs
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +155,7 @@ def test_the_readme_commands_run_as_written(tmp_path: Path, dinov2_weights: Path
         if job == "build_features":  # again: every step skips its committed work
             steps = json.loads(run(command).strip().splitlines()[-1])["steps"]
             assert steps["clean"]["done"] == 0 and steps["clean"]["skipped_committed"] == 4
-            assert steps["train"]["skipped"]
+            assert steps["train"]["skipped"] and steps["distill"]["skipped"]
             assert steps["denoise"]["done"] == 0 and steps["denoise"]["skipped_committed"] == 8
     assert set(outputs) == set(SHORTENED)
 
@@ -200,6 +202,15 @@ def _check(job: str, command: str, scratch: Path, stdout: str) -> None:
         assert not steps["train"]["skipped"] and steps["train"]["steps"] > 0
         assert steps["denoise"]["done"] == 8  # every photo
         assert "clean     4 done" in stdout and "denoise   8 done" in stdout
+        if "distill.rounds=" in command:  # denoised by the distilled export, not the trained
+            rounds = int(re.search(r"distill.rounds=(\d+)", command).group(1))
+            distilled = load_denoiser(str(scratch / "built/distilled"))
+            assert steps["distill"]["rounds"] == rounds and steps["distill"]["photos"] == 4
+            assert len(distilled.meta[DISTILLED]["losses"]) == rounds * 6  # 6 epochs a round
+            trained = load_denoiser(str(scratch / "built/denoiser"))
+            (run,) = select_runs(str(scratch / "built/features"), method="denoiser")
+            assert run.meta.denoiser_digest == denoiser_digest(distilled)
+            assert denoiser_digest(distilled) != denoiser_digest(trained)
     elif job == "gc_output":
         assert json.loads(stdout.strip().splitlines()[-1])["removed"] == ("--delete" in command)
     elif job == "submission_id":

@@ -35,6 +35,7 @@ from pipeline.job_config import (
     resolve_job,
 )
 from pipeline.models.denoiser import read_denoiser_meta
+from pipeline.stages.distill import DistillTask
 from pipeline.store.readers import spread_indices
 
 logger = logging.getLogger(__name__)
@@ -140,14 +141,16 @@ def run_build_job(cfg: BuildJobConfig) -> dict[str, Any]:
             photos = [photos[i] for i in spread_indices(len(photos), cfg.distill.images)]
         start = time.perf_counter()
         steps["distill"] = run_distill_step(
-            export_uri,
-            distilled_uri,
-            photos,
-            cfg.image_sizes or ([denoise.image_size] if denoise.image_size else []),
-            cfg.distill,
-            cfg.input,
-            denoise.weights,
-            options,
+            DistillTask(
+                source_uri=export_uri,
+                out_uri=distilled_uri,
+                photo_uris=photos,
+                sizes=list(cfg.image_sizes) or ([denoise.image_size] if denoise.image_size else []),
+                cfg=cfg.distill,
+                inputs=cfg.input,
+                weights=denoise.weights,
+                storage_options=options,
+            )
         ) | {"step_seconds": time.perf_counter() - start}
         export_uri = distilled_uri
 

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,43 +66,48 @@ def crop_views(
     return [(tokens(size, False), tokens(size, True)) for size in sizes]
 
 
-def distil_export(
-    source_uri: str,
-    out_uri: str,
-    photo_uris: Sequence[str],
-    sizes: Sequence[int],
-    cfg: DistillStepConfig,
-    inputs: InputConfig,
-    weights: str | None,
-    storage_options: dict[str, Any],
-    key: str,
-) -> dict[str, Any]:
-    """Distil the export at ``source_uri`` (``cfg.rounds`` rounds) on crops of ``photo_uris``
-    at ``sizes`` px (empty: the size of the export's grid) and write it to ``out_uri`` with the
-    source's meta and a ``DISTILLED`` record (``key`` names the source, photos and settings,
-    so a rerun can skip); the summary.
-    ``inputs``: where the photos are read from and its limits; ``weights``: the ViT's weight
-    spec (None: the export's)."""
+@dataclass(frozen=True)
+class DistillTask:
+    """One distillation: the export at ``source_uri`` distilled on crops of ``photo_uris`` at
+    ``sizes`` px (empty: the size of the export's grid) into ``out_uri``."""
+
+    source_uri: str
+    out_uri: str
+    photo_uris: list[str]
+    sizes: list[int]
+    cfg: DistillStepConfig
+    inputs: InputConfig
+    """Where the photos are read from, and its limits."""
+    weights: str | None
+    """The ViT's weight spec; None: the export's."""
+    storage_options: dict[str, Any]
+    """fsspec options of both exports."""
+
+
+def distil_export(task: DistillTask, key: str) -> dict[str, Any]:
+    """Distil ``task`` (``cfg.rounds`` rounds) and write its export with the source's meta and
+    a ``DISTILLED`` record (``key`` names the source, photos and settings, so that a rerun can
+    skip); the summary."""
     began = time.perf_counter()
-    torch.set_num_threads(cfg.torch_threads or os.cpu_count() or 1)
+    torch.set_num_threads(task.cfg.torch_threads or os.cpu_count() or 1)
     device = default_device()
     model = DenoisedViT.from_pretrained(
-        source_uri, weights, device=device, storage_options=storage_options
+        task.source_uri, task.weights, device=device, storage_options=task.storage_options
     )
-    sizes = list(sizes) or [online_image_size(model)]
+    sizes = task.sizes or [online_image_size(model)]
     photos = read_photos(
-        photo_uris,
-        inputs.storage_options,
-        inputs.max_bytes,
-        inputs.max_pixels,
+        task.photo_uris,
+        task.inputs.storage_options,
+        task.inputs.max_bytes,
+        task.inputs.max_pixels,
         model.extractor.patch_size,
-        inputs.decode_timeout_s,
+        task.inputs.decode_timeout_s,
         "distillation",
     )
     if not photos:
-        raise ConfigError(f"distillation: none of the {len(photo_uris)} sample images decodes")
-    rng = np.random.default_rng(cfg.train.seed)
-    views = crop_views(model.extractor, photos, sizes, cfg.crops_per_image, rng)
+        raise ConfigError(f"distillation: none of the {len(task.photo_uris)} sample images decodes")
+    rng = np.random.default_rng(task.cfg.train.seed)
+    views = crop_views(model.extractor, photos, sizes, task.cfg.crops_per_image, rng)
     viewed = time.perf_counter()
     logger.info(
         "distillation: %d crops of %d photos at %s px, both views, in %.1f s",
@@ -112,22 +118,24 @@ def distil_export(
     )
     teacher = model.denoiser.float()
     on_device = [(raw.to(device), mirrored.to(device)) for raw, mirrored in views]
-    student, losses = distil_two_view(teacher, on_device, cfg.train, cfg.rounds)
+    student, losses = distil_two_view(teacher, on_device, task.cfg.train, task.cfg.rounds)
     seconds = time.perf_counter() - began
     record = {
         "key": key,
-        "source": source_uri,
-        "rounds": cfg.rounds,
+        "source": task.source_uri,
+        "rounds": task.cfg.rounds,
         "sizes": list(sizes),
         "photos": len(photos),
-        "skipped_photos": len(photo_uris) - len(photos),
+        "skipped_photos": len(task.photo_uris) - len(photos),
         "crops": len(views[0][0]),
-        "config": config_to_dict(cfg),
+        "config": config_to_dict(task.cfg),
         "view_seconds": round(viewed - began, 1),
         "seconds": round(seconds, 1),
         "losses": [round(x, 5) for x in losses],
     }
     meta = {k: v for k, v in model.denoiser.meta.items() if k not in REWRITTEN}
-    save_denoiser(student, out_uri, meta | {DISTILLED: record}, storage_options)
-    logger.info("distillation: %d rounds in %.1f s, written to %s", cfg.rounds, seconds, out_uri)
+    save_denoiser(student, task.out_uri, meta | {DISTILLED: record}, task.storage_options)
+    logger.info(
+        "distillation: %d rounds in %.1f s, written to %s", task.cfg.rounds, seconds, task.out_uri
+    )
     return {k: v for k, v in record.items() if k not in ("config", "losses")}
