@@ -1,7 +1,7 @@
 """Distil the two-view output of the denoiser shipped for DINOv2 ViT-S/14 into its one forward
 (after ``build_shipped_denoiser.py`` and ``fit_shipped_filter.py``), stored in fp16.
 
-Run: python bench/distill_shipped_two_view.py [--rounds 3] [--sizes 224 518] [--crops 20 20]
+Run: python bench/distill_shipped_two_view.py [--rounds 4] [--sizes 224 518] [--crops 20 20]
          [--train epochs=6 ...] [--denoiser dinov2_vits14] [--out FOLDER]
 
 The teacher is the source denoiser with ``flip`` (``DenoisedViT(flip=True)``: its output on an
@@ -71,7 +71,7 @@ def main() -> None:
         "--train", nargs="*", default=[], help="overrides of DISTILL_TRAINING (TrainConfig)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="distillations, each student the next teacher"
+        "--rounds", type=int, default=4, help="distillations, each student the next teacher"
     )
     parser.add_argument("--denoiser", default="dinov2_vits14", help="the teacher (and start)")
     args = parse_shipped_step(parser)
