@@ -473,7 +473,7 @@ class BuildJobConfig:
     """Denoise every image after training; False stops at the export (a denoiser to use
     online, or to denoise other datasets with ``denoise_dataset``)."""
     distill: DistillStepConfig = dataclasses.field(default_factory=DistillStepConfig)
-    """The optional step after training (``distill.rounds=3``): its export, ``distilled/``,
+    """The optional step after training (``distill.rounds=4``): its export, ``distilled/``,
     is the one every image is denoised with."""
 
     def __post_init__(self) -> None:
