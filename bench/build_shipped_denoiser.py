@@ -106,7 +106,7 @@ def main() -> None:
         )
         print(format_build_summary(summary))
         denoiser = load_denoiser(summary["denoiser"])
-    meta = {k: v for k, v in denoiser.meta.items() if k not in ("config", "weights_sha256")}
+    meta = dict(denoiser.meta)  # save_denoiser writes its own config and digest
     sizes = " and ".join(
         f"{size} px ({n} crops)" for size, n in zip(args.sizes, args.size_crops, strict=True)
     )

@@ -94,8 +94,7 @@ def main() -> None:
     student, losses = distil_two_view(teacher, views, cfg, args.rounds - previous)
     losses = list(done.get("losses", [])) + losses
     seconds = time.perf_counter() - began + done.get("seconds", 0.0)
-    rewritten = ("format", "config", "weights_sha256")  # save_denoiser's
-    meta = {k: v for k, v in teacher.meta.items() if k not in rewritten}
+    meta = dict(teacher.meta)  # save_denoiser writes its own config and digest
     sizes = " and ".join(
         f"{size} px ({len(raw)} crops)" for size, (raw, _) in zip(args.sizes, views, strict=True)
     )

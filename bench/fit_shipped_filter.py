@@ -58,8 +58,7 @@ def main() -> None:
     losses = fit_local_filter(denoiser, pairs, cfg)
     seconds = time.perf_counter() - began
     logging.info("filter fitted in %.0f s; losses %s", seconds, [round(x, 4) for x in losses])
-    rewritten = ("format", "config", "weights_sha256", "local_filter")  # save_denoiser's, ours
-    meta = {k: v for k, v in denoiser.meta.items() if k not in rewritten}
+    meta = dict(denoiser.meta)  # save_denoiser writes its own config and digest
     sizes = " and ".join(
         f"{size} px ({len(raw)} crops)" for size, (raw, _) in zip(args.sizes, pairs, strict=True)
     )

@@ -312,6 +312,11 @@ def test_export_round_trip(tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.equal(loaded(tokens), model(tokens))
     assert loaded.meta["model"] == "test_vit" and loaded.cfg == model.cfg
+    # another denoiser saved with a loaded export's meta: its own config and digest are written
+    wider = Denoiser(DenoiserConfig(channels=64, grid=8))
+    save_denoiser(wider, str(tmp_path / "again"), loaded.meta)
+    again = load_denoiser(str(tmp_path / "again"))  # the digest matches its own weights
+    assert again.cfg == wider.cfg and again.meta["note"] == "x"
     with pytest.raises(FileNotFoundError, match="no exported denoiser"):
         load_denoiser(str(tmp_path / "missing"))
     assert not [

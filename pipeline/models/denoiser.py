@@ -245,6 +245,10 @@ def with_local_filter(denoiser: Denoiser, kernel: int) -> Denoiser:
     return out.to(denoiser.pos_embed.device)
 
 
+SAVED_KEYS = ("format", "config", "weights_sha256")
+"""The export JSON's keys ``save_denoiser`` writes from the denoiser itself."""
+
+
 def save_denoiser(
     denoiser: Denoiser,
     uri: str,
@@ -255,6 +259,7 @@ def save_denoiser(
     """Write ``denoiser.safetensors`` then ``denoiser.json`` (config, ``meta`` and the weights'
     sha256) under ``uri``, each atomically: a crash leaves the old export or the new one, and a
     JSON that does not match its weights (a crash between the two) is refused on load.
+    ``meta`` may be a loaded export's (its ``SAVED_KEYS`` are written anew, never copied).
     ``dtype``: store the weights in it (``torch.float16`` halves a shipped file); they load
     back as float32."""
     fs, root = filesystem(uri, storage_options)
@@ -268,7 +273,7 @@ def save_denoiser(
     doc = {
         "format": "dvt-denoiser/1",
         "config": dataclasses.asdict(denoiser.cfg),
-        **meta,
+        **{k: v for k, v in meta.items() if k not in SAVED_KEYS},
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
     put_atomic(fs, posixpath.join(root, META_FILE), json.dumps(doc, indent=2).encode())

@@ -35,8 +35,6 @@ DISTILLED = "two_view_distillation"
 """The export's meta key that records a distillation (its settings, sizes, losses, seconds)."""
 CROP_SCALE = (0.3, 1.0)
 """Share of each side a crop keeps (as the shipped denoiser's crops)."""
-REWRITTEN = ("format", "config", "weights_sha256")
-"""Meta keys ``save_denoiser`` writes itself (dropped from the source's before saving)."""
 
 
 def crop_views(
@@ -116,9 +114,8 @@ def distil_export(task: DistillTask, key: str) -> dict[str, Any]:
         list(sizes),
         viewed - began,
     )
-    teacher = model.denoiser.float()
     on_device = [(raw.to(device), mirrored.to(device)) for raw, mirrored in views]
-    student, losses = distil_two_view(teacher, on_device, task.cfg.train, task.cfg.rounds)
+    student, losses = distil_two_view(model.denoiser, on_device, task.cfg.train, task.cfg.rounds)
     seconds = time.perf_counter() - began
     record = {
         "key": key,
@@ -133,8 +130,8 @@ def distil_export(task: DistillTask, key: str) -> dict[str, Any]:
         "seconds": round(seconds, 1),
         "losses": [round(x, 5) for x in losses],
     }
-    meta = {k: v for k, v in model.denoiser.meta.items() if k not in REWRITTEN}
-    save_denoiser(student, task.out_uri, meta | {DISTILLED: record}, task.storage_options)
+    meta = model.denoiser.meta | {DISTILLED: record}
+    save_denoiser(student, task.out_uri, meta, task.storage_options)
     logger.info(
         "distillation: %d rounds in %.1f s, written to %s", task.cfg.rounds, seconds, task.out_uri
     )
