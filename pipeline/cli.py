@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError
+from pipeline.logs import log_info_to_stderr
 from pipeline.store.lease import EXIT_LEASE_HELD, LeaseHeld, LeaseLost
 
 EXIT_USER_ERROR = 2
@@ -83,9 +84,7 @@ class Command:
                 parser.parse_intermixed_args(argv) if self.intermixed else parser.parse_args(argv)
             )
             if self.logs:
-                logging.basicConfig(
-                    level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
-                )
+                log_info_to_stderr()
             self.run(args)
 
 

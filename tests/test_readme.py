@@ -122,7 +122,7 @@ def test_the_readme_commands_run_as_written(tmp_path: Path, dinov2_weights: Path
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
     outputs: dict[str, str] = {}
 
-    def run(command: str) -> str:
+    def run(command: str) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             ["bash", "-c", command],
             cwd=scratch,
@@ -132,13 +132,15 @@ def test_the_readme_commands_run_as_written(tmp_path: Path, dinov2_weights: Path
             timeout=900,
         )
         assert done.returncode == 0, f"{command}\n{done.stderr[-4000:]}"
-        return done.stdout
+        return done
 
     for job, command in local_job_commands():
         command += " " + SHORTENED[job].format(weights=shlex.quote(str(dinov2_weights)))
-        stdout = run(command)
-        outputs[job] = outputs.get(job, "") + stdout
-        _check(job, command, scratch, stdout)
+        done = run(command)
+        outputs[job] = outputs.get(job, "") + done.stdout
+        _check(job, command, scratch, done.stdout)
+        if "distill.rounds=" in command:  # the distillation's progress reaches the job's output
+            assert re.search(r"two-view distillation: round (\d+) of \1", done.stderr)
         if job == "evaluate" and "--denoiser" in command:  # again, the denoiser mirror-
             # averaged: the fitted evaluation inputs are reused, the same figures but its own
             first = json.loads((scratch / "outputs/report/metrics.json").read_text())
@@ -153,7 +155,7 @@ def test_the_readme_commands_run_as_written(tmp_path: Path, dinov2_weights: Path
             assert {m: second["pev"][m] for m in same} == pytest.approx(same)
             assert second["pev"]["denoised"] != pytest.approx(first["pev"]["denoised"])
         if job == "build_features":  # again: every step skips its committed work
-            steps = json.loads(run(command).strip().splitlines()[-1])["steps"]
+            steps = json.loads(run(command).stdout.strip().splitlines()[-1])["steps"]
             assert steps["clean"]["done"] == 0 and steps["clean"]["skipped_committed"] == 4
             assert steps["train"]["skipped"] and steps["distill"]["skipped"]
             assert steps["denoise"]["done"] == 0 and steps["denoise"]["skipped_committed"] == 8

@@ -12,6 +12,7 @@ from typing import Any
 import ray
 
 from pipeline.config import config_to_dict
+from pipeline.logs import log_info_to_stderr
 from pipeline.models.denoiser import read_denoiser_meta
 from pipeline.stages.distill import DISTILLED, DistillTask, distil_export
 
@@ -28,6 +29,13 @@ def distill_key(task: DistillTask) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def distil_with_progress(task: DistillTask, key: str) -> dict[str, Any]:
+    """``distil_export`` with its INFO lines (crops per size, losses per round) on the worker's
+    stderr, which Ray forwards to the job's output: the step runs for minutes on a CPU."""
+    log_info_to_stderr()
+    return distil_export(task, key)
+
+
 def run_distill_step(task: DistillTask) -> dict[str, Any]:
     """Distil ``task`` in a Ray task with its resources unless its export was distilled with
     the same key already; the step's summary."""
@@ -39,7 +47,7 @@ def run_distill_step(task: DistillTask) -> dict[str, Any]:
     if done.get("key") == key:
         logger.info("denoiser at %s already distilled from this export: skipped", task.out_uri)
         return {"skipped": True, "export": task.out_uri, "rounds": task.cfg.rounds}
-    remote = ray.remote(distil_export).options(
+    remote = ray.remote(distil_with_progress).options(
         num_cpus=task.cfg.num_cpus, num_gpus=task.cfg.num_gpus, max_retries=1
     )
     summary: dict[str, Any] = ray.get(remote.remote(task, key))
