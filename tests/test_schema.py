@@ -83,6 +83,26 @@ def test_tensor_columns_are_canonical(tmp_path: Path) -> None:
     assert column_to_numpy(on_disk["raw"]).dtype == np.float16
 
 
+def test_tensor_columns_are_written_plain() -> None:
+    """Tensor columns carry no dictionary and no statistics (what made writes slow); the other
+    columns, a struct's fields included, keep both; the bytes read back to the same table."""
+    table = _table(["a", "b", "c"], np.random.default_rng(0))
+    data, digest = table_bytes(table)
+    assert table_bytes(table) == (data, digest)  # content-named: the same rows, the same bytes
+    file = pq.ParquetFile(pa.BufferReader(data))
+    chunks = {
+        group.column(i).path_in_schema: group.column(i)
+        for group in (file.metadata.row_group(0),)
+        for i in range(group.num_columns)
+    }
+    for path in ("raw.list.element", "clean.list.element"):
+        assert "RLE_DICTIONARY" not in chunks[path].encodings and not chunks[path].is_stats_set
+    for path in ("image_id", "source_uri", "metrics.r2", "layer"):
+        assert "RLE_DICTIONARY" in chunks[path].encodings and chunks[path].is_stats_set
+    assert chunks["metrics.r2"].statistics.max == 0.9
+    assert pq.read_table(pa.BufferReader(data)).equals(table)
+
+
 def test_readers_see_committed_runs_only(tmp_path: Path) -> None:
     _write_run(tmp_path, "r1", ["a", "b"], commit=True)
     _write_run(tmp_path, "r2", ["c"], commit=False)  # crashed before its marker
