@@ -5,6 +5,7 @@ loading Ray or torch. The job files are thin: one call each."""
 from __future__ import annotations
 
 import ast
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import COMMANDS
+from pipeline.logs import pipeline_info_to_stderr
 
 ROOT = Path(__file__).resolve().parents[1]
 DVT = Path(sys.executable).with_name("dvt")
@@ -155,3 +157,20 @@ def test_the_ray_layer_sets_ray_defaults_a_user_value_wins() -> None:
         check=True,
     )
     assert done.stdout.split() == ["0", "1"]
+
+
+def test_a_task_shows_the_pipelines_info_lines_while_it_runs(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """What a Ray task wraps its work in (the distillation step): the pipeline's INFO lines
+    reach stderr, another library's do not, and the worker's loggers are as before after."""
+    ours, theirs = logging.getLogger("pipeline.stages.distill"), logging.getLogger("botocore")
+    before = logging.getLogger("pipeline").level
+    with pipeline_info_to_stderr():
+        ours.info("round 1 of 4")
+        theirs.info("found credentials")
+    ours.info("after the task")
+    err = capfd.readouterr().err
+    assert "INFO round 1 of 4" in err
+    assert "found credentials" not in err and "after the task" not in err
+    assert logging.getLogger("pipeline").level == before

@@ -12,7 +12,7 @@ from typing import Any
 import ray
 
 from pipeline.config import config_to_dict
-from pipeline.logs import log_info_to_stderr
+from pipeline.logs import pipeline_info_to_stderr
 from pipeline.models.denoiser import read_denoiser_meta
 from pipeline.stages.distill import DISTILLED, DistillTask, distil_export
 
@@ -32,8 +32,8 @@ def distill_key(task: DistillTask) -> str:
 def distil_with_progress(task: DistillTask, key: str) -> dict[str, Any]:
     """``distil_export`` with its INFO lines (crops per size, losses per round) on the worker's
     stderr, which Ray forwards to the job's output: the step runs for minutes on a CPU."""
-    log_info_to_stderr()
-    return distil_export(task, key)
+    with pipeline_info_to_stderr():
+        return distil_export(task, key)
 
 
 def run_distill_step(task: DistillTask) -> dict[str, Any]:
