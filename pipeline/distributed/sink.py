@@ -6,7 +6,6 @@ that makes them visible. Plain pyarrow and the store: a write task never imports
 from __future__ import annotations
 
 import hashlib
-import json
 import posixpath
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,8 +17,8 @@ from ray.data.block import BlockAccessor
 
 from pipeline import __version__
 from pipeline.stages.read import RowStatus
-from pipeline.store import QUARANTINE_SCHEMA, RunMeta, feature_table
-from pipeline.store.format import table_bytes
+from pipeline.store import QUARANTINE_SCHEMA, RunMeta
+from pipeline.store.format import rows_feature_table, table_bytes
 from pipeline.store.fs import filesystem, put_atomic
 from pipeline.store.runs import CommitRecord, FileEntry, QuarantineEntry, write_commit_record
 
@@ -77,32 +76,6 @@ class FeatureSink(Datasink):
         """Rows Ray Data gathers before a write task: one Parquet file's worth."""
         return self.rows_per_file
 
-    def _features(self, rows: pa.Table) -> pa.Table:
-        """Rows of one token grid (tensors as bytes) -> a feature table (``feature_table``)."""
-        grid_h, grid_w = int(rows["grid_h"][0].as_py()), int(rows["grid_w"][0].as_py())
-        channels = int(self.meta.channels or 0)
-        upsample = int(self.meta.upsample or 1)
-
-        def tensors(name: str, scale: int = 1) -> np.ndarray:
-            flat = b"".join(rows[name].to_pylist())
-            shape = (len(rows), grid_h * scale, grid_w * scale, channels)
-            return np.frombuffer(flat, dtype=self.dtype).reshape(shape)
-
-        return feature_table(
-            self.meta,
-            __version__,
-            image_ids=rows["image_id"],
-            source_uris=rows["source_uri"],
-            widths=rows["width"],
-            heights=rows["height"],
-            metrics=[json.loads(m) for m in rows["metrics"].to_pylist()],
-            raw=tensors("raw"),
-            clean=tensors("clean"),
-            artifact=tensors("artifact") if self.with_artifact else None,
-            clean_hr=tensors("clean_hr", upsample) if upsample > 1 else None,
-            dtype=self.dtype,
-        )
-
     def write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
         """One write task: its rows -> one feature file per token grid (one, unless the
         images' aspects differ) and at most one quarantine file, then the commit record that
@@ -145,7 +118,9 @@ class FeatureSink(Datasink):
         done, out["duplicates"] = _first_of_each_id(done)
         files, quarantined = [], []
         for group in _by_grid(done):
-            table = self._features(group)
+            table = rows_feature_table(
+                group, self.meta, __version__, self.dtype, self.with_artifact
+            )
             data, digest = table_bytes(table)
             name = f"part-{task:05d}-{digest[:16]}.parquet"
             put_atomic(fs, posixpath.join(run_path, name), data)
