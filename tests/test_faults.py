@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -30,6 +31,16 @@ sys.path.insert(0, str(FAULTS))
 from sitecustomize import HANG_THE_DECODER, KILL_THE_CLEANER, KILL_THE_DECODER  # noqa: E402
 
 sys.path.remove(str(FAULTS))
+
+
+RAY_FORWARDED = re.compile(r"^(\x1b\[\d+m)?\(.*? pid=\d+(, ip=[^)]*)?\)")
+"""The prefix of a line Ray forwards from a worker's output, e.g. ``(MapWorker(...) pid=7)``:
+it can arrive after the driver's own last line."""
+
+
+def _last_own_line(stderr: str) -> str:
+    """The driver's last line of ``stderr``, skipping lines forwarded from Ray's workers."""
+    return [line for line in stderr.strip().splitlines() if not RAY_FORWARDED.match(line)][-1]
 
 
 def _jpeg(array: np.ndarray) -> bytes:
@@ -206,7 +217,7 @@ def test_a_run_that_loses_its_lease_stops_at_once(
             job.kill()
     _stdout, stderr = job.communicate()
     assert code == EXIT_LEASE_HELD, stderr[-3000:]
-    last = stderr.strip().splitlines()[-1]
+    last = _last_own_line(stderr)
     assert last.startswith("error: lease lost:") and "intruder" in last, last
     assert "Traceback" not in stderr.split("lease lost")[-1]
     print(f"stopped {stopped_after:.1f} s after the takeover: {last}")
@@ -266,7 +277,7 @@ def test_weights_replaced_during_a_run_stop_it_with_a_clear_error(tmp_path: Path
             break
     _, rest = job.communicate(timeout=300)
     assert job.returncode == 2, "".join(seen) + rest[-3000:]
-    last = rest.strip().splitlines()[-1]
+    last = _last_own_line(rest)
     assert last.startswith("error: the ViT weights at") and str(weights) in last, last
     from pipeline.store import committed_runs
 
