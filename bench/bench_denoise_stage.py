@@ -112,8 +112,9 @@ def pyarrow_default_bytes(table: pa.Table) -> int:
     every column) and hashed, what ``table_bytes`` did before: the write's baseline."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
-    hashlib.sha256(buf.getvalue())
-    return len(buf.getvalue())
+    data = buf.getvalue()
+    hashlib.sha256(data)
+    return len(data)
 
 
 def batches(items: list[str], size: int) -> list[list[str]]:

@@ -205,10 +205,6 @@ def raw_minus_artifact(table: pa.Table) -> np.ndarray | None:
     return raw - column_to_numpy(table["artifact"]).astype(np.float32)
 
 
-LIST_TYPES = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
-"""Arrow list kinds, each written as Parquet's ``<name>.list.element``."""
-
-
 def small_column_paths(schema: pa.Schema) -> list[str]:
     """Parquet paths of every leaf column but the tensors' (a struct's fields, a list's
     elements, at any depth), as ``pq.write_table``'s per-column options name them."""
@@ -220,7 +216,7 @@ def small_column_paths(schema: pa.Schema) -> list[str]:
             return leaves(path, kind.storage_type)
         if pa.types.is_struct(kind):
             return [leaf for child in kind for leaf in leaves(f"{path}.{child.name}", child.type)]
-        if any(is_list(kind) for is_list in LIST_TYPES):
+        if isinstance(kind, pa.ListType | pa.LargeListType | pa.FixedSizeListType):
             return leaves(f"{path}.list.element", kind.value_type)
         return [path]
 
